@@ -1,0 +1,125 @@
+"""tfrobust's TRADES train-step throughput: images/s and model-FLOP utilisation (MFU).
+
+Times `RobustTrainer.train_step` (the step `tfrobust train` runs: clean pass with frozen BatchNorm
+statistics, 10-step Adam attack on KL(clean || adv), adversarial pass updating the statistics, TRADES loss
++ coupled weight decay, SGD Nesterov) on synthetic CIFAR-shaped data, traced once with `tf.function` as
+`fit` does. The PyTorch equivalent is `torch_trades_step.py`; both count FLOPs with `flops.py`.
+
+MFU = useful FLOP/s / peak FLOP/s with TRADES-10 = 27 forward-equivalents per image (an attack step is
+a forward plus an input-gradient backward, 2F; see flops.py), against two peaks: the nominal one of
+`flops.cpu_peak_flops` and the measured fp32 matmul rate of this machine (`--measure-peak`), which is
+the honest ceiling when the nominal clock is unknown under a hypervisor.
+
+    python benchmarks/tf_trades_step.py --model wrn-16-4 --batch-size 128 --json tf.json
+    python benchmarks/tf_trades_step.py --model wrn-16-4 --batch-size 128 --precision mixed_bfloat16
+    python benchmarks/tf_trades_step.py --model wrn-28-10 --batch-size 512 --precision mixed_bfloat16 --jit-compile  # GPU
+
+Numbers measured with it are in README.md ("Measured numbers"), with the hardware they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import flops  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfrobust.attacks.pgd import trades_attack  # noqa: E402
+from tfrobust.models.registry import build_model  # noqa: E402
+from tfrobust.training.trainer import RobustTrainer  # noqa: E402
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large fp32 matmul: what this machine's BLAS actually sustains."""
+    a = tf.random.uniform((size, size))
+    b = tf.random.uniform((size, size))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        matmul().numpy()
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="wrn-16-4")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--attack-steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps (tracing, first allocations)")
+    p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
+    p.add_argument("--jit-compile", action="store_true", help="XLA (slower on CPU; the lever on GPU)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--measure-peak", action="store_true", help="also time a 2048^3 fp32 matmul")
+    p.add_argument("--json", default=None, metavar="OUT")
+    args = p.parse_args(argv)
+
+    keras.mixed_precision.set_global_policy(args.precision)
+    keras.utils.set_random_seed(0)
+    network = build_model(
+        args.model, input_shape=(args.image_size, args.image_size, 3), num_classes=10,
+        mean=CIFAR10_MEAN, std=CIFAR10_STD,
+    )
+    trainer = RobustTrainer(
+        network, loss="trades", attack=trades_attack("linf", 8 / 255, num_steps=args.attack_steps), seed=0
+    )
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(size=(args.batch_size, args.image_size, args.image_size, 3)), tf.float32)
+    y = tf.one_hot(rng.integers(0, 10, args.batch_size), 10)
+    step = tf.function(trainer.train_step, jit_compile=args.jit_compile)
+    for _ in range(args.warmup):
+        float(step((x, y))["loss"])
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        float(step((x, y))["loss"])  # reading the loss waits for the step to finish
+        times.append(time.perf_counter() - start)
+    seconds = float(np.mean(times))
+
+    depth, width = flops.parse_wrn(args.model)
+    forward = flops.wrn_forward_flops(depth, width, image_size=args.image_size)
+    per_image = flops.trades_step_flops(forward, args.attack_steps, attack_backward="input")
+    nominal = flops.cpu_peak_flops()
+    devices = [d.device_type for d in tf.config.list_logical_devices()]
+    result = {
+        "framework": f"tensorflow {tf.__version__}, keras {keras.__version__}",
+        "device": "GPU" if "GPU" in devices else "CPU",
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "attack_steps": args.attack_steps,
+        "precision": args.precision,
+        "jit_compile": args.jit_compile,
+        "seconds_per_step": seconds,
+        "seconds_per_step_median": float(np.median(times)),
+        "images_per_second": args.batch_size / seconds,
+        "flops_per_image_27F": per_image,
+        "achieved_gflops": per_image * args.batch_size / seconds / 1e9,
+        "nominal_peak_gflops": nominal / 1e9,
+        "mfu_vs_nominal_peak": per_image * args.batch_size / seconds / nominal,
+    }
+    if args.measure_peak:
+        peak = measure_matmul_peak()
+        result["matmul_peak_gflops"] = peak / 1e9
+        result["mfu_vs_matmul_peak"] = per_image * args.batch_size / seconds / peak
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The command line end to end (train -> export -> eval) and every bad input: one line, non-zero exit."""
+
+import json
+import os
+
+import fcntl
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import tiny_train_args, write_digits_npz
+from tfrobust.cli import cli
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    return write_digits_npz(tmp_path_factory.mktemp("data") / "digits.npz")
+
+
+@pytest.fixture(scope="module")
+def trained(npz, tmp_path_factory):
+    """One tiny run shared by the tests that need a finished run or an exported model."""
+    root = tmp_path_factory.mktemp("run")
+    out, export_dir = str(root / "run"), str(root / "saved_models")
+    result = CliRunner().invoke(cli, tiny_train_args(npz, out, export_dir))
+    assert result.exit_code == 0, result.output
+    return {"out": out, "export_dir": export_dir, "output": result.output}
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, args)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_writes_a_complete_run_directory(trained):
+    out = trained["out"]
+    for name in ("config.json", "checkpoint.npz", "best.npz", "log.csv", "summary.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.path.isdir(os.path.join(out, "tensorboard"))
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["eps"] == pytest.approx(0.1) and config["learning_rate"] == pytest.approx(0.1)  # resolved
+    assert config["inner_optimizer"] == "adam"
+    rows = open(os.path.join(out, "log.csv")).read().strip().splitlines()
+    assert len(rows) == 3 and "val_avg_pgd40_accuracy" in rows[0]
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["export"].endswith(os.path.join("npz_", "1")) or summary["export"].endswith("1")
+    assert 0.0 <= summary["best"]["val_avg_pgd40_accuracy"] <= summary["best"]["val_avg_clean_accuracy"] <= 1.0
+
+
+def test_export_metadata_and_eval_report(trained, tmp_path):
+    summary = json.load(open(os.path.join(trained["out"], "summary.json")))
+    model_dir = summary["export"]
+    meta = json.load(open(os.path.join(model_dir, "assets.extra", "tfrobust.json")))
+    assert meta["norm"] == "linf" and meta["eps"] == pytest.approx(0.1)
+    assert meta["input_shape"] == [8, 8, 1] and meta["dataset"]["num_classes"] == 10
+    assert meta["training_config"]["model"] == "wrn-10-1"
+    report_path = str(tmp_path / "report.json")
+    # The base directory (TF Serving's model_base_path) resolves to the newest version.
+    result = invoke(["eval", "--model", os.path.dirname(model_dir), "--split", "val", "--report", report_path])
+    assert result.exit_code == 0, result.output
+    report = json.load(open(report_path))
+    assert report["num_examples"] == 64 and report["stages"][0]["attack"] == "pgd40"
+    assert report["robust_accuracy"] <= report["clean_accuracy"]
+    assert "pgd40" in result.output and "%" in result.output
+
+
+def test_export_command_writes_a_new_version(trained):
+    result = invoke(["export", trained["out"], "--which", "last"])
+    assert result.exit_code == 0, result.output
+    exported = result.output.strip().splitlines()[-1].split("exported: ")[1]
+    assert exported.endswith("2") and os.path.isfile(os.path.join(exported, "saved_model.pb"))
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        (["--model", "resnet-1000"], ["unknown model", "wrn-28-10"]),
+        (["--loss", "mart"], ["unknown loss", "trades"]),
+        (["--norm", "l1"], ["unknown norm"]),
+        (["--eps", "8"], ["out of range", "8/255"]),
+        (["--eps", "-0.1"], ["out of range"]),
+        (["--batch-size", "0"], ["--batch-size must be >= 1"]),
+        (["--ema-decay", "1.5"], ["--ema-decay"]),
+        (["--dataset", "imagenet"], ["unknown dataset", "npz:PATH"]),
+    ],
+)
+def test_bad_training_options(npz, tmp_path, override, fragments):
+    args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm")) + override
+    assert_one_line_error(invoke(args), *fragments)
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.npz")
+
+
+def test_tfds_without_network_names_the_offline_options(tmp_path):
+    args = ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "run")]
+    assert_one_line_error(invoke(args), "digits", "npz:")
+
+
+@pytest.mark.parametrize(
+    "arrays, fragment",
+    [
+        ({"images": np.zeros((50, 8, 8, 1), np.uint8), "label": np.zeros(50, np.int64)}, "image"),
+        ({"image": np.zeros((50, 8, 8, 1), np.float32), "label": np.zeros(50, np.int64)}, "uint8"),
+        ({"image": np.zeros((50, 8, 8), np.uint8), "label": np.zeros(50, np.int64)}, "shape"),
+        ({"image": np.zeros((50, 8, 8, 1), np.uint8), "label": np.zeros(49, np.int64)}, "50"),
+    ],
+)
+def test_bad_npz_files(tmp_path, arrays, fragment):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    args = tiny_train_args(str(path), str(tmp_path / "run"), str(tmp_path / "sm"))
+    assert_one_line_error(invoke(args), fragment)
+
+
+def test_labels_out_of_range_for_the_classes(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, image=np.zeros((200, 8, 8, 1), np.uint8), label=np.arange(200) % 10 - 1)
+    args = tiny_train_args(str(path), str(tmp_path / "run"), str(tmp_path / "sm"))
+    assert_one_line_error(invoke(args), "label")
+
+
+def test_missing_npz(tmp_path):
+    args = tiny_train_args(str(tmp_path / "nope.npz"), str(tmp_path / "run"), str(tmp_path / "sm"))
+    assert_one_line_error(invoke(args), "nope.npz")
+
+
+def test_out_directory_holding_another_run_is_not_touched(npz, trained, tmp_path):
+    config = os.path.join(trained["out"], "config.json")
+    before = open(config).read()
+    mtime = os.path.getmtime(config)
+    args = tiny_train_args(npz, trained["out"], str(tmp_path / "sm"))
+    assert_one_line_error(invoke(args), "holds another run", "--resume")
+    assert open(config).read() == before and os.path.getmtime(config) == mtime
+
+
+def test_out_directory_with_other_files_is_refused(npz, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    assert_one_line_error(invoke(tiny_train_args(npz, str(out), str(tmp_path / "sm"))), "not an empty directory")
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_run_directory_in_use(trained):
+    with open(os.path.join(trained["out"], ".lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            assert_one_line_error(invoke(["train", "--resume", trained["out"]]), "in use")
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def test_unreadable_checkpoint(trained, tmp_path):
+    run = tmp_path / "copy"
+    run.mkdir()
+    (run / "config.json").write_text(open(os.path.join(trained["out"], "config.json")).read())
+    (run / "checkpoint.npz").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    assert_one_line_error(invoke(["train", "--resume", str(run)]), "unreadable checkpoint")
+
+
+def test_resume_refuses_other_options(trained):
+    assert_one_line_error(invoke(["train", "--resume", trained["out"], "--epochs", "5"]), "--resume")
+
+
+def test_resume_of_a_directory_without_run(tmp_path):
+    assert_one_line_error(invoke(["train", "--resume", str(tmp_path)]), "not a tfrobust run directory")
+
+
+def test_eval_of_a_missing_model(tmp_path):
+    assert_one_line_error(invoke(["eval", "--model", str(tmp_path / "none")]), "no model")
+
+
+def test_unknown_preset():
+    result = invoke(["train", "--preset", "nope"])
+    assert result.exit_code != 0 and "nope" in result.output

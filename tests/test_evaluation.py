@@ -1,0 +1,360 @@
+"""Tests for tfrobust.evaluation: cascade semantics, re-verification, determinism, `run_eval` end to end.
+
+The model is a fixed linear classifier (Dense on flattened 4x4x1 images, 3 classes), for which the exact
+Linf robust accuracy inside [0, 1] has a closed form: the worst case of each logit difference over the
+box-shaped set {|x' - x| <= eps} ∩ [0, 1] picks, per pixel, the interval end its coefficient points to.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust.attacks.pgd import pgd40_attack
+from tfrobust.errors import UserError
+from tfrobust.evaluation import CASCADES, STAGES, EvalSettings, Evaluator, run_eval, verify
+from tfrobust.export import export_network
+
+EPS = 0.1
+N, BATCH, CLASSES = 16, 8, 3
+
+
+def _linear_model():
+    model = keras.Sequential([keras.Input((4, 4, 1), name="images"), keras.layers.Flatten(), keras.layers.Dense(CLASSES)])
+    rng = np.random.default_rng(0)
+    model.layers[-1].set_weights([rng.normal(size=(16, CLASSES)).astype(np.float32), np.zeros(CLASSES, np.float32)])
+    return model
+
+
+MODEL = _linear_model()
+KERNEL, BIAS = (w.numpy() for w in MODEL.layers[-1].weights)
+
+
+def logits_fn(images):
+    return MODEL(images, training=False)
+
+
+def _data():
+    """uint8-valued images (so the npz used by run_eval holds exactly the same points) and labels with
+    three deliberate mistakes."""
+    rng = np.random.default_rng(1)
+    x = (rng.integers(0, 256, size=(N, 4, 4, 1)).astype(np.float32) / 255.0).astype(np.float32)
+    predicted = logits_fn(x).numpy().argmax(-1)
+    y = predicted.copy()
+    y[[1, 6, 11]] = (y[[1, 6, 11]] + 1) % CLASSES
+    return x, y
+
+
+X, Y = _data()
+
+
+def _dataset(x=X, y=Y):
+    return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, CLASSES))).batch(BATCH)
+
+
+def exact_linf_robust(x, y, eps):
+    """Exact robustness of the linear model in {|x' - x|_inf <= eps} ∩ [0, 1]."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    low, high = np.maximum(flat - eps, 0.0), np.minimum(flat + eps, 1.0)
+    robust = np.zeros(len(x), bool)
+    for i in range(len(x)):
+        worst = -np.inf
+        for j in range(CLASSES):
+            if j == y[i]:
+                continue
+            w = KERNEL[:, j].astype(np.float64) - KERNEL[:, y[i]]
+            worst = max(worst, np.sum(np.where(w > 0, w * high[i], w * low[i])) + BIAS[j] - BIAS[y[i]])
+        robust[i] = worst < 0
+    return robust
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Registers stage "spy": records (outside the graph) every batch of images it is asked to attack and
+    returns them unchanged, so it never breaks a point."""
+    calls = []
+
+    def record(images):
+        calls.append(images.copy())
+        return images
+
+    def factory(norm, eps):
+        def attack(model_fn, x, labels, seed):
+            out = tf.numpy_function(record, [x], tf.float32)
+            return tf.reshape(out, tf.shape(x))
+
+        return attack
+
+    monkeypatch.setitem(STAGES, "spy", factory)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return Evaluator(["pgd40"], norm="linf", eps=EPS)
+
+
+@pytest.fixture(scope="module")
+def result(evaluator):
+    return evaluator.run(logits_fn, _dataset(), seed=0, keep_adversarial=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cascade semantics
+
+
+def test_counts_and_subset(result):
+    assert result.num_examples == N
+    assert result.stage_names == ("pgd40",)
+    clean = logits_fn(X).numpy().argmax(-1) == Y
+    np.testing.assert_array_equal(result.clean_correct, clean)
+    assert result.clean_accuracy == pytest.approx(13 / 16)
+    assert not np.any(result.robust & ~result.clean_correct)  # robust ⊆ clean_correct
+    assert 0 < result.robust_accuracy < result.clean_accuracy  # eps 0.1 breaks some points, not all
+    assert result.robust_after_stage == (pytest.approx(result.robust_accuracy),)
+
+
+def test_matches_exact_linear_robustness(result):
+    exact = exact_linf_robust(X, Y, EPS)
+    # Sound: a verified adversarial example exists for every point counted broken.
+    assert not np.any(exact & ~result.robust)
+    # Strong: PGD-40 finds the worst case of a linear model.
+    np.testing.assert_array_equal(result.robust, exact)
+
+
+def test_kept_adversarial_examples_are_valid(result):
+    adv = result.adversarial
+    assert adv is not None and adv.shape == X.shape and adv.dtype == np.float32
+    broken = result.clean_correct & ~result.robust
+    assert broken.any()
+    delta = np.abs(adv - X).reshape(N, -1).max(axis=1)
+    assert np.all(delta[broken] <= EPS + 1e-6)
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+    predicted = logits_fn(adv).numpy().argmax(-1)
+    assert np.all(predicted[broken] != Y[broken])
+    # Robust and clean-misclassified points keep their clean image.
+    np.testing.assert_array_equal(adv[~broken], X[~broken])
+
+
+def test_same_seed_gives_identical_result(evaluator, result):
+    again = evaluator.run(logits_fn, _dataset(), seed=0, keep_adversarial=True)
+    np.testing.assert_array_equal(again.clean_correct, result.clean_correct)
+    np.testing.assert_array_equal(again.robust, result.robust)
+    np.testing.assert_array_equal(again.adversarial, result.adversarial)
+    assert again.robust_after_stage == result.robust_after_stage
+    assert again.stage_names == result.stage_names and again.num_examples == result.num_examples
+    # Without keep_adversarial nothing is kept.
+    assert evaluator.run(logits_fn, _dataset(), seed=0).adversarial is None
+
+
+def test_clean_misclassified_points_are_never_attacked_and_stages_cascade(spy, result):
+    evaluator = Evaluator(["pgd40", "spy", "pgd40"], norm="linf", eps=EPS)
+    cascade = evaluator.run(logits_fn, _dataset(), seed=0)
+    # The first stage uses the same seeds as the single-stage run, so it breaks the same points.
+    assert cascade.robust_after_stage[0] == pytest.approx(result.robust_accuracy)
+    # The spy saw, per batch, exactly the clean images of the points still robust after stage 0.
+    assert len(spy) == N // BATCH
+    for batch, images in enumerate(spy):
+        rows = slice(batch * BATCH, (batch + 1) * BATCH)
+        np.testing.assert_array_equal(images, X[rows][result.robust[rows]])
+    # Robust accuracy after each stage never increases, and the last one is the result.
+    after = cascade.robust_after_stage
+    assert after[0] <= cascade.clean_accuracy
+    assert after[1] == after[0]  # the spy breaks nothing
+    assert all(b <= a for a, b in zip(after, after[1:]))
+    assert after[-1] == pytest.approx(cascade.robust_accuracy)
+    assert not np.any(cascade.robust & ~result.robust)
+
+
+def test_all_misclassified_means_zero_and_no_attack(spy):
+    wrong = (logits_fn(X).numpy().argmax(-1) + 1) % CLASSES
+    out = Evaluator(["spy"], norm="linf", eps=EPS).run(logits_fn, _dataset(y=wrong), keep_adversarial=True)
+    assert out.clean_accuracy == 0.0 and out.robust_accuracy == 0.0
+    assert out.robust_after_stage == (0.0,)
+    assert spy == []  # never invoked
+    np.testing.assert_array_equal(out.adversarial, X)
+
+
+def test_attack_results_are_reverified(monkeypatch):
+    """A stage that returns misclassified points outside the eps ball breaks nothing."""
+    far = pgd40_attack("linf", 1.0)
+    seen = []
+
+    def factory(norm, eps):
+        def attack(model_fn, x, labels, seed):
+            adv = far(model_fn, x, labels, seed)
+            return tf.numpy_function(lambda a: (seen.append(a.copy()), a)[1], [adv], tf.float32)
+
+        return attack
+
+    monkeypatch.setitem(STAGES, "outside", factory)
+    out = Evaluator(["outside"], norm="linf", eps=EPS).run(logits_fn, _dataset())
+    found = np.concatenate(seen)
+    clean_correct = logits_fn(X).numpy().argmax(-1) == Y
+    # The attack did succeed (misclassified, far away) ...
+    assert np.all(logits_fn(found).numpy().argmax(-1) != Y[clean_correct])
+    assert np.all(np.abs(found - X[clean_correct]).reshape(len(found), -1).max(axis=1) > EPS)
+    # ... but nothing counts as broken.
+    np.testing.assert_array_equal(out.robust, clean_correct)
+
+
+# --------------------------------------------------------------------------------------------------
+# Extremes of eps
+
+
+def test_tiny_eps_robust_equals_clean():
+    out = Evaluator(["pgd40"], norm="linf", eps=1e-6).run(logits_fn, _dataset())
+    np.testing.assert_array_equal(out.robust, out.clean_correct)
+    assert out.robust_accuracy == out.clean_accuracy
+
+
+def test_huge_eps_breaks_the_linear_model():
+    assert not exact_linf_robust(X, Y, 1.0).any()
+    out = Evaluator(["pgd40"], norm="linf", eps=1.0).run(logits_fn, _dataset())
+    assert out.robust_accuracy <= 1 / N
+    assert out.clean_accuracy == pytest.approx(13 / 16)
+
+
+def test_empty_dataset():
+    out = Evaluator(["pgd40"], norm="linf", eps=EPS).run(logits_fn, _dataset().take(0))
+    assert out.num_examples == 0 and np.isnan(out.clean_accuracy) and np.isnan(out.robust_accuracy)
+
+
+def test_unknown_stage_is_user_error():
+    with pytest.raises(UserError, match="unknown attack"):
+        Evaluator(["pgd41"], norm="linf", eps=EPS)
+    assert CASCADES["pgd40"] == ("pgd40",)
+
+
+# --------------------------------------------------------------------------------------------------
+# verify
+
+
+def _threshold_fn(t):
+    """Class 1 iff the mean pixel exceeds t."""
+
+    def fn(images):
+        m = tf.reduce_mean(tf.reshape(images, [tf.shape(images)[0], -1]), axis=1)
+        return tf.stack([tf.zeros_like(m), m - t], axis=-1)
+
+    return fn
+
+
+def test_verify_accepts_and_rejects():
+    fn = _threshold_fn(0.52)
+    clean = np.full((1, 4, 4, 1), 0.5, np.float32)
+    label = np.array([0])
+
+    def check(adv, norm="linf", eps=0.05, x=clean, f=fn):
+        return bool(verify(f, x, np.asarray(adv, np.float32), label, norm, eps)[0])
+
+    assert check(clean + 0.03)  # inside the ball, in [0, 1], misclassified
+    assert not check(clean + 0.01)  # still correctly classified
+    assert not check(clean + 0.1)  # misclassified but outside the Linf ball
+    assert check(clean + np.float32(0.05))  # exactly on the sphere (float rounding tolerated)
+    # Outside [0, 1] above ...
+    high = np.full((1, 4, 4, 1), 0.98, np.float32)
+    assert check(high + 0.015, x=high, f=_threshold_fn(0.99))
+    assert not check(high + 0.03, x=high, f=_threshold_fn(0.99))
+    # ... and below.
+    low_pixel = clean.copy()
+    low_pixel[0, 0, 0, 0] = 0.0
+    adv = low_pixel + 0.04  # mean 0.509
+    assert check(adv, x=low_pixel, f=_threshold_fn(0.5))
+    adv[0, 0, 0, 0] = -0.01
+    assert not check(adv, x=low_pixel, f=_threshold_fn(0.5))
+    # L2: 16 pixels moved by c have norm 4c.
+    assert check(clean + 0.03, norm="l2", eps=0.125)
+    assert not check(clean + 0.03, norm="l2", eps=0.115)
+    # Empty batches.
+    assert verify(fn, clean[:0], clean[:0], label[:0], "linf", 0.05).shape == (0,)
+
+
+def test_verify_per_example():
+    fn = _threshold_fn(0.52)
+    clean = np.full((3, 4, 4, 1), 0.5, np.float32)
+    adv = clean + np.array([0.03, 0.01, 0.2], np.float32).reshape(3, 1, 1, 1)
+    np.testing.assert_array_equal(verify(fn, clean, adv, np.zeros(3, int), "linf", 0.05), [True, False, False])
+
+
+# --------------------------------------------------------------------------------------------------
+# run_eval (what `tfrobust eval` runs)
+
+
+@pytest.fixture(scope="module")
+def eval_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    npz = str(root / "data.npz")
+    np.savez(npz, image=np.round(X * 255).astype(np.uint8), label=Y.astype(np.int64))
+    metadata = {
+        "dataset": {"name": f"npz:{npz}"},
+        "norm": "linf",
+        "eps": EPS,
+        "training_config": {"val_size": 0, "seed": 0},
+    }
+    export_network(MODEL, root=str(root / "saved_models"), name="lin", metadata=metadata)
+    return root, npz, str(root / "saved_models" / "lin")
+
+
+def test_run_eval_end_to_end(eval_files, result):
+    root, npz, model_dir = eval_files
+    report_path = str(root / "reports" / "report.json")
+    settings = EvalSettings(model_path=model_dir, split="train", batch_size=BATCH, report=report_path)
+    out = run_eval(settings)
+    report = out["report"]
+    assert out["report_path"] == report_path
+    with open(report_path) as handle:
+        assert json.load(handle) == report
+    assert report["model"] == os.path.join(model_dir, "1")
+    assert report["dataset"] == f"npz:{npz}"
+    assert report["num_examples"] == N
+    assert report["norm"] == "linf" and report["eps"] == pytest.approx(EPS)
+    assert report["clean_accuracy"] == pytest.approx(result.clean_accuracy)
+    assert report["robust_accuracy"] == pytest.approx(result.robust_accuracy)
+    assert report["stages"] == [{"attack": "pgd40", "robust_accuracy": report["robust_accuracy"]}]
+    assert report["counts"] == {"clean_correct": 13, "robust": int(result.robust.sum())}
+    assert "pgd40" in out["table"] and "clean" in out["table"]
+
+    before = open(report_path).read()
+    with pytest.raises(UserError, match="exists"):
+        run_eval(settings)
+    assert open(report_path).read() == before
+
+
+def test_run_eval_default_report_path_and_limit(eval_files, tmp_path, monkeypatch):
+    _, _, model_dir = eval_files
+    monkeypatch.chdir(tmp_path)
+    out = run_eval(EvalSettings(model_path=model_dir, split="train", batch_size=BATCH, n_examples=5))
+    assert out["report"]["num_examples"] == 5
+    path = out["report_path"]
+    assert path.startswith(os.path.join("eval_reports", "lin-v1-pgd40-linf-train-")) and path.endswith(".json")
+    assert os.path.isfile(tmp_path / path)
+
+
+def test_run_eval_user_errors(eval_files, tmp_path):
+    _, _, model_dir = eval_files
+    with pytest.raises(UserError, match="unknown attack"):
+        run_eval(EvalSettings(model_path=model_dir, attack="autoattack-nope", split="train"))
+    with pytest.raises(UserError, match="batch-size"):
+        run_eval(EvalSettings(model_path=model_dir, split="train", batch_size=0))
+    with pytest.raises(UserError, match="no model"):
+        run_eval(EvalSettings(model_path=str(tmp_path / "missing"), split="train"))
+    with pytest.raises(UserError, match="eps"):
+        run_eval(EvalSettings(model_path=model_dir, split="train", eps=2.0, report=str(tmp_path / "r.json")))
+    assert not os.path.exists(tmp_path / "r.json")
+
+
+def test_run_eval_warns_for_probability_outputs(eval_files, tmp_path):
+    _, npz, _ = eval_files
+    softmax = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(CLASSES, activation="softmax")]
+    )
+    path = str(tmp_path / "softmax.keras")
+    softmax.save(path)
+    with pytest.warns(UserWarning, match="probabilities"):
+        # A .keras file carries no metadata: the dataset must be given, as on the command line.
+        with pytest.raises(UserError, match="has no test split"):
+            run_eval(EvalSettings(model_path=path, dataset=f"npz:{npz}", report=str(tmp_path / "r.json")))

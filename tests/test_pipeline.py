@@ -1,0 +1,152 @@
+"""tfrobust.data.pipeline: exact batches, per-epoch permutations, resumption, one-hot labels, eval order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust.augment.pad_crop import PadCrop
+from tfrobust.data.datasets import Split
+from tfrobust.data.pipeline import eval_dataset, train_dataset
+from tfrobust.errors import UserError
+
+N, K = 50, 5
+
+
+def _split(n=N, h=2, w=2, c=1) -> Split:
+    # Each image encodes its index in the first pixel (index < 256), so a batch tells us which
+    # examples it holds; labels are index % K.
+    images = np.zeros((n, h, w, c), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)
+    images[:, -1, -1, -1] = 255
+    return Split(images=images, labels=(np.arange(n) % K).astype(np.int64))
+
+
+def _indices(x: tf.Tensor) -> np.ndarray:
+    return np.round(x.numpy()[:, 0, 0, 0] * 255).astype(np.int64)
+
+
+def _take(ds, count):
+    return [(x.numpy(), y.numpy()) for x, y in ds.take(count)]
+
+
+def test_batches_have_exact_size_types_and_one_hot_labels():
+    ds = train_dataset(_split(), num_classes=K, batch_size=8, seed=0, first_epoch=0, steps_per_epoch=6, augment=None)
+    assert ds.element_spec[0].shape == (8, 2, 2, 1) and ds.element_spec[1].shape == (8, K)
+    for x, y in ds.take(14):  # more than two epochs: the stream never ends
+        assert x.shape == (8, 2, 2, 1) and x.dtype == tf.float32
+        assert y.shape == (8, K) and y.dtype == tf.float32
+        idx = _indices(x)
+        np.testing.assert_array_equal(y.numpy(), np.eye(K, dtype=np.float32)[idx % K])
+        assert float(tf.reduce_max(x)) == 1.0 and float(tf.reduce_min(x)) >= 0.0
+
+
+def test_uint8_to_float_is_x_over_255():
+    split = _split()
+    ds = eval_dataset(split, num_classes=K, batch_size=N)
+    x, _ = next(iter(ds))
+    np.testing.assert_array_equal(x.numpy(), split.images.astype(np.float32) / np.float32(255))
+
+
+def test_each_epoch_is_a_permutation_without_repeats():
+    steps, batch = 6, 8  # 48 of the 50 images per epoch
+    ds = train_dataset(_split(), num_classes=K, batch_size=batch, seed=1, first_epoch=0, steps_per_epoch=steps,
+                       augment=None)
+    batches = [_indices(x) for x, _ in ds.take(3 * steps)]
+    epochs = [np.concatenate(batches[e * steps:(e + 1) * steps]) for e in range(3)]
+    for order in epochs:
+        assert len(order) == steps * batch
+        assert len(set(order.tolist())) == steps * batch  # no repeats within the epoch
+        assert order.min() >= 0 and order.max() < N
+    # Different epochs, different orders.
+    assert not np.array_equal(epochs[0], epochs[1])
+    # Not the identity order (it is shuffled).
+    assert not np.array_equal(np.sort(epochs[0]), epochs[0])
+
+
+def test_restart_at_epoch_matches_uninterrupted_run():
+    pad = PadCrop(padding=1, flip=True)
+
+    def augment(batch, seed):
+        return pad(batch, training=True, seed=seed)
+
+    split = _split(h=4, w=4, c=3)
+    kwargs = dict(num_classes=K, batch_size=8, seed=7, steps_per_epoch=5, augment=augment)
+    continuous = _take(train_dataset(split, first_epoch=0, **kwargs), 15)  # epochs 0, 1, 2
+    resumed = _take(train_dataset(split, first_epoch=2, **kwargs), 5)  # epoch 2 only
+    for (xa, ya), (xb, yb) in zip(continuous[10:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    # And the whole stream is reproducible.
+    again = _take(train_dataset(split, first_epoch=0, **kwargs), 15)
+    for (xa, _), (xb, _) in zip(continuous, again):
+        np.testing.assert_array_equal(xa, xb)
+
+
+def test_seed_changes_the_order():
+    kwargs = dict(num_classes=K, batch_size=10, first_epoch=0, steps_per_epoch=5, augment=None)
+    a = _indices(next(iter(train_dataset(_split(), seed=0, **kwargs)))[0])
+    b = _indices(next(iter(train_dataset(_split(), seed=1, **kwargs)))[0])
+    assert not np.array_equal(a, b)
+
+
+def test_augment_gets_dict_and_per_batch_seeds():
+    seen_seeds = []
+
+    def augment(batch, seed):
+        assert set(batch) == {"images", "labels"}
+        assert batch["labels"].dtype == tf.float32
+        seen_seeds.append(seed)
+        # Put a number drawn from the seed in the images so we can read it back.
+        marker = tf.random.stateless_uniform([], seed=seed)
+        return {"images": batch["images"] * 0.0 + marker, "labels": batch["labels"]}
+
+    ds = train_dataset(_split(), num_classes=K, batch_size=10, seed=3, first_epoch=4, steps_per_epoch=5,
+                       augment=augment)
+    markers = [float(x[0, 0, 0, 0]) for x, _ in ds.take(10)]
+    assert len(set(markers)) == 10  # every (epoch, step) has its own seed
+    assert seen_seeds and seen_seeds[0].shape == (2,)
+
+
+def test_batch_larger_than_training_set_rejected():
+    with pytest.raises(UserError, match="lower --batch-size"):
+        train_dataset(_split(), num_classes=K, batch_size=N + 1, seed=0, first_epoch=0, steps_per_epoch=1,
+                      augment=None)
+
+
+def test_too_many_steps_rejected():
+    with pytest.raises(UserError, match="at most 6 steps"):
+        train_dataset(_split(), num_classes=K, batch_size=8, seed=0, first_epoch=0, steps_per_epoch=7, augment=None)
+
+
+def test_bad_batch_size_rejected():
+    with pytest.raises(UserError, match="--batch-size"):
+        eval_dataset(_split(), num_classes=K, batch_size=0)
+
+
+def test_labels_outside_num_classes_rejected():
+    with pytest.raises(UserError, match="labels must be in 0..3"):
+        train_dataset(_split(), num_classes=4, batch_size=8, seed=0, first_epoch=0, steps_per_epoch=6, augment=None)
+
+
+def test_eval_in_order_with_smaller_last_batch():
+    split = _split()
+    batches = list(eval_dataset(split, num_classes=K, batch_size=16))
+    assert [x.shape[0] for x, _ in batches] == [16, 16, 16, 2]
+    order = np.concatenate([_indices(x) for x, _ in batches])
+    np.testing.assert_array_equal(order, np.arange(N))
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    np.testing.assert_array_equal(labels, np.eye(K, dtype=np.float32)[split.labels])
+
+
+def test_eval_limit():
+    batches = list(eval_dataset(_split(), num_classes=K, batch_size=16, limit=20))
+    assert [x.shape[0] for x, _ in batches] == [16, 4]
+    assert list(eval_dataset(_split(), num_classes=K, batch_size=16, limit=0)) == []
+    assert sum(x.shape[0] for x, _ in eval_dataset(_split(), num_classes=K, batch_size=16, limit=999)) == N
+
+
+def test_eval_of_empty_split():
+    empty = Split(images=np.zeros((0, 2, 2, 1), np.uint8), labels=np.zeros((0,), np.int64))
+    assert list(eval_dataset(empty, num_classes=K, batch_size=4)) == []

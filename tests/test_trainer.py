@@ -1,0 +1,158 @@
+"""RobustTrainer.train_step: BatchNorm rule, attack placement, losses; WeightAveraging (EMA)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
+from tfrobust.models.batch_norm import BatchNorm
+from tfrobust.training.callbacks import WeightAveraging
+from tfrobust.training.schedules import ema_decay
+from tfrobust.training.trainer import RobustTrainer
+
+EPS = 0.3
+
+
+def tiny_network(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 1))
+    x = BatchNorm(momentum=0.99, epsilon=1e-5, name="bn")(inputs)
+    x = keras.layers.Flatten()(x)
+    logits = keras.layers.Dense(3, name="logits")(x)
+    return keras.Model(inputs, logits)
+
+
+class RecordingAttack:
+    """Wraps an attack and keeps its last output, so a test can see what the train step attacked with."""
+
+    def __init__(self, inner, shape):
+        self.inner = inner
+        self.last = tf.Variable(tf.zeros(shape), trainable=False)
+
+    def __call__(self, model_fn, x, target, seed):
+        adv = self.inner(model_fn, x, target, seed)
+        self.last.assign(adv)
+        return adv
+
+
+def batch():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0.3, 0.7, size=(16, 4, 4, 1)), tf.float32)
+    y = tf.one_hot(rng.integers(0, 3, size=16), 3)
+    return x, y
+
+
+def make_trainer(loss, attack, lr=0.0):
+    network = tiny_network()
+    trainer = RobustTrainer(network, loss=loss, attack=attack, beta=6.0, weight_decay=5e-4, seed=1)
+    trainer.compile(optimizer=keras.optimizers.SGD(lr))
+    return trainer, network
+
+
+@pytest.mark.parametrize("loss, factory", [("trades", trades_attack), ("pgd-at", pgd_at_attack)])
+def test_only_the_adversarial_pass_updates_batchnorm_statistics(loss, factory):
+    x, y = batch()
+    attack = RecordingAttack(factory("linf", EPS, num_steps=3), x.shape)
+    trainer, network = make_trainer(loss, attack)
+    bn = network.get_layer("bn")
+    tf.function(trainer.train_step)((x, y))
+    adv = attack.last.numpy()
+    assert np.abs(adv - x.numpy()).max() > 0.1  # the attack moved: clean and adversarial stats differ
+    # One update of the moving averages, from the adversarial batch (Keras: m <- 0.99 m + 0.01 batch).
+    expected_mean = 0.01 * adv.mean()
+    expected_var = 0.99 * 1.0 + 0.01 * adv.var()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), [expected_mean], rtol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), [expected_var], rtol=1e-4)
+    # The alternatives are told apart by these tolerances: statistics from the clean batch (variance),
+    # or a second update by the clean pass (mean roughly doubled).
+    clean_var = 0.99 * 1.0 + 0.01 * x.numpy().var()
+    assert abs(clean_var - expected_var) > 2e-4 * expected_var
+    two_updates = 0.99 * 0.01 * x.numpy().mean() + 0.01 * adv.mean()
+    assert abs(two_updates - expected_mean) > 0.5 * expected_mean
+
+
+def test_attack_output_is_inside_the_ball_and_box():
+    x, y = batch()
+    attack = RecordingAttack(trades_attack("linf", EPS, num_steps=3), x.shape)
+    trainer, _ = make_trainer("trades", attack)
+    trainer.train_step((x, y))
+    adv = attack.last.numpy()
+    assert np.abs(adv - x.numpy()).max() <= EPS + 1e-6
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+
+
+def test_standard_loss_updates_statistics_from_the_clean_batch():
+    x, y = batch()
+    trainer, network = make_trainer("standard", None)
+    trainer.train_step((x, y))
+    np.testing.assert_allclose(network.get_layer("bn").moving_mean.numpy(), [0.01 * x.numpy().mean()], rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss, factory", [("trades", trades_attack), ("pgd-at", pgd_at_attack), ("standard", None)])
+def test_train_step_reports_metrics_and_moves_weights(loss, factory):
+    x, y = batch()
+    attack = factory("linf", EPS, num_steps=2) if factory else None
+    trainer, network = make_trainer(loss, attack, lr=0.1)
+    before = [w.numpy().copy() for w in network.trainable_weights]
+    logs = trainer.train_step((x, y))
+    assert float(logs["loss"]) > 0  # the tracked metric, not a stale 0
+    assert 0.0 <= float(logs["clean_accuracy"]) <= 1.0
+    if loss != "standard":
+        assert "adv_accuracy" in logs
+    after = [w.numpy() for w in network.trainable_weights]
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, after))
+
+
+def test_same_seed_and_step_give_the_same_update():
+    x, y = batch()
+    results = []
+    for _ in range(2):
+        trainer, network = make_trainer("trades", trades_attack("linf", EPS, num_steps=3), lr=0.1)
+        trainer.train_step((x, y))
+        results.append([w.numpy() for w in network.weights])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_loss_and_missing_attack_are_refused():
+    with pytest.raises(ValueError, match="unknown loss"):
+        RobustTrainer(tiny_network(), loss="mart", attack=None)
+    with pytest.raises(ValueError, match="needs an attack"):
+        RobustTrainer(tiny_network(), loss="trades", attack=None)
+
+
+def test_weight_averaging_follows_the_warmed_up_ema_formula():
+    network = tiny_network()
+    averaging = WeightAveraging(network, tau=0.9)
+    rng = np.random.default_rng(0)
+    expected = [w.numpy().copy() for w in network.trainable_weights]
+    for t in range(15):
+        for w in network.trainable_weights:
+            w.assign(rng.normal(size=w.shape).astype("float32"))
+        averaging.on_train_batch_end(t)
+        d = min(0.9, (1 + t) / (10 + t))
+        assert float(ema_decay(t, 0.9)) == pytest.approx(d)
+        expected = [d * e + (1 - d) * w.numpy() for e, w in zip(expected, network.trainable_weights)]
+    for average, value in zip(averaging.averages, expected):
+        np.testing.assert_allclose(average.numpy(), value, rtol=1e-5, atol=1e-6)
+    assert int(averaging.num_updates.numpy()) == 15
+
+
+def test_averaged_network_has_averaged_weights_and_raw_batchnorm_statistics():
+    network = tiny_network()
+    averaging = WeightAveraging(network, tau=0.5)
+    bn = network.get_layer("bn")
+    bn.moving_mean.assign([0.25])
+    bn.moving_variance.assign([2.0])
+    for w in network.trainable_weights:
+        w.assign(w + 1.0)
+    averaging.on_train_batch_end(0)
+    averaged = averaging.sync_averaged_network()
+    avg_bn = averaged.get_layer("bn")
+    assert float(avg_bn.moving_mean.numpy()[0]) == pytest.approx(0.25)
+    assert float(avg_bn.moving_variance.numpy()[0]) == pytest.approx(2.0)
+    for w, a in zip(averaged.trainable_weights, averaging.averages):
+        np.testing.assert_array_equal(w.numpy(), a.numpy())
+    # and the averages are not simply the raw weights
+    assert any(np.abs(w.numpy() - r.numpy()).max() > 0 for w, r in zip(averaged.trainable_weights, network.trainable_weights))

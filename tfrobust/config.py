@@ -1,0 +1,196 @@
+"""Run configurations as frozen dataclasses, the paper's presets, and their JSON form.
+
+A run's `config.json` is the fully resolved `TrainConfig` (every default filled in), so a run directory
+says exactly what produced it and `--resume` rebuilds the same run from it.
+
+Presets (`tfrobust train --preset NAME`) give the paper's recipes; options given on the command line
+override them. Each preset states its command, expected result and compute, as big_vision's configs do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from tfrobust.errors import UserError
+
+NORMS = ("linf", "l2")
+DEFAULT_EPS = {"linf": 8.0 / 255.0, "l2": 128.0 / 255.0}
+INNER_OPTIMIZERS = ("adam", "sign")
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Defaults: the paper's CIFAR-10 recipe without added data."""
+
+    # Data
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    val_size: int = 1024
+    # Model
+    model: str = "wrn-28-10"
+    activation: str = "swish"
+    # Objective and inner maximisation (METHOD.md "loss", "inner maximisation")
+    loss: str = "trades"
+    beta: float = 6.0
+    norm: str = "linf"
+    eps: float | None = None  # None: 8/255 for linf, 128/255 for l2
+    attack_steps: int = 10
+    inner_optimizer: str | None = None  # None: adam for linf, normalised gradient ("sign") for l2
+    # Optimisation (METHOD.md "optimiser", "batch, length")
+    batch_size: int = 512
+    epochs: int = 400
+    learning_rate: float | None = None  # None: max(0.1 * batch / 256, 0.1)
+    warmup_epochs: int = 10
+    schedule: str = "piecewise"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    # Weight averaging and model selection
+    ema_decay: float = 0.999
+    eval_every: int = 10
+    # Runtime
+    strategy: str = "auto"
+    precision: str = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+    # Export (TF Serving layout saved_models/<name>/<version>)
+    export_dir: str = "saved_models"
+    name: str | None = None  # None: "<dataset>-<model>-<loss>" with characters TF Serving accepts
+
+    @property
+    def resolved_eps(self) -> float:
+        return DEFAULT_EPS[self.norm] if self.eps is None else float(self.eps)
+
+    @property
+    def export_name(self) -> str:
+        raw = self.name or f"{self.dataset}-{self.model}-{self.loss}"
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
+
+    def resolved(self) -> "TrainConfig":
+        """The same config with every derived default written out (eps, learning rate)."""
+        from tfrobust.training.schedules import peak_learning_rate
+
+        return dataclasses.replace(
+            self,
+            eps=self.resolved_eps,
+            inner_optimizer=self.inner_optimizer or ("adam" if self.norm == "linf" else "sign"),
+            learning_rate=self.learning_rate if self.learning_rate is not None else peak_learning_rate(self.batch_size),
+        )
+
+    def validate(self) -> "TrainConfig":
+        """Raises `UserError` (one line) for values no run can use; returns self."""
+        from tfrobust.models.registry import MODELS
+        from tfrobust.training.schedules import SCHEDULES
+        from tfrobust.training.trainer import LOSSES
+
+        _choice("model", self.model, tuple(MODELS))
+        _choice("loss", self.loss, LOSSES)
+        _choice("norm", self.norm, NORMS)
+        if self.inner_optimizer is not None:
+            _choice("inner optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("activation", self.activation, ("swish", "relu"))
+        eps = self.resolved_eps
+        limit = 1.0 if self.norm == "linf" else 64.0
+        if not 0.0 < eps <= limit:
+            raise UserError(
+                f"--eps {eps:g} is out of range for {self.norm}: images are in [0, 1], use 0 < eps <= {limit:g}"
+                + (" (did you mean a value like 8/255 = 0.0314?)" if self.norm == "linf" and eps > 1 else "")
+            )
+        for field, value, low in (
+            ("batch-size", self.batch_size, 1),
+            ("epochs", self.epochs, 1),
+            ("attack-steps", self.attack_steps, 1),
+            ("eval-every", self.eval_every, 0),
+            ("warmup-epochs", self.warmup_epochs, 0),
+            ("val-size", self.val_size, 0),
+        ):
+            if value < low:
+                raise UserError(f"--{field} must be >= {low}, got {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.beta < 0 or self.weight_decay < 0:
+            raise UserError("--beta and --weight-decay must be >= 0")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown config fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {what} {value!r}; choose from: {', '.join(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named recipe: config overrides plus what the paper (or our own run) says it reaches."""
+
+    overrides: dict[str, Any]
+    description: str
+    expected: str
+    compute: str
+
+
+PRESETS: dict[str, Preset] = {
+    "quickstart-digits": Preset(
+        overrides=dict(
+            dataset="digits", model="wrn-10-2", val_size=256, batch_size=64, epochs=25, warmup_epochs=2,
+            schedule="cosine", eps=0.2, ema_decay=0.99, eval_every=5,
+        ),
+        description="TRADES on scikit-learn's embedded 8x8 digits (no network): the README's quick start.",
+        expected="see README 'Measured numbers' (digits test split, Linf eps 0.2, PGD-40)",
+        compute="a few minutes on 2 CPU cores",
+    ),
+    "cifar10-wrn-28-10-padcrop": Preset(
+        overrides=dict(
+            dataset="cifar10", model="wrn-28-10", batch_size=512, epochs=400, schedule="piecewise",
+            ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
+        ),
+        description="Paper Table 2 baseline: WRN-28-10, TRADES, Pad&Crop, no added data, Linf 8/255.",
+        expected="paper: 84.32% clean / 54.44% AA+MT on the CIFAR-10 test set",
+        compute="forward 10.49 GFLOP/image, TRADES-10 = 27 forwards: 283 GFLOP x 20M image-steps = 5.7e18 FLOP",
+    ),
+    "cifar10-wrn-70-16-padcrop": Preset(
+        overrides=dict(
+            dataset="cifar10", model="wrn-70-16", batch_size=512, epochs=400, schedule="piecewise",
+            ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
+        ),
+        description="WRN-70-16, TRADES, Pad&Crop, no added data, Linf 8/255 (paper's larger model).",
+        expected="paper (Gowal et al. 2020 setting, RobustBench): 85.29% clean / 57.20% AA",
+        compute="forward 77.5 GFLOP/image (7.4x WRN-28-10): 4.2e19 FLOP",
+    ),
+    "cifar10-wrn-28-10-padcrop-l2": Preset(
+        overrides=dict(
+            dataset="cifar10", model="wrn-28-10", batch_size=512, epochs=400, schedule="piecewise",
+            ema_decay=0.999, norm="l2", eps=128.0 / 255.0,
+        ),
+        description="WRN-28-10, TRADES, Pad&Crop, no added data, L2 eps 128/255.",
+        expected="paper reports L2 numbers only with added data (WRN-70-16 DDPM+CutMix 92.41 / 80.38)",
+        compute="as cifar10-wrn-28-10-padcrop",
+    ),
+}
+
+
+def make_config(preset: str | None, options: dict[str, Any]) -> TrainConfig:
+    """Defaults <- preset overrides <- options the user gave (None means 'not given')."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+        values.update(PRESETS[preset].overrides)
+    values.update({k: v for k, v in options.items() if v is not None})
+    return TrainConfig.from_dict(values).validate()

@@ -1,0 +1,210 @@
+"""SavedModel export in TF Serving's layout, and loading any exported model back as a logits function.
+
+`export_network` writes `<root>/<name>/<version>/` (a SavedModel; TF Serving serves
+`--model_base_path=<root>/<name>` and picks the highest numeric version). Endpoints:
+
+- `serving_default`: float32 images [N, H, W, C] in [0, 1] -> {"logits", "probabilities", "classes"};
+- `logits`: the same images -> logits, a differentiable function for attacks (the evaluator uses it).
+
+The metadata (dataset, class names, input shape, norm, eps, training config, validation metrics) is
+written to `assets.extra/tfrobust.json`, the directory TF Serving reserves for files beside a model.
+The version directory appears atomically: it is written under a non-numeric temporary name (which TF
+Serving ignores) and renamed, and an existing version is never overwritten.
+
+`load_model(path)` accepts a tfrobust export (or its base directory: the highest version is used), any
+other SavedModel whose `serving_default` maps images to logits, or a `.keras` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfrobust.errors import UserError
+
+METADATA_PATH = os.path.join("assets.extra", "tfrobust.json")
+
+
+def next_version(base_dir: str) -> int:
+    """1 + the highest numeric version under `base_dir` (1 when there is none)."""
+    if not os.path.isdir(base_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_network(
+    network: keras.Model, *, root: str, name: str, metadata: dict[str, Any], version: int | None = None
+) -> str:
+    """Exports `network` (images in [0,1] -> logits) as `<root>/<name>/<version>`; returns that path."""
+    base = os.path.join(root, name)
+    os.makedirs(base, exist_ok=True)
+    version = next_version(base) if version is None else int(version)
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise UserError(f"{final} already exists; tfrobust never overwrites an export (choose another version)")
+    tmp = os.path.join(base, f".tmp-{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    height, width, channels = network.input_shape[1:]
+    spec = tf.TensorSpec([None, height, width, channels], tf.float32, name="images")
+
+    def logits_fn(images):
+        return tf.cast(network(images, training=False), tf.float32)
+
+    def serve(images):
+        logits = logits_fn(images)
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits),
+            "classes": tf.argmax(logits, axis=-1),
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=[spec])
+    archive.add_endpoint(name="logits", fn=logits_fn, input_signature=[spec])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras's export chatter about untracked resources
+            archive.write_out(tmp, verbose=False)
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        full_metadata = {"format": "tfrobust-savedmodel-1", "input_shape": [height, width, channels], **metadata}
+        with open(os.path.join(tmp, METADATA_PATH), "w") as handle:
+            json.dump(full_metadata, handle, indent=2, sort_keys=True)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing half-written behind
+        raise
+    return final
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model to evaluate: `logits(images)` maps float32 [N,H,W,C] images in [0,1] to float32 logits."""
+
+    logits: Callable[[tf.Tensor], tf.Tensor]
+    metadata: dict[str, Any]
+    path: str
+    keepalive: Any = dataclasses.field(default=None, repr=False)  # the restored object owning the variables
+
+
+def resolve_model_dir(path: str) -> str:
+    """`saved_models/name` (TF Serving base path) -> its highest version; a version dir stays as it is."""
+    if not os.path.exists(path):
+        raise UserError(f"no model at {path}")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        versions = sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True)
+        for version in versions:
+            candidate = os.path.join(path, str(version))
+            if os.path.exists(os.path.join(candidate, "saved_model.pb")):
+                return candidate
+        raise UserError(f"{path} holds neither a SavedModel (saved_model.pb) nor numeric version directories")
+    return path
+
+
+def load_model(path: str) -> LoadedModel:
+    """Loads a tfrobust export, another SavedModel, or a `.keras` model as a logits function."""
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise UserError(f"no model at {path}")
+        try:
+            model = keras.saving.load_model(path, safe_mode=True)
+        except Exception as error:  # Keras raises many types for a bad file; the user needs one line.
+            raise UserError(f"cannot load {path}: {type(error).__name__}: {error}") from None
+        fn = tf.function(lambda images: tf.cast(model(images, training=False), tf.float32))
+        return LoadedModel(_warn_if_probabilities(fn, _keras_input_shape(model)), {}, path)
+
+    directory = resolve_model_dir(path)
+    try:
+        loaded = tf.saved_model.load(directory)
+    except Exception as error:  # A corrupt SavedModel surfaces as assorted TF errors.
+        raise UserError(f"cannot load SavedModel {directory}: {type(error).__name__}: {str(error)[:200]}") from None
+    metadata: dict[str, Any] = {}
+    metadata_file = os.path.join(directory, METADATA_PATH)
+    if os.path.isfile(metadata_file):
+        with open(metadata_file) as handle:
+            metadata = json.load(handle)
+    if hasattr(loaded, "logits"):
+        fn = loaded.logits
+        input_shape = metadata.get("input_shape") or _spec_shape(getattr(fn, "input_signature", None))
+    else:
+        signature = loaded.signatures.get("serving_default")
+        if signature is None:
+            raise UserError(f"{directory} has no 'logits' endpoint and no serving_default signature")
+        input_name = list(signature.structured_input_signature[1])[0]
+        outputs = signature.structured_outputs
+        key = "logits" if "logits" in outputs else (list(outputs)[0] if len(outputs) == 1 else None)
+        if key is None:
+            raise UserError(f"{directory}: serving_default has outputs {sorted(outputs)}; expected 'logits' or one output")
+
+        def fn(images):
+            return tf.cast(signature(**{input_name: images})[key], tf.float32)
+
+        input_shape = _spec_shape([signature.structured_input_signature[1][input_name]])
+    fn = _warn_if_probabilities(fn, input_shape)
+    return LoadedModel(fn, metadata, directory, keepalive=loaded)
+
+
+def _keras_input_shape(model) -> list[int] | None:
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):  # a subclassed model that was never built
+        return None
+    return list(shape[1:]) if isinstance(shape, tuple) else None
+
+
+def _spec_shape(signature) -> list[int] | None:
+    """[H, W, C] of a one-argument float32 input signature, None where unknown."""
+    if not signature or len(signature) != 1 or not isinstance(signature[0], tf.TensorSpec):
+        return None
+    spec = signature[0]
+    if spec.dtype != tf.float32 or spec.shape.rank is None:
+        return None
+    return list(spec.shape[1:])
+
+
+def _warn_if_probabilities(fn: Callable, input_shape: list[int] | None = None) -> Callable:
+    """Wraps `fn` to warn once if its outputs look like probabilities (attacks need logits).
+
+    With a fully known `input_shape` the check runs now, on two random images: `tfrobust eval` calls the
+    function only inside `tf.function`, where the outputs cannot be inspected. Otherwise it runs on the
+    first eager call.
+    """
+    state = {"checked": False}
+
+    def check(out) -> None:
+        state["checked"] = True
+        values = np.asarray(out)
+        if values.size and values.min() >= 0 and np.allclose(values.sum(-1), 1.0, atol=1e-3):
+            warnings.warn(
+                "the model's outputs sum to 1 like probabilities: attacks and losses expect logits, so "
+                "gradients may vanish and robust accuracy be overestimated"
+            )
+
+    if input_shape and all(isinstance(d, int) and d > 0 for d in input_shape):
+        probe = np.random.default_rng(0).uniform(0.0, 1.0, [2, *input_shape]).astype(np.float32)
+        try:
+            out = fn(tf.constant(probe))
+        except (tf.errors.OpError, ValueError, TypeError) as error:
+            raise UserError(
+                f"the model fails on float32 images of shape {list(input_shape)}: {type(error).__name__}: "
+                f"{str(error)[:200]}"
+            ) from None
+        check(out)
+
+    def checked(images):
+        out = fn(images)
+        if not state["checked"] and tf.executing_eagerly():
+            check(out)
+        return out
+
+    return checked

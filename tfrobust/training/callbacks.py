@@ -1,0 +1,179 @@
+"""Keras callbacks of a training run: weight averaging, model selection, checkpointing, run metadata.
+
+Order matters and `run.py` keeps it: `WeightAveraging` (after every step), then `ModelSelection` (reads
+the averages, adds validation metrics to the epoch's logs), then `TrainingCheckpoint` (saves everything,
+selection state included), then the CSV/TensorBoard loggers (which see the validation metrics).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfrobust.errors import UserError
+from tfrobust.training import checkpoint as ckpt
+from tfrobust.training.schedules import ema_decay
+
+
+class WeightAveraging(keras.callbacks.Callback):
+    """Exponential moving average of the network's trainable weights (Rebuffi, Gowal et al. 2021, Sec. 4).
+
+    After update t (t = 0, 1, ...): avg <- d_t * avg + (1 - d_t) * w with d_t = min(tau, (1+t)/(10+t)),
+    the reference's warm-up (METHOD.md "weight averaging"). Only trainable weights are averaged; the
+    averaged model uses the raw model's BatchNorm statistics, as the reference evaluates it.
+    Keras's optimizer `use_ema` differs (no warm-up), hence this callback.
+
+    Create it under the distribution strategy's scope: its variables must be mirrored like the model's.
+    """
+
+    def __init__(self, network: keras.Model, tau: float):
+        super().__init__()
+        if not 0.0 <= tau < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {tau}")
+        self.network = network
+        self.tau = float(tau)
+        # Initialise from a numpy copy: a keras.Variable built from another variable's `.value` would
+        # share its storage (the "average" would silently be the raw weight).
+        self.averages = [
+            keras.Variable(np.array(w.numpy()), trainable=False, name=f"ema_{i}")
+            for i, w in enumerate(network.trainable_weights)
+        ]
+        self.num_updates = keras.Variable(0, dtype="int64", trainable=False, name="ema_num_updates")
+        # A second network that holds averaged weights + raw BatchNorm statistics for validation/export.
+        self.averaged_network = keras.models.clone_model(network)
+        self._check_alignment()
+        self._update = tf.function(self._update_averages)
+
+    def _check_alignment(self) -> None:
+        pairs = zip(self.averaged_network.weights, self.network.weights)
+        if len(self.averaged_network.weights) != len(self.network.weights) or any(
+            a.path != b.path or a.shape != b.shape for a, b in pairs
+        ):
+            raise RuntimeError("clone_model did not reproduce the network's weights in order")
+
+    def _update_averages(self) -> None:
+        decay = ema_decay(self.num_updates, self.tau)
+        for average, weight in zip(self.averages, self.network.trainable_weights):
+            average.assign(decay * average + (1.0 - decay) * tf.cast(weight.value, average.dtype))
+        self.num_updates.assign_add(1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._update()
+
+    def sync_averaged_network(self) -> keras.Model:
+        """Copies averages (trainable) and raw BatchNorm statistics into `averaged_network`; returns it."""
+        averages = iter(self.averages)
+        for target, source in zip(self.averaged_network.weights, self.network.weights):
+            target.assign(next(averages).value if source.trainable else source.value)
+        return self.averaged_network
+
+    def state_variables(self) -> list:
+        return [*self.averages, self.num_updates]
+
+
+class ModelSelection(keras.callbacks.Callback):
+    """Every `every` epochs (and at the last), clean and PGD-40 accuracy of raw and averaged weights.
+
+    METHOD.md "model selection": robust accuracy on held-out *training* images picks the best averaged
+    model, never the test set. Adds `val_{raw,avg}_{clean,pgd40}_accuracy` to every epoch's logs (NaN on
+    epochs without evaluation, so CSV columns stay fixed) and saves the best averaged weights.
+    """
+
+    def __init__(
+        self,
+        averaging: WeightAveraging,
+        evaluate: Callable[[keras.Model], dict[str, float]],
+        *,
+        every: int,
+        total_epochs: int,
+        best_path: str,
+    ):
+        super().__init__()
+        self.averaging = averaging
+        self.evaluate = evaluate
+        self.every = int(every)
+        self.total_epochs = int(total_epochs)
+        self.best_path = best_path
+        self.best = {"epoch": -1, "val_avg_pgd40_accuracy": -math.inf}
+        self.latest: dict[str, float] = {}
+
+    KEYS = ("val_raw_clean_accuracy", "val_raw_pgd40_accuracy", "val_avg_clean_accuracy", "val_avg_pgd40_accuracy")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        done = epoch + 1
+        if self.every <= 0 or (done % self.every != 0 and done != self.total_epochs):
+            logs.update({key: float("nan") for key in self.KEYS})
+            return
+        raw = self.evaluate(self.averaging.network)
+        averaged = self.evaluate(self.averaging.sync_averaged_network())
+        metrics = {
+            "val_raw_clean_accuracy": raw["clean_accuracy"],
+            "val_raw_pgd40_accuracy": raw["robust_accuracy"],
+            "val_avg_clean_accuracy": averaged["clean_accuracy"],
+            "val_avg_pgd40_accuracy": averaged["robust_accuracy"],
+        }
+        logs.update(metrics)
+        self.latest = {"epoch": done, **metrics}
+        if metrics["val_avg_pgd40_accuracy"] > self.best["val_avg_pgd40_accuracy"]:
+            self.best = {"epoch": done, **metrics}
+            weights = [w.value for w in self.averaging.averaged_network.weights]
+            ckpt.save_arrays(self.best_path, {"network": weights}, {"best": self.best})
+        print(
+            f"\nepoch {done}: validation clean/PGD-40 raw {metrics['val_raw_clean_accuracy']:.4f}/"
+            f"{metrics['val_raw_pgd40_accuracy']:.4f}, averaged {metrics['val_avg_clean_accuracy']:.4f}/"
+            f"{metrics['val_avg_pgd40_accuracy']:.4f} (best averaged at epoch {self.best['epoch']})",
+            flush=True,
+        )
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Saves the whole training state atomically at the end of every epoch (see `checkpoint.py`)."""
+
+    def __init__(self, path: str, averaging: WeightAveraging, selection: ModelSelection):
+        super().__init__()
+        self.path = path
+        self.averaging = averaging
+        self.selection = selection
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        groups = {
+            "network": [w.value for w in self.averaging.network.weights],
+            "averaging": [v.value for v in self.averaging.state_variables()],
+            "optimizer": [v.value for v in optimizer.variables],
+        }
+        state = {"epoch": epoch + 1, "best": _jsonable(self.selection.best), "latest": self.selection.latest}
+        ckpt.save_arrays(self.path, groups, state)
+
+
+def _jsonable(record: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection: ModelSelection) -> int:
+    """Loads a `TrainingCheckpoint` into a freshly built run; returns the number of epochs done."""
+    groups, state = ckpt.load_arrays(path)
+    for group in ("network", "averaging", "optimizer"):
+        if group not in groups:
+            raise UserError(f"unreadable checkpoint {path}: no {group!r} arrays")
+    model.optimizer.build(averaging.network.trainable_variables)
+    ckpt.assign_group(averaging.network.weights, groups["network"], "network", path)
+    ckpt.assign_group(averaging.state_variables(), groups["averaging"], "weight averages", path)
+    ckpt.assign_group(model.optimizer.variables, groups["optimizer"], "optimizer", path)
+    best = state.get("best") or {}
+    if best.get("epoch", -1) >= 0:
+        selection.best = best
+    selection.latest = state.get("latest") or {}
+    return int(state["epoch"])
+
+
+def load_best_weights(path: str, network: keras.Model) -> dict:
+    """Loads the best averaged weights saved by `ModelSelection` into `network`; returns their record."""
+    groups, state = ckpt.load_arrays(path)
+    ckpt.assign_group(network.weights, groups.get("network", []), "network", path)
+    return state.get("best", {})

@@ -1,0 +1,77 @@
+"""`--strategy`: one device, several GPUs of one machine, or several machines (TF_CONFIG).
+
+Under `MirroredStrategy` and `MultiWorkerMirroredStrategy` each replica sees a slice of the global batch;
+tfrobust makes the distributed step compute what the single-device step computes on the whole batch:
+
+- the loss is each replica's mean divided by the number of replicas (Keras sums gradients);
+- BatchNorm is synchronised (`synchronized=True`: moments over the global batch);
+- the attack's random start is drawn for the global batch and each replica takes its rows
+  (`ReplicaShardedInit`), so the adversarial points do not depend on the number of replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from tfrobust.attacks.init import Init
+from tfrobust.errors import UserError
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`auto`: every local GPU mirrored when there are several, else one device."""
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--strategy multi-worker needs the TF_CONFIG environment variable (cluster and task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    # One device: TensorFlow's default strategy (it places work on the first GPU when there is one);
+    # OneDeviceStrategy adds per-step overhead for nothing.
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG names this process as a non-chief worker (only the chief writes files)."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = config.get("task", {})
+    cluster = config.get("cluster", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
+
+
+def check_batch_size(batch_size: int, replicas: int) -> None:
+    if batch_size % replicas:
+        raise UserError(
+            f"--batch-size {batch_size} is not divisible by the {replicas} replicas of the strategy: "
+            f"use a multiple of {replicas}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaShardedInit:
+    """Wraps an attack init so each replica gets its rows of the start drawn for the global batch.
+
+    The inner init is evaluated on the local images tiled `replicas` times (the noise depends on the
+    images only through the final clip, per element), and the replica keeps the rows of its slot.
+    Costs `replicas` times a cheap noise draw; buys replica-count-independent training.
+    """
+
+    inner: Init
+    replicas: int
+
+    def __call__(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        local = tf.shape(x)[0]
+        tiled = tf.tile(x, tf.concat([[self.replicas], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
+        start = self.inner(tiled, seed)
+        return start[replica * local : (replica + 1) * local]

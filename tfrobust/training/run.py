@@ -1,0 +1,269 @@
+"""One training run, from a `TrainConfig` to a run directory and an exported SavedModel.
+
+Run directory (`--out`):
+    config.json        the fully resolved TrainConfig (what `--resume` rebuilds the run from)
+    checkpoint.npz     whole training state after the last finished epoch (atomic; see checkpoint.py)
+    best.npz           the best averaged weights by validation PGD-40 accuracy (model selection)
+    log.csv            per-epoch training and validation metrics (appended on resume)
+    tensorboard/       the same for TensorBoard
+    summary.json       final numbers, where the model was exported, throughput
+    .lock              held (flock) while a process trains in this directory
+
+The data order, the augmentation and the attack's random starts are functions of (seed, epoch, step),
+so a run resumed from its checkpoint continues exactly where the uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Iterator
+
+import keras
+import tensorflow as tf
+
+import tfrobust
+from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
+from tfrobust.augment.pad_crop import PadCrop
+from tfrobust.config import TrainConfig
+from tfrobust.data.datasets import Splits, load_dataset
+from tfrobust.data.pipeline import eval_dataset, train_dataset
+from tfrobust.errors import UserError
+from tfrobust.evaluation import Evaluator, keras_logits_fn
+from tfrobust.export import export_network
+from tfrobust.models.registry import build_model
+from tfrobust.training import callbacks as cb
+from tfrobust.training import distribute
+from tfrobust.training.checkpoint import CHECKPOINT_NAME
+from tfrobust.training.schedules import WarmupSchedule
+from tfrobust.training.trainer import RobustTrainer
+
+CONFIG_NAME = "config.json"
+BEST_NAME = "best.npz"
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def locked_run_dir(path: str) -> Iterator[None]:
+    """Holds an exclusive flock on `path/.lock`; a second process gets one clear error line."""
+    handle = open(os.path.join(path, LOCK_NAME), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"run directory {path} is in use by another tfrobust process") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def check_new_run_dir(path: str) -> None:
+    """A new run needs an absent or empty directory: never mix or overwrite runs."""
+    if os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        raise UserError(f"{path} holds another run (config.json): use --resume {path}, or another --out")
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise UserError(f"--out {path} exists and is not an empty directory: choose another --out")
+
+
+def read_run_config(path: str) -> TrainConfig:
+    config_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise UserError(f"{path} is not a tfrobust run directory (no config.json)")
+    try:
+        with open(config_path) as handle:
+            values = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"unreadable {config_path}: {error}") from None
+    return TrainConfig.from_dict(values).validate()
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run builds; `train` fits it, tests poke at its parts."""
+
+    config: TrainConfig
+    splits: Splits
+    strategy: tf.distribute.Strategy
+    trainer: RobustTrainer
+    averaging: cb.WeightAveraging
+    selection: cb.ModelSelection
+    steps_per_epoch: int
+
+
+def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -> Run:
+    """Builds data, model, optimizer and callbacks for `config` (resolved) writing into `run_dir`."""
+    keras.mixed_precision.set_global_policy(config.precision)
+    splits = splits or load_dataset(config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir)
+    strategy = distribute.make_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    distribute.check_batch_size(config.batch_size, replicas)
+    if config.batch_size > len(splits.train):
+        raise UserError(
+            f"--batch-size {config.batch_size} is larger than the training split ({len(splits.train)} images)"
+        )
+    steps_per_epoch = len(splits.train) // config.batch_size
+    info = splits.info
+    eps = config.resolved_eps
+    with strategy.scope():
+        network = build_model(
+            config.model,
+            input_shape=info.image_shape,
+            num_classes=info.num_classes,
+            mean=info.mean,
+            std=info.std,
+            activation=config.activation,
+            synchronized_bn=replicas > 1,
+        )
+        attack = None
+        if config.loss != "standard":
+            factory = trades_attack if config.loss == "trades" else pgd_at_attack
+            attack = factory(config.norm, eps, num_steps=config.attack_steps, optimizer=config.inner_optimizer)
+            if replicas > 1:
+                attack = dataclasses.replace(attack, init=distribute.ReplicaShardedInit(attack.init, replicas))
+        trainer = RobustTrainer(
+            network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay, seed=config.seed
+        )
+        schedule = WarmupSchedule(
+            peak=config.learning_rate,
+            warmup_steps=config.warmup_epochs * steps_per_epoch,
+            total_steps=config.epochs * steps_per_epoch,
+            kind=config.schedule,
+        )
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
+        trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        trainer.build(tuple((None, *info.image_shape)))
+        optimizer.build(network.trainable_variables)
+        averaging = cb.WeightAveraging(network, config.ema_decay)
+
+    evaluator = Evaluator(["pgd40"], norm=config.norm, eps=eps)
+    val_data = eval_dataset(splits.val, num_classes=info.num_classes, batch_size=min(config.batch_size, 256))
+    logits_fns = {id(network): keras_logits_fn(network), id(averaging.averaged_network): keras_logits_fn(averaging.averaged_network)}
+
+    def evaluate(model: keras.Model) -> dict[str, float]:
+        result = evaluator.run(logits_fns[id(model)], val_data, seed=config.seed)
+        return {"clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy}
+
+    every = config.eval_every if len(splits.val) else 0
+    selection = cb.ModelSelection(
+        averaging, evaluate, every=every, total_epochs=config.epochs, best_path=os.path.join(run_dir, BEST_NAME)
+    )
+    return Run(config, splits, strategy, trainer, averaging, selection, steps_per_epoch)
+
+
+def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, verbose: Any = "auto") -> dict[str, Any]:
+    """Trains (or resumes) the run in `out_dir`, exports the selected averaged model, returns the summary."""
+    if resume:
+        if config is not None:
+            raise UserError("--resume rebuilds the run from RUN_DIR/config.json: give no other training options")
+        config = read_run_config(out_dir)
+    else:
+        assert config is not None
+        config = config.validate().resolved()
+    chief = distribute.is_chief()
+    run_dir = out_dir if chief else tempfile.mkdtemp(prefix="tfrobust-worker-")
+    if not resume and chief:
+        check_new_run_dir(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    try:
+        with locked_run_dir(run_dir):
+            if not resume:
+                with open(os.path.join(run_dir, CONFIG_NAME), "w") as handle:
+                    handle.write(config.to_json())
+            return _train_locked(config, run_dir, chief=chief, verbose=verbose)
+    finally:
+        if not chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: Any) -> dict[str, Any]:
+    run = build_run(config, run_dir)
+    checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
+    initial_epoch = 0
+    if os.path.exists(checkpoint_path):
+        initial_epoch = cb.restore(checkpoint_path, run.trainer, run.averaging, run.selection)
+        print(f"resuming {run_dir} after epoch {initial_epoch} of {config.epochs}", flush=True)
+    info = run.splits.info
+    # The paper pads 4 pixels on 32x32 images; keep that fraction (1 pixel on 8x8 digits, where 4 would
+    # shift half the digit out of view).
+    augment = PadCrop(padding=max(1, round(4 * info.image_shape[0] / 32)), flip=info.allow_flip)
+    data = train_dataset(
+        run.splits.train,
+        num_classes=info.num_classes,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        first_epoch=initial_epoch,
+        steps_per_epoch=run.steps_per_epoch,
+        augment=lambda batch, seed: augment(batch, training=True, seed=seed),
+    )
+    callbacks = [
+        run.averaging,
+        run.selection,
+        cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=initial_epoch > 0),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+    ]
+    start = time.time()
+    if initial_epoch < config.epochs:
+        run.trainer.fit(
+            data,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=run.steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the pipeline already orders each epoch by (seed, epoch)
+        )
+    seconds = time.time() - start
+    images = (config.epochs - initial_epoch) * run.steps_per_epoch * config.batch_size
+    summary: dict[str, Any] = {
+        "epochs": config.epochs,
+        "resumed_from_epoch": initial_epoch,
+        "train_seconds": round(seconds, 1),
+        "train_images_per_second": round(images / seconds, 2) if seconds > 0 and images else None,
+        "best": run.selection.best if run.selection.best["epoch"] >= 0 else None,
+        "last": run.selection.latest or None,
+    }
+    if chief:
+        summary["export"] = export_selected(run, run_dir)
+        with open(os.path.join(run_dir, "summary.json"), "w") as handle:
+            json.dump(summary, handle, indent=2, sort_keys=True)
+    return summary
+
+
+def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
+    """Exports the averaged model (best by validation PGD-40, else the last) in float32; returns its path."""
+    config, info = run.config, run.splits.info
+    averaged = run.averaging.sync_averaged_network()
+    best_path = os.path.join(run_dir, BEST_NAME)
+    selected = "last"
+    if which == "best" and os.path.exists(best_path):
+        cb.load_best_weights(best_path, averaged)
+        selected = "best"
+    # Export in float32 whatever the training precision: attacks on a bf16 model get quantised
+    # gradients, which can overstate robustness.
+    keras.mixed_precision.set_global_policy("float32")
+    network = build_model(
+        config.model, input_shape=info.image_shape, num_classes=info.num_classes, mean=info.mean, std=info.std,
+        activation=config.activation,
+    )
+    network.set_weights([w.numpy() for w in averaged.weights])
+    metadata = {
+        "tfrobust_version": tfrobust.__version__,
+        "tensorflow_version": tf.__version__,
+        "dataset": dataclasses.asdict(info),
+        "norm": config.norm,
+        "eps": config.resolved_eps,
+        "weights": f"weight average (EMA tau {config.ema_decay}), {selected} by validation PGD-40",
+        "validation": run.selection.best if selected == "best" else run.selection.latest,
+        "training_config": dataclasses.asdict(config),
+        "run_dir": os.path.abspath(run_dir),
+    }
+    return export_network(network, root=config.export_dir, name=config.export_name, metadata=metadata)
