@@ -26,6 +26,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as tfrobust sets it (tfrobust/__init__.py)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flops  # noqa: E402
@@ -96,6 +97,7 @@ def main(argv=None) -> dict:
     devices = [d.device_type for d in tf.config.list_logical_devices()]
     result = {
         "framework": f"tensorflow {tf.__version__}, keras {keras.__version__}",
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "device": "GPU" if "GPU" in devices else "CPU",
         "model": args.model,
         "batch_size": args.batch_size,

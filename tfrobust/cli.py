@@ -1,10 +1,12 @@
-"""The `tfrobust` command line: train, export, eval.
+"""The `tfrobust` command line: train, export, eval, import.
 
     tfrobust train --preset quickstart-digits --out runs/digits
     tfrobust train --dataset cifar10 --model wrn-28-10 --batch-size 512 --epochs 400 --out runs/c10
     tfrobust train --resume runs/c10
     tfrobust export runs/c10 --which best
     tfrobust eval --model saved_models/cifar10-wrn-28-10-trades --n-examples 1000
+    tfrobust import --checkpoint cifar10_linf_wrn28-10_cutmix_ddpm_v2.pt --arch wrn-28-10 --dataset cifar10 \
+        --out saved_models/rebuffi2021-wrn-28-10/1
 
 Options are parsed once into a frozen `TrainConfig`/evaluation settings; each command calls one function.
 Bad input (`UserError`) prints one line and exits with status 1; TensorFlow is imported only when a
@@ -102,7 +104,8 @@ def train(out: str | None, resume_dir: str | None, preset: str | None, **options
         click.echo(f"run directory: {out}")
         summary = run_train(config, out)
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    click.echo(f"exported: {summary.get('export')}")
+    if summary.get("export"):
+        click.echo(f"exported: {summary['export']}")
 
 
 @cli.command()
@@ -127,7 +130,7 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 
 @cli.command(name="eval")
 @click.option("--model", "model_path", required=True, help="SavedModel dir, TF Serving base dir, or .keras file.")
-@click.option("--attack", default="pgd40", help="Attack cascade [pgd40].")
+@click.option("--attack", default="pgd40", help="Attack cascade: aa (AutoAttack: APGD-CE, APGD-T, FAB-T, Square) | aa+mt (the paper's: APGD-CE 5x100, APGD-DLR 5x100, MultiTargeted 10x200) | mt | apgd-ce | apgd-t | apgd-dlr | fab-t | square | pgd40 [pgd40].")
 @click.option("--dataset", default=None, help="Dataset [the model's]; npz:PATH for your own arrays.")
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
 @click.option("--split", default="test", help="test (default) | val | train")
@@ -150,6 +153,22 @@ def evaluate(model_path: str, attack: str, dataset: str | None, data_dir: str | 
     result = run_eval(settings)
     click.echo(result["table"])
     click.echo(f"report: {result['report_path']}")
+
+
+@cli.command(name="import")
+@click.option("--checkpoint", required=True, help="PyTorch state dict (.pt) of the reference model_zoo, e.g. a published checkpoint.")
+@click.option("--arch", required=True, help="wrn-28-10 | wrn-34-20 | wrn-70-16 | wrn-106-16 | preact-resnet-18 | wrn-16-2 | ... (tfrobust's model names)")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), required=True, help="What the checkpoint was trained on (classes, normalisation).")
+@click.option("--activation", type=click.Choice(["swish", "relu"]), default="swish", help="The model's activation [swish, as the published models].")
+@click.option("--out", required=True, help="saved_models/NAME/VERSION (TF Serving layout; saved_models/NAME: the next version).")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", help="Threat model written to the metadata (eval's default) [linf].")
+@click.option("--eps", type=float, default=None, help="Radius written to the metadata [8/255 linf, 128/255 l2].")
+def import_(checkpoint: str, arch: str, dataset: str, activation: str, out: str, norm: str, eps: float | None) -> None:
+    """Imports a published PyTorch checkpoint as a SavedModel (needs the [import] extra: torch)."""
+    from tfrobust.importer import import_checkpoint
+
+    path = import_checkpoint(checkpoint, arch=arch, dataset=dataset, activation=activation, out=out, norm=norm, eps=eps)
+    click.echo(f"imported: {path}")
 
 
 def main() -> None:

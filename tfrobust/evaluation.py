@@ -7,31 +7,68 @@ every stage, and the report gives it after each stage (as Table 6 of the paper).
 counts only after re-verification: inside the eps ball (float tolerance 1e-6), inside [0, 1] and
 misclassified by the model on a fresh forward pass.
 
-Stages are named entries of `STAGES` (a plain dict); the AutoAttack/MultiTargeted stages of the
-evaluator issue slot in there.
+Stages are named entries of `STAGES` (a plain dict: name -> factory(norm, eps) of a frozen attack);
+cascades (`CASCADES`, the CLI's --attack) are tuples of stage names: `aa` (AutoAttack standard), `aa+mt`
+(the paper's), `mt` and each single attack.
+
+Checks against a false sense of security (AutoAttack's `checks.py`), reported as warnings in the result:
+a model whose outputs differ between identical calls (a randomised defence: a deterministic attack
+evaluation over-estimates its robustness); Square (gradient-free) breaking more than 0.2% of the points
+the gradient attacks of the same cascade left robust (gradient masking); an attack that runs fewer
+targets than configured because the model has few classes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.attacks.apgd import APGD
+from tfrobust.attacks.fab import FABTargeted
+from tfrobust.attacks.multitargeted import MultiTargeted
 from tfrobust.attacks.pgd import pgd40_attack
+from tfrobust.attacks.square import Square
 from tfrobust.errors import UserError
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 # An attack: (model_fn, images, one-hot labels, seed) -> adversarial images.
 StageAttack = Callable[[LogitsFn, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
+# Stage name -> factory(norm, eps) returning a configured attack: a frozen dataclass, built once per
+# Evaluator and never mutated. The configurations are AutoAttack's standard version (Croce & Hein 2020;
+# github.com/fra31/auto-attack, `autoattack.py`, version="standard") and the paper's AA+MT (METHOD.md).
 STAGES: dict[str, Callable[[str, float], StageAttack]] = {
     # Model selection's attack (METHOD.md): margin loss, Adam 0.1 (x0.1 at 20, x0.01 at 30), 40 steps.
     "pgd40": pgd40_attack,
+    # AutoAttack standard: APGD-CE 1 restart x 100; APGD-T 9 targets x 1 restart x 100; FAB-T 9 targets x 100;
+    # Square 5000 queries.
+    "apgd-ce": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=1),
+    "apgd-t": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1, n_target_classes=9),
+    "apgd-dlr": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1),
+    "fab-t": lambda norm, eps: FABTargeted(norm, eps, n_iter=100, n_target_classes=9, n_restarts=1),
+    "square": lambda norm, eps: Square(norm, eps, n_queries=5000, n_restarts=1),
+    # The paper's AA+MT: APGD-CE 5 x 100, APGD-DLR 5 x 100, MultiTargeted 10 restarts x 200 steps (top-9).
+    "apgd-ce-5x100": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=5),
+    "apgd-dlr-5x100": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=5),
+    "mt": lambda norm, eps: MultiTargeted(norm, eps, n_restarts=10, n_steps=200, n_target_classes=9),
 }
+
+# Stages that follow the model's gradient; Square breaking points they left robust suggests gradient
+# masking (AutoAttack's `check_square_sr`).
+GRADIENT_STAGES = frozenset(
+    {"pgd40", "apgd-ce", "apgd-t", "apgd-dlr", "fab-t", "apgd-ce-5x100", "apgd-dlr-5x100", "mt"})
+# Square lowering robust accuracy by more than this fraction of the examples triggers the warning (the
+# reference's alpha = 0.002, i.e. 0.2 points).
+SQUARE_MASKING_THRESHOLD = 0.002
+# Largest difference of L2-normalised outputs between identical calls still taken as deterministic (the
+# reference's `check_randomized`, alpha = 1e-4).
+RANDOMNESS_TOLERANCE = 1e-4
 
 TOLERANCE = 1e-6
 
@@ -47,6 +84,7 @@ class EvalResult:
     robust_after_stage: tuple[float, ...]
     adversarial: np.ndarray | None  # float32 [N,H,W,C] (clean image where no attack succeeded), if kept
     seconds: float
+    warnings: tuple[str, ...] = ()  # the checks' findings and the attacks' notes, also issued as UserWarning
 
     @property
     def clean_accuracy(self) -> float:
@@ -72,6 +110,52 @@ def verify(
     in_box = (adv.reshape(adv.shape[0], -1).min(axis=1) >= 0.0) & (adv.reshape(adv.shape[0], -1).max(axis=1) <= 1.0)
     predicted = np.asarray(logits_fn(tf.constant(adv))).argmax(axis=-1)
     return inside & in_box & (predicted != labels)
+
+
+def check_randomized(predict: LogitsFn, images: tf.Tensor, first: np.ndarray, calls: int = 4) -> str | None:
+    """A warning when the model's outputs change between identical calls, else None.
+
+    AutoAttack's `check_randomized` (fra31/auto-attack, `autoattack/checks.py`): outputs are compared
+    after L2 normalisation (so the check ignores the logits' scale), against `RANDOMNESS_TOLERANCE`; any
+    change of the predicted classes counts too. `first` is the output of one call already made; `calls`
+    more are made (the reference makes 5 in all). A randomised defence (dropout or noise at inference)
+    makes a deterministic attack evaluation meaningless: its robustness must be evaluated with EOT.
+    """
+    def normalised(out: np.ndarray) -> np.ndarray:
+        out = out.astype(np.float64)
+        return out / (np.linalg.norm(out, axis=-1, keepdims=True) + 1e-10)
+
+    outputs = [np.asarray(first)] + [np.asarray(predict(images)) for _ in range(calls)]
+    reference = normalised(outputs[0])
+    differ = max(float(np.linalg.norm(normalised(o) - reference, axis=-1).max()) for o in outputs[1:])
+    classes_change = any(np.any(o.argmax(-1) != outputs[0].argmax(-1)) for o in outputs[1:])
+    if differ > RANDOMNESS_TOLERANCE or classes_change:
+        return (f"the model's outputs differ between identical calls (largest difference of normalised outputs "
+                f"{differ:.3g}): it looks like a randomised defence (dropout/noise at inference?); this "
+                "deterministic evaluation is not reliable for it, evaluate it with expectation over "
+                "transformation")
+    return None
+
+
+def check_square(stage_names: Sequence[str], clean_accuracy: float,
+                 robust_after_stage: Sequence[float]) -> str | None:
+    """A warning when Square lowered robust accuracy below what the gradient attacks before it reached.
+
+    AutoAttack's `check_square_sr`: in a cascade Square attacks only the points every gradient attack
+    left robust, so whatever it breaks, they missed; more than `SQUARE_MASKING_THRESHOLD` (0.2 points) of
+    the examples suggests gradient masking, and the robust accuracy of the gradient attacks alone is not
+    to be trusted.
+    """
+    for index, name in enumerate(stage_names):
+        if name != "square" or not any(s in GRADIENT_STAGES for s in stage_names[:index]):
+            continue
+        before = robust_after_stage[index - 1] if index else clean_accuracy
+        drop = before - robust_after_stage[index]
+        if drop > SQUARE_MASKING_THRESHOLD:
+            return (f"Square (gradient-free) lowered the robust accuracy by {100 * drop:.2f} points after the "
+                    "gradient attacks: a sign of gradient masking; the evaluation may be unreliable, consider "
+                    "more Square queries/restarts or an adaptive attack")
+    return None
 
 
 class Evaluator:
@@ -118,10 +202,21 @@ class Evaluator:
         clean_all, robust_all, adv_all = [], [], []
         stage_counts = np.zeros(len(self.stage_names), np.int64)
         bar = keras.utils.Progbar(num_batches, unit_name="batch") if progress else None
+        findings: list[str] = []
+        checked = False
         for batch_index, (images, labels) in enumerate(dataset):
             x = images.numpy()
             y = labels.numpy().argmax(axis=-1)
-            correct = np.asarray(predict(images)).argmax(axis=-1) == y
+            logits = np.asarray(predict(images))
+            correct = logits.argmax(axis=-1) == y
+            if not checked and x.shape[0]:
+                # Once, on the first batch: the model's number of classes and its determinism.
+                checked = True
+                for attack in self._attacks:
+                    findings.extend(getattr(attack, "notes", lambda k: ())(int(logits.shape[-1])))
+                randomised = check_randomized(predict, images, logits)
+                if randomised:
+                    findings.append(randomised)
             robust = correct.copy()
             adv = x.copy()
             for stage, name in enumerate(self.stage_names):
@@ -144,14 +239,21 @@ class Evaluator:
         clean = np.concatenate(clean_all) if clean_all else np.zeros([0], bool)
         robust = np.concatenate(robust_all) if robust_all else np.zeros([0], bool)
         n = int(clean.shape[0])
+        after = tuple(float(c) / n if n else float("nan") for c in stage_counts)
+        masking = check_square(self.stage_names, float(clean.mean()) if n else float("nan"), after)
+        if masking:
+            findings.append(masking)
+        for message in findings:
+            warnings.warn(message, UserWarning, stacklevel=2)
         return EvalResult(
             num_examples=n,
             clean_correct=clean,
             robust=robust,
             stage_names=self.stage_names,
-            robust_after_stage=tuple(float(c) / n if n else float("nan") for c in stage_counts),
+            robust_after_stage=after,
             adversarial=np.concatenate(adv_all) if keep_adversarial and adv_all else None,
             seconds=time.time() - start,
+            warnings=tuple(findings),
         )
 
 
@@ -162,6 +264,16 @@ def keras_logits_fn(network: keras.Model) -> LogitsFn:
 
 # A cascade name (the CLI's --attack) -> its stages, in order.
 CASCADES: dict[str, tuple[str, ...]] = {
+    # AutoAttack, standard version (METHOD.md): robust accuracy after each of the four attacks.
+    "aa": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    # The paper's evaluation (Rebuffi et al. 2021, "AA+MT").
+    "aa+mt": ("apgd-ce-5x100", "apgd-dlr-5x100", "mt"),
+    "mt": ("mt",),
+    "apgd-ce": ("apgd-ce",),
+    "apgd-t": ("apgd-t",),
+    "apgd-dlr": ("apgd-dlr",),
+    "fab-t": ("fab-t",),
+    "square": ("square",),
     "pgd40": ("pgd40",),
 }
 
@@ -256,6 +368,7 @@ def run_eval(settings: EvalSettings) -> dict:
         ],
         "counts": {"clean_correct": int(result.clean_correct.sum()), "robust": int(result.robust.sum())},
         "seconds": round(result.seconds, 2),
+        "warnings": list(result.warnings),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
     }
     path = settings.report

@@ -76,6 +76,9 @@ class PGD:
     loss: LossFn
     num_steps: int
     keep_best: bool = False
+    # Unroll the steps in Python instead of a tf.while_loop. Needed when model_fn synchronises across
+    # replicas (synchronised BatchNorm under tf.distribute: no all-reduce inside control flow).
+    unroll: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_steps, int) or self.num_steps < 0:
@@ -108,7 +111,8 @@ class PGD:
         batch_shape = [-1] + [1] * (x.shape.rank - 1)
 
         def loss_and_grad(x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            with tf.GradientTape() as tape:
+            # Only the input gradient is needed: do not record the model's variables on the tape.
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x_adv)
                 losses = self.loss(model_fn(x_adv), target)
                 total = tf.reduce_sum(losses)
@@ -137,7 +141,12 @@ class PGD:
         if self.keep_best:
             minus_inf = tf.fill(tf.shape(x_start)[:1], tf.constant(-float("inf"), tf.float32))
             loop_vars += (x_start, minus_inf)
-        result = tf.while_loop(cond, body, loop_vars, maximum_iterations=self.num_steps)
+        if self.unroll:
+            result = loop_vars
+            for _ in range(self.num_steps):
+                result = body(*result)
+        else:
+            result = tf.while_loop(cond, body, loop_vars, maximum_iterations=self.num_steps)
         x_last = result[1]
         if not self.keep_best:
             return x_last

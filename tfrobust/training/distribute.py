@@ -28,7 +28,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             raise UserError("--strategy multi-worker needs the TF_CONFIG environment variable (cluster and task)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # Every local GPU; on a machine without GPUs, every logical CPU device (one unless configured,
+        # which is how the tests run two replicas on a CPU).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     # One device: TensorFlow's default strategy (it places work on the first GPU when there is one);

@@ -101,6 +101,7 @@ class Run:
 def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -> Run:
     """Builds data, model, optimizer and callbacks for `config` (resolved) writing into `run_dir`."""
     keras.mixed_precision.set_global_policy(config.precision)
+    keras.utils.set_random_seed(config.seed)  # initial weights too are a function of the seed
     splits = splits or load_dataset(config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir)
     strategy = distribute.make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -127,7 +128,10 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
             factory = trades_attack if config.loss == "trades" else pgd_at_attack
             attack = factory(config.norm, eps, num_steps=config.attack_steps, optimizer=config.inner_optimizer)
             if replicas > 1:
-                attack = dataclasses.replace(attack, init=distribute.ReplicaShardedInit(attack.init, replicas))
+                # Synchronised BatchNorm all-reduces inside the attack: unrolled steps, not a while loop.
+                attack = dataclasses.replace(
+                    attack, init=distribute.ReplicaShardedInit(attack.init, replicas), unroll=True
+                )
         trainer = RobustTrainer(
             network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay, seed=config.seed
         )
@@ -203,11 +207,16 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
         steps_per_epoch=run.steps_per_epoch,
         augment=lambda batch, seed: augment(batch, training=True, seed=seed),
     )
+    log_path = os.path.join(run_dir, "log.csv")
+    if initial_epoch > 0:
+        truncate_log(log_path, initial_epoch)
+    # The CSV row of an epoch is written before its checkpoint: a kill in between leaves a row that the
+    # resumed run drops (truncate_log) and writes again, never a missing one.
     callbacks = [
         run.averaging,
         run.selection,
+        keras.callbacks.CSVLogger(log_path, append=initial_epoch > 0),
         cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=initial_epoch > 0),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
     ]
     start = time.time()
@@ -236,6 +245,19 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
         with open(os.path.join(run_dir, "summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True)
     return summary
+
+
+def truncate_log(path: str, epochs_done: int) -> None:
+    """Keeps the CSV header and the rows of epochs < `epochs_done` (0-based `epoch` column)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        lines = handle.read().splitlines()
+    kept = lines[:1] + [line for line in lines[1:] if line and int(line.split(",", 1)[0]) < epochs_done]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write("\n".join(kept) + "\n")
+    os.replace(tmp, path)
 
 
 def export_selected(run: Run, run_dir: str, which: str = "best") -> str:

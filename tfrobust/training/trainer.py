@@ -82,6 +82,13 @@ class RobustTrainer(keras.Model):
         self.clean_accuracy = keras.metrics.Mean(name="clean_accuracy")
         self.adv_accuracy = keras.metrics.Mean(name="adv_accuracy")
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15's version (TF backend, under a strategy) all-reduces a data batch across replicas
+        # to trace a symbolic build; under MultiWorkerMirroredStrategy that eager reduce fails. Nothing
+        # here needs it: `run.build_run` builds the network and the optimizer, and the metrics are
+        # shape-free trackers.
+        return
+
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 
@@ -148,11 +155,19 @@ class RobustTrainer(keras.Model):
         self.clean_accuracy.update_state(_accuracy(clean_logits, labels))
         if adv_logits is not None:
             self.adv_accuracy.update_state(_accuracy(adv_logits, labels))
-        return {m.name: m.result() for m in self.metrics}
+        return self._results({m.name: m.result() for m in self.metrics})
+
+    @staticmethod
+    def _results(results: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # Keras 3.15 reduces a multi-worker step's outputs with `axis=0`, which fails on scalars; the
+        # metric values are already global (and equal on every replica), so shape [1] reduces to them.
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            return {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     def test_step(self, data):
         images, labels = data[0], tf.cast(data[1], tf.float32)
         logits = self.network(images, training=False)
         self.loss_tracker.update_state(tf.reduce_mean(losses.cross_entropy(logits, labels)))
         self.clean_accuracy.update_state(_accuracy(logits, labels))
-        return {"loss": self.loss_tracker.result(), "clean_accuracy": self.clean_accuracy.result()}
+        return self._results({"loss": self.loss_tracker.result(), "clean_accuracy": self.clean_accuracy.result()})

@@ -1,0 +1,140 @@
+"""Tests for the evaluation cascades built from the new attacks (`STAGES`, `CASCADES` in tfrobust.evaluation)
+and the checks against a false sense of security (randomised defences, gradient masking, few classes)."""
+
+import dataclasses
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrobust.attacks.square import Square
+from tfrobust.evaluation import CASCADES, STAGES, Evaluator, check_randomized, check_square
+
+from test_attacks_apgd import images, linear, worst_linf_margin
+
+
+def _dataset(x, y, classes, batch=8):
+    return tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, classes))).batch(batch)
+
+
+def test_cascade_table():
+    assert CASCADES["aa"] == ("apgd-ce", "apgd-t", "fab-t", "square")
+    assert CASCADES["aa+mt"] == ("apgd-ce-5x100", "apgd-dlr-5x100", "mt")
+    for name in ("mt", "apgd-ce", "apgd-t", "apgd-dlr", "fab-t", "square", "pgd40"):
+        assert all(stage in STAGES for stage in CASCADES[name])
+    for name, factory in STAGES.items():
+        attack = factory("linf", 8 / 255)
+        assert dataclasses.is_dataclass(attack) and attack == factory("linf", 8 / 255), name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            attack.eps = 1.0
+    assert STAGES["apgd-ce"]("l2", 0.5).n_iter == 100 and STAGES["apgd-ce-5x100"]("l2", 0.5).n_restarts == 5
+    assert STAGES["apgd-t"]("l2", 0.5).n_target_classes == 9 and STAGES["square"]("l2", 0.5).n_queries == 5000
+    assert (STAGES["mt"]("linf", 0.1).n_restarts, STAGES["mt"]("linf", 0.1).n_steps) == (10, 200)
+
+
+@pytest.mark.parametrize("cascade", ["aa", "aa+mt"])
+def test_cascades_on_a_linear_model(cascade):
+    classes, eps = 5, 0.06
+    model_fn, kernel, bias = linear(classes, seed=41)
+    x = images(16, seed=42)
+    y = np.asarray(model_fn(x)).argmax(-1)
+    y[0] = (y[0] + 1) % classes  # one clean mistake
+    worst = worst_linf_margin(x, y, kernel, bias, eps)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = Evaluator(CASCADES[cascade], norm="linf", eps=eps).run(model_fn, _dataset(x, y, classes), seed=0)
+    after = result.robust_after_stage
+    assert after[0] <= result.clean_accuracy
+    assert all(b <= a for a, b in zip(after, after[1:]))  # monotone table
+    assert after[-1] == pytest.approx(result.robust_accuracy)
+    assert not result.robust[0]
+    # Sound and (away from the threshold) exact.
+    assert not np.any(~result.robust[1:] & (worst[1:] < 0))
+    keep = np.abs(worst) > 0.02
+    keep[0] = False
+    np.testing.assert_array_equal(result.robust[keep], worst[keep] < 0)
+    # Deterministic model, no masking: the only notes say that 5 classes allow 4 targets, not 9.
+    assert result.warnings and all("4 target classes" in w for w in result.warnings)
+    assert not [r for r in record if "randomised" in str(r.message) or "masking" in str(r.message)]
+
+
+def test_few_classes_note():
+    model_fn, _, _ = linear(3, seed=43)
+    x = images(4, seed=44)
+    y = np.asarray(model_fn(x)).argmax(-1)
+    evaluator = Evaluator(["apgd-t", "fab-t"], norm="linf", eps=0.01)
+    with pytest.warns(UserWarning, match="APGD-T skipped"):
+        result = evaluator.run(model_fn, _dataset(x, y, 3))
+    assert any("FAB-T uses 2 target classes" in w for w in result.warnings)
+
+
+@pytest.fixture
+def noop(monkeypatch):
+    """Stage "noop": returns the clean images (breaks nothing)."""
+    monkeypatch.setitem(STAGES, "noop", lambda norm, eps: (lambda model_fn, x, labels, seed: tf.identity(x)))
+
+
+def test_randomised_defence_warning(noop):
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(3)])
+    x = images(8, seed=45)
+    y = np.zeros(8, np.int64)
+    random_fn = lambda images: model(images, training=True)  # noqa: E731  dropout active
+    with pytest.warns(UserWarning, match="randomised defence"):
+        result = Evaluator(["noop"], norm="linf", eps=0.1).run(random_fn, _dataset(x, y, 3))
+    assert any("randomised" in w for w in result.warnings)
+    fixed_fn = lambda images: model(images, training=False)  # noqa: E731
+    result = Evaluator(["noop"], norm="linf", eps=0.1).run(fixed_fn, _dataset(x, y, 3))
+    assert result.warnings == ()
+    # Additive noise is caught as well; the check itself on a deterministic function says nothing.
+    noisy = tf.function(lambda z: fixed_fn(z) + tf.random.normal([tf.shape(z)[0], 3], stddev=1e-2))
+    assert check_randomized(noisy, tf.constant(x), noisy(tf.constant(x)).numpy())
+    det = tf.function(fixed_fn)
+    assert check_randomized(det, tf.constant(x), det(tf.constant(x)).numpy()) is None
+
+
+def test_square_breaking_more_than_gradient_attacks_warns(monkeypatch):
+    # A gradient stage that finds nothing (as on a gradient-masked model), then Square.
+    monkeypatch.setitem(STAGES, "apgd-ce", lambda norm, eps: (lambda model_fn, x, labels, seed: tf.identity(x)))
+    monkeypatch.setitem(STAGES, "square", lambda norm, eps: Square(norm, eps, n_queries=300))
+    model_fn, _, _ = linear(3, seed=46)
+    x = images(8, seed=47)
+    y = np.asarray(model_fn(x)).argmax(-1)
+    with pytest.warns(UserWarning, match="gradient masking"):
+        result = Evaluator(["apgd-ce", "square"], norm="linf", eps=0.5).run(model_fn, _dataset(x, y, 3))
+    assert result.robust_after_stage[1] < result.robust_after_stage[0]
+    # The rule itself: only a drop after a gradient stage, larger than 0.2 points, counts.
+    assert check_square(("apgd-ce", "square"), 0.9, (0.5, 0.49)) is not None
+    assert check_square(("apgd-ce", "square"), 0.9, (0.5, 0.499)) is None
+    assert check_square(("square",), 0.9, (0.1,)) is None
+    assert check_square(("apgd-ce", "apgd-t"), 0.9, (0.5, 0.1)) is None
+
+
+def test_run_eval_with_the_aa_cascade(tmp_path):
+    """What `tfrobust eval --attack aa` runs, end to end on an exported linear model (4 classes). eps is large
+    (APGD-CE breaks every point, the later stages have nothing left): this checks the plumbing quickly; the
+    stages themselves are tested above and in the attack tests."""
+    from tfrobust.evaluation import EvalSettings, run_eval
+    from tfrobust.export import export_network
+
+    model = keras.Sequential([keras.Input((4, 4, 1), name="images"), keras.layers.Flatten(), keras.layers.Dense(4)])
+    rng = np.random.default_rng(48)
+    kernel = rng.normal(size=(16, 4)).astype(np.float32)
+    model.layers[-1].set_weights([kernel, (-0.5 * kernel.sum(0)).astype(np.float32)])
+    x = np.round(images(8, seed=49) * 255).astype(np.uint8)
+    y = np.asarray(model(x.astype(np.float32) / 255.0)).argmax(-1)
+    npz = str(tmp_path / "data.npz")
+    np.savez(npz, image=x, label=y.astype(np.int64))
+    metadata = {"dataset": {"name": f"npz:{npz}"}, "norm": "linf", "eps": 0.3, "training_config": {"val_size": 0}}
+    export_network(model, root=str(tmp_path / "saved_models"), name="lin4", metadata=metadata)
+    out = run_eval(EvalSettings(model_path=str(tmp_path / "saved_models" / "lin4"), attack="aa", split="train",
+                                batch_size=8, report=str(tmp_path / "report.json")))
+    report = out["report"]
+    assert [s["attack"] for s in report["stages"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    values = [report["clean_accuracy"]] + [s["robust_accuracy"] for s in report["stages"]]
+    assert all(b <= a for a, b in zip(values, values[1:]))
+    assert report["clean_accuracy"] == 1.0 and report["robust_accuracy"] < 1.0
+    assert any("3 target classes" in w for w in report["warnings"])
+    assert "apgd-t" in out["table"] and "square" in out["table"]

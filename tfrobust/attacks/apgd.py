@@ -1,0 +1,317 @@
+"""Auto-PGD (APGD) with the CE, DLR and targeted-DLR losses: the gradient attacks of AutoAttack.
+
+Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks" (ICML), Algorithm 1 and sec. 3-4; implemented after the reference code
+(github.com/fra31/auto-attack, `autoattack/autopgd_base.py`, `APGDAttack` and `APGDAttack_targeted`),
+which decides every detail below (METHOD.md: "the reference AutoAttack code wins for evaluation").
+
+One run, for N iterations (all per example, batched):
+
+- start: Linf x + eps·t/‖t‖∞ with t ~ U[−1, 1]^d; L2 x + eps·t/‖t‖₂ with t ~ N(0, I); clipped to [0, 1];
+- step size η = 2·eps; z = P(x_k + η·sign(g)) (L2: η·g/‖g‖₂), x_{k+1} = P(x_k + a(z − x_k) + (1 − a)(x_k −
+  x_{k−1})) with a = 1 on the first step and 0.75 after; P projects onto ball ∩ [0, 1] (the
+  projections of `projection.py`);
+- checkpoints (`checkpoints(N)`): at a checkpoint whose window holds k iterations, halve η if the loss rose
+  in at most 0.75·k of those iterations, or if η was not halved at the previous checkpoint and the best
+  loss did not improve since; on halving, continue from the best-loss point (and its gradient);
+- the returned point is the last iterate that was misclassified (its clean image if none was).
+
+Losses (maximised): cross-entropy; DLR = −(z_y − max_{i≠y} z_i)/(z_π1 − z_π3 + 1e-12); targeted DLR =
+−(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2 + 1e-12), z_π sorted decreasingly. APGD-T attacks the k-th target
+class = the k-th largest clean logit after the true class, for min(9, K − 1) targets (K classes).
+DLR needs K ≥ 3 and targeted DLR K ≥ 4; with fewer classes the attack runs no target/loss it cannot
+define and says so in `notes(K)` (AutoAttack's `check_n_classes` warns the same way).
+
+Restarts (and targets) run on the still-robust points only, from the clean image, with independent
+stateless random starts (`restarts.run_on_survivors`). Everything is graph-compatible: the iterations are
+a `tf.while_loop`, the runs another.
+
+Reference quirk kept on purpose: the first checkpoint's window compares the first iterate's loss with 0
+(the reference reads `loss_steps[-1]` of a zero-initialised buffer), so that window's count includes
+"loss(x_1) > 0"; this only decides whether the first checkpoint halves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from tfrobust.attacks.projection import check_eps, check_norm, make_projection
+from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors, top_targets
+from tfrobust.errors import UserError
+
+ModelFn = Callable[[tf.Tensor], tf.Tensor]
+# The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
+# functions made tracing several times slower (seconds per attack).
+_no_autograph = tf.autograph.experimental.do_not_convert
+LOSS_NAMES = ("ce", "dlr", "dlr-targeted")
+_ALG = "philox"
+
+
+def checkpoints(n_iter: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(0-based iterations at which APGD checks its step size, the window length k of each check).
+
+    The reference: k_0 = max(int(0.22N), 1); then k_{j+1} = max(k_j − max(int(0.03N), 1),
+    max(int(0.06N), 1)); the j-th check happens after k_0 + … + k_j iterations. N = 100 gives
+    (21, 40, 56, 69, 79, 86, 92, 98).
+    """
+    k = max(int(0.22 * n_iter), 1)
+    size_decr = max(int(0.03 * n_iter), 1)
+    k_min = max(int(0.06 * n_iter), 1)
+    at, windows = [], []
+    i = k - 1
+    while i < n_iter:
+        at.append(i)
+        windows.append(k)
+        k = max(k - size_decr, k_min)
+        i += k
+    return tuple(at), tuple(windows)
+
+
+def _sorted_desc(logits: tf.Tensor, n: int) -> tf.Tensor:
+    return tf.math.top_k(logits, k=n).values
+
+
+def dlr_loss(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """DLR = −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e-12) per example (Croce & Hein 2020, eq. 6).
+
+    Scale-invariant (a positive rescaling of the logits leaves it unchanged) and shift-invariant, which is
+    why it resists the gradient masking that large logits cause for CE. Needs at least 3 classes.
+    """
+    logits = tf.cast(logits, tf.float32)
+    top = _sorted_desc(logits, 3)
+    z_y = tf.gather(logits, y, batch_dims=1)
+    is_y = tf.one_hot(y, tf.shape(logits)[-1]) > 0
+    best_other = tf.reduce_max(tf.where(is_y, tf.constant(-float("inf")), logits), axis=-1)
+    return -(z_y - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits: tf.Tensor, y: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Targeted DLR = −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12) per example (Croce & Hein 2020,
+    eq. 7; the reference's `dlr_loss_targeted`). Needs at least 4 classes."""
+    logits = tf.cast(logits, tf.float32)
+    top = _sorted_desc(logits, 4)
+    z_y = tf.gather(logits, y, batch_dims=1)
+    z_t = tf.gather(logits, target, batch_dims=1)
+    return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def ce_loss(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Cross-entropy of the true class, per example."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, tf.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class APGD:
+    """APGD-CE (`loss="ce"`), APGD-DLR (`"dlr"`) or APGD-T (`"dlr-targeted"`); see the module docstring.
+
+    AutoAttack standard: `APGD(norm, eps, "ce")` (1 restart × 100) and `APGD(norm, eps, "dlr-targeted")`
+    (9 targets × 1 restart × 100). The paper's AA+MT: `APGD(norm, eps, "ce", n_restarts=5)` and
+    `APGD(norm, eps, "dlr", n_restarts=5)`.
+
+    Call: `attack(model_fn, x, labels, seed) -> x_adv`, labels one-hot [B, K] or class ids [B], seed an
+    int [2] tensor. Per example, x_adv is a misclassified point of ball ∩ [0, 1] when one was found,
+    else the clean image.
+    """
+
+    norm: str
+    eps: float
+    loss: str = "ce"
+    n_iter: int = 100
+    n_restarts: int = 1
+    n_target_classes: int = 9
+    rho: float = 0.75
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+        check_eps(self.eps)
+        if self.loss not in LOSS_NAMES:
+            raise UserError(f"unknown APGD loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+        for name in ("n_iter", "n_restarts", "n_target_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"APGD {name} must be a positive int, got {value!r}")
+
+    @property
+    def targeted(self) -> bool:
+        return self.loss == "dlr-targeted"
+
+    def num_targets(self, num_classes: int) -> int:
+        """Target classes actually attacked (1 for the untargeted losses); 0 when the loss is undefined."""
+        if self.loss == "dlr" and num_classes < 3:
+            return 0
+        if not self.targeted:
+            return 1
+        return 0 if num_classes < 4 else min(self.n_target_classes, num_classes - 1)
+
+    def notes(self, num_classes: int) -> tuple[str, ...]:
+        """Why this attack does less than configured on a K-class model (empty when it runs in full)."""
+        if self.loss == "dlr" and num_classes < 3:
+            return (f"APGD-DLR skipped: the DLR loss needs at least 3 classes, the model has {num_classes}",)
+        if self.targeted and num_classes < 4:
+            return (f"APGD-T skipped: the targeted DLR loss needs at least 4 classes, the model has "
+                    f"{num_classes}",)
+        if self.targeted and self.num_targets(num_classes) < self.n_target_classes:
+            return (f"APGD-T uses {self.num_targets(num_classes)} target classes instead of "
+                    f"{self.n_target_classes}: the model has only {num_classes} classes",)
+        return ()
+
+    @_no_autograph
+    def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        x = tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
+        y = class_ids(labels)
+        seed = as_seed(seed)
+        logits = tf.cast(model_fn(x), tf.float32)
+        num_classes = logits.shape[-1]
+        if num_classes is None:
+            raise UserError("APGD needs a model whose number of classes is known when tracing")
+        num_targets = self.num_targets(num_classes)
+        # Clean-misclassified points are never attacked (the reference's `acc = y_pred == y`).
+        robust = tf.equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
+        targets = top_targets(logits, y, num_targets if self.targeted else 0)
+
+        def run(r, xs, ys, ts, run_seed):
+            target = ts[:, r // self.n_restarts] if self.targeted else None
+            return self.single_run(model_fn, xs, ys, target, run_seed)
+
+        adv, _ = run_on_survivors(x, y, targets, robust, num_targets * self.n_restarts, run, seed)
+        return adv
+
+    def _loss(self, logits: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor]) -> tf.Tensor:
+        if self.loss == "ce":
+            return ce_loss(logits, y)
+        if self.loss == "dlr":
+            return dlr_loss(logits, y)
+        return targeted_dlr_loss(logits, y, target)
+
+    @_no_autograph
+    def single_run(
+        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor], seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """One APGD run from a random start on every example of `x`: (x_adv, misclassified)."""
+        projection = make_projection(self.norm, self.eps)
+        eps = tf.constant(self.eps, tf.float32)
+        rank = x.shape.rank
+        per_example = [-1] + [1] * (rank - 1)
+
+        def direction(t: tf.Tensor) -> tf.Tensor:
+            # The reference's `normalize`: t / (‖t‖ + 1e-12); Linf: sign steps instead (below).
+            return t / (flat_norm(t, self.norm) + 1e-12)
+
+        if self.norm == "linf":
+            t = tf.random.stateless_uniform(tf.shape(x), seed, minval=-1.0, maxval=1.0, alg=_ALG)
+        else:
+            t = tf.random.stateless_normal(tf.shape(x), seed, alg=_ALG)
+        x_adv = tf.clip_by_value(x + eps * direction(t), 0.0, 1.0)
+
+        def evaluate(x_k):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
+                tape.watch(x_k)
+                logits = tf.cast(model_fn(x_k), tf.float32)
+                losses = self._loss(logits, y, target)
+                total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
+            grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return logits, losses, grad
+
+        logits, losses, grad = evaluate(x_adv)
+        wrong = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
+        batch = tf.shape(x)[0]
+        at, windows = checkpoints(self.n_iter)
+        is_check = tf.constant([i in at for i in range(self.n_iter)], tf.bool)
+        window = tf.constant([windows[at.index(i)] if i in at else 0 for i in range(self.n_iter)], tf.float32)
+
+        state = dict(
+            i=tf.constant(0, tf.int32),
+            x_adv=x_adv,
+            x_old=x_adv,
+            grad=grad,
+            step=tf.fill([batch], 2.0 * eps),
+            wrong=wrong,
+            x_best_adv=x_adv,
+            x_best=x_adv,
+            grad_best=grad,
+            loss_best=losses,
+            prev_loss=tf.zeros([batch]),  # the reference's zero-initialised loss_steps[-1]
+            n_increase=tf.zeros([batch]),
+            loss_best_last_check=losses,
+            reduced_last_check=tf.ones([batch], tf.bool),
+        )
+
+        def body(s):
+            i = s["i"]
+            a = tf.where(i > 0, 0.75, 1.0)
+            step = tf.reshape(s["step"], per_example)
+            x_k = s["x_adv"]
+            if self.norm == "linf":
+                z = projection.project(x_k + step * tf.sign(s["grad"]), x)
+            else:
+                z = projection.project(x_k + step * direction(s["grad"]), x)
+            x_new = projection.project(x_k + a * (z - x_k) + (1.0 - a) * (x_k - s["x_old"]), x)
+
+            logits, losses, grad = evaluate(x_new)
+            misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
+            # The last misclassified iterate is the one returned (the reference's x_best_adv).
+            x_best_adv = tf.where(tf.reshape(misclassified, per_example), x_new, s["x_best_adv"])
+            improved = losses > s["loss_best"]
+            improved_b = tf.reshape(improved, per_example)
+            x_best = tf.where(improved_b, x_new, s["x_best"])
+            grad_best = tf.where(improved_b, grad, s["grad_best"])
+            loss_best = tf.where(improved, losses, s["loss_best"])
+            n_increase = s["n_increase"] + tf.cast(losses > s["prev_loss"], tf.float32)
+
+            def check():
+                k = window[i]
+                oscillating = n_increase <= k * self.rho
+                no_improvement = tf.logical_and(tf.logical_not(s["reduced_last_check"]),
+                                                s["loss_best_last_check"] >= loss_best)
+                halve = tf.logical_or(oscillating, no_improvement)
+                halve_b = tf.reshape(halve, per_example)
+                return (tf.where(halve, s["step"] / 2.0, s["step"]),
+                        tf.where(halve_b, x_best, x_new),
+                        tf.where(halve_b, grad_best, grad),
+                        tf.zeros_like(n_increase), loss_best, halve)
+
+            def no_check():
+                return (s["step"], x_new, grad, n_increase, s["loss_best_last_check"], s["reduced_last_check"])
+
+            step, x_next, grad_next, n_increase, loss_best_last_check, reduced = tf.cond(
+                is_check[i], check, no_check)
+            return [dict(
+                i=i + 1,
+                x_adv=x_next,
+                # The momentum term uses the point this step started from, also after a restart from the
+                # best point (the reference sets x_adv_old before the step and never resets it).
+                x_old=x_k,
+                grad=grad_next,
+                step=step,
+                wrong=tf.logical_or(s["wrong"], misclassified),
+                x_best_adv=x_best_adv,
+                x_best=x_best,
+                grad_best=grad_best,
+                loss_best=loss_best,
+                prev_loss=losses,
+                n_increase=n_increase,
+                loss_best_last_check=loss_best_last_check,
+                reduced_last_check=reduced,
+            )]
+
+        (final,) = tf.while_loop(lambda s: s["i"] < self.n_iter, body, [state], maximum_iterations=self.n_iter)
+        adv = tf.where(tf.reshape(final["wrong"], per_example), final["x_best_adv"], x)
+        return adv, final["wrong"]
+
+
+def apgd_ce(norm: str, eps: float, n_restarts: int = 1, n_iter: int = 100) -> APGD:
+    """AutoAttack's first attack: APGD on cross-entropy (1 restart × 100 iterations)."""
+    return APGD(norm, eps, "ce", n_iter=n_iter, n_restarts=n_restarts)
+
+
+def apgd_dlr(norm: str, eps: float, n_restarts: int = 1, n_iter: int = 100) -> APGD:
+    """Untargeted APGD on the DLR loss (the paper's AA+MT uses 5 restarts × 100)."""
+    return APGD(norm, eps, "dlr", n_iter=n_iter, n_restarts=n_restarts)
+
+
+def apgd_t(norm: str, eps: float, n_target_classes: int = 9, n_restarts: int = 1, n_iter: int = 100) -> APGD:
+    """AutoAttack's APGD-T: targeted DLR towards each of the top-9 clean-logit classes (1 restart × 100)."""
+    return APGD(norm, eps, "dlr-targeted", n_iter=n_iter, n_restarts=n_restarts, n_target_classes=n_target_classes)

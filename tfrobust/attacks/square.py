@@ -1,0 +1,275 @@
+"""Square attack: score-based (gradient-free) random search, the last attack of AutoAttack.
+
+Andriushchenko, Croce, Flammarion & Hein 2020, "Square Attack: a query-efficient black-box adversarial
+attack via random search" (ECCV), Algorithms 1-3; implemented after the reference code in AutoAttack
+(github.com/fra31/auto-attack, `autoattack/square.py`, `SquareAttack`, loss "margin"), which fixes the
+details below. Because it never uses a gradient, Square is AutoAttack's check against gradient masking:
+a model on which Square breaks points that APGD could not is likely masking gradients.
+
+Per example, minimising the margin m(x') = z_y − max_{i≠y} z_i:
+
+- start: Linf x + eps·s with s ∈ {−1, +1} constant along each image column and channel (vertical
+  stripes); L2 a 5×5 grid of the "eta" squares with random signs, scaled to ‖δ‖₂ = eps; clipped to [0, 1];
+- iteration i: the square side is s_i = round(sqrt(p_i·h·w)) (Linf at least 1; L2 at least 3 and odd),
+  p_i = p_init (0.8) halved after rescaled iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000, the
+  iteration rescaled as int(i / n_queries · 10000) (the reference's `resc_schedule=True`, so a 5000-query
+  run goes through the whole schedule);
+- Linf candidate: the current best point with one s×s window set to ±2·eps per channel, projected onto
+  ball ∩ [0, 1]; L2 candidate: the reference's mass-moving update between two windows, on the sphere;
+- a candidate replaces the current point only when its margin is lower (strictly); a point stops being
+  queried once its margin is ≤ 0 (misclassified).
+
+Queries: the start costs one query per example, each iteration one more for the points still robust;
+`n_queries` bounds the total per example (so a run makes n_queries − 1 iterations; the reference makes
+n_queries iterations after the start, one query more).
+
+Difference from AutoAttack's port (chosen, documented): the window position, the signs and the eta
+transposition are drawn per example, as in the original Square code (Andriushchenko et al.'s
+`square_attack` repository); AutoAttack's port draws one window per iteration for the whole batch. Per
+example draws make each example's result independent of which other points share its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from tfrobust.attacks.projection import check_eps, check_norm, make_projection
+from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors
+from tfrobust.errors import UserError
+
+ModelFn = Callable[[tf.Tensor], tf.Tensor]
+# The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
+# functions made tracing several times slower (seconds per attack).
+_no_autograph = tf.autograph.experimental.do_not_convert
+_ALG = "philox"
+# Rescaled iterations after which p halves (the reference's `p_selection`).
+P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def p_schedule(i: int, n_queries: int, p_init: float = 0.8) -> float:
+    """The fraction of pixels changed at iteration i (0-based), as the reference's `p_selection`."""
+    it = int(i / n_queries * 10000)
+    return p_init / 2 ** sum(it > b for b in P_BOUNDARIES)
+
+
+def margin_of(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """z_y − max_{i≠y} z_i per example: positive exactly when the example is classified correctly."""
+    logits = tf.cast(logits, tf.float32)
+    is_y = tf.one_hot(y, tf.shape(logits)[-1]) > 0
+    z_y = tf.gather(logits, y, batch_dims=1)
+    return z_y - tf.reduce_max(tf.where(is_y, tf.constant(-float("inf")), logits), axis=-1)
+
+
+def _eta_rectangles(x: int, y: int) -> np.ndarray:
+    delta = np.zeros([x, y])
+    x_c, y_c = x // 2 + 1, y // 2 + 1
+    c0, c1 = x_c - 1, y_c - 1
+    for counter in range(max(x_c, y_c)):
+        rows = slice(max(c0, 0), min(c0 + 2 * counter + 1, x))
+        cols = slice(max(0, c1), min(c1 + 2 * counter + 1, y))
+        delta[rows, cols] += 1.0 / (counter + 1) ** 2
+        c0 -= 1
+        c1 -= 1
+    norm = np.sqrt((delta ** 2).sum())
+    return delta / norm if norm > 0 else delta
+
+
+def eta(s: int) -> np.ndarray:
+    """The reference's L2 square pattern of side s (before its random transposition): two stacked
+    rectangles of concentric rings with weights 1/(ring+1)², opposite signs, unit L2 norm."""
+    delta = np.zeros([s, s])
+    delta[: s // 2] = _eta_rectangles(s // 2, s)
+    delta[s // 2:] = -_eta_rectangles(s - s // 2, s)
+    return delta / np.sqrt((delta ** 2).sum())
+
+
+def _side(p: float, h: int, w: int, norm: str) -> int:
+    s = int(round(math.sqrt(p * h * w)))  # Python's round: half to even, like the reference
+    limit = min(h, w)
+    if norm == "linf":
+        return min(max(s, 1), limit)
+    s = max(s, 3)
+    if s % 2 == 0:
+        s += 1
+    # Tiny images (below the reference's 32×32): keep the window inside the image, odd.
+    if s > limit:
+        s = limit if limit % 2 else limit - 1
+    return max(s, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Square:
+    """The Square attack (see the module docstring); AutoAttack standard: `Square(norm, eps, 5000)`.
+
+    Call: `attack(model_fn, x, labels, seed) -> x_adv` (labels one-hot [B, K] or ids [B]); per example the
+    point of lowest margin found (misclassified when the attack succeeded). `run_with_stats` also returns
+    the final margins and the queries used.
+    """
+
+    norm: str
+    eps: float
+    n_queries: int = 5000
+    p_init: float = 0.8
+    n_restarts: int = 1
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+        check_eps(self.eps)
+        if not isinstance(self.n_queries, int) or self.n_queries < 1:
+            raise UserError(f"Square n_queries must be a positive int, got {self.n_queries!r}")
+        if not isinstance(self.n_restarts, int) or self.n_restarts < 1:
+            raise UserError(f"Square n_restarts must be a positive int, got {self.n_restarts!r}")
+        if not 0 < self.p_init <= 1:
+            raise UserError(f"Square p_init must be in (0, 1], got {self.p_init!r}")
+
+    def notes(self, num_classes: int) -> tuple[str, ...]:
+        return ()
+
+    @_no_autograph
+    def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        x = tf.convert_to_tensor(x, tf.float32)
+        y = class_ids(labels)
+        robust = tf.greater(margin_of(model_fn(x), y), 0.0)
+
+        def run(r, xs, ys, ts, run_seed):
+            adv, margin, _ = self.single_run(model_fn, xs, ys, run_seed)
+            return adv, margin <= 0.0
+
+        targets = tf.zeros([tf.shape(x)[0], 0], tf.int32)
+        adv, _ = run_on_survivors(x, y, targets, robust, self.n_restarts, run, as_seed(seed))
+        return adv
+
+    @_no_autograph
+    def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor,
+                   seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One run on every example: (best point, its margin, queries used per example)."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        seed = as_seed(seed)
+        if x.shape.rank != 4 or None in x.shape[1:]:
+            raise UserError("Square needs NHWC images of known height, width and channels")
+        h, w, c = (int(d) for d in x.shape[1:])
+        eps = tf.constant(self.eps, tf.float32)
+        batch = tf.shape(x)[0]
+        projection = make_projection(self.norm, self.eps)
+        n_iter = self.n_queries - 1
+        sides = [_side(p_schedule(i, self.n_queries, self.p_init), h, w, self.norm) for i in range(n_iter)]
+        side_t = tf.constant(sides or [1], tf.int32)
+
+        init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        if self.norm == "linf":
+            stripes = tf.sign(tf.random.stateless_uniform([batch, 1, w, c], init_seed, -1.0, 1.0, alg=_ALG))
+            x_best = tf.clip_by_value(x + eps * stripes, 0.0, 1.0)
+        else:
+            x_best = self._l2_init(x, init_seed, h, w, c)
+        margin = margin_of(model_fn(x_best), y)
+        queries = tf.ones([batch], tf.int32)
+
+        rows = tf.range(h)[None, :]
+        cols = tf.range(w)[None, :]
+
+        def window(vh, vw, s):
+            """[b, h, w, 1] float mask of the s×s windows with top-left corners (vh, vw)."""
+            in_h = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
+            in_w = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
+            return tf.cast(in_h[:, :, None, None] & in_w[:, None, :, None], tf.float32)
+
+        def corner(u, size, s):
+            # The reference's random_int(0, size − s): floor(U·(size − s)) ∈ [0, size − s).
+            return tf.cast(tf.floor(u * tf.cast(size - s, tf.float32)), tf.int32)
+
+        if self.norm == "l2":
+            eta_sides = sorted(set(sides)) or [1]
+            s_max = max(eta_sides)
+            table = np.zeros([s_max + 1, s_max, s_max], np.float32)
+            for s in eta_sides:
+                table[s, :s, :s] = eta(s)
+            eta_table = tf.constant(table)
+
+        def candidate(xs, xb, i, it_seed):
+            b = tf.shape(xs)[0]
+            s = side_t[i]
+            u = tf.random.stateless_uniform([b, 5], it_seed, alg=_ALG)
+            signs = tf.sign(tf.random.stateless_uniform(
+                [b, 1, 1, c], tf.random.experimental.stateless_fold_in(it_seed, 1), -1.0, 1.0, alg=_ALG))
+            vh, vw = corner(u[:, 0], h, s), corner(u[:, 1], w, s)
+            m1 = window(vh, vw, s)
+            if self.norm == "linf":
+                return projection.project(xb + m1 * 2.0 * eps * signs, xs)
+            vh2, vw2 = corner(u[:, 2], h, s), corner(u[:, 3], w, s)
+            m2 = window(vh2, vw2, s)
+            # The eta pattern placed in window 1, transposed for half of the examples.
+            li = tf.clip_by_value(rows - vh[:, None], 0, s_max - 1)  # [b, h]
+            lj = tf.clip_by_value(cols - vw[:, None], 0, s_max - 1)  # [b, w]
+            pattern = tf.gather(eta_table, s)  # [s_max, s_max]
+            flip = u[:, 4] > 0.5
+            li_g = tf.broadcast_to(li[:, :, None], [b, h, w])
+            lj_g = tf.broadcast_to(lj[:, None, :], [b, h, w])
+            idx = tf.where(flip[:, None, None, None], tf.stack([lj_g, li_g], -1), tf.stack([li_g, lj_g], -1))
+            eta_img = tf.gather_nd(pattern, idx)[..., None] * m1  # [b, h, w, 1]
+
+            delta = xb - xs
+            norms_window_1 = tf.sqrt(tf.reduce_sum(tf.square(delta * m1), axis=[1, 2], keepdims=True))
+            norms_image = flat_norm(delta, "l2")
+            norms_windows = flat_norm(delta * tf.maximum(m1, m2), "l2")
+            new = eta_img * signs + delta * m1 / (1e-12 + norms_window_1)
+            new_norm = tf.sqrt(tf.reduce_sum(tf.square(new), axis=[1, 2], keepdims=True))
+            budget = tf.sqrt(tf.maximum(tf.square(eps) - tf.square(norms_image), 0.0) / c + tf.square(norms_windows))
+            new = new / (1e-12 + new_norm) * budget
+            delta = delta * (1.0 - m2)
+            delta = delta * (1.0 - m1) + new * m1
+            return tf.clip_by_value(xs + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
+
+        def body(i, x_best, margin, queries):
+            idx = tf.where(margin > 0.0)[:, 0]
+            xs, xb, ys = tf.gather(x, idx), tf.gather(x_best, idx), tf.gather(y, idx)
+            x_new = candidate(xs, xb, i, tf.random.experimental.stateless_fold_in(loop_seed, i))
+            m_new = margin_of(model_fn(x_new), ys)
+            m_old = tf.gather(margin, idx)
+            better = m_new < m_old  # strict: a candidate is accepted only when the margin drops
+            x_best = tf.tensor_scatter_nd_update(
+                x_best, idx[:, None], tf.where(better[:, None, None, None], x_new, xb))
+            margin = tf.tensor_scatter_nd_update(margin, idx[:, None], tf.where(better, m_new, m_old))
+            queries = tf.tensor_scatter_nd_add(queries, idx[:, None], tf.ones_like(idx, tf.int32))
+            return i + 1, x_best, margin, queries
+
+        def cond(i, x_best, margin, queries):
+            return tf.logical_and(i < n_iter, tf.reduce_any(margin > 0.0))
+
+        _, x_best, margin, queries = tf.while_loop(
+            cond, body, (tf.constant(0, tf.int32), x_best, margin, queries), maximum_iterations=max(n_iter, 0))
+        return x_best, margin, queries
+
+    def _l2_init(self, x: tf.Tensor, seed: tf.Tensor, h: int, w: int, c: int) -> tf.Tensor:
+        """The reference's L2 start: a grid of eta(s) squares, s = h // 5, with random signs per example,
+        channel and square (and a random transposition each), normalised to ‖δ‖₂ = eps, clipped."""
+        s = max(h // 5, 1)
+        n_h = 5 if h >= 5 else h
+        n_w = 5 if w >= 5 else w
+        start_h, start_w = (h - s * n_h) // 2, (w - s * n_w) // 2
+        pattern = eta(s)
+        blocks, blocks_t = [], []
+        for bh in range(n_h):
+            for bw in range(n_w):
+                vh, vw = start_h + bh * s, start_w + bw * s
+                img = np.zeros([h, w])
+                img_t = np.zeros([h, w])
+                img[vh:vh + s, vw:vw + s] = pattern[: max(0, min(s, h - vh)), : max(0, min(s, w - vw))]
+                img_t[vh:vh + s, vw:vw + s] = pattern.T[: max(0, min(s, h - vh)), : max(0, min(s, w - vw))]
+                blocks.append(img)
+                blocks_t.append(img_t)
+        blocks = tf.constant(np.stack(blocks), tf.float32)  # [n, h, w]
+        blocks_t = tf.constant(np.stack(blocks_t), tf.float32)
+        n = int(blocks.shape[0])
+        batch = tf.shape(x)[0]
+        sign_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        signs = tf.sign(tf.random.stateless_uniform([batch, n, c], sign_seed, -1.0, 1.0, alg=_ALG))
+        flip = tf.cast(tf.random.stateless_uniform([batch, n], flip_seed, alg=_ALG) > 0.5, tf.float32)
+        delta = (tf.einsum("nhw,bnc->bhwc", blocks, signs * (1.0 - flip)[..., None])
+                 + tf.einsum("nhw,bnc->bhwc", blocks_t, signs * flip[..., None]))
+        eps = tf.constant(self.eps, tf.float32)
+        return tf.clip_by_value(x + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
