@@ -180,3 +180,38 @@ def test_eval_of_a_missing_model(tmp_path):
 def test_unknown_preset():
     result = invoke(["train", "--preset", "nope"])
     assert result.exit_code != 0 and "nope" in result.output
+
+
+@pytest.mark.parametrize("aug", ["padcrop+autoaugment+cutout+cutmix", "randaugment+mixup", "ricap", "none"])
+def test_train_with_each_augmentation(npz, tmp_path, aug):
+    """One short epoch per augmentation through the CLI (issue 4's end-to-end check)."""
+    args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm"), epochs=1)
+    args += ["--aug", aug, "--eval-every", "0", "--attack-steps", "1"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["aug"] == aug  # already in canonical order
+    import csv
+
+    (row,) = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert np.isfinite(float(row["loss"])) and float(row["loss"]) > 0
+
+
+def test_unknown_augmentation(npz, tmp_path):
+    args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm")) + ["--aug", "padcrop+cutmixx"]
+    assert_one_line_error(invoke(args), "cutmixx")
+
+
+def test_two_mixing_augmentations(npz, tmp_path):
+    args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm")) + ["--aug", "cutmix+mixup"]
+    assert_one_line_error(invoke(args))
+
+
+def test_augment_preview_writes_a_png_and_never_overwrites(tmp_path):
+    out = tmp_path / "grid.png"
+    result = invoke(["augment-preview", "--aug", "padcrop+cutmix", "--dataset", "digits", "--out", str(out), "--n", "4"])
+    assert result.exit_code == 0, result.output
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert_one_line_error(invoke(["augment-preview", "--aug", "cutmix", "--out", str(out)]), "exists")
+    assert out.read_bytes() == data

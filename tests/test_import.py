@@ -407,3 +407,21 @@ def test_cli_import(checkpoints, tmp_path):
         assert result.exit_code != 0 and "Traceback" not in result.output
         errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and fragment in errors[0], result.output
+
+
+def test_tfrobust_eval_runs_on_an_imported_model(checkpoints, tmp_path):
+    """`tfrobust eval` takes an imported model through TF Serving's base path (data: a CIFAR-shaped npz)."""
+    _, path = checkpoints["wrn-16-2"]
+    out = str(tmp_path / "saved_models" / "ref" / "1")
+    assert CliRunner().invoke(cli, ["import", "--checkpoint", path, "--arch", "wrn-16-2", "--dataset", "cifar10",
+                                    "--out", out]).exit_code == 0
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "images.npz"
+    np.savez(npz, image=rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), label=np.arange(12) % 10)
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["eval", "--model", os.path.dirname(out), "--dataset", f"npz:{npz}",
+                                      "--split", "train", "--val-size", "0", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.load(open(report))
+    assert data["num_examples"] == 12 and data["eps"] == pytest.approx(8 / 255)
+    assert data["robust_accuracy"] <= data["clean_accuracy"]

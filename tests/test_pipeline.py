@@ -150,3 +150,30 @@ def test_eval_limit():
 def test_eval_of_empty_split():
     empty = Split(images=np.zeros((0, 2, 2, 1), np.uint8), labels=np.zeros((0,), np.int64))
     assert list(eval_dataset(empty, num_classes=K, batch_size=4)) == []
+
+
+def test_augmentation_repeats_hold_each_image_n_times_with_different_augmentations():
+    rng = np.random.default_rng(0)
+    split = Split(images=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), labels=rng.integers(0, 10, 64))
+    layer = PadCrop(padding=2, flip=False)
+    ds = train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=4,
+                       augment=lambda b, s: layer(b, training=True, seed=s), repeats=4)
+    plain = train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=4,
+                          augment=None, repeats=4)
+    for (x, y), (x0, y0) in zip(ds.take(4), plain.take(4)):
+        x0, y0 = x0.numpy(), y0.numpy()
+        groups = x0.reshape(4, 4, 8, 8, 1)
+        assert all(np.array_equal(g[0], g[k]) for g in groups for k in range(4))  # 4 distinct images x 4
+        assert all(np.array_equal(l[0], l[k]) for l in y0.reshape(4, 4, 10) for k in range(4))
+        augmented = x.numpy().reshape(4, 4, 8, 8, 1)
+        assert any(not np.array_equal(g[0], g[1]) for g in augmented)  # copies augmented differently
+    # 16 distinct images per epoch of 4 steps: none repeats across batches of the epoch
+    first = [g.tobytes() for (x0, _) in plain.take(4) for g in x0.numpy().reshape(4, 4, 8, 8, 1)[:, 0]]
+    assert len(set(first)) == 16
+
+
+def test_augmentation_repeats_must_divide_the_batch():
+    split = Split(images=np.zeros((64, 8, 8, 1), np.uint8), labels=np.zeros(64, np.int64))
+    with pytest.raises(UserError, match="aug-repeats"):
+        train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2,
+                      augment=None, repeats=3)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
-from tfrobust.models.batch_norm import BatchNorm
+from tfrobust.models.batch_norm import BatchNorm, frozen_batch_statistics
 from tfrobust.training.callbacks import WeightAveraging
 from tfrobust.training.schedules import ema_decay
 from tfrobust.training.trainer import RobustTrainer
@@ -156,3 +156,30 @@ def test_averaged_network_has_averaged_weights_and_raw_batchnorm_statistics():
         np.testing.assert_array_equal(w.numpy(), a.numpy())
     # and the averages are not simply the raw weights
     assert any(np.abs(w.numpy() - r.numpy()).max() > 0 for w, r in zip(averaged.trainable_weights, network.trainable_weights))
+
+
+class TargetRecordingAttack:
+    """Keeps the target the train step hands to the attack."""
+
+    def __init__(self, inner, shape):
+        self.inner = inner
+        self.target = tf.Variable(tf.zeros(shape), trainable=False)
+
+    def __call__(self, model_fn, x, target, seed):
+        self.target.assign(target)
+        return self.inner(model_fn, x, target, seed)
+
+
+@pytest.mark.parametrize("mixing", [False, True])
+def test_trades_attack_target_is_clean_softmax_or_mixed_labels(mixing):
+    x, _ = batch()
+    soft = tf.constant(np.random.default_rng(1).dirichlet([1, 1, 1], size=16), tf.float32)  # CutMix-like labels
+    attack = TargetRecordingAttack(trades_attack("linf", EPS, num_steps=1), soft.shape)
+    network = tiny_network()
+    trainer = RobustTrainer(network, loss="trades", attack=attack, seed=1, labels_as_attack_target=mixing)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    with frozen_batch_statistics(network):
+        clean_softmax = tf.nn.softmax(network(x, training=True)).numpy()
+    trainer.train_step((x, soft))
+    expected = soft.numpy() if mixing else clean_softmax
+    np.testing.assert_allclose(attack.target.numpy(), expected, atol=1e-6)

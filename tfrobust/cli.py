@@ -53,6 +53,8 @@ def _train_options(function):
         click.option("--preset", type=click.Choice(list(cfg.PRESETS)), default=None, help="A recipe of the paper (see README)."),
         click.option("--dataset", default=None, help="cifar10 | cifar100 | svhn | digits | npz:PATH [cifar10]"),
         click.option("--data-dir", default=None, help="tensorflow-datasets data directory."),
+        click.option("--aug", default=None, help="Augmentations joined by '+': padcrop, autoaugment, randaugment, cutout, cutmix, mixup, ricap, or none [padcrop]."),
+        click.option("--aug-repeats", type=int, default=None, help="Each batch: batch/N distinct images, each augmented N ways [1]."),
         click.option("--val-size", type=int, default=None, help="Held-out training images for model selection [1024]."),
         click.option("--model", default=None, help="wrn-28-10 (default), wrn-34-10, wrn-34-20, wrn-70-16, wrn-106-16, wrn-16-4, wrn-10-1, preact-resnet-18, ..."),
         click.option("--activation", default=None, help="swish (default) | relu"),
@@ -169,6 +171,25 @@ def import_(checkpoint: str, arch: str, dataset: str, activation: str, out: str,
 
     path = import_checkpoint(checkpoint, arch=arch, dataset=dataset, activation=activation, out=out, norm=norm, eps=eps)
     click.echo(f"imported: {path}")
+
+
+@cli.command(name="augment-preview")
+@click.option("--aug", required=True, help="Augmentation chain, e.g. padcrop+cutmix.")
+@click.option("--dataset", default="digits", help="Dataset to draw images from [digits].")
+@click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
+@click.option("--out", required=True, help="PNG file to write.")
+@click.option("--n", "num_images", type=int, default=8, help="Images per row [8].")
+@click.option("--draws", type=int, default=2, help="Augmented rows (different seeds) [2].")
+@click.option("--seed", type=int, default=0, help="Seed [0].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def augment_preview(aug: str, dataset: str, data_dir: str | None, out: str, num_images: int, draws: int, seed: int,
+                    overwrite: bool) -> None:
+    """A PNG grid of original and augmented images with their (soft) labels."""
+    from tfrobust.augment.preview import preview_grid
+
+    path = preview_grid(aug=aug, dataset=dataset, out=out, num_images=num_images, draws=draws, seed=seed,
+                        data_dir=data_dir, overwrite=overwrite)
+    click.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -90,6 +90,7 @@ class PGD:
                 f"init ({init_norm}, eps={init_eps}) does not match the projection "
                 f"({self.projection.norm}, eps={self.projection.eps})")
 
+    @tf.autograph.experimental.do_not_convert  # explicit tf.while_loop; AutoGraph only slows tracing
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, target: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Adversarial images for clean images `x` ([B, H, W, C] float32 in [0, 1]).
 

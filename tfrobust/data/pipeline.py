@@ -61,6 +61,7 @@ def train_dataset(
     first_epoch: int,
     steps_per_epoch: int,
     augment: AugmentFn | None,
+    repeats: int = 1,
 ) -> tf.data.Dataset:
     """An endless stream of `(images float32 [B,H,W,C] in [0,1], labels float32 one-hot [B,K])` batches.
 
@@ -84,17 +85,24 @@ def train_dataset(
         raise UserError(f"first epoch must be >= 0, got {first_epoch}")
     _check_labels(split, num_classes)
 
+    if repeats < 1 or batch_size % repeats:
+        raise UserError(f"--aug-repeats {repeats} must be >= 1 and divide --batch-size {batch_size}")
     images, labels = _host_tensors(split)
-    per_epoch = steps_per_epoch * batch_size
+    # Augmentation repeats (METHOD.md; the reference's "emulated workers"): each batch holds
+    # batch_size / repeats distinct images, each `repeats` times in a row, augmented independently.
+    distinct = batch_size // repeats
+    per_epoch = steps_per_epoch * distinct
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         order = epoch_permutation(n, seed, epoch)[:per_epoch]
-        order = tf.reshape(order, [steps_per_epoch, batch_size])  # static shape -> static batch size
+        order = tf.reshape(order, [steps_per_epoch, distinct])  # static shape -> static batch size
         return tf.data.Dataset.from_tensor_slices(
             (order, tf.fill([steps_per_epoch], epoch), tf.range(steps_per_epoch, dtype=tf.int64))
         )
 
     def make_batch(index: tf.Tensor, epoch: tf.Tensor, step: tf.Tensor) -> Batch:
+        if repeats > 1:
+            index = tf.repeat(index, repeats)
         x = to_float_images(tf.gather(images, index))
         y = tf.one_hot(tf.gather(labels, index), num_classes, dtype=tf.float32)
         if augment is not None:

@@ -79,7 +79,8 @@ class ModelSelection(keras.callbacks.Callback):
     """Every `every` epochs (and at the last), clean and PGD-40 accuracy of raw and averaged weights.
 
     METHOD.md "model selection": robust accuracy on held-out *training* images picks the best averaged
-    model, never the test set. Adds `val_{raw,avg}_{clean,pgd40}_accuracy` to every epoch's logs (NaN on
+    model, never the test set (`select_on`; a non-robust `--loss standard` run selects on clean accuracy,
+    since its PGD-40 accuracy is ~0 and would pick an arbitrary early epoch). Adds `val_{raw,avg}_{clean,pgd40}_accuracy` to every epoch's logs (NaN on
     epochs without evaluation, so CSV columns stay fixed) and saves the best averaged weights.
     """
 
@@ -91,14 +92,18 @@ class ModelSelection(keras.callbacks.Callback):
         every: int,
         total_epochs: int,
         best_path: str,
+        select_on: str = "val_avg_pgd40_accuracy",
     ):
         super().__init__()
+        if select_on not in self.KEYS:
+            raise ValueError(f"select_on must be one of {self.KEYS}, got {select_on!r}")
+        self.select_on = select_on
         self.averaging = averaging
         self.evaluate = evaluate
         self.every = int(every)
         self.total_epochs = int(total_epochs)
         self.best_path = best_path
-        self.best = {"epoch": -1, "val_avg_pgd40_accuracy": -math.inf}
+        self.best = {"epoch": -1, select_on: -math.inf}
         self.latest: dict[str, float] = {}
 
     KEYS = ("val_raw_clean_accuracy", "val_raw_pgd40_accuracy", "val_avg_clean_accuracy", "val_avg_pgd40_accuracy")
@@ -119,7 +124,7 @@ class ModelSelection(keras.callbacks.Callback):
         }
         logs.update(metrics)
         self.latest = {"epoch": done, **metrics}
-        if metrics["val_avg_pgd40_accuracy"] > self.best["val_avg_pgd40_accuracy"]:
+        if metrics[self.select_on] > self.best.get(self.select_on, -math.inf):
             self.best = {"epoch": done, **metrics}
             weights = [w.value for w in self.averaging.averaged_network.weights]
             ckpt.save_arrays(self.best_path, {"network": weights}, {"best": self.best})

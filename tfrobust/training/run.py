@@ -30,7 +30,7 @@ import tensorflow as tf
 
 import tfrobust
 from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
-from tfrobust.augment.pad_crop import PadCrop
+from tfrobust.augment.registry import build_augmentation, parse_aug, produces_soft_labels
 from tfrobust.config import TrainConfig
 from tfrobust.data.datasets import Splits, load_dataset
 from tfrobust.data.pipeline import eval_dataset, train_dataset
@@ -133,7 +133,8 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
                     attack, init=distribute.ReplicaShardedInit(attack.init, replicas), unroll=True
                 )
         trainer = RobustTrainer(
-            network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay, seed=config.seed
+            network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay,
+            seed=config.seed, labels_as_attack_target=produces_soft_labels(parse_aug(config.aug)),
         )
         schedule = WarmupSchedule(
             peak=config.learning_rate,
@@ -157,7 +158,8 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
 
     every = config.eval_every if len(splits.val) else 0
     selection = cb.ModelSelection(
-        averaging, evaluate, every=every, total_epochs=config.epochs, best_path=os.path.join(run_dir, BEST_NAME)
+        averaging, evaluate, every=every, total_epochs=config.epochs, best_path=os.path.join(run_dir, BEST_NAME),
+        select_on="val_avg_clean_accuracy" if config.loss == "standard" else "val_avg_pgd40_accuracy",
     )
     return Run(config, splits, strategy, trainer, averaging, selection, steps_per_epoch)
 
@@ -195,9 +197,10 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
         initial_epoch = cb.restore(checkpoint_path, run.trainer, run.averaging, run.selection)
         print(f"resuming {run_dir} after epoch {initial_epoch} of {config.epochs}", flush=True)
     info = run.splits.info
-    # The paper pads 4 pixels on 32x32 images; keep that fraction (1 pixel on 8x8 digits, where 4 would
-    # shift half the digit out of view).
-    augment = PadCrop(padding=max(1, round(4 * info.image_shape[0] / 32)), flip=info.allow_flip)
+    # Pixel sizes scale with the image (Pad&Crop's 4 pixels on 32x32 is 1 on 8x8 digits): see
+    # augment.registry.default_options. Layers run in float32 whatever the training precision.
+    names = parse_aug(config.aug)
+    augment = build_augmentation(names, image_shape=info.image_shape, allow_flip=info.allow_flip)
     data = train_dataset(
         run.splits.train,
         num_classes=info.num_classes,
@@ -205,7 +208,8 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
         seed=config.seed,
         first_epoch=initial_epoch,
         steps_per_epoch=run.steps_per_epoch,
-        augment=lambda batch, seed: augment(batch, training=True, seed=seed),
+        augment=(lambda batch, seed: augment(batch, training=True, seed=seed)) if names else None,
+        repeats=config.aug_repeats,
     )
     log_path = os.path.join(run_dir, "log.csv")
     if initial_epoch > 0:
@@ -261,7 +265,7 @@ def truncate_log(path: str, epochs_done: int) -> None:
 
 
 def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
-    """Exports the averaged model (best by validation PGD-40, else the last) in float32; returns its path."""
+    """Exports the averaged model (best on validation, else the last) in float32; returns its path."""
     config, info = run.config, run.splits.info
     averaged = run.averaging.sync_averaged_network()
     best_path = os.path.join(run_dir, BEST_NAME)
@@ -283,7 +287,7 @@ def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
         "dataset": dataclasses.asdict(info),
         "norm": config.norm,
         "eps": config.resolved_eps,
-        "weights": f"weight average (EMA tau {config.ema_decay}), {selected} by validation PGD-40",
+        "weights": f"weight average (EMA tau {config.ema_decay}), {selected} by {run.selection.select_on}",
         "validation": run.selection.best if selected == "best" else run.selection.latest,
         "training_config": dataclasses.asdict(config),
         "run_dir": os.path.abspath(run_dir),

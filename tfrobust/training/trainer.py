@@ -4,7 +4,8 @@ One TRADES step (Zhang et al. 2019; Rebuffi, Gowal et al. 2021, Sec. 2; METHOD.m
 
 1. clean logits f(x) with batch statistics, moving BatchNorm statistics frozen;
 2. the attack (BatchNorm frozen the same way, tape paused) maximises KL(stop_grad(softmax f(x)) || softmax f(x'))
-   from a random start in the eps ball; the clean logits of step 1 give its target, so no extra forward;
+   from a random start in the eps ball; the clean logits of step 1 give its target, so no extra forward
+   (with a label-mixing augmentation the target is the mixed labels instead, as the reference does);
 3. adversarial logits f(x') in training mode: the only pass that updates the moving statistics;
 4. loss = CE(f(x), y) + beta * KL(f(x) || f(x')) + coupled L2 weight decay, gradients through both
    logit sets, divided by the number of replicas (gradients are summed across replicas).
@@ -62,6 +63,7 @@ class RobustTrainer(keras.Model):
         beta: float = 6.0,
         weight_decay: float = 5e-4,
         seed: int = 0,
+        labels_as_attack_target: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -75,6 +77,7 @@ class RobustTrainer(keras.Model):
         self.beta = float(beta)
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
+        self.labels_as_attack_target = bool(labels_as_attack_target)
         self._decayed = decayed_variables(network)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="ce")
@@ -110,6 +113,10 @@ class RobustTrainer(keras.Model):
         # Called inside frozen_batch_statistics: batch statistics, no moving-statistics update.
         return self.network(images, training=True)
 
+    # No AutoGraph: the step has no data-dependent Python control flow (every `if` is on configuration),
+    # and converting it (and the attack it calls) once mixed up two converted methods' code objects in
+    # AutoGraph's cache ("tf___step_seed() takes 1 positional argument but 2 were given").
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         images, labels = data[0], data[1]
         labels = tf.cast(labels, tf.float32)
@@ -125,7 +132,12 @@ class RobustTrainer(keras.Model):
                     # the loss, so the clean pass runs once.
                     with frozen_batch_statistics(network):
                         clean_logits = network(images, training=True)
-                    target = tf.stop_gradient(tf.nn.softmax(tf.cast(clean_logits, tf.float32)))
+                    if self.labels_as_attack_target:
+                        # CutMix/MixUp/RICAP (METHOD.md "CutMix with TRADES"): the attack maximises the
+                        # divergence from the mixed labels; the loss's KL stays KL(clean || adv).
+                        target = labels
+                    else:
+                        target = tf.stop_gradient(tf.nn.softmax(tf.cast(clean_logits, tf.float32)))
                 else:
                     clean_logits = None
                     target = labels
@@ -165,6 +177,7 @@ class RobustTrainer(keras.Model):
             return {name: tf.reshape(value, [1]) for name, value in results.items()}
         return results
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         images, labels = data[0], tf.cast(data[1], tf.float32)
         logits = self.network(images, training=False)

@@ -1,0 +1,149 @@
+"""CutMix (Yun et al. 2019): paste a random box of a partner image, mix labels by the pasted area.
+
+The paper's best augmentation (Rebuffi, Gowal et al. 2021, Sec. 4 and 6.2). Per Yun et al. (Sec. 3.1 and
+their `rand_bbox`): lambda ~ Beta(alpha, alpha) with alpha = 1, i.e. the box's area fraction 1 - lambda
+is uniform on (0, 1), "the setting used throughout" the paper (App. B, "Window length of CutMix"); the
+box is sqrt(1 - lambda) H high and sqrt(1 - lambda) W wide (the image's aspect ratio), its centre is
+uniform over the image, it is clipped to the image, and the label weight of the partner is the fraction
+of pixels actually pasted after clipping (Yun et al.'s "adjust lambda to exactly match pixel ratio";
+METHOD.md "CutMix with TRADES": "lambda corrected to the true pasted area").
+
+Here every example draws its own lambda, box and partner (METHOD.md records the reference drawing one
+lambda and box per sub-batch; per-example draws have the same marginal distribution and more diversity
+per batch).
+Box edges are continuous and rounded to the pixel grid: top = round(cy - h/2), bottom = round(cy + h/2)
+with the centre cy uniform on [0, H). That makes the unclipped box round(...) differences whose mean is
+exactly h (and likewise for the width), so the pixel area before clipping is an unbiased draw of
+(1 - lambda) H W; Yun et al.'s int(W sqrt(1 - lambda)) truncation makes boxes slightly small on 32x32
+images.
+
+Why not `keras.layers.CutMix` (Keras 3.x, read from its source): it mixes whatever `labels` holds as
+numbers, so they must already be one-hot (integer labels come out silently wrong, METHOD.md "known Keras
+traps"); it draws its Beta parameter itself, uniformly in [0, factor] per call (default factor 1: alpha
+~ U(0, 1), not alpha = 1, so the area is not uniform); its box always lies entirely inside the image
+(start uniform on [0, L - l]), so the centre is not uniform and borders are pasted less often; and it
+weights the labels by the continuous box area while its mask counts grid pixels, so label weight and
+pasted pixels differ. Hence this layer, written in TF ops.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from tfrobust.augment import common
+
+
+class CutMixBoxes(NamedTuple):
+    """What one call draws, per example (all [B]): the partner index and the unclipped box.
+
+    `area` is the sampled box area fraction 1 - lambda (continuous, uniform on (0, 1) for alpha = 1);
+    the box covers rows top..bottom-1 and columns left..right-1 before clipping to the image.
+    """
+
+    partner: tf.Tensor  # int32
+    area: tf.Tensor  # float32
+    top: tf.Tensor  # int32
+    bottom: tf.Tensor
+    left: tf.Tensor
+    right: tf.Tensor
+
+
+@keras.saving.register_keras_serializable(package="tfrobust")
+class CutMix(keras.layers.Layer):
+    """Pastes a random box of a partner example into every example and mixes the labels by pasted area.
+
+    Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`
+    (one-hot or already soft labels; integer labels are rejected). Output example b is example b with
+    the box of example `partner[b]` pasted in, and labels (1 - f_b) y_b + f_b y_partner[b], where f_b is
+    the exact fraction of b's pixels that were pasted (Yun et al. 2019, Eq. 1, with their corrected
+    lambda). The partners are a random permutation of the batch.
+
+    `alpha` is the Beta(alpha, alpha) parameter of lambda: 1.0 (uniform area), as Yun et al. and the
+    paper use.
+
+    `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
+    [2] `seed`, else the layer's generator, never inside tf.data).
+    """
+
+    def __init__(self, alpha: float = 1.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(alpha, bool) or not float(alpha) > 0.0:
+            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    def call(self, inputs: dict, training=None, seed=None) -> dict:
+        common.check_batch(inputs, "CutMix")
+        if not training:
+            return inputs
+        seed = common.resolve_seed(seed, self.seed_generator)
+        images, labels = cutmix(
+            tf.convert_to_tensor(inputs["images"]), tf.convert_to_tensor(inputs["labels"]), seed, alpha=self.alpha
+        )
+        out = dict(inputs)
+        out["images"], out["labels"] = images, labels
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "alpha": self.alpha, "seed": self.seed}
+
+
+def cutmix_boxes(seed: tf.Tensor, batch, height, width, alpha: float = 1.0) -> CutMixBoxes:
+    """Draws partners, lambdas and boxes for a batch (Yun et al. 2019, Sec. 3.1 and Alg. A1).
+
+    lambda ~ Beta(alpha, alpha); box height sqrt(1 - lambda) H, width sqrt(1 - lambda) W; centre
+    (cy, cx) uniform on [0, H) x [0, W); edges round(cy -/+ h/2), round(cx -/+ w/2), unclipped.
+    """
+    seed_perm, seed_lam, seed_y, seed_x = common.split_seed(seed, 4)
+    partner = common.permutation(batch, seed_perm)
+    if alpha == 1.0:
+        # Beta(1, 1) is U(0, 1): one uniform draw instead of two Gammas (same distribution).
+        area = common.uniform([batch], seed_lam)
+    else:
+        area = 1.0 - common.sample_beta([batch], seed_lam, alpha, alpha)
+    ratio = tf.sqrt(area)  # the side fraction: a box of ratio^2 = 1 - lambda of the image's area
+    h = ratio * tf.cast(height, tf.float32)
+    w = ratio * tf.cast(width, tf.float32)
+    centre_y = common.uniform([batch], seed_y) * tf.cast(height, tf.float32)
+    centre_x = common.uniform([batch], seed_x) * tf.cast(width, tf.float32)
+    # tf.round is round-half-to-even; ties have probability ~0 with continuous centres.
+    top = tf.cast(tf.round(centre_y - h / 2), tf.int32)
+    bottom = tf.cast(tf.round(centre_y + h / 2), tf.int32)
+    left = tf.cast(tf.round(centre_x - w / 2), tf.int32)
+    right = tf.cast(tf.round(centre_x + w / 2), tf.int32)
+    return CutMixBoxes(partner, area, top, bottom, left, right)
+
+
+def pasted_fraction(boxes: CutMixBoxes, height, width) -> tf.Tensor:
+    """The fraction of pixels inside each box after clipping to the image: the partner's label weight."""
+    rows = tf.clip_by_value(boxes.bottom, 0, height) - tf.clip_by_value(boxes.top, 0, height)
+    cols = tf.clip_by_value(boxes.right, 0, width) - tf.clip_by_value(boxes.left, 0, width)
+    count = tf.maximum(rows, 0) * tf.maximum(cols, 0)
+    return common.exact_ratio(count, height * width)
+
+
+
+def cutmix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, alpha: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """The batched transform behind `CutMix`; returns (images, labels)."""
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    boxes = cutmix_boxes(seed, batch, height, width, alpha)
+    rows = tf.range(height)[None, :]
+    cols = tf.range(width)[None, :]
+    in_rows = (rows >= boxes.top[:, None]) & (rows < boxes.bottom[:, None])  # [B, H]; clipping is implicit
+    in_cols = (cols >= boxes.left[:, None]) & (cols < boxes.right[:, None])  # [B, W]
+    inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]  # [B, H, W, 1]
+    mixed_images = tf.where(inside, tf.gather(images, boxes.partner), images)
+    weight = tf.cast(pasted_fraction(boxes, height, width), labels.dtype)[:, None]  # [B, 1]
+    partner_labels = tf.gather(labels, boxes.partner)
+    # y + f (y_p - y) rather than (1 - f) y + f y_p: exact when y_p == y (self-partners, equal labels).
+    mixed_labels = labels + weight * (partner_labels - labels)
+    return mixed_images, mixed_labels

@@ -1,0 +1,141 @@
+"""RICAP (Takahashi et al. 2018): random image cropping and patching of four images.
+
+Takahashi et al. (Sec. 3 and their reference code): a boundary point (w, h) with
+w = round(W Beta(beta, beta)) and h = round(H Beta(beta, beta)) splits the output into four regions of
+sizes (w, h), (W - w, h), (w, H - h), (W - w, H - h) (top-left, top-right, bottom-left, bottom-right).
+Region k is filled with a crop of that size, at a uniformly random position, from an image taken from
+its own random permutation of the batch, and the label is sum_k (area_k / (W H)) y_k. beta = 0.3, their
+CIFAR setting. Rebuffi, Gowal et al. 2021 evaluate RICAP among the patching methods (Sec. 6.2, Fig. 6)
+without giving other settings.
+
+Here every example draws its own boundary and crop positions (the reference code draws one boundary
+and one crop position per region for the whole batch; per-example draws have the same marginals).
+The four label weights are integer pixel counts over H W, so they sum to 1 up to one float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from tfrobust.augment import common
+
+
+class RicapDraws(NamedTuple):
+    """What one call draws, per example (all int32 [B], region k = 0..3 in the last axis where [B, 4]).
+
+    `sources[:, k]`: the example region k is cut from; `offset_y/offset_x[:, k]`: where the crop starts
+    in that source; `h`, `w`: the boundary (rows 0..h-1 and columns 0..w-1 are region 0).
+    """
+
+    sources: tf.Tensor  # [B, 4]
+    h: tf.Tensor  # [B]
+    w: tf.Tensor  # [B]
+    offset_y: tf.Tensor  # [B, 4]
+    offset_x: tf.Tensor  # [B, 4]
+
+
+@keras.saving.register_keras_serializable(package="tfrobust")
+class Ricap(keras.layers.Layer):
+    """Patches four random crops of four random examples into each example; labels by area.
+
+    Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`
+    (one-hot or soft labels; integer labels are rejected). Output labels are the four source labels
+    weighted by their regions' areas (Takahashi et al. 2018, Sec. 3), which sum to 1.
+
+    `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
+    [2] `seed`, else the layer's generator, never inside tf.data).
+    """
+
+    def __init__(self, beta: float = 0.3, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(beta, bool) or not float(beta) > 0.0:
+            raise ValueError(f"beta must be a positive number, got {beta!r}")
+        self.beta = float(beta)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    def call(self, inputs: dict, training=None, seed=None) -> dict:
+        common.check_batch(inputs, "Ricap")
+        if not training:
+            return inputs
+        seed = common.resolve_seed(seed, self.seed_generator)
+        images, labels = ricap(
+            tf.convert_to_tensor(inputs["images"]), tf.convert_to_tensor(inputs["labels"]), seed, beta=self.beta
+        )
+        out = dict(inputs)
+        out["images"], out["labels"] = images, labels
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "beta": self.beta, "seed": self.seed}
+
+
+def region_sizes(h: tf.Tensor, w: tf.Tensor, height, width) -> tuple[tf.Tensor, tf.Tensor]:
+    """Heights and widths [B, 4] of the regions: top-left, top-right, bottom-left, bottom-right."""
+    heights = tf.stack([h, h, height - h, height - h], axis=1)
+    widths = tf.stack([w, width - w, w, width - w], axis=1)
+    return heights, widths
+
+
+def ricap_draws(seed: tf.Tensor, batch, height, width, beta: float) -> RicapDraws:
+    """The boundary, the four sources and the four crop offsets of every example."""
+    seed_bound_y, seed_bound_x, seed_perm, seed_off_y, seed_off_x = common.split_seed(seed, 5)
+    fh = tf.cast(height, tf.float32)
+    fw = tf.cast(width, tf.float32)
+    # round(size * Beta(beta, beta)) as Takahashi et al.'s code (np.round), in 0..size.
+    h = tf.cast(tf.round(fh * common.sample_beta([batch], seed_bound_y, beta, beta)), tf.int32)
+    w = tf.cast(tf.round(fw * common.sample_beta([batch], seed_bound_x, beta, beta)), tf.int32)
+    # One permutation of the batch per region.
+    sources = tf.stack([common.permutation(batch, s) for s in common.split_seed(seed_perm, 4)], axis=1)
+    heights, widths = region_sizes(h, w, height, width)
+    # Crop start uniform in 0..size-region (inclusive): floor(u * (size - region + 1)), u in [0, 1).
+    u_y = common.uniform([batch, 4], seed_off_y)
+    u_x = common.uniform([batch, 4], seed_off_x)
+    offset_y = tf.cast(tf.floor(u_y * tf.cast(height - heights + 1, tf.float32)), tf.int32)
+    offset_x = tf.cast(tf.floor(u_x * tf.cast(width - widths + 1, tf.float32)), tf.int32)
+    # Guard against u * n rounding up to n in float32.
+    offset_y = tf.minimum(offset_y, height - heights)
+    offset_x = tf.minimum(offset_x, width - widths)
+    return RicapDraws(sources, h, w, offset_y, offset_x)
+
+
+def ricap_weights(draws: RicapDraws, height, width) -> tf.Tensor:
+    """Label weights [B, 4]: region areas over H W (integer counts, one correctly rounded division each)."""
+    heights, widths = region_sizes(draws.h, draws.w, height, width)
+    return common.exact_ratio(heights * widths, height * width)
+
+
+def ricap(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, beta: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The batched transform behind `Ricap`; returns (images, labels). Pixel-exact copies, no resampling."""
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    draws = ricap_draws(seed, batch, height, width, beta)
+    rows = tf.range(height)[None, :]  # [1, H]
+    cols = tf.range(width)[None, :]
+    bottom = rows >= draws.h[:, None]  # [B, H]: in the lower regions (2, 3)
+    right = cols >= draws.w[:, None]  # [B, W]: in the right regions (1, 3)
+    # Position inside the region: rows below the boundary count from h, columns right of it from w.
+    local_rows = tf.where(bottom, rows - draws.h[:, None], rows)  # [B, H]
+    local_cols = tf.where(right, cols - draws.w[:, None], cols)  # [B, W]
+    out = tf.zeros_like(images)
+    for k, (is_bottom, is_right) in enumerate(((False, False), (False, True), (True, False), (True, True))):
+        source = tf.gather(images, draws.sources[:, k])
+        src_rows = tf.clip_by_value(draws.offset_y[:, k:k + 1] + local_rows, 0, height - 1)
+        src_cols = tf.clip_by_value(draws.offset_x[:, k:k + 1] + local_cols, 0, width - 1)
+        patch = tf.gather(source, src_rows, axis=1, batch_dims=1)
+        patch = tf.gather(patch, src_cols, axis=2, batch_dims=1)
+        in_rows = bottom if is_bottom else ~bottom
+        in_cols = right if is_right else ~right
+        region = in_rows[:, :, None, None] & in_cols[:, None, :, None]
+        out = tf.where(region, patch, out)
+    weights = tf.cast(ricap_weights(draws, height, width), labels.dtype)  # [B, 4]
+    source_labels = tf.gather(labels, draws.sources)  # [B, 4, K]
+    mixed_labels = tf.reduce_sum(weights[:, :, None] * source_labels, axis=1)
+    return out, mixed_labels
