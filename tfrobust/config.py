@@ -162,8 +162,8 @@ PRESETS: dict[str, Preset] = {
             schedule="cosine", eps=0.2, ema_decay=0.99, eval_every=5,
         ),
         description="TRADES on scikit-learn's embedded 8x8 digits (no network): the README's quick start.",
-        expected="see README 'Measured numbers' (digits test split, Linf eps 0.2, PGD-40)",
-        compute="a few minutes on 2 CPU cores",
+        expected="measured: 98.33% clean / 51.94% PGD-40 (eps 0.2) on the digits test split; --loss standard: 99.44% / 0.00%",
+        compute="142 s of training on 2 CPU cores (AMD EPYC Zen3)",
     ),
     "cifar10-wrn-28-10-padcrop": Preset(
         overrides=dict(
