@@ -155,6 +155,12 @@ class Preset:
     compute: str
 
 
+# The paper's CIFAR-10 recipe without added data (METHOD.md): what the CIFAR presets below share.
+_CIFAR10 = dict(
+    dataset="cifar10", batch_size=512, epochs=400, schedule="piecewise", ema_decay=0.999, norm="linf",
+    eps=8.0 / 255.0,
+)
+
 PRESETS: dict[str, Preset] = {
     "quickstart-digits": Preset(
         overrides=dict(
@@ -166,64 +172,43 @@ PRESETS: dict[str, Preset] = {
         compute="142 s of training on 2 CPU cores (AMD EPYC Zen3)",
     ),
     "cifar10-wrn-28-10-padcrop": Preset(
-        overrides=dict(
-            dataset="cifar10", model="wrn-28-10", batch_size=512, epochs=400, schedule="piecewise",
-            ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
-        ),
+        overrides=dict(_CIFAR10, model="wrn-28-10"),
         description="Paper Table 2 baseline: WRN-28-10, TRADES, Pad&Crop, no added data, Linf 8/255.",
         expected="paper: 84.32% clean / 54.44% AA+MT on the CIFAR-10 test set",
         compute="forward 10.49 GFLOP/image, TRADES-10 = 27 forwards: 283 GFLOP x 20M image-steps = 5.7e18 FLOP",
     ),
     "cifar10-wrn-70-16-padcrop": Preset(
-        overrides=dict(
-            dataset="cifar10", model="wrn-70-16", batch_size=512, epochs=400, schedule="piecewise",
-            ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
-        ),
+        overrides=dict(_CIFAR10, model="wrn-70-16"),
         description="WRN-70-16, TRADES, Pad&Crop, no added data, Linf 8/255 (paper's larger model).",
         expected="paper (Gowal et al. 2020 setting, RobustBench): 85.29% clean / 57.20% AA",
         compute="forward 77.5 GFLOP/image (7.4x WRN-28-10): 4.2e19 FLOP",
     ),
     "cifar10-wrn-28-10-cutmix": Preset(
-        overrides=dict(
-            dataset="cifar10", model="wrn-28-10", aug="padcrop+cutmix", batch_size=512, epochs=400,
-            schedule="piecewise", ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
-        ),
+        overrides=dict(_CIFAR10, model="wrn-28-10", aug="padcrop+cutmix"),
         description="Paper Table 2 / Fig. 9(c): WRN-28-10, TRADES, CutMix (area ~ U(0,1)) with WA tau 0.999.",
         expected="paper: 86.09% clean / 57.50% AA+MT on the CIFAR-10 test set",
         compute="as cifar10-wrn-28-10-padcrop",
     ),
     "cifar10-wrn-70-16-cutmix": Preset(
-        overrides=dict(
-            dataset="cifar10", model="wrn-70-16", aug="padcrop+cutmix", batch_size=512, epochs=400,
-            schedule="piecewise", ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
-        ),
+        overrides=dict(_CIFAR10, model="wrn-70-16", aug="padcrop+cutmix"),
         description="Paper Table 2: WRN-70-16, TRADES, CutMix, WA tau 0.999, no added data.",
         expected="paper: 87.25% clean / 60.07% AA+MT",
         compute="as cifar10-wrn-70-16-padcrop",
     ),
     "cifar10-wrn-28-10-cutout": Preset(
-        overrides=dict(
-            dataset="cifar10", model="wrn-28-10", aug="padcrop+cutout", batch_size=512, epochs=400,
-            schedule="piecewise", ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
-        ),
+        overrides=dict(_CIFAR10, model="wrn-28-10", aug="padcrop+cutout"),
         description="Paper Fig. 6 / 9(b): WRN-28-10, TRADES, Cutout (window 18 px, the best), WA tau 0.999.",
         expected="paper: above Pad&Crop's 54.44% AA+MT (Fig. 6 plots it; no table value)",
         compute="as cifar10-wrn-28-10-padcrop",
     ),
     "cifar10-wrn-28-10-mixup": Preset(
-        overrides=dict(
-            dataset="cifar10", model="wrn-28-10", aug="padcrop+mixup", batch_size=512, epochs=400,
-            schedule="piecewise", ema_decay=0.999, norm="linf", eps=8.0 / 255.0,
-        ),
+        overrides=dict(_CIFAR10, model="wrn-28-10", aug="padcrop+mixup"),
         description="Paper Fig. 6 / 9(a): WRN-28-10, TRADES, MixUp (alpha 1.0 here; the paper favours small alpha), WA 0.999.",
         expected="paper: +0.91 points robust over Pad&Crop's 54.44% AA+MT (Sec. 6.2)",
         compute="as cifar10-wrn-28-10-padcrop",
     ),
     "cifar10-wrn-28-10-padcrop-l2": Preset(
-        overrides=dict(
-            dataset="cifar10", model="wrn-28-10", batch_size=512, epochs=400, schedule="piecewise",
-            ema_decay=0.999, norm="l2", eps=128.0 / 255.0,
-        ),
+        overrides=dict(_CIFAR10, model="wrn-28-10", norm="l2", eps=128.0 / 255.0),
         description="WRN-28-10, TRADES, Pad&Crop, no added data, L2 eps 128/255.",
         expected="paper reports L2 numbers only with added data (WRN-70-16 DDPM+CutMix 92.41 / 80.38)",
         compute="as cifar10-wrn-28-10-padcrop",

@@ -31,7 +31,9 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust.attacks.projection import check_eps, check_norm
-from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors, top_targets
+from tfrobust.attacks.restarts import (
+    as_seed, check_counts, class_ids, flat_norm, run_on_survivors, target_notes, top_targets
+)
 from tfrobust.errors import UserError
 
 ModelFn = Callable[[tf.Tensor], tf.Tensor]
@@ -168,20 +170,13 @@ class FABTargeted:
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_eps(self.eps)
-        for name in ("n_iter", "n_target_classes", "n_restarts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"FAB {name} must be a positive int, got {value!r}")
+        check_counts("FAB", n_iter=self.n_iter, n_target_classes=self.n_target_classes, n_restarts=self.n_restarts)
 
     def num_targets(self, num_classes: int) -> int:
         return max(0, min(self.n_target_classes, num_classes - 1))
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
-        n = self.num_targets(num_classes)
-        if n < self.n_target_classes:
-            return (f"FAB-T uses {n} target classes instead of {self.n_target_classes}: the model has only "
-                    f"{num_classes} classes",)
-        return ()
+        return target_notes("FAB-T", self.num_targets(num_classes), self.n_target_classes, num_classes)
 
     @_no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

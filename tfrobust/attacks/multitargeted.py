@@ -32,7 +32,9 @@ from tfrobust.attacks.init import UniformInit
 from tfrobust.attacks.optimizers import Adam, NormalizedGradient, Optimizer, PiecewiseConstant
 from tfrobust.attacks.pgd import PGD
 from tfrobust.attacks.projection import check_eps, check_norm, make_projection
-from tfrobust.attacks.restarts import as_seed, class_ids, run_on_survivors, top_targets
+from tfrobust.attacks.restarts import (
+    as_seed, check_counts, class_ids, run_on_survivors, target_notes, top_targets
+)
 from tfrobust.errors import UserError
 
 ModelFn = Callable[[tf.Tensor], tf.Tensor]
@@ -70,20 +72,13 @@ class MultiTargeted:
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_eps(self.eps)
-        for name in ("n_restarts", "n_steps", "n_target_classes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"MultiTargeted {name} must be a positive int, got {value!r}")
+        check_counts("MultiTargeted", n_restarts=self.n_restarts, n_steps=self.n_steps, n_target_classes=self.n_target_classes)
 
     def num_targets(self, num_classes: int) -> int:
         return max(0, min(self.n_target_classes, num_classes - 1))
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
-        n = self.num_targets(num_classes)
-        if n < self.n_target_classes:
-            return (f"MultiTargeted uses {n} target classes instead of {self.n_target_classes}: the model has "
-                    f"only {num_classes} classes",)
-        return ()
+        return target_notes("MultiTargeted", self.num_targets(num_classes), self.n_target_classes, num_classes)
 
     @property
     def pgd(self) -> PGD:

@@ -16,6 +16,9 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tfrobust.attacks.projection import norm_of
+from tfrobust.errors import UserError
+
 # (run index r [int32 scalar], clean images of the survivors [b, ...], their labels [b] int32, the
 #  targets of the survivors [b, T] int32, seed [2]) -> (adversarial images [b, ...], broken [b] bool)
 RunFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -89,8 +92,20 @@ def run_on_survivors(
 
 
 def flat_norm(t: tf.Tensor, norm: str) -> tf.Tensor:
-    """Per-example norm shaped [B, 1, ..., 1] to broadcast against `t` (linf: max |t_i|, l2: ‖t‖₂)."""
-    axes = list(range(1, t.shape.rank))
-    if norm == "linf":
-        return tf.reduce_max(tf.abs(t), axis=axes, keepdims=True)
-    return tf.sqrt(tf.reduce_sum(tf.square(t), axis=axes, keepdims=True))
+    """Per-example norm shaped [B, 1, ..., 1] to broadcast against `t` (projection.norm_of, reshaped)."""
+    return tf.reshape(norm_of(t, norm), [-1] + [1] * (t.shape.rank - 1))
+
+
+def check_counts(owner: str, **counts: int) -> None:
+    """Each count (iterations, restarts, targets...) of an attack's configuration is a positive int."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{owner} {name} must be a positive int, got {value!r}")
+
+
+def target_notes(owner: str, used: int, requested: int, num_classes: int) -> tuple[str, ...]:
+    """The report's note when a targeted attack runs fewer targets than configured (few classes)."""
+    if used < requested:
+        return (f"{owner} uses {used} target classes instead of {requested}: the model has only "
+                f"{num_classes} classes",)
+    return ()

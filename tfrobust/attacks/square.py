@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.attacks.losses import margin
 from tfrobust.attacks.projection import check_eps, check_norm, make_projection
 from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors
 from tfrobust.errors import UserError
@@ -58,11 +59,8 @@ def p_schedule(i: int, n_queries: int, p_init: float = 0.8) -> float:
 
 
 def margin_of(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """z_y − max_{i≠y} z_i per example: positive exactly when the example is classified correctly."""
-    logits = tf.cast(logits, tf.float32)
-    is_y = tf.one_hot(y, tf.shape(logits)[-1]) > 0
-    z_y = tf.gather(logits, y, batch_dims=1)
-    return z_y - tf.reduce_max(tf.where(is_y, tf.constant(-float("inf")), logits), axis=-1)
+    """z_y − max_{i≠y} z_i per example: positive exactly when correctly classified (−losses.margin)."""
+    return -margin(logits, y)
 
 
 def _eta_rectangles(x: int, y: int) -> np.ndarray:

@@ -34,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common
+from tfrobust.augment.batch_augmentation import BatchAugmentation
 
 
 class CutMixBoxes(NamedTuple):
@@ -52,7 +53,7 @@ class CutMixBoxes(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class CutMix(keras.layers.Layer):
+class CutMix(BatchAugmentation):
     """Pastes a random box of a partner example into every example and mixes the labels by pasted area.
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`
@@ -69,31 +70,16 @@ class CutMix(keras.layers.Layer):
     """
 
     def __init__(self, alpha: float = 1.0, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if isinstance(alpha, bool) or not float(alpha) > 0.0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         self.alpha = float(alpha)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
 
-    def call(self, inputs: dict, training=None, seed=None) -> dict:
-        common.check_batch(inputs, "CutMix")
-        if not training:
-            return inputs
-        seed = common.resolve_seed(seed, self.seed_generator)
-        images, labels = cutmix(
-            tf.convert_to_tensor(inputs["images"]), tf.convert_to_tensor(inputs["labels"]), seed, alpha=self.alpha
-        )
-        out = dict(inputs)
-        out["images"], out["labels"] = images, labels
-        return out
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return cutmix(images, labels, seed, alpha=self.alpha)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "alpha": self.alpha, "seed": self.seed}
+        return {**super().get_config(), "alpha": self.alpha}
 
 
 def cutmix_boxes(seed: tf.Tensor, batch, height, width, alpha: float = 1.0) -> CutMixBoxes:

@@ -27,10 +27,11 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common
+from tfrobust.augment.batch_augmentation import BatchAugmentation
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class Cutout(keras.layers.Layer):
+class Cutout(BatchAugmentation):
     """Fills one `window` x `window` square per image (clipped to the image) with `fill`.
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`;
@@ -49,31 +50,18 @@ class Cutout(keras.layers.Layer):
     """
 
     def __init__(self, window: int = 18, fill: float | Sequence[float] = 0.5, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if isinstance(window, bool) or int(window) != window or window < 1:
             raise ValueError(f"window must be a positive integer number of pixels, got {window!r}")
         self.window = int(window)
         self.fill = _check_fill(fill)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
 
-    def call(self, inputs: dict, training=None, seed=None) -> dict:
-        common.check_batch(inputs, "Cutout")
-        if not training:
-            return inputs
-        seed = common.resolve_seed(seed, self.seed_generator)
-        images = tf.convert_to_tensor(inputs["images"])
-        out = dict(inputs)
-        out["images"] = cutout(images, seed, window=self.window, fill=self.fill)
-        return out
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return cutout(images, seed, window=self.window, fill=self.fill), labels
 
     def get_config(self) -> dict:
         fill = list(self.fill) if isinstance(self.fill, tuple) else self.fill
-        return {**super().get_config(), "window": self.window, "fill": fill, "seed": self.seed}
+        return {**super().get_config(), "window": self.window, "fill": fill}
 
 
 def cutout_boxes(seed: tf.Tensor, batch, height, width, window: int) -> tuple[tf.Tensor, tf.Tensor]:

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common
+from tfrobust.augment.batch_augmentation import BatchAugmentation
 
 
 class MixUpDraws(NamedTuple):
@@ -32,7 +33,7 @@ class MixUpDraws(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class MixUp(keras.layers.Layer):
+class MixUp(BatchAugmentation):
     """Mixes every example with a partner (a random permutation of the batch) by lambda ~ Beta(alpha, alpha).
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`
@@ -45,31 +46,16 @@ class MixUp(keras.layers.Layer):
     """
 
     def __init__(self, alpha: float = 1.0, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if isinstance(alpha, bool) or not float(alpha) > 0.0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         self.alpha = float(alpha)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
 
-    def call(self, inputs: dict, training=None, seed=None) -> dict:
-        common.check_batch(inputs, "MixUp")
-        if not training:
-            return inputs
-        seed = common.resolve_seed(seed, self.seed_generator)
-        images, labels = mixup(
-            tf.convert_to_tensor(inputs["images"]), tf.convert_to_tensor(inputs["labels"]), seed, alpha=self.alpha
-        )
-        out = dict(inputs)
-        out["images"], out["labels"] = images, labels
-        return out
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return mixup(images, labels, seed, alpha=self.alpha)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "alpha": self.alpha, "seed": self.seed}
+        return {**super().get_config(), "alpha": self.alpha}
 
 
 def mixup_draws(seed: tf.Tensor, batch, alpha: float) -> MixUpDraws:

@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common
+from tfrobust.augment.batch_augmentation import BatchAugmentation
 
 
 class RicapDraws(NamedTuple):
@@ -38,7 +39,7 @@ class RicapDraws(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class Ricap(keras.layers.Layer):
+class Ricap(BatchAugmentation):
     """Patches four random crops of four random examples into each example; labels by area.
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`
@@ -50,31 +51,16 @@ class Ricap(keras.layers.Layer):
     """
 
     def __init__(self, beta: float = 0.3, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if isinstance(beta, bool) or not float(beta) > 0.0:
             raise ValueError(f"beta must be a positive number, got {beta!r}")
         self.beta = float(beta)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
 
-    def call(self, inputs: dict, training=None, seed=None) -> dict:
-        common.check_batch(inputs, "Ricap")
-        if not training:
-            return inputs
-        seed = common.resolve_seed(seed, self.seed_generator)
-        images, labels = ricap(
-            tf.convert_to_tensor(inputs["images"]), tf.convert_to_tensor(inputs["labels"]), seed, beta=self.beta
-        )
-        out = dict(inputs)
-        out["images"], out["labels"] = images, labels
-        return out
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return ricap(images, labels, seed, beta=self.beta)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "beta": self.beta, "seed": self.seed}
+        return {**super().get_config(), "beta": self.beta}
 
 
 def region_sizes(h: tf.Tensor, w: tf.Tensor, height, width) -> tuple[tf.Tensor, tf.Tensor]:

@@ -161,12 +161,12 @@ def _jsonable(record: dict) -> dict:
 
 
 def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection: ModelSelection) -> int:
-    """Loads a `TrainingCheckpoint` into a freshly built run; returns the number of epochs done."""
+    """Loads a `TrainingCheckpoint` into a run from `run.build_run` (optimizer already built); returns the
+    number of epochs done."""
     groups, state = ckpt.load_arrays(path)
     for group in ("network", "averaging", "optimizer"):
         if group not in groups:
             raise UserError(f"unreadable checkpoint {path}: no {group!r} arrays")
-    model.optimizer.build(averaging.network.trainable_variables)
     ckpt.assign_group(averaging.network.weights, groups["network"], "network", path)
     ckpt.assign_group(averaging.state_variables(), groups["averaging"], "weight averages", path)
     ckpt.assign_group(model.optimizer.variables, groups["optimizer"], "optimizer", path)
