@@ -219,3 +219,32 @@ def test_autoaugment_draws_one_sub_policy_per_image_with_its_probabilities():
         np.testing.assert_array_equal(levels[:, stage], [table[s][stage][2] for s in sub])
     # Sub-policy 14 applies "Invert" with probability 0: never.
     assert np.all(ops[sub == 14, 1] == identity)
+
+
+_EMPTY_SHARPNESS = """
+import os
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"  # as `import tfrobust` sets it: the failing configuration
+import tensorflow as tf
+from tfrobust.augment import image_ops
+
+@tf.autograph.experimental.do_not_convert
+def none_drew_sharpness(x):
+    chosen = tf.where(tf.reduce_sum(x, [1, 2, 3]) < -1.0)[:, 0]  # empty, of dynamic size
+    return image_ops.sharpness(tf.gather(x, chosen), tf.gather(tf.ones([4]), chosen))
+
+out = next(iter(tf.data.Dataset.from_tensors(tf.random.uniform([4, 8, 8, 1])).map(none_drew_sharpness)))
+print("shape", tuple(out.shape))
+"""
+
+
+def test_sharpness_of_an_empty_batch_inside_tf_data():
+    """No image of a batch drew Sharpness: its group is empty. Inside tf.data (where training runs the
+    augmentations) with oneDNN on, TF 2.21's depthwise conv returned the wrong shape for an empty batch and
+    a training run with randaugment failed. A subprocess, so that oneDNN is on whatever imported
+    TensorFlow first in this test session."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _EMPTY_SHARPNESS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "shape (0, 8, 8, 1)" in done.stdout

@@ -177,6 +177,12 @@ def test_eval_of_a_missing_model(tmp_path):
     assert_one_line_error(invoke(["eval", "--model", str(tmp_path / "none")]), "no model")
 
 
+def test_eval_resume_and_model_options(tmp_path):
+    assert_one_line_error(invoke(["eval"]), "--model")
+    assert_one_line_error(invoke(["eval", "--resume", str(tmp_path / "r.json"), "--attack", "aa"]), "no other options")
+    assert_one_line_error(invoke(["eval", "--resume", str(tmp_path / "r.json")]), "nothing to resume")
+
+
 def test_unknown_preset():
     result = invoke(["train", "--preset", "nope"])
     assert result.exit_code != 0 and "nope" in result.output

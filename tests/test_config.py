@@ -41,3 +41,32 @@ def test_json_round_trip_and_unknown_fields():
 def test_aug_repeats_must_divide_the_batch():
     with pytest.raises(UserError, match="aug-repeats"):
         make_config(None, {"batch_size": 10, "aug_repeats": 4})
+
+
+GENERATED_PRESETS = sorted(name for name, preset in PRESETS.items() if preset.needs_extra_data)
+
+
+def test_generated_data_presets_follow_the_papers_recipe():
+    assert {"cifar10-wrn-28-10-ddpm-cutmix", "cifar10-wrn-70-16-ddpm-cutmix"} <= set(GENERATED_PRESETS)
+    for name in GENERATED_PRESETS:
+        config = make_config(name, {"extra_data": ("data/ddpm.npz",)}).resolved()
+        assert (config.batch_size, config.epochs, config.schedule) == (1024, 800, "cosine")
+        assert config.ema_decay == 0.995 and config.real_ratio == 0.3 and config.extra_label_smoothing == 0.1
+        assert config.learning_rate == pytest.approx(0.4)
+        preset = PRESETS[name]
+        assert "_ddpm.npz" in preset.description and "storage.googleapis.com" in preset.description
+        assert preset.expected.startswith("paper:")
+    assert "64.20%" in PRESETS["cifar10-wrn-70-16-ddpm-cutmix"].expected
+    assert "60.73%" in PRESETS["cifar10-wrn-28-10-ddpm-cutmix"].expected
+    assert not PRESETS["cifar10-wrn-28-10-cutmix"].needs_extra_data
+
+
+def test_extra_data_fields_round_trip_and_validate():
+    config = make_config(None, {"extra_data": ("a.npz", "shards/"), "real_ratio": 0.5}).resolved()
+    restored = TrainConfig.from_dict(json.loads(config.to_json()))
+    assert restored == config and restored.extra_data == ("a.npz", "shards/")
+    assert make_config(None, {}).extra_data == ()
+    for bad in ({"real_ratio": 0.0}, {"real_ratio": 1.5}, {"extra_label_smoothing": 1.0},
+                {"extra_label_smoothing": -0.1}):
+        with pytest.raises(UserError):
+            make_config(None, bad)

@@ -314,7 +314,9 @@ def test_run_eval_end_to_end(eval_files, result):
     assert report["norm"] == "linf" and report["eps"] == pytest.approx(EPS)
     assert report["clean_accuracy"] == pytest.approx(result.clean_accuracy)
     assert report["robust_accuracy"] == pytest.approx(result.robust_accuracy)
-    assert report["stages"] == [{"attack": "pgd40", "robust_accuracy": report["robust_accuracy"]}]
+    assert [(s["attack"], s["robust_accuracy"]) for s in report["stages"]] == [("pgd40", report["robust_accuracy"])]
+    assert report["stages"][0]["seconds"] >= 0
+    assert not os.path.exists(report_path + ".state")  # the saved progress is removed once the report is written
     assert report["counts"] == {"clean_correct": 13, "robust": int(result.robust.sum())}
     assert "pgd40" in out["table"] and "clean" in out["table"]
 
@@ -358,3 +360,74 @@ def test_run_eval_warns_for_probability_outputs(eval_files, tmp_path):
         # A .keras file carries no metadata: the dataset must be given, as on the command line.
         with pytest.raises(UserError, match="has no test split"):
             run_eval(EvalSettings(model_path=path, dataset=f"npz:{npz}", report=str(tmp_path / "r.json")))
+
+
+def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, tmp_path, monkeypatch):
+    """Batch 0 is saved, the run dies in batch 1; --resume loads batch 0 and computes only batch 1, and the
+    report and per-example npz equal those of an uninterrupted run."""
+    from tfrobust.evaluation import resume_eval
+
+    _, _, model_dir = eval_files
+    monkeypatch.setitem(CASCADES, "two-stage", ("pgd40", "apgd-ce"))  # two cheap stages: fast, same bookkeeping
+    common = dict(model_path=model_dir, attack="two-stage", split="train", batch_size=BATCH)
+    whole = run_eval(EvalSettings(**common, report=str(tmp_path / "whole.json"),
+                                  save_examples=str(tmp_path / "whole.npz")))["report"]
+
+    real_run_batch = Evaluator._run_batch
+    calls = []
+
+    def dies_in_batch_1(self, predict, attacks, images, labels, seed, batch_index, keep):
+        calls.append(batch_index)
+        if batch_index == 1:
+            raise KeyboardInterrupt
+        return real_run_batch(self, predict, attacks, images, labels, seed, batch_index, keep)
+
+    monkeypatch.setattr(Evaluator, "_run_batch", dies_in_batch_1)
+    path = str(tmp_path / "resumed.json")
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(EvalSettings(**common, report=path, save_examples=str(tmp_path / "resumed.npz")))
+    assert calls == [0, 1] and not os.path.exists(path)
+    assert sorted(os.listdir(path + ".state")) == ["batch_00000.npz", "settings.json"]
+    # The same command again is refused: it would throw the saved progress away.
+    with pytest.raises(UserError, match="--resume"):
+        run_eval(EvalSettings(**common, report=path, save_examples=str(tmp_path / "resumed.npz")))
+
+    monkeypatch.setattr(Evaluator, "_run_batch", real_run_batch)
+    spy_calls = []
+    monkeypatch.setattr(Evaluator, "_run_batch", lambda self, *a: spy_calls.append(a[5]) or real_run_batch(self, *a))
+    resumed = resume_eval(path)["report"]
+    assert spy_calls == [1]
+    assert not os.path.exists(path + ".state")
+    for key in ("clean_accuracy", "robust_accuracy", "counts", "num_examples", "eps", "norm", "seed", "attack"):
+        assert resumed[key] == whole[key], key
+    assert [s["robust_accuracy"] for s in resumed["stages"]] == [s["robust_accuracy"] for s in whole["stages"]]
+    with np.load(tmp_path / "whole.npz") as a, np.load(tmp_path / "resumed.npz") as b:
+        for key in ("broken_at", "robust", "clean_correct", "adversarial", "label"):
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(UserError, match="nothing to resume"):
+        resume_eval(path)
+
+
+def test_saved_examples_are_consistent_with_the_report(eval_files, tmp_path, monkeypatch):
+    _, _, model_dir = eval_files
+    monkeypatch.setitem(CASCADES, "two-stage", ("apgd-ce", "fab-t"))
+    out = run_eval(EvalSettings(model_path=model_dir, attack="two-stage", split="train", batch_size=BATCH,
+                                report=str(tmp_path / "r.json"), save_examples=str(tmp_path / "ex.npz")))
+    report = out["report"]
+    with np.load(tmp_path / "ex.npz") as data:
+        assert list(data["stage_names"]) == ["apgd-ce", "fab-t"]
+        np.testing.assert_array_equal(data["label"], Y)
+        np.testing.assert_array_equal(data["clean_correct"], logits_fn(X).numpy().argmax(-1) == Y)
+        broken_at, adv = data["broken_at"], data["adversarial"]
+        assert np.all((broken_at == 0) == ~data["clean_correct"])
+        assert np.all((broken_at == -1) == data["robust"])
+        for stage, entry in enumerate(report["stages"]):
+            survivors = data["clean_correct"] & ((broken_at == -1) | (broken_at > stage + 1))
+            assert survivors.mean() == pytest.approx(entry["robust_accuracy"])
+        # Successes are inside the ball and the box and misclassified; the rest are the clean images.
+        hit = broken_at > 0
+        assert hit.any()
+        np.testing.assert_array_equal(verify(logits_fn, X[hit], adv[hit], Y[hit], "linf", EPS), np.ones(hit.sum(), bool))
+        np.testing.assert_array_equal(adv[~hit], X[~hit])
+    with pytest.raises(UserError, match="exists"):
+        run_eval(EvalSettings(model_path=model_dir, split="train", save_examples=str(tmp_path / "ex.npz")))

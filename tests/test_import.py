@@ -1,9 +1,7 @@
 """`tfrobust import`: the published PyTorch checkpoints become SavedModels computing the same function.
 
-The PyTorch reference below is written from the published architecture (DeepMind's
-`adversarial_robustness/pytorch/model_zoo.py`: module names, explicit "SAME" padding, the WRN's 1x1
-shortcut on the activated input, the PreAct-ResNet's 3x3 shortcut on the raw input, normalisation
-constants kept outside the state dict, fixed-size average pooling). It gets random weights and random
+The PyTorch reference (`torch_reference.py`) is written from the published architecture (DeepMind's
+`adversarial_robustness/pytorch/model_zoo.py`). It gets random weights and random
 BatchNorm running statistics; its state dict is imported and the SavedModel must reproduce its eval-mode
 logits and input gradients. Needs the `[import]` extra (torch).
 """
@@ -18,7 +16,6 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch", reason="needs the [import] extra: pip install -e '.[import]'")
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from tfrobust.cli import cli  # noqa: E402
 from tfrobust.errors import UserError  # noqa: E402
@@ -30,108 +27,9 @@ from tfrobust.importer import (  # noqa: E402
     sha256,
 )
 
-CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
-CIFAR100 = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+from torch_reference import CIFAR10, CIFAR100, RefPreActResNet18, RefWideResNet  # noqa: E402
+
 LOGITS_ATOL = 1e-4
-
-
-# ------------------------------------------------------------------------------ PyTorch reference
-
-
-def _same_pad(x, stride):
-    """TF "SAME" for a 3x3 kernel on even sizes: stride 1 pads 1 all round, stride 2 only bottom/right."""
-    return F.pad(x, (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1))
-
-
-def _act(name):
-    return (lambda x: x * torch.sigmoid(x)) if name == "swish" else F.relu
-
-
-class WRNBlock(nn.Module):
-    def __init__(self, cin, cout, stride, act):
-        super().__init__()
-        self.stride, self.act = stride, act
-        self.batchnorm_0 = nn.BatchNorm2d(cin)
-        self.conv_0 = nn.Conv2d(cin, cout, 3, stride, padding=0, bias=False)
-        self.batchnorm_1 = nn.BatchNorm2d(cout)
-        self.conv_1 = nn.Conv2d(cout, cout, 3, 1, padding=1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, padding=0, bias=False) if cin != cout else None
-
-    def forward(self, x):
-        a = self.act(self.batchnorm_0(x))
-        out = self.conv_1(self.act(self.batchnorm_1(self.conv_0(_same_pad(a, self.stride)))))
-        return (x if self.shortcut is None else self.shortcut(a)) + out
-
-
-class WRNGroup(nn.Module):
-    def __init__(self, n, cin, cout, stride, act):
-        super().__init__()
-        self.block = nn.Sequential(*[WRNBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, act)
-                                     for i in range(n)])
-
-    def forward(self, x):
-        return self.block(x)
-
-
-class RefWideResNet(nn.Module):
-    def __init__(self, depth, width, num_classes, mean, std, activation="swish"):
-        super().__init__()
-        n, widths = (depth - 4) // 6, (16, 16 * width, 32 * width, 64 * width)
-        self.act = _act(activation)
-        self.mean = torch.tensor(mean).view(3, 1, 1)  # plain attributes: not in the state dict
-        self.std = torch.tensor(std).view(3, 1, 1)
-        self.init_conv = nn.Conv2d(3, 16, 3, 1, padding=1, bias=False)
-        self.layer = nn.Sequential(*[WRNGroup(n, widths[g], widths[g + 1], (1, 2, 2)[g], self.act) for g in range(3)])
-        self.batchnorm = nn.BatchNorm2d(widths[3])
-        self.logits = nn.Linear(widths[3], num_classes)
-        self.channels = widths[3]
-
-    def forward(self, x):
-        out = self.layer(self.init_conv((x - self.mean) / self.std))
-        out = F.avg_pool2d(self.act(self.batchnorm(out)), 8)
-        return self.logits(out.view(-1, self.channels))
-
-
-class PreActBlock(nn.Module):
-    def __init__(self, cin, cout, stride, act):
-        super().__init__()
-        self.stride, self.act = stride, act
-        self.batchnorm_0 = nn.BatchNorm2d(cin)
-        self.conv_2d_1 = nn.Conv2d(cin, cout, 3, stride, padding=0, bias=False)
-        self.batchnorm_1 = nn.BatchNorm2d(cout)
-        self.conv_2d_2 = nn.Conv2d(cout, cout, 3, 1, padding=1, bias=False)
-        self.has_shortcut = stride != 1 or cin != cout
-        if self.has_shortcut:
-            self.shortcut = nn.Conv2d(cin, cout, 3, stride, padding=0, bias=False)
-
-    def forward(self, x):
-        out = self.act(self.batchnorm_0(x))
-        shortcut = self.shortcut(_same_pad(x, self.stride)) if self.has_shortcut else x
-        out = self.conv_2d_2(self.act(self.batchnorm_1(self.conv_2d_1(_same_pad(out, self.stride)))))
-        return out + shortcut
-
-
-class RefPreActResNet18(nn.Module):
-    def __init__(self, num_classes, mean, std, activation="swish"):
-        super().__init__()
-        self.act = _act(activation)
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-        self.conv_2d = nn.Conv2d(3, 64, 3, 1, padding=1, bias=False)
-        widths = (64, 64, 128, 256, 512)
-        for s in range(4):
-            blocks = [PreActBlock(widths[s] if i == 0 else widths[s + 1], widths[s + 1], (1, 2, 2, 2)[s] if i == 0 else 1,
-                                  self.act) for i in range(2)]
-            setattr(self, f"layer_{s}", nn.Sequential(*blocks))
-        self.batchnorm = nn.BatchNorm2d(512)
-        self.logits = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-        out = self.conv_2d((x - self.mean) / self.std)
-        for s in range(4):
-            out = getattr(self, f"layer_{s}")(out)
-        out = F.avg_pool2d(self.act(self.batchnorm(out)), 4)
-        return self.logits(out.view(out.size(0), -1))
 
 
 def reference(arch, num_classes=10, stats=CIFAR10, activation="swish", seed=0):
@@ -230,6 +128,25 @@ def test_preact_resnet18_savedmodel_matches_pytorch_logits_and_input_gradients(c
     assert meta["dataset"]["class_names"][0] == "airplane" and meta["input_shape"] == [32, 32, 3]
     assert meta["norm"] == "linf" and meta["eps"] == pytest.approx(8 / 255)
     assert meta["normalization"] == {"mean": list(CIFAR10[0]), "std": list(CIFAR10[1]), "from": "dataset"}
+
+
+@pytest.mark.parametrize("arch", ["wrn-16-2", "preact-resnet-18"])
+def test_reference_state_dict_inverts_the_import(arch, checkpoints):
+    """tfrobust -> reference layout (what benchmarks/aa_reference.py attacks in PyTorch) gives back the
+    very state dict that was imported, and a fresh reference model loading it computes the same logits."""
+    from tfrobust.importer import reference_state_dict
+
+    model, path = checkpoints[arch]
+    network, _ = build_imported_network(read_state_dict(path), arch=arch, dataset="cifar10")
+    exported = reference_state_dict(network, arch)
+    original = {k: v.numpy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert sorted(exported) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+    fresh = reference(arch, seed=99)
+    fresh.load_state_dict({k: torch.tensor(v) for k, v in exported.items()}, strict=False)
+    x, w = inputs()
+    np.testing.assert_allclose(torch_logits_and_grad(fresh, x, w)[0], torch_logits_and_grad(model, x, w)[0], atol=1e-6)
 
 
 def test_cifar100_relu_and_normalisation_buffers_in_the_checkpoint(tmp_path):

@@ -7,6 +7,9 @@
     tfrobust eval --model saved_models/cifar10-wrn-28-10-trades --n-examples 1000
     tfrobust import --checkpoint cifar10_linf_wrn28-10_cutmix_ddpm_v2.pt --arch wrn-28-10 --dataset cifar10 \
         --out saved_models/rebuffi2021-wrn-28-10/1
+    tfrobust generate --generator gaussian --dataset cifar10 --n 5000000 --output data/raw
+    tfrobust pseudolabel --classifier saved_models/labeller --input data/raw --output data/1m --top-k-per-class 100000
+    tfrobust train --preset cifar10-wrn-28-10-ddpm-cutmix --extra-data data/1m --out runs/c10-extra
 
 Options are parsed once into a frozen `TrainConfig`/evaluation settings; each command calls one function.
 Bad input (`UserError`) prints one line and exits with status 1; TensorFlow is imported only when a
@@ -55,6 +58,9 @@ def _train_options(function):
         click.option("--data-dir", default=None, help="tensorflow-datasets data directory."),
         click.option("--aug", default=None, help="Augmentations joined by '+': padcrop, autoaugment, randaugment, cutout, cutmix, mixup, ricap, or none [padcrop]."),
         click.option("--aug-repeats", type=int, default=None, help="Each batch: batch/N distinct images, each augmented N ways [1]."),
+        click.option("--extra-data", multiple=True, default=None, help="Generated data mixed into every batch: an npz file (image uint8, label int) or a directory of shards; repeat the option for several [none]."),
+        click.option("--real-ratio", type=float, default=None, help="With --extra-data: fraction of original images in every batch, exact per batch [0.3]."),
+        click.option("--extra-label-smoothing", type=float, default=None, help="With --extra-data: label smoothing of generated samples only [0.1]."),
         click.option("--val-size", type=int, default=None, help="Held-out training images for model selection [1024]."),
         click.option("--model", default=None, help="wrn-28-10 (default), wrn-34-10, wrn-34-20, wrn-70-16, wrn-106-16, wrn-16-4, wrn-10-1, preact-resnet-18, ..."),
         click.option("--activation", default=None, help="swish (default) | relu"),
@@ -90,10 +96,16 @@ def _train_options(function):
 @click.option("--resume", "resume_dir", default=None, help="Continue the run in this directory from its last checkpoint.")
 def train(out: str | None, resume_dir: str | None, preset: str | None, **options: Any) -> None:
     """Adversarial training (TRADES by default) with weight averaging; exports the selected model."""
-    from tfrobust.config import make_config
+    from tfrobust.config import PRESETS, make_config
     from tfrobust.training.run import train as run_train
 
+    options["extra_data"] = tuple(options.get("extra_data") or ()) or None  # click gives () when not given
     given = {k: v for k, v in options.items() if v is not None}
+    if preset is not None and preset in PRESETS and PRESETS[preset].needs_extra_data and not options["extra_data"]:
+        raise UserError(
+            f"preset {preset} is a generated-data recipe: give the data with --extra-data PATH "
+            "(the paper's npz file, or the output of tfrobust generate/pseudolabel)"
+        )
     if resume_dir is not None:
         if given or preset or out:
             raise UserError("--resume rebuilds the run from RUN_DIR/config.json: give no other training options")
@@ -131,7 +143,7 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 
 
 @cli.command(name="eval")
-@click.option("--model", "model_path", required=True, help="SavedModel dir, TF Serving base dir, or .keras file.")
+@click.option("--model", "model_path", default=None, help="SavedModel dir, TF Serving base dir, or .keras file.")
 @click.option("--attack", default="pgd40", help="Attack cascade: aa (AutoAttack: APGD-CE, APGD-T, FAB-T, Square) | aa+mt (the paper's: APGD-CE 5x100, APGD-DLR 5x100, MultiTargeted 10x200) | mt | apgd-ce | apgd-t | apgd-dlr | fab-t | square | pgd40 [pgd40].")
 @click.option("--dataset", default=None, help="Dataset [the model's]; npz:PATH for your own arrays.")
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
@@ -143,16 +155,22 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 @click.option("--seed", type=int, default=0, help="Seed of the attacks' random starts [0].")
 @click.option("--report", default=None, help="JSON report path [eval_reports/<model>-<attack>-<split>-<time>.json].")
 @click.option("--val-size", type=int, default=None, help="Validation images held out of train (split val/train) [the run's, else 1024].")
-def evaluate(model_path: str, attack: str, dataset: str | None, data_dir: str | None, split: str, norm: str | None,
-             eps: float | None, n_examples: int | None, batch_size: int, seed: int, report: str | None,
-             val_size: int | None) -> None:
+@click.option("--save-examples", default=None, help="Also write an npz of per-example flags (clean correct, robust, stage that broke it) and adversarial examples.")
+@click.option("--resume", "resume_report", default=None, help="Continue the interrupted evaluation that was writing this report (its settings are reused).")
+@click.pass_context
+def evaluate(ctx: click.Context, model_path: str | None, resume_report: str | None, **options: Any) -> None:
     """Clean and robust accuracy of an exported model; prints a table, writes a JSON report."""
-    from tfrobust.evaluation import EvalSettings, run_eval
+    from tfrobust.evaluation import EvalSettings, resume_eval, run_eval
 
-    settings = EvalSettings(model_path=model_path, attack=attack, dataset=dataset, data_dir=data_dir, split=split,
-                            norm=norm, eps=eps, n_examples=n_examples, batch_size=batch_size, seed=seed, report=report,
-                            val_size=val_size)
-    result = run_eval(settings)
+    if resume_report is not None:
+        given = [name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if model_path is not None or given:
+            raise UserError("--resume continues with the interrupted evaluation's own settings: give no other options")
+        result = resume_eval(resume_report)
+    else:
+        if model_path is None:
+            raise UserError("give --model (or --resume REPORT to continue an interrupted evaluation)")
+        result = run_eval(EvalSettings(model_path=model_path, **options))
     click.echo(result["table"])
     click.echo(f"report: {result['report_path']}")
 
@@ -190,6 +208,156 @@ def augment_preview(aug: str, dataset: str, data_dir: str | None, out: str, num_
     path = preview_grid(aug=aug, dataset=dataset, out=out, num_images=num_images, draws=draws, seed=seed,
                         data_dir=data_dir, overwrite=overwrite)
     click.echo(f"wrote {path}")
+
+
+# --- Diagnostics: report, audit, diversity (tfrobust/diagnostics/; docs/diagnostics.md) ---------------
+
+
+def _number_list(kind: type):
+    """A click callback parsing "0,0.5,1" once into a tuple of `kind` (None stays None)."""
+
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return tuple(kind(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {value!r}") from None
+
+    return parse
+
+
+def _name_list(ctx, param, value):
+    return None if value is None else tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", required=True, help="Report folder (new or empty; see --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the report previously written in --out (only its own files).")
+def report(run_dirs: tuple[str, ...], out: str, overwrite: bool) -> None:
+    """Training curves (clean/PGD-40, raw vs averaged; LR and EMA decay) and final numbers of runs."""
+    from tfrobust.diagnostics.report import build_report
+
+    result = build_report(list(run_dirs), out, overwrite=overwrite)
+    click.echo(result["table"])
+    click.echo(f"report: {os.path.join(out, 'report.md')}")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="SavedModel dir, TF Serving base dir, or .keras file.")
+@click.option("--out", required=True, help="Report folder (new or empty; see --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the report previously written in --out (only its own files).")
+@click.option("--dataset", default=None, help="Dataset [the model's]; npz:PATH for your own arrays.")
+@click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
+@click.option("--split", default="test", help="test (default) | val | train")
+@click.option("--norm", default=None, help="linf | l2 [the model's]")
+@click.option("--eps", type=float, default=None, help="The model's radius; the sweeps are multiples of it [the model's].")
+@click.option("--n-examples", type=int, default=200, help="First N examples of the split [200].")
+@click.option("--checks", callback=_name_list, default="eps,steps,square,landscape", help="Checks to run [eps,steps,square,landscape].")
+@click.option("--eps-multiples", callback=_number_list(float), default="0,0.5,1,2,4,8", help="Eps sweep, in multiples of --eps [0,0.5,1,2,4,8].")
+@click.option("--steps", callback=_number_list(int), default="5,10,20,50,100,200,500,1000", help="APGD-CE iterations of the steps sweep [5,...,1000].")
+@click.option("--square-queries", type=int, default=5000, help="Square's query budget [5000].")
+@click.option("--landscape-images", type=int, default=2, help="Loss landscapes of the first N examples [2].")
+@click.option("--grid", "grid_size", type=int, default=21, help="Landscape grid points per axis [21].")
+@click.option("--batch-size", type=int, default=256, help="Attack batch size [256].")
+@click.option("--seed", type=int, default=0, help="Seed of the attacks' random starts and the Rademacher direction [0].")
+def audit(model_path: str, out: str, overwrite: bool, dataset: str | None, data_dir: str | None, split: str,
+          norm: str | None, eps: float | None, n_examples: int, checks: tuple[str, ...], eps_multiples: tuple[float, ...],
+          steps: tuple[int, ...], square_queries: int, landscape_images: int, grid_size: int, batch_size: int,
+          seed: int) -> None:
+    """Gradient-masking checks of the paper's appendix C: eps and steps sweeps, Square vs APGD, loss landscapes."""
+    from tfrobust.diagnostics.audit import AuditConfig, AuditSettings, run_audit
+
+    config = AuditConfig(eps_multiples=eps_multiples, steps=steps, square_queries=square_queries,
+                         landscape_images=landscape_images, grid_size=grid_size, batch_size=batch_size, seed=seed,
+                         checks=checks)
+    result = run_audit(AuditSettings(model_path=model_path, out=out, config=config, dataset=dataset, data_dir=data_dir,
+                                     split=split, norm=norm, eps=eps, n_examples=n_examples, overwrite=overwrite))
+    click.echo(result["table"])
+    click.echo(f"overall: {'no check flagged' if result['report']['passed'] else 'FLAGGED'}")
+    click.echo(f"report: {os.path.join(out, 'audit.json')}")
+
+
+@cli.command()
+@click.option("--out", required=True, help="Report folder (new or empty; see --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace the report previously written in --out (only its own files).")
+@click.option("--dataset", default=None, help="Train/test reference dataset [the classifier's or extractor's].")
+@click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
+@click.option("--aug", default=None, help="The set: this augmentation chain applied to training images, e.g. padcrop+cutmix.")
+@click.option("--set", "set_path", default=None, help="The set: a generated npz file, npz:PATH (arrays image, label).")
+@click.option("--test", "test_path", default=None, help="Held-out images as npz:PATH, for a dataset without a test split (npz:PATH datasets).")
+@click.option("--n", type=int, default=10_000, help="Images of train, test and the set [10000, capped by the smallest].")
+@click.option("--extractor", default="pixels", help="pixels (default: raw pixels) | a classifier SavedModel/.keras (penultimate layer).")
+@click.option("--classifier", default=None, help="A classifier for the label-agreement numbers.")
+@click.option("--pca-dims", type=int, default=100, help="PCA components, fitted on train+test [100].")
+@click.option("--batch-size", type=int, default=256, help="Batch size of feature extraction and augmentation [256].")
+@click.option("--seed", type=int, default=0, help="Seed of the samples and the augmentation [0].")
+def diversity(out: str, overwrite: bool, dataset: str | None, data_dir: str | None, aug: str | None,
+              set_path: str | None, test_path: str | None, n: int, extractor: str, classifier: str | None, pca_dims: int, batch_size: int,
+              seed: int) -> None:
+    """Nearest-neighbour diversity of an augmentation or generated set (the paper's Tables 1 and 7)."""
+    from tfrobust.diagnostics.diversity import DiversitySettings, run_diversity
+
+    result = run_diversity(DiversitySettings(out=out, overwrite=overwrite, dataset=dataset, data_dir=data_dir, aug=aug,
+                                             set_path=set_path, test_path=test_path, n=n, extractor=extractor, classifier=classifier,
+                                             pca_dims=pca_dims, batch_size=batch_size, seed=seed))
+    click.echo(result["table"])
+    click.echo(f"report: {os.path.join(out, 'diversity.json')}")
+
+
+@cli.command()
+@click.option("--generator", required=True, help="gaussian (the paper's class-conditional full-covariance Gaussian baseline).")
+@click.option("--dataset", required=True, help="Dataset whose training split the generator is fitted on: cifar10 | cifar100 | svhn | digits | npz:PATH.")
+@click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
+@click.option("--n", "n", type=int, required=True, help="Number of images to generate.")
+@click.option("--output", required=True, help="Directory of npz shards to write (new, empty, or an unfinished output to resume).")
+@click.option("--shard-size", type=int, default=100_000, help="Images per shard [100000].")
+@click.option("--seed", type=int, default=0, help="Seed of sampling and of the held-out validation images [0].")
+@click.option("--val-size", type=int, default=1024, help="Training images held out (not fitted), as tfrobust train does [1024].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")
+def generate(generator: str, dataset: str, data_dir: str | None, n: int, output: str, shard_size: int, seed: int,
+             val_size: int, overwrite: bool) -> None:
+    """Generates labelled images (npz shards) to train with --extra-data or to pseudo-label."""
+    from tfrobust.generators.generate import generate as run_generate
+
+    summary = run_generate(generator, dataset, n, output, shard_size=shard_size, seed=seed, val_size=val_size,
+                           data_dir=data_dir, overwrite=overwrite)
+    click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    click.echo(f"wrote {summary['images']} images in {summary['shards']} shards to {output}")
+
+
+@cli.command()
+@click.option("--classifier", required=True, help="Model giving the labels: a tfrobust export (train --loss standard), a SavedModel or a .keras file.")
+@click.option("--input", "inputs", multiple=True, required=True, help="Images to label: npz file or directory of shards (labels not needed); repeatable.")
+@click.option("--output", required=True, help="Directory of labelled npz shards (new, empty, or an unfinished output to resume).")
+@click.option("--top-k-per-class", "top_k", type=int, default=None, help="Keep the K highest-scoring images of each predicted class [all].")
+@click.option("--batch-size", type=int, default=512, help="Images per classifier call [512].")
+@click.option("--shard-size", type=int, default=100_000, help="Images per output shard [100000].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")
+def pseudolabel(classifier: str, inputs: tuple[str, ...], output: str, top_k: int | None, batch_size: int,
+                shard_size: int, overwrite: bool) -> None:
+    """Labels images with a classifier and keeps the top-K scoring images per class (the paper: 100K of 5M)."""
+    from tfrobust.pseudolabel import format_summary
+    from tfrobust.pseudolabel import pseudolabel as run_pseudolabel
+
+    summary = run_pseudolabel(classifier, list(inputs), output, top_k=top_k, batch_size=batch_size,
+                              shard_size=shard_size, overwrite=overwrite)
+    click.echo(format_summary(summary))
+    click.echo(f"summary: {os.path.join(output, 'summary.json')}")
+
+
+@cli.command()
+@click.option("--input", "inputs", multiple=True, required=True, help="npz files (compressed or not) or directories of shards; repeatable.")
+@click.option("--output", required=True, help="Directory of uncompressed npz shards to write.")
+@click.option("--shard-size", type=int, default=100_000, help="Images per shard [100000].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")
+def pack(inputs: tuple[str, ...], output: str, shard_size: int, overwrite: bool) -> None:
+    """Rewrites extra data as memory-mappable npz shards (compressed npz included), streaming."""
+    from tfrobust.generators.writer import pack as run_pack
+
+    summary = run_pack(list(inputs), output, shard_size=shard_size, overwrite=overwrite)
+    click.echo(json.dumps(summary, indent=2, sort_keys=True))
 
 
 def main() -> None:

@@ -33,6 +33,11 @@ class TrainConfig:
     # Augmentation chain, the CLI's "padcrop+cutmix" (applied in tfrobust.augment.registry.ORDER)
     aug: str = "padcrop"
     aug_repeats: int = 1  # batch = batch_size / aug_repeats distinct images, each augmented aug_repeats ways
+    # Generated data (paper Sec. 5, App. A; docs/generated_data.md): npz files/directories mixed into
+    # every batch, `real_ratio` of each batch original, label smoothing on generated samples only
+    extra_data: tuple[str, ...] = ()
+    real_ratio: float = 0.3
+    extra_label_smoothing: float = 0.1
     # Model
     model: str = "wrn-28-10"
     activation: str = "swish"
@@ -126,6 +131,12 @@ class TrainConfig:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.beta < 0 or self.weight_decay < 0:
             raise UserError("--beta and --weight-decay must be >= 0")
+        if not isinstance(self.extra_data, tuple) or not all(isinstance(p, str) and p for p in self.extra_data):
+            raise UserError(f"--extra-data must be paths, got {self.extra_data!r}")
+        if not 0.0 < self.real_ratio <= 1.0:
+            raise UserError(f"--real-ratio must be in (0, 1] (fraction of original images per batch), got {self.real_ratio}")
+        if not 0.0 <= self.extra_label_smoothing < 1.0:
+            raise UserError(f"--extra-label-smoothing must be in [0, 1), got {self.extra_label_smoothing}")
         return self
 
     def to_json(self) -> str:
@@ -137,6 +148,10 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"unknown config fields {unknown}; known: {sorted(known)}")
+        if isinstance(values.get("extra_data"), (list, str)):
+            # JSON has no tuples (config.json stores a list); a lone string is one path.
+            extra = values["extra_data"]
+            values = {**values, "extra_data": (extra,) if isinstance(extra, str) else tuple(extra)}
         return cls(**values)
 
 
@@ -153,6 +168,7 @@ class Preset:
     description: str
     expected: str
     compute: str
+    needs_extra_data: bool = False  # a generated-data recipe: `tfrobust train` refuses it without --extra-data
 
 
 # The paper's CIFAR-10 recipe without added data (METHOD.md): what the CIFAR presets below share.
@@ -160,6 +176,22 @@ _CIFAR10 = dict(
     dataset="cifar10", batch_size=512, epochs=400, schedule="piecewise", ema_decay=0.999, norm="linf",
     eps=8.0 / 255.0,
 )
+
+# The paper's recipe with generated data (Sec. 6.1, App. A; METHOD.md "batch, length", "weight
+# averaging", "generated data"): batch 1024, 30% original images per batch, 800 CIFAR-10-equivalent
+# epochs (of 50K samples), cosine schedule, WA tau 0.995, label smoothing 0.1 on generated samples.
+# The data comes from --extra-data (the published 1M-image files, or your own generated set).
+_GENERATED = dict(
+    batch_size=1024, epochs=800, schedule="cosine", ema_decay=0.995, real_ratio=0.3, extra_label_smoothing=0.1,
+    norm="linf", eps=8.0 / 255.0,
+)
+_GENERATED_RECIPE = "1M generated images, batch 1024, ratio 0.3, 800 CIFAR-equivalent epochs, cosine, WA tau 0.995"
+_DDPM_FILE = (
+    "The paper's data: %s_ddpm.npz (1M DDPM images, 100K per class, pseudo-labelled; "
+    "https://storage.googleapis.com/dm-adversarial-robustness/) - pass it with --extra-data."
+)
+_COMPUTE_28 = "283 GFLOP per image-step x 1024 x 37.6K steps (800 epochs x 47): 1.1e19 FLOP, 1.9x the Pad&Crop recipe"
+_COMPUTE_70 = "7.4x WRN-28-10 per image-step: 8.1e19 FLOP"
 
 PRESETS: dict[str, Preset] = {
     "quickstart-digits": Preset(
@@ -213,6 +245,40 @@ PRESETS: dict[str, Preset] = {
         expected="paper reports L2 numbers only with added data (WRN-70-16 DDPM+CutMix 92.41 / 80.38)",
         compute="as cifar10-wrn-28-10-padcrop",
     ),
+    **{name: Preset(overrides=dict(_GENERATED, **overrides), description=description, expected=expected,
+                    compute=compute, needs_extra_data=True)
+       for name, overrides, description, expected, compute in (
+        ("cifar10-wrn-28-10-ddpm", dict(dataset="cifar10", model="wrn-28-10"),
+         f"Paper Table 3: WRN-28-10, TRADES, Pad&Crop, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar10'}",
+         "paper: 85.97% clean / 60.73% AA+MT (Linf 8/255, CIFAR-10 test set)", _COMPUTE_28),
+        ("cifar10-wrn-28-10-ddpm-cutmix", dict(dataset="cifar10", model="wrn-28-10", aug="padcrop+cutmix"),
+         f"Paper Table 3: WRN-28-10, TRADES, Pad&Crop + CutMix, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar10'}",
+         "paper: 87.33% clean / 60.73% AA+MT (60.75% AutoAttack, Table 6)", _COMPUTE_28),
+        ("cifar10-wrn-70-16-ddpm", dict(dataset="cifar10", model="wrn-70-16"),
+         f"Paper Table 3: WRN-70-16, TRADES, Pad&Crop, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar10'}",
+         "paper: 86.94% clean / 63.58% AA+MT", _COMPUTE_70),
+        ("cifar10-wrn-70-16-ddpm-cutmix", dict(dataset="cifar10", model="wrn-70-16", aug="padcrop+cutmix"),
+         f"Paper Table 3: WRN-70-16, TRADES, Pad&Crop + CutMix, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar10'}",
+         "paper: 88.54% clean / 64.20% AA+MT (64.25% AutoAttack, Table 6); CutMix alone 60.07%", _COMPUTE_70),
+        ("cifar10-wrn-28-10-ddpm-cutmix-l2",
+         dict(dataset="cifar10", model="wrn-28-10", aug="padcrop+cutmix", norm="l2", eps=128.0 / 255.0),
+         f"Paper Table 3: WRN-28-10, L2 eps 128/255, Pad&Crop + CutMix, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar10'}",
+         "paper: 91.79% clean / 78.69% AA+MT (L2 128/255)", _COMPUTE_28),
+        ("cifar10-wrn-70-16-ddpm-cutmix-l2",
+         dict(dataset="cifar10", model="wrn-70-16", aug="padcrop+cutmix", norm="l2", eps=128.0 / 255.0),
+         f"Paper Table 3: WRN-70-16, L2 eps 128/255, Pad&Crop + CutMix, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar10'}",
+         "paper: 92.41% clean / 80.38% AA+MT (L2 128/255)", _COMPUTE_70),
+        ("cifar100-wrn-28-10-ddpm-cutmix", dict(dataset="cifar100", model="wrn-28-10", aug="padcrop+cutmix"),
+         f"Paper Table 4 (App. B): CIFAR-100, WRN-28-10, Pad&Crop + CutMix, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar100'}",
+         "paper: 62.41% clean / 32.85% AA+MT / 32.06% AA", _COMPUTE_28),
+        ("cifar100-wrn-70-16-ddpm-cutmix", dict(dataset="cifar100", model="wrn-70-16", aug="padcrop+cutmix"),
+         f"Paper Table 4 (App. B): CIFAR-100, WRN-70-16, Pad&Crop + CutMix, {_GENERATED_RECIPE}. {_DDPM_FILE % 'cifar100'}",
+         "paper: 63.56% clean / 35.28% AA+MT / 34.64% AA", _COMPUTE_70),
+        ("svhn-wrn-28-10-ddpm-cutmix", dict(dataset="svhn", model="wrn-28-10", aug="padcrop+cutmix"),
+         f"Paper Table 5 (App. B): SVHN, WRN-28-10, Pad&Crop (no flips) + CutMix, {_GENERATED_RECIPE} "
+         f"(the paper gives no SVHN-specific schedule; these are its CIFAR settings). {_DDPM_FILE % 'svhn'}",
+         "paper: 94.39% clean / 61.09% AA+MT (Linf 8/255, SVHN test set)", _COMPUTE_28),
+    )},
 }
 
 

@@ -35,6 +35,7 @@ from tfrobust.attacks.multitargeted import MultiTargeted
 from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.attacks.square import Square
 from tfrobust.errors import UserError
+from tfrobust.evaluation_state import BatchResult, EvalState, state_dir_for
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 # An attack: (model_fn, images, one-hot labels, seed) -> adversarial images.
@@ -85,6 +86,9 @@ class EvalResult:
     adversarial: np.ndarray | None  # float32 [N,H,W,C] (clean image where no attack succeeded), if kept
     seconds: float
     warnings: tuple[str, ...] = ()  # the checks' findings and the attacks' notes, also issued as UserWarning
+    # Per example: -1 robust, 0 misclassified clean, s + 1 first broken by stage s (`BatchResult`).
+    broken_at: np.ndarray | None = None  # int16 [N]
+    stage_seconds: tuple[float, ...] = ()  # wall time of each stage, summed over batches
 
     @property
     def clean_accuracy(self) -> float:
@@ -169,22 +173,29 @@ class Evaluator:
         self.norm = norm
         self.eps = float(eps)
         self._attacks = tuple(STAGES[s](norm, self.eps) for s in self.stage_names)
-        self._compiled: dict[LogitsFn, tuple[Callable, tuple[Callable, ...]]] = {}
+        self._compiled: dict[tuple, tuple[Callable, tuple[Callable, ...]]] = {}
 
-    def _functions(self, logits_fn: LogitsFn) -> tuple[Callable, tuple[Callable, ...]]:
-        """Traced prediction and attack functions for `logits_fn`, made once per logits function.
+    def _functions(self, logits_fn: LogitsFn, image_shape: tuple, num_classes: int) -> tuple[Callable, tuple[Callable, ...]]:
+        """Traced prediction and attack functions for `logits_fn`, made once per logits function and shape.
 
-        Keyed by the function object itself (kept alive by the cache, so no id is ever reused); a
-        relaxed batch dimension avoids retracing on the shrinking subsets of still-robust points.
+        Keyed by the function object itself (kept alive by the cache, so no id is ever reused). The batch
+        dimension is None in the input signature: each function is traced once, whatever the size of the
+        shrinking subsets of still-robust points (`reduce_retracing` traced twice, a cost of seconds per
+        attack graph that the reference's eager PyTorch never pays).
         """
-        if logits_fn not in self._compiled:
-            predict = tf.function(logits_fn, reduce_retracing=True)
+        key = (logits_fn, tuple(image_shape), num_classes)
+        if key not in self._compiled:
+            images = tf.TensorSpec([None, *image_shape], tf.float32)
+            labels = tf.TensorSpec([None, num_classes], tf.float32)
+            seed = tf.TensorSpec([2], tf.int64)
+            predict = tf.function(logits_fn, input_signature=[images])
             attacks = tuple(
-                tf.function(lambda x, y, seed, attack=attack: attack(logits_fn, x, y, seed), reduce_retracing=True)
+                tf.function(lambda x, y, s, attack=attack: attack(logits_fn, x, y, s),
+                            input_signature=[images, labels, seed])
                 for attack in self._attacks
             )
-            self._compiled[logits_fn] = (predict, attacks)
-        return self._compiled[logits_fn]
+            self._compiled[key] = (predict, attacks)
+        return self._compiled[key]
 
     def run(
         self,
@@ -195,66 +206,87 @@ class Evaluator:
         keep_adversarial: bool = False,
         progress: bool = False,
         num_batches: int | None = None,
+        state: EvalState | None = None,
     ) -> EvalResult:
-        """Evaluates on `dataset` of (images, one-hot labels) batches."""
+        """Evaluates on `dataset` of (images, one-hot labels) batches.
+
+        With `state`, every finished batch is saved and batches saved by an interrupted run are loaded
+        instead of recomputed (batch b's attacks are seeded by (seed, b, stage) only, so the result is the
+        uninterrupted one).
+        """
         start = time.time()
-        predict, attacks = self._functions(logits_fn)
-        clean_all, robust_all, adv_all = [], [], []
-        stage_counts = np.zeros(len(self.stage_names), np.int64)
+        batches: list[BatchResult] = []
         bar = keras.utils.Progbar(num_batches, unit_name="batch") if progress else None
         findings: list[str] = []
-        checked = False
         for batch_index, (images, labels) in enumerate(dataset):
-            x = images.numpy()
-            y = labels.numpy().argmax(axis=-1)
-            logits = np.asarray(predict(images))
-            correct = logits.argmax(axis=-1) == y
-            if not checked and x.shape[0]:
-                # Once, on the first batch: the model's number of classes and its determinism.
-                checked = True
+            images, labels = tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
+            predict, attacks = self._functions(logits_fn, tuple(images.shape[1:]), int(labels.shape[-1]))
+            if batch_index == 0 and images.shape[0]:
+                # Once, on the first batch (resumed or not): the model's classes and its determinism.
+                logits = np.asarray(predict(images))
                 for attack in self._attacks:
                     findings.extend(getattr(attack, "notes", lambda k: ())(int(logits.shape[-1])))
                 randomised = check_randomized(predict, images, logits)
                 if randomised:
                     findings.append(randomised)
-            robust = correct.copy()
-            adv = x.copy()
-            for stage, name in enumerate(self.stage_names):
-                todo = np.flatnonzero(robust)
-                if todo.size:
-                    seed_tensor = tf.constant([seed, batch_index * 1000 + stage], tf.int64)
-                    candidate = attacks[stage](
-                        tf.constant(x[todo]), tf.gather(labels, todo), seed_tensor
-                    ).numpy()
-                    broken = verify(predict, x[todo], candidate, y[todo], self.norm, self.eps)
-                    robust[todo[broken]] = False
-                    adv[todo[broken]] = candidate[broken]
-                stage_counts[stage] += robust.sum()
-            clean_all.append(correct)
-            robust_all.append(robust)
-            if keep_adversarial:
-                adv_all.append(adv)
+            saved = state.load(batch_index, len(self.stage_names)) if state is not None else None
+            if saved is not None and (saved.adversarial is None) == keep_adversarial:
+                raise UserError(f"{state.directory} was saved {'without' if keep_adversarial else 'with'} "
+                                "adversarial examples: resume with the same --save-examples choice")
+            batch = saved or self._run_batch(predict, attacks, images, labels, seed, batch_index, keep_adversarial)
+            if state is not None and saved is None:
+                state.save(batch_index, batch)
+            batches.append(batch)
             if bar is not None:
-                bar.update(batch_index + 1, values=[("clean", correct.mean()), ("robust", robust.mean())])
-        clean = np.concatenate(clean_all) if clean_all else np.zeros([0], bool)
-        robust = np.concatenate(robust_all) if robust_all else np.zeros([0], bool)
+                bar.update(batch_index + 1, values=[("clean", batch.clean_correct.mean()),
+                                                    ("robust", (batch.broken_at == -1).mean())])
+        clean = np.concatenate([b.clean_correct for b in batches]) if batches else np.zeros([0], bool)
+        broken_at = np.concatenate([b.broken_at for b in batches]) if batches else np.zeros([0], np.int16)
         n = int(clean.shape[0])
-        after = tuple(float(c) / n if n else float("nan") for c in stage_counts)
+        # Robust after stage s: correct and not broken by stages 0..s (broken_at -1 or > s + 1).
+        after = tuple(float(np.sum(clean & ((broken_at == -1) | (broken_at > s + 1)))) / n if n else float("nan")
+                      for s in range(len(self.stage_names)))
         masking = check_square(self.stage_names, float(clean.mean()) if n else float("nan"), after)
         if masking:
             findings.append(masking)
         for message in findings:
             warnings.warn(message, UserWarning, stacklevel=2)
+        stage_seconds = np.sum([b.stage_seconds for b in batches], axis=0) if batches else np.zeros(len(self.stage_names))
         return EvalResult(
             num_examples=n,
             clean_correct=clean,
-            robust=robust,
+            robust=broken_at == -1,
             stage_names=self.stage_names,
             robust_after_stage=after,
-            adversarial=np.concatenate(adv_all) if keep_adversarial and adv_all else None,
+            adversarial=np.concatenate([b.adversarial for b in batches]) if keep_adversarial and batches else None,
             seconds=time.time() - start,
             warnings=tuple(findings),
+            broken_at=broken_at,
+            stage_seconds=tuple(float(t) for t in stage_seconds),
         )
+
+    def _run_batch(self, predict: Callable, attacks: tuple[Callable, ...], images: tf.Tensor, labels: tf.Tensor,
+                   seed: int, batch_index: int, keep_adversarial: bool) -> BatchResult:
+        """The cascade on one batch: each stage on the points still robust, from the clean images."""
+        x = images.numpy()
+        y = labels.numpy().argmax(axis=-1)
+        correct = np.asarray(predict(images)).argmax(axis=-1) == y
+        broken_at = np.where(correct, -1, 0).astype(np.int16)
+        adv = x.copy() if keep_adversarial else None
+        seconds = np.zeros(len(self.stage_names))
+        for stage in range(len(self.stage_names)):
+            todo = np.flatnonzero(broken_at == -1)
+            if not todo.size:
+                continue
+            began = time.time()
+            seed_tensor = tf.constant([seed, batch_index * 1000 + stage], tf.int64)
+            candidate = attacks[stage](tf.constant(x[todo]), tf.gather(labels, todo), seed_tensor).numpy()
+            broken = verify(predict, x[todo], candidate, y[todo], self.norm, self.eps)
+            broken_at[todo[broken]] = stage + 1
+            if adv is not None:
+                adv[todo[broken]] = candidate[broken]
+            seconds[stage] = time.time() - began
+        return BatchResult(clean_correct=correct, broken_at=broken_at, stage_seconds=seconds, adversarial=adv)
 
 
 def keras_logits_fn(network: keras.Model) -> LogitsFn:
@@ -294,25 +326,82 @@ class EvalSettings:
     seed: int = 0
     report: str | None = None
     val_size: int | None = None  # None: the training run's (metadata), else 1024
+    save_examples: str | None = None  # npz of per-example flags and adversarial examples
 
 
 def format_table(report: dict) -> str:
-    """A readable table of clean and per-stage robust accuracy (the shape of the paper's Table 6)."""
-    rows = [("clean", report["clean_accuracy"])] + [(s["attack"], s["robust_accuracy"]) for s in report["stages"]]
-    width = max(len(name) for name, _ in rows) + 2
+    """A readable table of clean and per-stage robust accuracy (the shape of the paper's Table 6), with
+    each stage's wall time."""
+    rows = [("clean", report["clean_accuracy"], None)]
+    rows += [(s["attack"], s["robust_accuracy"], s.get("seconds")) for s in report["stages"]]
+    width = max(len(name) for name, _, _ in rows) + 2
     head = f"{report['model']}  {report['dataset']}/{report['split']}  n={report['num_examples']}  {report['norm']} eps={report['eps']:.5g}"
-    lines = [head, f"{'stage':<{width}}accuracy", "-" * (width + 9)]
-    lines += [f"{name:<{width}}{100 * value:7.2f}%" for name, value in rows]
+    lines = [head, f"{'stage':<{width}}accuracy   seconds", "-" * (width + 19)]
+    lines += [f"{name:<{width}}{100 * value:7.2f}%" + ("" if seconds is None else f"  {seconds:8.1f}")
+              for name, value, seconds in rows]
     return "\n".join(lines)
 
 
-def run_eval(settings: EvalSettings) -> dict:
-    """Loads the model and data, runs the cascade, writes the JSON report; returns report, table, path."""
+def resolve_threat_model(meta: dict, dataset: str | None, norm: str | None,
+                         eps: float | None) -> tuple[str, str, float, dict]:
+    """(dataset, norm, eps, training config) of an evaluation: the options given, else the model's metadata.
+
+    A norm given without an eps takes that norm's default radius (the metadata's eps belongs to the
+    training norm). Raises `UserError` for a model without metadata and no --dataset, an unknown norm, or
+    an eps outside (0, 1] (Linf) / (0, 64] (L2) on [0, 1] images.
+    """
+    from tfrobust.config import DEFAULT_EPS, NORMS
+
+    training = meta.get("training_config", {})
+    dataset = dataset or meta.get("dataset", {}).get("name")
+    if dataset is None:
+        raise UserError("this model carries no tfrobust metadata: give --dataset (and --norm/--eps)")
+    given_norm = norm
+    norm = norm or meta.get("norm", "linf")
+    if norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}; choose from: {', '.join(NORMS)}")
+    eps = eps if eps is not None else (meta.get("eps") if given_norm is None else None)
+    eps = float(DEFAULT_EPS[norm] if eps is None else eps)
+    if not 0 < eps <= (1.0 if norm == "linf" else 64.0):
+        raise UserError(f"--eps {eps:g} is out of range for {norm} on [0, 1] images")
+    return dataset, norm, eps, training
+
+
+def _model_fingerprint(path: str) -> str:
+    """A digest of the files that define a model (graph, variable index with its per-tensor checksums,
+    or the .keras file): a resumed evaluation must attack the same model."""
+    import hashlib
+    import os
+
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(path, name) for name in ("saved_model.pb", os.path.join("variables", "variables.index"))]
+    digest = hashlib.sha256()
+    for name in files:
+        if os.path.isfile(name):
+            with open(name, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def resume_eval(report_path: str) -> dict:
+    """Continues the interrupted evaluation that was writing `report_path`, with its saved settings."""
+    state = EvalState.open(state_dir_for(report_path))
+    known = {f.name for f in dataclasses.fields(EvalSettings)}
+    settings = EvalSettings(**{k: v for k, v in state.settings.items() if k in known})
+    return run_eval(settings, state=state)
+
+
+def run_eval(settings: EvalSettings, *, state: EvalState | None = None) -> dict:
+    """Loads the model and data, runs the cascade, writes the JSON report; returns report, table, path.
+
+    Progress is saved batch by batch in `<report>.state/` (see `evaluation_state.py`); `state` is that of
+    an interrupted run to continue (`resume_eval`). With `settings.save_examples`, an npz of per-example
+    results and adversarial examples is written too.
+    """
     import json
     import os
     import platform
 
-    from tfrobust.config import DEFAULT_EPS, NORMS
     from tfrobust.data.datasets import load_split
     from tfrobust.data.pipeline import eval_dataset
     from tfrobust.export import load_model
@@ -325,32 +414,42 @@ def run_eval(settings: EvalSettings) -> dict:
         raise UserError(f"--n-examples must be >= 1, got {settings.n_examples}")
     if settings.report and os.path.exists(settings.report):
         raise UserError(f"report {settings.report} exists; tfrobust does not overwrite reports")
+    if settings.save_examples and os.path.exists(settings.save_examples):
+        raise UserError(f"{settings.save_examples} exists; tfrobust does not overwrite it")
+    if settings.save_examples and not settings.save_examples.endswith(".npz"):
+        raise UserError(f"--save-examples {settings.save_examples}: give a path ending in .npz")
     model = load_model(settings.model_path)
-    meta = model.metadata
-    training = meta.get("training_config", {})
-    dataset = settings.dataset or meta.get("dataset", {}).get("name")
-    if dataset is None:
-        raise UserError("this model carries no tfrobust metadata: give --dataset (and --norm/--eps)")
-    norm = settings.norm or meta.get("norm", "linf")
-    if norm not in NORMS:
-        raise UserError(f"unknown norm {norm!r}; choose from: {', '.join(NORMS)}")
-    eps = settings.eps if settings.eps is not None else (meta.get("eps") if settings.norm is None else None)
-    eps = float(DEFAULT_EPS[norm] if eps is None else eps)
-    if not 0 < eps <= (1.0 if norm == "linf" else 64.0):
-        raise UserError(f"--eps {eps:g} is out of range for {norm} on [0, 1] images")
+    dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
     info, split = load_split(
         dataset, settings.split,
         val_size=settings.val_size if settings.val_size is not None else training.get("val_size", 1024), seed=training.get("seed", 0),
         data_dir=settings.data_dir or training.get("data_dir"),
     )
-    expected_shape = meta.get("input_shape")
+    expected_shape = model.metadata.get("input_shape")
     if expected_shape and list(info.image_shape) != list(expected_shape):
         raise UserError(f"{dataset} images are {list(info.image_shape)} but the model takes {expected_shape}")
     n = len(split) if settings.n_examples is None else min(settings.n_examples, len(split))
     data = eval_dataset(split, num_classes=info.num_classes, batch_size=settings.batch_size, limit=n)
     evaluator = Evaluator(CASCADES[settings.attack], norm=norm, eps=eps)
     num_batches = -(-n // settings.batch_size)
-    result = evaluator.run(model.logits, data, seed=settings.seed, progress=True, num_batches=num_batches)
+    path = settings.report
+    if path is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        parent, leaf = os.path.split(os.path.abspath(model.path))
+        # TF Serving layout <name>/<version> -> "name-v3"; any other model -> its file or directory name.
+        name = f"{os.path.basename(parent)}-v{leaf}" if leaf.isdigit() else os.path.splitext(leaf)[0]
+        path = os.path.join("eval_reports", f"{name}-{settings.attack}-{norm}-{settings.split}-{stamp}.json")
+    fingerprint = _model_fingerprint(model.path)
+    if state is None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        recorded = dataclasses.replace(settings, report=path)
+        state = EvalState.create(state_dir_for(path), {**dataclasses.asdict(recorded), "model_sha256": fingerprint})
+        print(f"progress is saved in {state.directory}; if interrupted, continue with: tfrobust eval --resume {path}",
+              flush=True)
+    elif state.settings.get("model_sha256") != fingerprint:
+        raise UserError(f"the model at {model.path} changed since the interrupted evaluation: delete {state.directory}")
+    result = evaluator.run(model.logits, data, seed=settings.seed, progress=True, num_batches=num_batches,
+                           keep_adversarial=settings.save_examples is not None, state=state)
     report = {
         "model": model.path,
         "dataset": info.name,
@@ -363,22 +462,33 @@ def run_eval(settings: EvalSettings) -> dict:
         "clean_accuracy": result.clean_accuracy,
         "robust_accuracy": result.robust_accuracy,
         "stages": [
-            {"attack": name, "robust_accuracy": value}
-            for name, value in zip(result.stage_names, result.robust_after_stage)
+            {"attack": name, "robust_accuracy": value, "seconds": round(seconds, 2)}
+            for name, value, seconds in zip(result.stage_names, result.robust_after_stage, result.stage_seconds)
         ],
         "counts": {"clean_correct": int(result.clean_correct.sum()), "robust": int(result.robust.sum())},
         "seconds": round(result.seconds, 2),
         "warnings": list(result.warnings),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
     }
-    path = settings.report
-    if path is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        parent, leaf = os.path.split(os.path.abspath(model.path))
-        # TF Serving layout <name>/<version> -> "name-v3"; any other model -> its file or directory name.
-        name = f"{os.path.basename(parent)}-v{leaf}" if leaf.isdigit() else os.path.splitext(leaf)[0]
-        path = os.path.join("eval_reports", f"{name}-{settings.attack}-{norm}-{settings.split}-{stamp}.json")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if settings.save_examples:
+        report["examples"] = settings.save_examples
+        save_examples(settings.save_examples, result, labels=split.labels[:n], norm=norm, eps=eps)
     with open(path, "x") as handle:  # "x": never overwrite a report
         json.dump(report, handle, indent=2, sort_keys=True)
+    state.remove()
     return {"report": report, "table": format_table(report), "report_path": path}
+
+
+def save_examples(path: str, result: EvalResult, *, labels: np.ndarray, norm: str, eps: float) -> None:
+    """Per-example results as npz: `index` (position in the split), `label`, `clean_correct`, `robust`,
+    `broken_at` (-1 robust, 0 misclassified clean, s + 1 first broken by stage s of `stage_names`),
+    `adversarial` (float32 in [0, 1]; the clean image where no attack succeeded), `norm`, `eps`."""
+    import os
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        np.savez(handle, index=np.arange(result.num_examples), label=np.asarray(labels, np.int64),
+                 clean_correct=result.clean_correct, robust=result.robust, broken_at=result.broken_at,
+                 stage_names=np.array(result.stage_names), adversarial=result.adversarial,
+                 norm=np.array(norm), eps=np.array(eps))
+    os.replace(tmp, path)

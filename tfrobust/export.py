@@ -4,7 +4,10 @@
 `--model_base_path=<root>/<name>` and picks the highest numeric version). Endpoints:
 
 - `serving_default`: float32 images [N, H, W, C] in [0, 1] -> {"logits", "probabilities", "classes"};
-- `logits`: the same images -> logits, a differentiable function for attacks (the evaluator uses it).
+- `logits`: the same images -> logits, a differentiable function for attacks (the evaluator uses it);
+- `features`: the same images -> the penultimate activations (the input of the final Dense layer), for
+  `tfrobust diversity`'s feature space; written when the network is a functional/Sequential Keras model
+  ending in a Dense layer (every tfrobust model), and named in the metadata's `features`.
 
 The metadata (dataset, class names, input shape, norm, eps, training config, validation metrics) is
 written to `assets.extra/tfrobust.json`, the directory TF Serving reserves for files beside a model.
@@ -12,7 +15,8 @@ The version directory appears atomically: it is written under a non-numeric temp
 Serving ignores) and renamed, and an existing version is never overwritten.
 
 `load_model(path)` accepts a tfrobust export (or its base directory: the highest version is used), any
-other SavedModel whose `serving_default` maps images to logits, or a `.keras` file.
+other SavedModel whose `serving_default` maps images to logits, or a `.keras` file. Its `features` is the
+`features` endpoint (or, for a `.keras` file, the input of the final Dense layer), None where there is none.
 """
 
 from __future__ import annotations
@@ -72,12 +76,22 @@ def export_network(
     archive.track(network)
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=[spec])
     archive.add_endpoint(name="logits", fn=logits_fn, input_signature=[spec])
+    features_network = penultimate_network(network)
+    features_info: dict[str, Any] = {}
+    if features_network is not None:
+
+        def features_fn(images):
+            return tf.cast(features_network(images, training=False), tf.float32)
+
+        archive.add_endpoint(name="features", fn=features_fn, input_signature=[spec])
+        features_info = {"features": {"layer": network.layers[-1].name, "size": int(features_network.output.shape[-1])}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras's export chatter about untracked resources
             archive.write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        full_metadata = {"format": "tfrobust-savedmodel-1", "input_shape": [height, width, channels], **metadata}
+        full_metadata = {"format": "tfrobust-savedmodel-1", "input_shape": [height, width, channels], **features_info,
+                         **metadata}
         with open(os.path.join(tmp, METADATA_PATH), "w") as handle:
             json.dump(full_metadata, handle, indent=2, sort_keys=True)
         os.rename(tmp, final)
@@ -95,6 +109,27 @@ class LoadedModel:
     metadata: dict[str, Any]
     path: str
     keepalive: Any = dataclasses.field(default=None, repr=False)  # the restored object owning the variables
+    # Images -> penultimate activations (float32 [N, D]), where the model exposes them (see `features`).
+    features: Callable[[tf.Tensor], tf.Tensor] | None = None
+
+
+def penultimate_network(network: keras.Model) -> keras.Model | None:
+    """A model sharing `network`'s layers that maps its input to the input of its final Dense layer.
+
+    The penultimate activations are the usual "classifier features" (for tfrobust's models the pooled
+    head activations, 64·W values for a WRN-D-W). None when `network` is not a functional/Sequential
+    model ending in a Dense layer (a subclassed model has no graph to cut).
+    """
+    try:
+        layers, inputs = network.layers, network.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not layers or not inputs or not isinstance(layers[-1], keras.layers.Dense):
+        return None
+    try:
+        return keras.Model(inputs, layers[-1].input)
+    except (AttributeError, ValueError, TypeError):  # layer reused at several call sites, or never called
+        return None
 
 
 def resolve_model_dir(path: str) -> str:
@@ -121,7 +156,11 @@ def load_model(path: str) -> LoadedModel:
         except Exception as error:  # Keras raises many types for a bad file; the user needs one line.
             raise UserError(f"cannot load {path}: {type(error).__name__}: {error}") from None
         fn = tf.function(lambda images: tf.cast(model(images, training=False), tf.float32))
-        return LoadedModel(_warn_if_probabilities(fn, _keras_input_shape(model)), {}, path)
+        features_network = penultimate_network(model)
+        features = None
+        if features_network is not None:
+            features = tf.function(lambda images: tf.cast(features_network(images, training=False), tf.float32))
+        return LoadedModel(_warn_if_probabilities(fn, _keras_input_shape(model)), {}, path, features=features)
 
     directory = resolve_model_dir(path)
     try:
@@ -151,7 +190,8 @@ def load_model(path: str) -> LoadedModel:
 
         input_shape = _spec_shape([signature.structured_input_signature[1][input_name]])
     fn = _warn_if_probabilities(fn, input_shape)
-    return LoadedModel(fn, metadata, directory, keepalive=loaded)
+    features = loaded.features if hasattr(loaded, "features") else None
+    return LoadedModel(fn, metadata, directory, keepalive=loaded, features=features)
 
 
 def _keras_input_shape(model) -> list[int] | None:

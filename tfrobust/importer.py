@@ -272,6 +272,21 @@ def targets(network, family: str) -> tuple[list[_Target], set[str]]:
     return out, batch_norms
 
 
+# Keras layout -> reference layout: the inverse of each `_Target.convert`.
+_TO_REFERENCE: dict[Callable, Callable[[np.ndarray], np.ndarray]] = {
+    _conv: lambda w: np.ascontiguousarray(np.transpose(w, (3, 2, 0, 1))),  # HWIO -> OIHW
+    _dense: lambda w: np.ascontiguousarray(w.T),  # (in, out) -> (out, in)
+    _same: lambda w: w,
+}
+
+
+def reference_state_dict(network, arch: str) -> dict[str, np.ndarray]:
+    """tfrobust's `arch` network as a reference (model_zoo) state dict of numpy arrays: the inverse of
+    `build_imported_network`. `benchmarks/aa_reference.py` uses it to attack the same function in PyTorch."""
+    wanted, _ = targets(network, _check_arch(arch))
+    return {t.key: _TO_REFERENCE[t.convert](np.asarray(t.variable)) for t in wanted}
+
+
 def _normalization(tensors: dict[str, np.ndarray], info, path: str) -> tuple[tuple, tuple, str]:
     """The model's mean/std: the checkpoint's `mean`/`std` buffers where present, else the dataset's."""
     channels = info.image_shape[-1]

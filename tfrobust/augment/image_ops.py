@@ -213,9 +213,16 @@ def sharpness(images: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     # Built in numpy: a graph-mode `/ 13` could round differently from eager (see MAX_LEVEL).
     kernel = tf.constant(np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float64) / 13.0, images.dtype)
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
-    smooth = tf.nn.depthwise_conv2d(images, kernel, strides=[1, 1, 1, 1], padding="VALID")
-    smooth = tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]])
     shape = tf.shape(images)
+    # With oneDNN on, TF 2.21's depthwise conv of an empty batch (no image of the batch drew Sharpness)
+    # returns the input's spatial size instead of the VALID one, and the tf.where below fails: an empty
+    # batch skips the convolution.
+    smooth = tf.cond(
+        shape[0] > 0,
+        lambda: tf.pad(tf.nn.depthwise_conv2d(images, kernel, strides=[1, 1, 1, 1], padding="VALID"),
+                       [[0, 0], [1, 1], [1, 1], [0, 0]]),
+        lambda: images,
+    )
     rows = tf.range(shape[1])
     cols = tf.range(shape[2])
     interior = ((rows > 0) & (rows < shape[1] - 1))[:, None] & ((cols > 0) & (cols < shape[2] - 1))[None, :]

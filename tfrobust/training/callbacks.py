@@ -156,6 +156,24 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         ckpt.save_arrays(self.path, groups, state)
 
 
+class SampleCounts(keras.callbacks.Callback):
+    """Adds `real_samples` and `generated_samples` (rows consumed this epoch) to every epoch's logs.
+
+    With generated data (`tfrobust.data.mixing`) every batch holds a fixed number of original and
+    generated rows, so an epoch's counts are exact. Must come before the CSV/TensorBoard loggers.
+    """
+
+    def __init__(self, real_per_epoch: int, generated_per_epoch: int):
+        super().__init__()
+        self.real_per_epoch = int(real_per_epoch)
+        self.generated_per_epoch = int(generated_per_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["real_samples"] = self.real_per_epoch
+            logs["generated_samples"] = self.generated_per_epoch
+
+
 def _jsonable(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 

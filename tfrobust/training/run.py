@@ -4,7 +4,8 @@ Run directory (`--out`):
     config.json        the fully resolved TrainConfig (what `--resume` rebuilds the run from)
     checkpoint.npz     whole training state after the last finished epoch (atomic; see checkpoint.py)
     best.npz           the best averaged weights by validation PGD-40 accuracy (model selection)
-    log.csv            per-epoch training and validation metrics (appended on resume)
+    log.csv            per-epoch training and validation metrics (appended on resume); with --extra-data
+                       also real_samples / generated_samples (rows of each kind consumed that epoch)
     tensorboard/       the same for TensorBoard
     summary.json       final numbers, where the model was exported, throughput
     .lock              held (flock) while a process trains in this directory
@@ -33,6 +34,8 @@ from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
 from tfrobust.augment.registry import build_augmentation, parse_aug, produces_soft_labels
 from tfrobust.config import TrainConfig
 from tfrobust.data.datasets import Splits, load_dataset
+from tfrobust.data.extra import ExtraData, open_extra_data
+from tfrobust.data.mixing import mix_plan, mixed_train_dataset, samples_per_epoch
 from tfrobust.data.pipeline import eval_dataset, train_dataset
 from tfrobust.errors import UserError
 from tfrobust.evaluation import Evaluator, keras_logits_fn
@@ -173,6 +176,9 @@ def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, ver
     else:
         assert config is not None
         config = config.validate().resolved()
+    # Generated data is opened and validated against the original data before anything is written:
+    # a bad file leaves no run directory behind.
+    splits, extra = _open_extra_data(config) if config.extra_data else (None, None)
     chief = distribute.is_chief()
     run_dir = out_dir if chief else tempfile.mkdtemp(prefix="tfrobust-worker-")
     if not resume and chief:
@@ -183,14 +189,24 @@ def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, ver
             if not resume:
                 with open(os.path.join(run_dir, CONFIG_NAME), "w") as handle:
                     handle.write(config.to_json())
-            return _train_locked(config, run_dir, chief=chief, verbose=verbose)
+            return _train_locked(config, run_dir, chief=chief, verbose=verbose, splits=splits, extra=extra)
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: Any) -> dict[str, Any]:
-    run = build_run(config, run_dir)
+def _open_extra_data(config: TrainConfig) -> tuple[Splits, ExtraData]:
+    """The original splits and the memory-mapped, validated generated data of `config.extra_data`."""
+    splits = load_dataset(config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir)
+    extra = open_extra_data(config.extra_data, splits.info, require_labels=config.real_ratio < 1.0)
+    # Checks batch composition (ratio, repeats) now rather than when the pipeline is built.
+    mix_plan(config.batch_size, config.real_ratio, config.aug_repeats)
+    return splits, extra
+
+
+def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: Any, splits: Splits | None = None,
+                  extra: ExtraData | None = None) -> dict[str, Any]:
+    run = build_run(config, run_dir, splits)
     checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
     initial_epoch = 0
     if os.path.exists(checkpoint_path):
@@ -201,16 +217,30 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     # augment.registry.default_options. Layers run in float32 whatever the training precision.
     names = parse_aug(config.aug)
     augment = build_augmentation(names, image_shape=info.image_shape, allow_flip=info.allow_flip)
-    data = train_dataset(
-        run.splits.train,
-        num_classes=info.num_classes,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        first_epoch=initial_epoch,
-        steps_per_epoch=run.steps_per_epoch,
-        augment=(lambda batch, seed: augment(batch, training=True, seed=seed)) if names else None,
-        repeats=config.aug_repeats,
-    )
+    augment_fn = (lambda batch, seed: augment(batch, training=True, seed=seed)) if names else None
+    counts = None
+    if extra is not None:
+        # Generated data (docs/generated_data.md): exactly round(real_ratio * batch) original images per
+        # batch; an epoch stays len(train) // batch steps, the original set's size in samples.
+        data = mixed_train_dataset(
+            run.splits.train, extra, num_classes=info.num_classes, batch_size=config.batch_size,
+            real_ratio=config.real_ratio, label_smoothing=config.extra_label_smoothing, seed=config.seed,
+            first_epoch=initial_epoch, steps_per_epoch=run.steps_per_epoch, augment=augment_fn,
+            repeats=config.aug_repeats,
+        )
+        counts = cb.SampleCounts(*samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats,
+                                                    run.steps_per_epoch))
+    else:
+        data = train_dataset(
+            run.splits.train,
+            num_classes=info.num_classes,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            first_epoch=initial_epoch,
+            steps_per_epoch=run.steps_per_epoch,
+            augment=augment_fn,
+            repeats=config.aug_repeats,
+        )
     log_path = os.path.join(run_dir, "log.csv")
     if initial_epoch > 0:
         truncate_log(log_path, initial_epoch)
@@ -219,6 +249,7 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     callbacks = [
         run.averaging,
         run.selection,
+        *([counts] if counts is not None else []),  # adds the sample counts before the loggers read logs
         keras.callbacks.CSVLogger(log_path, append=initial_epoch > 0),
         cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),

@@ -1,0 +1,209 @@
+"""tfrobust's AutoAttack against a PyTorch AutoAttack on the same model and images: accuracy per stage and time.
+
+What it does: takes a model trained by `tfrobust train` (its run directory), evaluates the exported
+SavedModel with `tfrobust.evaluation.run_eval(attack="aa")` (APGD-CE, APGD-T, FAB-T, Square, as
+`tfrobust eval --attack aa`), and the same weights in PyTorch with torchattacks 3.5.1's ports of the
+reference attacks (Croce & Hein 2020, github.com/fra31/auto-attack), configured as the reference's
+`version="standard"`: APGD-CE 1 restart x 100 iterations, APGD-T 9 targets x 100, FAB-T 9 targets x 100,
+Square 5000 queries (p_init 0.8). Both cascades attack only the points still robust, per stage, starting
+from the clean image, and count only verified successes (inside the ball and [0, 1], misclassified).
+
+Why not torchattacks' own `AutoAttack` class: in 3.5.1 it builds APGD, APGD-T and FAB with their default
+10 iterations instead of 100 (a weaker attack than the reference). Why not tf2onnx + onnx2torch for the
+conversion: onnx2torch imports torchvision, and no torchvision wheel here runs with torch 2.13.0 CPU
+(0.29 pulls torch 2.14 + CUDA; 0.28 fails to register its ops). The PyTorch model is instead the
+published architecture (`tests/torch_reference.py`, the one `tfrobust import` is tested against) loaded
+with `tfrobust.importer.reference_state_dict(network)`; the script checks that its logits match the
+SavedModel's on every evaluated image before attacking.
+
+    pip install --no-deps --target /work/exp/pydeps torchattacks==3.5.1   # its deps would replace torch
+    PYTHONPATH=/work/exp/pydeps python benchmarks/aa_reference.py --run /work/exp/runs/std \\
+        --data /work/exp/c10_test.npz --n-examples 500 --eps 1 2 --out benchmarks/results/aa_reference_std.json
+
+Measured results are in the README ("Evaluation: comparison with a PyTorch AutoAttack") and in the JSON
+written by --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def trained_network(run_dir: str):
+    """The run's exported (selected, averaged) weights as a Keras network, rebuilt as `tfrobust export` does."""
+    from tfrobust.training import callbacks as cb
+    from tfrobust.training.checkpoint import CHECKPOINT_NAME
+    from tfrobust.training.run import BEST_NAME, build_run, read_run_config
+
+    config = dataclasses.replace(read_run_config(run_dir), strategy="one-device")
+    run = build_run(config, run_dir)
+    cb.restore(os.path.join(run_dir, CHECKPOINT_NAME), run.trainer, run.averaging, run.selection)
+    averaged = run.averaging.sync_averaged_network()
+    best = os.path.join(run_dir, BEST_NAME)
+    if os.path.exists(best):
+        cb.load_best_weights(best, averaged)
+    return config, run.splits.info, averaged
+
+
+def torch_model(config, info, network):
+    import torch
+    from torch_reference import RefWideResNet
+
+    from tfrobust.importer import reference_state_dict
+
+    depth, width = (int(v) for v in config.model.split("-")[1:])
+    model = RefWideResNet(depth, width, info.num_classes, info.mean, info.std, config.activation)
+    state = {k: torch.tensor(v) for k, v in reference_state_dict(network, config.model).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        raise SystemExit(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+def torch_logits(model, x_nhwc: np.ndarray, batch: int = 250) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([model(torch.tensor(x_nhwc[i:i + batch]).permute(0, 3, 1, 2)).numpy()
+                               for i in range(0, len(x_nhwc), batch)])
+
+
+def torch_cascade(model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, batch: int, seed: int,
+                  num_classes: int) -> dict:
+    """The reference AutoAttack standard cascade with torchattacks' attacks (see the module docstring)."""
+    import torch
+    import torchattacks
+
+    name = {"linf": "Linf", "l2": "L2"}[norm]
+    attacks = {
+        "apgd-ce": torchattacks.APGD(model, norm=name, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
+        "apgd-t": torchattacks.APGDT(model, norm=name, eps=eps, steps=100, n_restarts=1, n_classes=num_classes, seed=seed),
+        "fab-t": torchattacks.FAB(model, norm=name, eps=eps, steps=100, n_restarts=1, multi_targeted=True,
+                                  n_classes=num_classes, seed=seed),
+        "square": torchattacks.Square(model, norm=name, eps=eps, n_queries=5000, n_restarts=1, seed=seed),
+    }
+    robust = torch_logits(model, x).argmax(-1) == y
+    result = {"clean_accuracy": float(robust.mean()), "stages": []}
+    for stage in STAGES:
+        began = time.time()
+        todo = np.flatnonzero(robust)
+        for start in range(0, len(todo), batch):
+            idx = todo[start:start + batch]
+            xt = torch.tensor(x[idx]).permute(0, 3, 1, 2).contiguous()
+            adv = attacks[stage](xt, torch.tensor(y[idx])).detach().permute(0, 2, 3, 1).numpy()
+            delta = (adv - x[idx]).reshape(len(idx), -1)
+            size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta.astype(np.float64) ** 2).sum(1))
+            inside = (size <= eps * (1 + 1e-6) + 1e-6) & (adv.reshape(len(idx), -1).min(1) >= 0) & (
+                adv.reshape(len(idx), -1).max(1) <= 1)
+            broken = inside & (torch_logits(model, adv).argmax(-1) != y[idx])
+            robust[idx[broken]] = False
+        result["stages"].append({"attack": stage, "robust_accuracy": float(robust.mean()),
+                                 "seconds": round(time.time() - began, 2)})
+    result["robust_accuracy"] = float(robust.mean())
+    result["seconds"] = round(sum(s["seconds"] for s in result["stages"]), 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="Run directory of `tfrobust train` (its summary names the export).")
+    parser.add_argument("--data", required=True, help="npz with `image`/`label` of held-out images.")
+    parser.add_argument("--n-examples", type=int, default=500)
+    parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0], help="Radii in 1/255 units (linf) or raw (l2).")
+    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["both", "tf", "torch"], default="both")
+    parser.add_argument("--out", required=True, help="JSON results (must not exist).")
+    args = parser.parse_args()
+    if os.path.exists(args.out):
+        raise SystemExit(f"{args.out} exists")
+
+    import tensorflow as tf
+    import torch
+
+    from tfrobust.evaluation import EvalSettings, run_eval
+    from tfrobust.export import load_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with open(os.path.join(args.run, "summary.json")) as handle:
+        export_path = json.load(handle)["export"]
+    config, info, network = trained_network(args.run)
+    reference = torch_model(config, info, network)
+    with np.load(args.data, allow_pickle=False) as data:
+        x = data["image"][: args.n_examples].astype(np.float32) / 255.0
+        y = data["label"][: args.n_examples].astype(np.int64)
+    saved = np.concatenate([np.asarray(load_model(export_path).logits(tf.constant(x[i:i + 250])))
+                            for i in range(0, len(x), 250)])
+    ref = torch_logits(reference, x)
+    gap = float(np.abs(saved - ref).max())
+    agree = float((saved.argmax(-1) == ref.argmax(-1)).mean())
+    print(f"SavedModel vs PyTorch copy on {len(x)} images: max |logit diff| {gap:.2e}, same class {100 * agree:.2f}%")
+    if gap > 1e-3 or agree < 1:
+        raise SystemExit("the PyTorch copy does not compute the SavedModel's function")
+
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    results = {
+        "run": os.path.abspath(args.run), "model": export_path, "data": args.data, "n_examples": len(x),
+        "norm": args.norm, "seed": args.seed, "max_logit_gap": gap,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "versions": {"tensorflow": tf.__version__, "torch": torch.__version__}, "eps": {},
+    }
+    for eps_units in args.eps:
+        eps = eps_units / 255.0 if args.norm == "linf" else eps_units
+        entry = {}
+        if args.only in ("both", "tf"):
+            report = os.path.join(out_dir, f"tfrobust-aa-{args.norm}-{eps_units:g}-{time.strftime('%H%M%S')}.json")
+            entry["tfrobust"] = run_eval(EvalSettings(
+                model_path=export_path, attack="aa", dataset=f"npz:{args.data}", split="train", val_size=0,
+                norm=args.norm, eps=eps, n_examples=len(x), batch_size=args.batch_size, seed=args.seed, report=report,
+            ))["report"]
+        if args.only in ("both", "torch"):
+            entry["reference"] = torch_cascade(reference, x, y, args.norm, eps, args.batch_size, args.seed,
+                                               info.num_classes)
+        results["eps"][f"{eps_units:g}"] = entry
+        print(format_comparison(eps_units, args.norm, entry), flush=True)
+    with open(args.out, "x") as handle:
+        json.dump(results, handle, indent=2, sort_keys=True)
+    print(f"wrote {args.out}")
+
+
+def format_comparison(eps_units: float, norm: str, entry: dict) -> str:
+    """Markdown rows: stage, tfrobust accuracy and seconds, reference accuracy and seconds."""
+    unit = "/255" if norm == "linf" else ""
+    lines = [f"\n{norm} eps {eps_units:g}{unit}", "| stage | tfrobust | s | reference (torchattacks) | s |",
+             "|---|---|---|---|---|"]
+    tf_side, ref_side = entry.get("tfrobust"), entry.get("reference")
+
+    def cell(side, index):
+        if side is None:
+            return "-", "-"
+        if index is None:
+            return f"{100 * side['clean_accuracy']:.1f}%", ""
+        stage = side["stages"][index]
+        return f"{100 * stage['robust_accuracy']:.1f}%", f"{stage['seconds']:.0f}"
+
+    for index, name in [(None, "clean")] + list(enumerate(STAGES)):
+        a, b = cell(tf_side, index), cell(ref_side, index)
+        lines.append(f"| {name} | {a[0]} | {a[1]} | {b[0]} | {b[1]} |")
+    if tf_side and ref_side:
+        lines.append(f"| total time | | {tf_side['seconds']:.0f} | | {ref_side['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Generators of extra training data (the paper's Sec. 5): an interface, implementations, a registry, sharded output."""
