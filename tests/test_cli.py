@@ -72,6 +72,21 @@ def test_export_metadata_and_eval_report(trained, tmp_path):
     assert "pgd40" in result.output and "%" in result.output
 
 
+def test_aa_mt_on_a_model_from_train(trained, tmp_path):
+    """The paper's AA+MT cascade through the CLI on an exported `tfrobust train` model, with per-example output."""
+    model_dir = json.load(open(os.path.join(trained["out"], "summary.json")))["export"]
+    report_path, examples = str(tmp_path / "aamt.json"), str(tmp_path / "aamt.npz")
+    result = invoke(["eval", "--model", model_dir, "--attack", "aa+mt", "--split", "val", "--n-examples", "6",
+                     "--report", report_path, "--save-examples", examples])
+    assert result.exit_code == 0, result.output
+    report = json.load(open(report_path))
+    assert [s["attack"] for s in report["stages"]] == ["apgd-ce-5x100", "apgd-dlr-5x100", "mt"]
+    accuracies = [report["clean_accuracy"]] + [s["robust_accuracy"] for s in report["stages"]]
+    assert accuracies == sorted(accuracies, reverse=True)  # each stage only removes points
+    with np.load(examples) as data:
+        assert data["robust"].mean() == pytest.approx(report["robust_accuracy"])
+
+
 def test_export_command_writes_a_new_version(trained):
     result = invoke(["export", trained["out"], "--which", "last"])
     assert result.exit_code == 0, result.output
