@@ -20,6 +20,11 @@ SavedModel's on every evaluated image before attacking.
     PYTHONPATH=/work/exp/pydeps python benchmarks/aa_reference.py --run /work/exp/runs/std \\
         --data /work/exp/c10_test.npz --n-examples 500 --eps 1 2 --out benchmarks/results/aa_reference_std.json
 
+Where TensorFlow is not installed (the lent GPU machine), run the reference side alone from a bundle:
+
+    python benchmarks/aa_reference.py --run RUN --data D.npz --eps 8 --write-bundle bundle.npz --out unused.json
+    python benchmarks/aa_reference.py --bundle bundle.npz --eps 8 --out ref.json   # torch + torchattacks only
+
 Measured results are in the README ("Evaluation: comparison with a PyTorch AutoAttack") and in the JSON
 written by --out.
 """
@@ -73,12 +78,45 @@ def torch_model(config, info, network):
     return model.eval()
 
 
+def _device(model):
+    return next(model.parameters()).device
+
+
 def torch_logits(model, x_nhwc: np.ndarray, batch: int = 250) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return np.concatenate([model(torch.tensor(x_nhwc[i:i + batch]).permute(0, 3, 1, 2)).numpy()
+        return np.concatenate([model(torch.tensor(x_nhwc[i:i + batch]).permute(0, 3, 1, 2).to(_device(model))).cpu().numpy()
                                for i in range(0, len(x_nhwc), batch)])
+
+
+def write_bundle(path: str, config, info, network, x: np.ndarray, y: np.ndarray) -> None:
+    """The PyTorch side's whole input in one npz (weights in the reference layout, architecture, images,
+    labels), so that the reference can run where TensorFlow is not installed (a GPU machine)."""
+    from tfrobust.importer import reference_state_dict
+
+    depth, width = (int(v) for v in config.model.split("-")[1:])
+    arch = {"depth": depth, "width": width, "num_classes": info.num_classes, "mean": list(info.mean),
+            "std": list(info.std), "activation": config.activation}
+    weights = {f"w/{k}": v for k, v in reference_state_dict(network, config.model).items()}
+    np.savez(path, image=x, label=y, arch=np.array(json.dumps(arch)), **weights)
+
+
+def read_bundle(path: str, device: str):
+    """(model on `device`, images, labels, number of classes) from `write_bundle`'s npz; needs torch only."""
+    import torch
+    from torch_reference import RefWideResNet
+
+    with np.load(path, allow_pickle=False) as data:
+        arch = json.loads(str(data["arch"]))
+        state = {k[2:]: torch.tensor(data[k]) for k in data.files if k.startswith("w/")}
+        x, y = data["image"], data["label"]
+    model = RefWideResNet(arch["depth"], arch["width"], arch["num_classes"], arch["mean"], arch["std"],
+                          arch["activation"])
+    model.load_state_dict(state, strict=False)
+    model = model.eval().to(device)
+    model.mean, model.std = model.mean.to(device), model.std.to(device)  # plain tensors, not buffers
+    return model, x, y, arch["num_classes"]
 
 
 def torch_cascade(model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, batch: int, seed: int,
@@ -102,8 +140,8 @@ def torch_cascade(model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, ba
         todo = np.flatnonzero(robust)
         for start in range(0, len(todo), batch):
             idx = todo[start:start + batch]
-            xt = torch.tensor(x[idx]).permute(0, 3, 1, 2).contiguous()
-            adv = attacks[stage](xt, torch.tensor(y[idx])).detach().permute(0, 2, 3, 1).numpy()
+            xt = torch.tensor(x[idx]).permute(0, 3, 1, 2).contiguous().to(_device(model))
+            adv = attacks[stage](xt, torch.tensor(y[idx]).to(_device(model))).detach().permute(0, 2, 3, 1).cpu().numpy()
             delta = (adv - x[idx]).reshape(len(idx), -1)
             size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta.astype(np.float64) ** 2).sum(1))
             inside = (size <= eps * (1 + 1e-6) + 1e-6) & (adv.reshape(len(idx), -1).min(1) >= 0) & (
@@ -119,8 +157,8 @@ def torch_cascade(model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, ba
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="Run directory of `tfrobust train` (its summary names the export).")
-    parser.add_argument("--data", required=True, help="npz with `image`/`label` of held-out images.")
+    parser.add_argument("--run", help="Run directory of `tfrobust train` (its summary names the export).")
+    parser.add_argument("--data", help="npz with `image`/`label` of held-out images.")
     parser.add_argument("--n-examples", type=int, default=500)
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0], help="Radii in 1/255 units (linf) or raw (l2).")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
@@ -128,9 +166,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["both", "tf", "torch"], default="both")
     parser.add_argument("--out", required=True, help="JSON results (must not exist).")
+    parser.add_argument("--write-bundle", metavar="NPZ",
+                        help="Only write the PyTorch side's input (weights, images, labels) to NPZ and stop.")
+    parser.add_argument("--bundle", metavar="NPZ",
+                        help="Run only the reference, from a --write-bundle file (no TensorFlow needed; uses CUDA "
+                             "when available).")
     args = parser.parse_args()
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists")
+    if args.bundle:
+        return main_bundle(args)
+    if not args.run or not args.data:
+        raise SystemExit("--run and --data are required (unless --bundle)")
 
     import tensorflow as tf
     import torch
@@ -154,6 +201,11 @@ def main() -> None:
     print(f"SavedModel vs PyTorch copy on {len(x)} images: max |logit diff| {gap:.2e}, same class {100 * agree:.2f}%")
     if gap > 1e-3 or agree < 1:
         raise SystemExit("the PyTorch copy does not compute the SavedModel's function")
+
+    if args.write_bundle:
+        write_bundle(args.write_bundle, config, info, network, x, y)
+        print(f"wrote {args.write_bundle}")
+        return
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
@@ -180,6 +232,25 @@ def main() -> None:
     with open(args.out, "x") as handle:
         json.dump(results, handle, indent=2, sort_keys=True)
     print(f"wrote {args.out}")
+
+
+def main_bundle(args) -> None:
+    """The reference cascade alone on a bundle (`--bundle`), for each eps; JSON as `main`'s "reference"."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, x, y, num_classes = read_bundle(args.bundle, device)
+    machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} CPUs"
+    results = {"bundle": args.bundle, "n_examples": len(x), "norm": args.norm, "seed": args.seed, "machine": machine,
+               "versions": {"torch": torch.__version__}, "eps": {}}
+    for eps_units in args.eps:
+        eps = eps_units / 255.0 if args.norm == "linf" else eps_units
+        entry = {"reference": torch_cascade(model, x, y, args.norm, eps, args.batch_size, args.seed, num_classes)}
+        results["eps"][f"{eps_units:g}"] = entry
+        print(format_comparison(eps_units, args.norm, entry), flush=True)
+    with open(args.out, "x") as handle:
+        json.dump(results, handle, indent=2, sort_keys=True)
+    print(f"wrote {args.out} ({machine})")
 
 
 def format_comparison(eps_units: float, norm: str, entry: dict) -> str:

@@ -3,6 +3,9 @@
 The copy has no test split and is sorted by class, so experiments need a seeded shuffle and a held-out
 part. Both outputs are in the paper's npz layout (`image` uint8 NHWC, `label` int64), so they go straight
 into `tfrobust train --dataset npz:...` and `tfrobust eval --dataset npz:... --split train --val-size 0`.
+Both are written in the seeded random order, so that the first N images (`--n-examples N`) are a uniform
+sample of the classes. (Until 2026-11-27 the script wrote them sorted back by class: the first 500 held-out
+images were all airplanes. Same seed, same 5,000 held-out images; only their order changed.)
 
     python benchmarks/cifar_copy_split.py --out /work/exp            # c10_train.npz (45000), c10_test.npz (5000)
 
@@ -30,7 +33,8 @@ def main() -> None:
     order = np.random.default_rng(args.seed).permutation(len(labels))
     test, train = order[: args.test_size], order[args.test_size:]
     os.makedirs(args.out, exist_ok=True)
-    for name, idx in (("c10_train.npz", np.sort(train)), ("c10_test.npz", np.sort(test))):
+    # Not re-sorted: the copy is sorted by class, and a prefix of the files must be a uniform sample.
+    for name, idx in (("c10_train.npz", train), ("c10_test.npz", test)):
         path = os.path.join(args.out, name)
         if os.path.exists(path):
             raise SystemExit(f"{path} exists: remove it first")

@@ -50,6 +50,7 @@ Run (2 cores, on a quiet machine; timings taken while other jobs run are meaning
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -235,17 +236,39 @@ def trades_step(model, optimizer, x, y, decay, *, eps=8 / 255, attack_steps=10, 
 # --------------------------------------------------------------------------------------------- run
 
 
+def measured_matmul_peak(dtype) -> float:
+    """FLOP/s of an 8192^3 matrix product on the current GPU (median of 10 after 3 warm-ups): the MFU
+    denominator on a GPU, measured rather than read off a datasheet. In float32 the product runs on the
+    tensor cores (TF32) as cuDNN's convolutions do by default (`cudnn.allow_tf32`): a plain float32
+    product would give a denominator 15x too small (the H200 run of 2026-11-27 recorded in
+    benchmarks/results/h200_wrn-28-10_b512_fp32.json has that wrong denominator)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    times = []
+    for i in range(13):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 2 * 8192 ** 3 / statistics.median(times)
+
+
 def build(args):
     depth, width = flops.parse_wrn(args.model)
     torch.manual_seed(args.seed)
     model = WideResNet(depth, width, num_classes=args.classes)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = model.to(args.device)
+    model.mean, model.std = model.mean.to(args.device), model.std.to(args.device)
     lr = max(0.1 * args.batch_size / 256, 0.1)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
-    gen = torch.Generator().manual_seed(args.seed)
-    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
-    y = torch.randint(0, args.classes, (args.batch_size,), generator=gen)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=gen, device=args.device)
+    y = torch.randint(0, args.classes, (args.batch_size,), generator=gen, device=args.device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return (depth, width), model, optimizer, x, y, gen
@@ -340,6 +363,8 @@ def main(argv=None):
                    help="run correctness checks on a tiny batch before timing (exit 1 on failure)")
     p.add_argument("--check-batch", type=int, default=4)
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON to OUT")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: a GPU step, timed with synchronisation")
+    p.add_argument("--bf16", action="store_true", help="cuda only: bfloat16 autocast (the tfrobust GPU setting)")
     args = p.parse_args(argv)
 
     if args.threads is not None:
@@ -352,20 +377,29 @@ def main(argv=None):
     n_params = sum(q.numel() for q in model.parameters())
     kw = dict(eps=args.eps / 255, attack_steps=args.attack_steps, generator=gen)
 
-    for _ in range(args.warmup):
-        trades_step(model, optimizer, x, y, decay, **kw)
-    times = []
-    loss = None
-    t_all = time.perf_counter()
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        loss, _ = trades_step(model, optimizer, x, y, decay, **kw)
-        times.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - t_all
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # GPU work is asynchronous: sync before reading clocks
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and args.bf16 else contextlib.nullcontext())
+    with autocast:
+        for _ in range(args.warmup):
+            trades_step(model, optimizer, x, y, decay, **kw)
+        sync()
+        times = []
+        loss = None
+        t_all = time.perf_counter()
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            loss, _ = trades_step(model, optimizer, x, y, decay, **kw)
+            sync()
+            times.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - t_all
 
     f_fwd = flops.wrn_forward_flops(depth, width, args.image_size, 3, args.classes)
     step_flops = {c: flops.trades_step_flops(f_fwd, args.attack_steps, c) * args.batch_size for c in ("full", "input")}
-    peak = flops.cpu_peak_flops(ghz=args.ghz, flops_per_cycle_per_core=args.flops_per_cycle)
+    if cuda:
+        peak = measured_matmul_peak(torch.bfloat16 if args.bf16 else torch.float32)
+    else:
+        peak = flops.cpu_peak_flops(ghz=args.ghz, flops_per_cycle_per_core=args.flops_per_cycle)
     sec = wall / args.steps if args.steps else float("nan")
     res = {
         "framework": "pytorch",
@@ -374,6 +408,9 @@ def main(argv=None):
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "cpu_model": flops.detect_cpu()["model"],
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "bf16_autocast": bool(cuda and args.bf16),
+        "peak_source": "measured 8192^3 matmul, same dtype" if cuda else "cpu_peak_flops",
         "model": f"wrn-{depth}-{width}",
         "params": n_params,
         "image_size": args.image_size,
@@ -398,7 +435,7 @@ def main(argv=None):
         "mfu_input": flops.mfu(step_flops["input"], sec, peak),
         "final_loss": float(loss) if loss is not None else None,
     }
-    print(f"torch {res['torch_version']} ({res['cpu_capability']}, {res['threads']} threads) {res['model']} "
+    print(f"torch {res['torch_version']} on {res['device']} ({res['cpu_capability']}, {res['threads']} threads) {res['model']} "
           f"batch {args.batch_size} TRADES-{args.attack_steps}{' channels_last' if args.channels_last else ''}")
     print(f"  {res['images_per_s']:.2f} images/s, {sec:.3f} s/step (median {res['sec_per_step_median']:.3f}) "
           f"over {args.steps} steps after {args.warmup} warm-up")

@@ -193,3 +193,32 @@ def test_misclassified_points_are_not_attacked_and_restarts_run_on_survivors():
     np.testing.assert_array_equal(adv, x)  # tiny eps: nothing broken, clean images back
     # First call: the clean pass on all 8; every later call sees only the 5 correctly classified points.
     assert seen[0] == 8 and set(seen[1:]) == {5}
+
+
+def test_broken_examples_leave_the_run_without_changing_the_others():
+    """An example leaves the run at its first misclassified iterate; the trajectories of the others are
+    those they follow when nothing leaves (the model is applied per example). Row 0 is attacked next to
+    an easy point (breaks at once) and next to a robust one: same result, bit for bit."""
+    model_fn, kernel, bias = linear(3, seed=13)
+    x = images(64, seed=14)
+    y = np.asarray(model_fn(x)).argmax(-1)
+    eps = 0.05
+    worst = worst_linf_margin(x, y, kernel, bias, eps)
+    easy, robust = int(np.argmax(worst)), int(np.argmin(worst))
+    target = int(np.flatnonzero(np.abs(worst) > 0.02)[0])
+    attack = apgd_ce("linf", eps, n_iter=30)
+    out = {}
+    for other in (easy, robust):
+        rows = [target, other]
+        adv, wrong = attack.single_run(model_fn, tf.constant(x[rows]), tf.constant(y[rows], tf.int32), None, SEED)
+        out[other] = (adv.numpy()[0], bool(wrong[0]))
+        assert bool(wrong[1]) == (other == easy)
+        adv_other = adv.numpy()[1]
+        # A broken example returns a misclassified point of the ball; a robust one its clean image.
+        if other == easy:
+            check_inside(adv_other[None], x[other:other + 1], "linf", eps)
+            assert np.asarray(model_fn(adv_other[None])).argmax(-1)[0] != y[other]
+        else:
+            np.testing.assert_array_equal(adv_other, x[other])
+    np.testing.assert_array_equal(out[easy][0], out[robust][0])
+    assert out[easy][1] == out[robust][1] == (worst[target] > 0)

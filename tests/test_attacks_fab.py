@@ -115,3 +115,26 @@ def test_success_only_within_eps_and_targets():
     assert np.any(broken)
     np.testing.assert_array_equal(adv[~broken], x[~broken])
     assert attack.num_targets(3) == 2 and "2 target classes" in attack.notes(3)[0]
+
+
+def test_stop_at_eps_keeps_the_success_flags():
+    """With stop_at=eps an example stops at its first success within eps: the set of examples with a
+    success within eps is the one a full (minimum-norm) run finds, and every returned success is within
+    eps and misclassified."""
+    model_fn, kernel, bias = linear(2, seed=37)
+    x = images(24, seed=38)
+    y = np.asarray(model_fn(x)).argmax(-1)
+    exact = _distance_linf(x, y, kernel, bias)
+    eps = float(np.median(exact))
+    attack = FABTargeted("linf", eps, n_iter=100)
+    run = tf.function(attack.single_run)
+    args = (model_fn, tf.constant(x), tf.constant(y, tf.int32), tf.constant(1 - y, tf.int32), SEED)
+    _, full = run(*args)
+    adv, early = run(*args, stop_at=eps)
+    full, early, adv = full.numpy(), early.numpy(), adv.numpy()
+    np.testing.assert_array_equal(early <= eps, full <= eps)
+    hit = early <= eps
+    assert 0 < hit.sum() < len(x)
+    assert np.all(early[hit] >= full[hit] - 1e-6)  # stopped early: never closer than the full run
+    check_inside(adv[hit], x[hit], "linf", eps)
+    assert np.all(np.asarray(model_fn(adv[hit])).argmax(-1) != y[hit])

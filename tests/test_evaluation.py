@@ -155,11 +155,11 @@ def test_clean_misclassified_points_are_never_attacked_and_stages_cascade(spy, r
     cascade = evaluator.run(logits_fn, _dataset(), seed=0)
     # The first stage uses the same seeds as the single-stage run, so it breaks the same points.
     assert cascade.robust_after_stage[0] == pytest.approx(result.robust_accuracy)
-    # The spy saw, per batch, exactly the clean images of the points still robust after stage 0.
-    assert len(spy) == N // BATCH
-    for batch, images in enumerate(spy):
-        rows = slice(batch * BATCH, (batch + 1) * BATCH)
-        np.testing.assert_array_equal(images, X[rows][result.robust[rows]])
+    # The spy saw exactly the clean images of the points still robust after stage 0, in order, regrouped
+    # into full batches (stage-major, as the reference AutoAttack).
+    survivors = X[result.robust]
+    assert [len(images) for images in spy] == [min(BATCH, len(survivors) - i) for i in range(0, len(survivors), BATCH)]
+    np.testing.assert_array_equal(np.concatenate(spy), survivors)
     # Robust accuracy after each stage never increases, and the last one is the result.
     after = cascade.robust_after_stage
     assert after[0] <= cascade.clean_accuracy
@@ -167,6 +167,16 @@ def test_clean_misclassified_points_are_never_attacked_and_stages_cascade(spy, r
     assert all(b <= a for a, b in zip(after, after[1:]))
     assert after[-1] == pytest.approx(cascade.robust_accuracy)
     assert not np.any(cascade.robust & ~result.robust)
+
+
+def test_pools_bound_what_is_regrouped(spy, result):
+    """With a pool of one batch, stage s of batch b sees only batch b's survivors (batch-major order)."""
+    Evaluator(["pgd40", "spy"], norm="linf", eps=EPS).run(logits_fn, _dataset(), seed=0, pool_size=BATCH)
+    assert len(spy) == N // BATCH
+    for batch, images in enumerate(spy):
+        rows = slice(batch * BATCH, (batch + 1) * BATCH)
+        # PGD-40 breaks exactly the analytically breakable points here, whatever the seed.
+        np.testing.assert_array_equal(images, X[rows][result.robust[rows]])
 
 
 def test_all_misclassified_means_zero_and_no_attack(spy):
@@ -363,40 +373,48 @@ def test_run_eval_warns_for_probability_outputs(eval_files, tmp_path):
 
 
 def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, tmp_path, monkeypatch):
-    """Batch 0 is saved, the run dies in batch 1; --resume loads batch 0 and computes only batch 1, and the
-    report and per-example npz equal those of an uninterrupted run."""
+    """The first batch of stage 1 is saved, the run dies in its second batch; --resume loads the first and
+    computes only the rest, and the report and per-example npz equal those of an uninterrupted run."""
+    from tfrobust import evaluation
     from tfrobust.evaluation import resume_eval
 
     _, _, model_dir = eval_files
     monkeypatch.setitem(CASCADES, "two-stage", ("pgd40", "apgd-ce"))  # two cheap stages: fast, same bookkeeping
     common = dict(model_path=model_dir, attack="two-stage", split="train", batch_size=BATCH)
-    whole = run_eval(EvalSettings(**common, report=str(tmp_path / "whole.json"),
-                                  save_examples=str(tmp_path / "whole.npz")))["report"]
-
-    real_run_batch = Evaluator._run_batch
+    real_verify = evaluation.verify
     calls = []
 
-    def dies_in_batch_1(self, predict, attacks, images, labels, seed, batch_index, keep):
-        calls.append(batch_index)
-        if batch_index == 1:
-            raise KeyboardInterrupt
-        return real_run_batch(self, predict, attacks, images, labels, seed, batch_index, keep)
+    def counting_verify(*args, **kwargs):  # called once per attacked batch
+        calls.append(len(args[1]))
+        return real_verify(*args, **kwargs)
 
-    monkeypatch.setattr(Evaluator, "_run_batch", dies_in_batch_1)
+    monkeypatch.setattr(evaluation, "verify", counting_verify)
+    whole = run_eval(EvalSettings(**common, report=str(tmp_path / "whole.json"),
+                                  save_examples=str(tmp_path / "whole.npz")))["report"]
+    total = len(calls)
+    assert calls[:2] == [BATCH, N - 3 - BATCH] and total >= 3  # 13 correct points: a batch of 8, then 5
+
+    def dies_in_second_batch(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_verify(*args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(evaluation, "verify", dies_in_second_batch)
     path = str(tmp_path / "resumed.json")
     with pytest.raises(KeyboardInterrupt):
         run_eval(EvalSettings(**common, report=path, save_examples=str(tmp_path / "resumed.npz")))
-    assert calls == [0, 1] and not os.path.exists(path)
-    assert sorted(os.listdir(path + ".state")) == ["batch_00000.npz", "settings.json"]
+    assert not os.path.exists(path)
+    assert sorted(os.listdir(path + ".state")) == ["pool0000_stage00_batch00000.npz", "settings.json"]
     # The same command again is refused: it would throw the saved progress away.
     with pytest.raises(UserError, match="--resume"):
         run_eval(EvalSettings(**common, report=path, save_examples=str(tmp_path / "resumed.npz")))
 
-    monkeypatch.setattr(Evaluator, "_run_batch", real_run_batch)
-    spy_calls = []
-    monkeypatch.setattr(Evaluator, "_run_batch", lambda self, *a: spy_calls.append(a[5]) or real_run_batch(self, *a))
+    calls.clear()
+    monkeypatch.setattr(evaluation, "verify", counting_verify)
     resumed = resume_eval(path)["report"]
-    assert spy_calls == [1]
+    assert len(calls) == total - 1  # every batch but the saved one
     assert not os.path.exists(path + ".state")
     for key in ("clean_accuracy", "robust_accuracy", "counts", "num_examples", "eps", "norm", "seed", "attack"):
         assert resumed[key] == whole[key], key
@@ -406,6 +424,20 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, 
             np.testing.assert_array_equal(a[key], b[key])
     with pytest.raises(UserError, match="nothing to resume"):
         resume_eval(path)
+
+
+def test_resume_refuses_a_saved_batch_of_other_points(tmp_path):
+    from tfrobust.evaluation_state import EvalState, GroupResult
+
+    state = EvalState.create(str(tmp_path / "r.json.state"), {"attack": "aa"})
+    state.save_group((0, 1, 0), GroupResult(index=np.array([0, 2, 5]), broken=np.array([True, False, False]),
+                                            seconds=1.5))
+    loaded = state.load_group((0, 1, 0), np.array([0, 2, 5]))
+    np.testing.assert_array_equal(loaded.broken, [True, False, False])
+    assert loaded.seconds == 1.5 and loaded.adversarial is None
+    assert state.load_group((0, 1, 1), np.array([7])) is None
+    with pytest.raises(UserError, match="other points"):
+        state.load_group((0, 1, 0), np.array([0, 2, 6]))
 
 
 def test_saved_examples_are_consistent_with_the_report(eval_files, tmp_path, monkeypatch):

@@ -1,12 +1,14 @@
 """The saved state of a long evaluation, so that an interrupted `tfrobust eval` can be resumed.
 
 A state directory (`<report>.state/`) holds `settings.json` (what was asked: model, cascade, eps, data,
-seed, batch size, ...) and one `batch_NNNNN.npz` per finished batch (per example: clean correctness,
-the stage that first broke it, optionally the adversarial example; per stage: seconds). Each batch file
-is written to a temporary name and moved into place with `os.replace`, so a kill at any moment leaves
-whole batches only. Resuming recomputes nothing that was saved: batch b's attacks are seeded by
-(seed, b, stage) alone (`Evaluator.run`), so the resumed evaluation gives exactly the uninterrupted
-result. The directory is removed once the report is written.
+seed, batch size, ...) and one `poolPPPP_stageSS_batchKKKKK.npz` per attacked batch: the evaluation runs
+stage by stage over pools of examples (`Evaluator.run`), and batch k of stage s holds the still-robust
+points it attacked, which of them were broken and, optionally, their adversarial examples. Each file is
+written to a temporary name and moved into place with `os.replace`, so a kill at any moment leaves whole
+batches only. Resuming recomputes nothing that was saved: the clean predictions are recomputed (one
+forward pass), which determines the points of every saved batch (checked against the file), and batch k
+of stage s in pool p is seeded by (seed, p, s, k) alone, so the resumed evaluation gives exactly the
+uninterrupted result. The directory is removed once the report is written.
 
 A full AutoAttack evaluation of a WRN-70-16 on 10,000 CIFAR-10 images takes hours even on a GPU; the
 reference AutoAttack keeps nothing on interruption, RobustBench's runs restart from zero.
@@ -27,17 +29,13 @@ SETTINGS_NAME = "settings.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchResult:
-    """The outcome of one batch of a cascade.
+class GroupResult:
+    """The outcome of one stage on one batch of still-robust points (`Evaluator._run_pool`)."""
 
-    `broken_at[i]`: -1 if example i survived every stage, 0 if its clean input is misclassified (never
-    attacked), s + 1 if stage s produced its first verified adversarial example.
-    """
-
-    clean_correct: np.ndarray  # bool [b]
-    broken_at: np.ndarray  # int16 [b]
-    stage_seconds: np.ndarray  # float64 [stages]
-    adversarial: np.ndarray | None = None  # float32 [b,H,W,C] (the clean image where nothing succeeded)
+    index: np.ndarray  # int64 [b]: positions in the pool of the points attacked
+    broken: np.ndarray  # bool [b]: verified adversarial example found
+    seconds: float
+    adversarial: np.ndarray | None = None  # float32 [broken.sum(), H, W, C], if kept
 
 
 def state_dir_for(report_path: str) -> str:
@@ -77,39 +75,46 @@ class EvalState:
             raise UserError(f"cannot read {path}: {error}") from None
         return cls(directory, settings)
 
-    def _path(self, batch_index: int) -> str:
-        return os.path.join(self.directory, f"batch_{batch_index:05d}.npz")
+    def _path(self, key: tuple[int, int, int]) -> str:
+        pool, stage, group = key
+        return os.path.join(self.directory, f"pool{pool:04d}_stage{stage:02d}_batch{group:05d}.npz")
 
-    def load(self, batch_index: int, num_stages: int) -> BatchResult | None:
-        """The saved result of a batch, or None if it was not finished."""
-        path = self._path(batch_index)
+    def load_group(self, key: tuple[int, int, int], index: np.ndarray) -> GroupResult | None:
+        """The saved result of batch `key` = (pool, stage, batch), or None if it was not finished.
+
+        `index` is the batch the resumed run is about to attack; a saved batch of other points means the
+        model's clean predictions or the data changed since the interruption.
+        """
+        path = self._path(key)
         if not os.path.isfile(path):
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                result = BatchResult(
-                    clean_correct=data["clean_correct"].astype(bool),
-                    broken_at=data["broken_at"].astype(np.int16),
-                    stage_seconds=data["stage_seconds"].astype(np.float64),
+                result = GroupResult(
+                    index=data["index"].astype(np.int64),
+                    broken=data["broken"].astype(bool),
+                    seconds=float(data["seconds"]),
                     adversarial=data["adversarial"] if "adversarial" in data.files else None,
                 )
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"cannot read {path} ({error}): delete it to recompute that batch") from None
-        if result.stage_seconds.shape != (num_stages,):
-            raise UserError(f"{path} does not belong to this evaluation ({num_stages} stages): delete {self.directory}")
+        if not np.array_equal(result.index, index):
+            raise UserError(f"{path} holds other points than this evaluation attacks now (the model's predictions "
+                            f"or the data changed since the interruption): delete {self.directory} and start again")
         return result
 
-    def save(self, batch_index: int, result: BatchResult) -> None:
-        arrays = {"clean_correct": result.clean_correct, "broken_at": result.broken_at,
-                  "stage_seconds": result.stage_seconds}
+    def save_group(self, key: tuple[int, int, int], result: GroupResult) -> None:
+        arrays = {"index": np.asarray(result.index, np.int64), "broken": result.broken,
+                  "seconds": np.float64(result.seconds)}
         if result.adversarial is not None:
             arrays["adversarial"] = result.adversarial
-        tmp = f"{self._path(batch_index)}.tmp-{os.getpid()}"
+        path = self._path(key)
+        tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, self._path(batch_index))
+        os.replace(tmp, path)
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

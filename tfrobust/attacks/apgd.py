@@ -14,7 +14,8 @@ One run, for N iterations (all per example, batched):
 - checkpoints (`checkpoints(N)`): at a checkpoint whose window holds k iterations, halve η if the loss rose
   in at most 0.75·k of those iterations, or if η was not halved at the previous checkpoint and the best
   loss did not improve since; on halving, continue from the best-loss point (and its gradient);
-- the returned point is the last iterate that was misclassified (its clean image if none was).
+- the returned point is the first iterate that was misclassified (its clean image if none was); the
+  example then leaves the run (the reference returns the last one and keeps computing: see `single_run`).
 
 Losses (maximised): cross-entropy; DLR = −(z_y − max_{i≠y} z_i)/(z_π1 − z_π3 + 1e-12); targeted DLR =
 −(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2 + 1e-12), z_π sorted decreasingly. APGD-T attacks the k-th target
@@ -190,7 +191,15 @@ class APGD:
     def single_run(
         self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor], seed: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One APGD run from a random start on every example of `x`: (x_adv, misclassified)."""
+        """One APGD run from a random start on every example of `x`: (x_adv, misclassified).
+
+        An example leaves the run at its first misclassified iterate, which is what it returns. The
+        reference keeps iterating on it and returns its last misclassified iterate instead; both are
+        verified adversarial examples, every other example follows exactly the reference's trajectory
+        (the model is applied in inference mode, so examples do not interact), and the run's success flags
+        are the same. Dropping them is what makes the first stage of a cascade cheap: on most models the
+        bulk of the points fall within a few iterations, and the reference pays 100 for each.
+        """
         projection = make_projection(self.norm, self.eps)
         eps = tf.constant(self.eps, tf.float32)
         rank = x.shape.rank
@@ -206,30 +215,31 @@ class APGD:
             t = tf.random.stateless_normal(tf.shape(x), seed, alg=_ALG)
         x_adv = tf.clip_by_value(x + eps * direction(t), 0.0, 1.0)
 
-        def evaluate(x_k):
+        def evaluate(x_k, y_k, target_k):
             with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
                 tape.watch(x_k)
                 logits = tf.cast(model_fn(x_k), tf.float32)
-                losses = self._loss(logits, y, target)
+                losses = self._loss(logits, y_k, target_k)
                 total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
             grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return logits, losses, grad
+            misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y_k)
+            return misclassified, losses, grad
 
-        logits, losses, grad = evaluate(x_adv)
-        wrong = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
         batch = tf.shape(x)[0]
+        wrong, losses, grad = evaluate(x_adv, y, target)
         at, windows = checkpoints(self.n_iter)
         is_check = tf.constant([i in at for i in range(self.n_iter)], tf.bool)
         window = tf.constant([windows[at.index(i)] if i in at else 0 for i in range(self.n_iter)], tf.float32)
 
-        state = dict(
-            i=tf.constant(0, tf.int32),
+        # Per active example (the first axis shrinks as examples are broken and leave the run).
+        active = dict(
+            index=tf.range(batch),  # position in the batch
+            x=x,
+            y=y,
             x_adv=x_adv,
             x_old=x_adv,
             grad=grad,
             step=tf.fill([batch], 2.0 * eps),
-            wrong=wrong,
-            x_best_adv=x_adv,
             x_best=x_adv,
             grad_best=grad,
             loss_best=losses,
@@ -238,22 +248,28 @@ class APGD:
             loss_best_last_check=losses,
             reduced_last_check=tf.ones([batch], tf.bool),
         )
+        if target is not None:
+            active["target"] = target
+        # A start that is already misclassified is the example's adversarial point (the reference's
+        # x_best_adv before the first step).
+        out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
+        active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
 
-        def body(s):
-            i = s["i"]
+        def body(i, out_adv, out_wrong, s):
             a = tf.where(i > 0, 0.75, 1.0)
             step = tf.reshape(s["step"], per_example)
-            x_k = s["x_adv"]
+            x_k, x_c = s["x_adv"], s["x"]
             if self.norm == "linf":
-                z = projection.project(x_k + step * tf.sign(s["grad"]), x)
+                z = projection.project(x_k + step * tf.sign(s["grad"]), x_c)
             else:
-                z = projection.project(x_k + step * direction(s["grad"]), x)
-            x_new = projection.project(x_k + a * (z - x_k) + (1.0 - a) * (x_k - s["x_old"]), x)
+                z = projection.project(x_k + step * direction(s["grad"]), x_c)
+            x_new = projection.project(x_k + a * (z - x_k) + (1.0 - a) * (x_k - s["x_old"]), x_c)
 
-            logits, losses, grad = evaluate(x_new)
-            misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
-            # The last misclassified iterate is the one returned (the reference's x_best_adv).
-            x_best_adv = tf.where(tf.reshape(misclassified, per_example), x_new, s["x_best_adv"])
+            misclassified, losses, grad = evaluate(x_new, s["y"], s.get("target"))
+            broken = tf.boolean_mask(s["index"], misclassified)[:, None]
+            out_adv = tf.tensor_scatter_nd_update(out_adv, broken, tf.boolean_mask(x_new, misclassified))
+            out_wrong = tf.tensor_scatter_nd_update(out_wrong, broken, tf.ones_like(broken[:, 0], tf.bool))
+
             improved = losses > s["loss_best"]
             improved_b = tf.reshape(improved, per_example)
             x_best = tf.where(improved_b, x_new, s["x_best"])
@@ -278,16 +294,14 @@ class APGD:
 
             step, x_next, grad_next, n_increase, loss_best_last_check, reduced = tf.cond(
                 is_check[i], check, no_check)
-            return [dict(
-                i=i + 1,
+            s = dict(
+                s,
                 x_adv=x_next,
                 # The momentum term uses the point this step started from, also after a restart from the
                 # best point (the reference sets x_adv_old before the step and never resets it).
                 x_old=x_k,
                 grad=grad_next,
                 step=step,
-                wrong=tf.logical_or(s["wrong"], misclassified),
-                x_best_adv=x_best_adv,
                 x_best=x_best,
                 grad_best=grad_best,
                 loss_best=loss_best,
@@ -295,11 +309,19 @@ class APGD:
                 n_increase=n_increase,
                 loss_best_last_check=loss_best_last_check,
                 reduced_last_check=reduced,
-            )]
+            )
+            keep = tf.logical_not(misclassified)
+            return i + 1, out_adv, out_wrong, {k: tf.boolean_mask(v, keep) for k, v in s.items()}
 
-        (final,) = tf.while_loop(lambda s: s["i"] < self.n_iter, body, [state], maximum_iterations=self.n_iter)
-        adv = tf.where(tf.reshape(final["wrong"], per_example), final["x_best_adv"], x)
-        return adv, final["wrong"]
+        def cond(i, out_adv, out_wrong, s):
+            return tf.logical_and(i < self.n_iter, tf.size(s["index"]) > 0)
+
+        invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
+        _, out_adv, out_wrong, _ = tf.while_loop(
+            cond, body, (tf.constant(0, tf.int32), out_adv, wrong, active),
+            shape_invariants=(tf.TensorShape([]), out_adv.shape, wrong.shape, invariants),
+            maximum_iterations=self.n_iter)
+        return out_adv, out_wrong
 
 
 def apgd_ce(norm: str, eps: float, n_restarts: int = 1, n_iter: int = 100) -> APGD:

@@ -20,6 +20,8 @@ One iteration at the current point x_k, for the original point x and target t:
 
 A run succeeds for an example only when the smallest misclassified point found has norm ≤ eps; FAB is a
 minimum-norm attack, so a success further away does not count. Returned: that point, else the clean image.
+In a cascade an example stops as soon as it has a success within eps (`single_run(stop_at=eps)`): the
+reference goes on shrinking its norm, which cannot change the outcome.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ class FABTargeted:
 
         def run(r, xs, ys, ts, run_seed):
             adv, dist = self.single_run(model_fn, xs, ys, ts[:, r // self.n_restarts], run_seed,
-                                        random_start=tf.greater(r % self.n_restarts, 0))
+                                        random_start=tf.greater(r % self.n_restarts, 0), stop_at=self.eps)
             return adv, dist <= self.eps
 
         adv, _ = run_on_survivors(x, y, targets, robust, num_targets * self.n_restarts, run, as_seed(seed))
@@ -200,9 +202,16 @@ class FABTargeted:
 
     @_no_autograph
     def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor, seed: tf.Tensor,
-                   random_start: tf.Tensor | bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+                   random_start: tf.Tensor | bool = False,
+                   stop_at: float | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """One FAB-T run towards `target` on every example: (smallest misclassified point found or the
-        clean image, its norm or +inf)."""
+        clean image, its norm or +inf).
+
+        `stop_at`: an example leaves the run as soon as it has a misclassified point within this norm (the
+        cascade passes eps: further iterations could only shrink a norm that already counts as a
+        success, so the run's success flags are the reference's; the returned point is the first one found
+        within eps instead of the smallest). None runs every example for all iterations (minimum norm).
+        """
         x = tf.convert_to_tensor(x, tf.float32)
         batch = tf.shape(x)[0]
         per_example = [-1] + [1] * (x.shape.rank - 1)
@@ -210,7 +219,6 @@ class FABTargeted:
         dim = 1
         for size in x.shape[1:]:
             dim *= int(size)  # static: the projections sort over the D coordinates
-        x0 = tf.reshape(x, [batch, dim])
         eps = tf.constant(self.eps, tf.float32)
 
         if self.norm == "linf":
@@ -220,40 +228,50 @@ class FABTargeted:
         x_rand = tf.clip_by_value(x + eps * t / flat_norm(t, self.norm) * 0.5, 0.0, 1.0)
         x1 = tf.where(tf.convert_to_tensor(random_start), x_rand, x)
 
-        def predict(z):
-            return tf.cast(tf.argmax(model_fn(z), axis=-1), tf.int32)
-
-        def diff_and_grad(z):
+        def body(i, out_adv, out_best, s):
+            x_c, x1, y_s, t_s = s["x"], s["x1"], s["y"], s["target"]
+            n = tf.shape(x_c)[0]
             with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
-                tape.watch(z)
-                logits = tf.cast(model_fn(z), tf.float32)
-                diff = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
-                total = tf.reduce_sum(diff)
-            return diff, tape.gradient(total, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-
-        def body(i, x1, adv, best):
-            df, dg = diff_and_grad(x1)
-            w = tf.reshape(dg, [batch, dim])
-            b = -df + tf.reduce_sum(w * tf.reshape(x1, [batch, dim]), axis=1)
+                tape.watch(x1)
+                logits = tf.cast(model_fn(x1), tf.float32)
+                df = tf.gather(logits, t_s, batch_dims=1) - tf.gather(logits, y_s, batch_dims=1)
+                total = tf.reduce_sum(df)
+            dg = tape.gradient(total, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            w = tf.reshape(dg, [n, dim])
+            x1_flat = tf.reshape(x1, [n, dim])
+            b = -df + tf.reduce_sum(w * x1_flat, axis=1)
             # Both projections in one batched call, as the reference does.
-            d3 = project(tf.concat([tf.reshape(x1, [batch, dim]), x0], 0), tf.concat([w, w], 0),
+            d3 = project(tf.concat([x1_flat, tf.reshape(x_c, [n, dim])], 0), tf.concat([w, w], 0),
                          tf.concat([b, b], 0))
-            d1 = tf.reshape(d3[:batch], tf.shape(x))
-            d2 = tf.reshape(d3[batch:], tf.shape(x))
+            d1 = tf.reshape(d3[:n], tf.shape(x_c))
+            d2 = tf.reshape(d3[n:], tf.shape(x_c))
             a0 = tf.maximum(flat_norm(d3, self.norm), 1e-8)
-            a1 = tf.reshape(a0[:batch], per_example)
-            a2 = tf.reshape(a0[batch:], per_example)
+            a1 = tf.reshape(a0[:n], per_example)
+            a2 = tf.reshape(a0[n:], per_example)
             alpha = tf.clip_by_value(a1 / (a1 + a2), 0.0, self.alpha_max)
-            x1 = tf.clip_by_value((x1 + self.eta * d1) * (1.0 - alpha) + (x + d2 * self.eta) * alpha, 0.0, 1.0)
-            is_adv = tf.not_equal(predict(x1), y)
-            dist = tf.reshape(flat_norm(x1 - x, self.norm), [-1])
-            closer = tf.logical_and(is_adv, dist < best)
-            adv = tf.where(tf.reshape(closer, per_example), x1, adv)
-            best = tf.where(closer, dist, best)
-            x1 = tf.where(tf.reshape(is_adv, per_example), x + (x1 - x) * self.beta, x1)
-            return i + 1, x1, adv, best
+            x1 = tf.clip_by_value((x1 + self.eta * d1) * (1.0 - alpha) + (x_c + d2 * self.eta) * alpha, 0.0, 1.0)
+            is_adv = tf.not_equal(tf.cast(tf.argmax(model_fn(x1), axis=-1), tf.int32), y_s)
+            dist = tf.reshape(flat_norm(x1 - x_c, self.norm), [-1])
+            closer = tf.logical_and(is_adv, dist < s["best"])
+            best = tf.where(closer, dist, s["best"])
+            where = tf.boolean_mask(s["index"], closer)[:, None]
+            out_adv = tf.tensor_scatter_nd_update(out_adv, where, tf.boolean_mask(x1, closer))
+            out_best = tf.tensor_scatter_nd_update(out_best, where, tf.boolean_mask(dist, closer))
+            x1 = tf.where(tf.reshape(is_adv, per_example), x_c + (x1 - x_c) * self.beta, x1)
+            s = dict(s, x1=x1, best=best)
+            if stop_at is not None:
+                keep = best > stop_at
+                s = {k: tf.boolean_mask(v, keep) for k, v in s.items()}
+            return i + 1, out_adv, out_best, s
 
-        _, _, adv, best = tf.while_loop(
-            lambda i, *_: i < self.n_iter, body,
-            (tf.constant(0, tf.int32), x1, x, tf.fill([batch], float("inf"))), maximum_iterations=self.n_iter)
+        def cond(i, out_adv, out_best, s):
+            return tf.logical_and(i < self.n_iter, tf.size(s["index"]) > 0)
+
+        active = dict(index=tf.range(batch), x=x, x1=x1, y=y, target=target, best=tf.fill([batch], float("inf")))
+        invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
+        out_best = tf.fill([batch], float("inf"))
+        _, adv, best, _ = tf.while_loop(
+            cond, body, (tf.constant(0, tf.int32), x, out_best, active),
+            shape_invariants=(tf.TensorShape([]), x.shape, out_best.shape, invariants),
+            maximum_iterations=self.n_iter)
         return adv, best
