@@ -35,6 +35,7 @@ from tfrobust.attacks.multitargeted import MultiTargeted
 from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.attacks.square import Square
 from tfrobust.errors import UserError
+from tfrobust.fileio import save_npz_atomic
 from tfrobust.evaluation_state import EvalState, GroupResult, state_dir_for
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
@@ -527,12 +528,8 @@ def save_examples(path: str, result: EvalResult, *, labels: np.ndarray, norm: st
     """Per-example results as npz: `index` (position in the split), `label`, `clean_correct`, `robust`,
     `broken_at` (-1 robust, 0 misclassified clean, s + 1 first broken by stage s of `stage_names`),
     `adversarial` (float32 in [0, 1]; the clean image where no attack succeeded), `norm`, `eps`."""
-    import os
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        np.savez(handle, index=np.arange(result.num_examples), label=np.asarray(labels, np.int64),
-                 clean_correct=result.clean_correct, robust=result.robust, broken_at=result.broken_at,
-                 stage_names=np.array(result.stage_names), adversarial=result.adversarial,
-                 norm=np.array(norm), eps=np.array(eps))
-    os.replace(tmp, path)
+    save_npz_atomic(path, dict(
+        index=np.arange(result.num_examples), label=np.asarray(labels, np.int64),
+        clean_correct=result.clean_correct, robust=result.robust, broken_at=result.broken_at,
+        stage_names=np.array(result.stage_names), adversarial=result.adversarial,
+        norm=np.array(norm), eps=np.array(eps)))

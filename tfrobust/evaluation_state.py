@@ -24,6 +24,7 @@ import shutil
 import numpy as np
 
 from tfrobust.errors import UserError
+from tfrobust.fileio import save_npz_atomic, write_bytes_atomic
 
 SETTINGS_NAME = "settings.json"
 
@@ -59,7 +60,7 @@ class EvalState:
                 f"{directory[: -len('.state')]}` or delete the folder"
             )
         os.makedirs(directory)
-        _write_atomic(os.path.join(directory, SETTINGS_NAME), json.dumps(settings, indent=2, sort_keys=True).encode())
+        write_bytes_atomic(os.path.join(directory, SETTINGS_NAME), json.dumps(settings, indent=2, sort_keys=True).encode())
         return cls(directory, settings)
 
     @classmethod
@@ -108,20 +109,7 @@ class EvalState:
                   "seconds": np.float64(result.seconds)}
         if result.adversarial is not None:
             arrays["adversarial"] = result.adversarial
-        path = self._path(key)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        save_npz_atomic(self._path(key), arrays)
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _write_atomic(path: str, content: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(content)
-    os.replace(tmp, path)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from tfrobust.errors import UserError
+from tfrobust.fileio import save_npz_atomic
 from tfrobust.generators.writer import OutputDir, shard_counts
 
 
@@ -110,8 +111,8 @@ def pseudolabel(
                     agree += int(np.sum(given == predicted))
                 if bar is not None:
                     bar.update(done + int(index[-1]) + 1 - lo)
-            _save_npz_atomic(block_path, cls=np.concatenate(classes), score=np.concatenate(scores),
-                             agree=np.int64(agree), num_classes=np.int64(logits.shape[1]))
+            save_npz_atomic(block_path, dict(cls=np.concatenate(classes), score=np.concatenate(scores),
+                                             agree=np.int64(agree), num_classes=np.int64(logits.shape[1])))
         done += hi - lo
         if bar is not None:
             bar.update(done)
@@ -149,8 +150,8 @@ def pseudolabel(
         all_label = np.concatenate([np.full(kept_index[c].shape[0], c, np.int64) for c in range(num_classes)])
         all_score = np.concatenate([kept_score[c] for c in range(num_classes)])
         order = np.argsort(all_index, kind="stable")  # input order: sequential reads when writing
-        _save_npz_atomic(selection_path, index=all_index[order], label=all_label[order], score=all_score[order],
-                         candidates=candidates, agree=np.int64(agree))
+        save_npz_atomic(selection_path, dict(index=all_index[order], label=all_label[order],
+                                             score=all_score[order], candidates=candidates, agree=np.int64(agree)))
     with np.load(selection_path) as selected:
         sel_index, sel_label, sel_score = selected["index"], selected["label"], selected["score"]
         candidates, agree = selected["candidates"], int(selected["agree"])
@@ -221,8 +222,3 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfrobust.errors import UserError
+from tfrobust.fileio import save_npz_atomic
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -27,12 +28,7 @@ def save_arrays(path: str, groups: dict[str, Sequence[Any]], state: dict[str, An
     for group, variables in groups.items():
         for index, variable in enumerate(variables):
             arrays[f"{group}/{index:05d}"] = np.asarray(variable)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    save_npz_atomic(path, arrays)
 
 
 def load_arrays(path: str) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
