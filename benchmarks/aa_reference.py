@@ -179,10 +179,13 @@ def main() -> None:
     if not args.run or not args.data:
         raise SystemExit("--run and --data are required (unless --bundle)")
 
+    # tfrobust first: importing it sets TF_ENABLE_ONEDNN_OPTS=1 (unless set), as for `tfrobust eval`; imported
+    # after TensorFlow it is too late and, on CPUs without AVX512-VNNI, TF runs its slower Eigen kernels.
+    import tfrobust  # noqa: F401
     import tensorflow as tf
     import torch
 
-    from tfrobust.evaluation import EvalSettings, run_eval
+    from tfrobust.evaluation import EvalSettings, onednn_enabled, run_eval
     from tfrobust.export import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -213,7 +216,8 @@ def main() -> None:
         "run": os.path.abspath(args.run), "model": export_path, "data": args.data, "n_examples": len(x),
         "norm": args.norm, "seed": args.seed, "max_logit_gap": gap,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "versions": {"tensorflow": tf.__version__, "torch": torch.__version__}, "eps": {},
+        "versions": {"tensorflow": tf.__version__, "torch": torch.__version__, "onednn": onednn_enabled()},
+        "eps": {},
     }
     for eps_units in args.eps:
         eps = eps_units / 255.0 if args.norm == "linf" else eps_units

@@ -2,17 +2,25 @@
 
 What it does: on the images of an `aa_reference.py --write-bundle` file that the model classifies
 correctly (at most --n), at a radius too small to break any of them (so both sides do the full work),
-times alternately in the same process — the only fair way on a VM whose speed drifts — (1) the model's
-forward+backward (input gradient) in TF (the SavedModel) and in PyTorch (the bundle's copy), (2) one
-100-iteration APGD-T run towards one target, (3) one 100-iteration FAB-T run; median of 3 each.
+times alternately in the same process — the only fair way on a VM whose speed drifts — (0) the model's
+forward pass alone and (1) its forward+backward (input gradient), in TF (the SavedModel) and in PyTorch
+(the bundle's copy), (2) one 100-iteration APGD-T run towards one target, (3) one 100-iteration FAB-T
+run; median of 3 each.
 
     PYTHONPATH=/work/exp/pydeps python benchmarks/attack_step_profile.py \\
         --model /work/exp/saved_models/c10-wrn-10-1-standard/2 --bundle std101.npz
 
-Measured 2026-11-27 on the 2-vCPU development machine (WRN-10-1, 86 images, Linf 0.25/255): forward+
-backward x10 TF 1.73 s / PyTorch 1.14 s; APGD-T TF 18.35 s / 12.84 s; FAB-T TF 32.12 s / 29.45 s. The
-attack loops add ~10 ms (TF) and ~14 ms (PyTorch) per iteration to the model's forward+backward: the gap
-is the network's backward pass in TF on this CPU.
+Measured 2026-11-27 on the 2-vCPU development machine (WRN-10-1, 86 images, Linf 0.25/255), median of 3:
+| | tfrobust | torchattacks | ratio |
+|---|---|---|---|
+| forward x10 | 0.55 s | 0.96 s | 1.76 |
+| forward + input gradient x10 | 1.24 s | 1.56 s | 1.26 |
+| APGD-T, one target, 100 iterations | 12.08 s | 16.07 s | 1.33 |
+| FAB-T, one target, 100 iterations | 21.93 s | 27.78 s | 1.27 |
+An earlier version of this script imported TensorFlow before tfrobust, so TF ran without its oneDNN
+kernels (TF turns them on by default only on CPUs with AVX512-VNNI/BF16/AMX; `import tfrobust` turns them
+on, as `tfrobust eval` runs): forward + gradient 1.73 s against PyTorch's 1.14 s, APGD-T 18.35 s against
+12.84 s. The same pass in TF-only processes, oneDNN off/on alternately: 185-223 ms against 113-131 ms.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.25, help="Linf radius in 1/255 units (small: nothing breaks).")
     args = parser.parse_args()
 
+    # tfrobust first: importing it sets TF_ENABLE_ONEDNN_OPTS=1 (unless set), as for `tfrobust eval`; imported
+    # after TensorFlow it is too late and, on CPUs without AVX512-VNNI, TF runs its slower Eigen kernels.
+    import tfrobust  # noqa: F401
     import tensorflow as tf
     import torch
     import torchattacks
@@ -67,6 +78,7 @@ def main() -> None:
             total = tf.reduce_sum(fn(v))
         return tape.gradient(total, v)
 
+    forward = tf.function(fn, input_signature=[img])
     apgd, fab = APGD("linf", eps, "dlr-targeted"), FABTargeted("linf", eps)
     apgd_run = tf.function(lambda v, t, g, s: apgd.single_run(fn, v, t, g, s)[0], input_signature=[img, lab, lab, sd])
     fab_run = tf.function(lambda v, t, g, s: fab.single_run(fn, v, t, g, s, stop_at=eps)[0],
@@ -84,15 +96,28 @@ def main() -> None:
             out = forward_backward(xs)
         out.numpy()
 
+    def tf_f():
+        for _ in range(10):
+            out = forward(xs)
+        out.numpy()
+
+    def torch_f():
+        with torch.no_grad():
+            for _ in range(10):
+                tm(xt)
+
     def torch_fb():
         for _ in range(10):
             v = xt.clone().requires_grad_(True)
             torch.autograd.grad(tm(v).sum(), v)
 
-    cases = [("forward+backward x10", tf_fb, torch_fb),
+    cases = [("forward x10", tf_f, torch_f), ("forward+backward x10", tf_fb, torch_fb),
              ("APGD-T, 1 target x100", lambda: apgd_run(xs, ys, ts, seed).numpy(), lambda: ref_apgd(xt, yt)),
              ("FAB-T, 1 target x100", lambda: fab_run(xs, ys, ts, seed).numpy(), lambda: ref_fab(xt, yt))]
-    print(f"{len(x)} images, Linf eps {args.eps:g}/255, TF {tf.__version__}, torch {torch.__version__}")
+    from tfrobust.evaluation import onednn_enabled
+
+    print(f"{len(x)} images, Linf eps {args.eps:g}/255, TF {tf.__version__} (oneDNN {onednn_enabled()}), "
+          f"torch {torch.__version__}")
     for name, ours, reference in cases:
         ours(), reference()  # warm-up (tracing, allocations)
         a, b = [], []

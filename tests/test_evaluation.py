@@ -329,6 +329,8 @@ def test_run_eval_end_to_end(eval_files, result):
     assert not os.path.exists(report_path + ".state")  # the saved progress is removed once the report is written
     assert report["counts"] == {"clean_correct": 13, "robust": int(result.robust.sum())}
     assert "pgd40" in out["table"] and "clean" in out["table"]
+    # Whether TF ran its oneDNN kernels decides CPU timings; None would mean TF's private query moved.
+    assert isinstance(report["versions"]["onednn"], bool)
 
     before = open(report_path).read()
     with pytest.raises(UserError, match="exists"):
