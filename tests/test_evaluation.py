@@ -465,3 +465,22 @@ def test_saved_examples_are_consistent_with_the_report(eval_files, tmp_path, mon
         np.testing.assert_array_equal(adv[~hit], X[~hit])
     with pytest.raises(UserError, match="exists"):
         run_eval(EvalSettings(model_path=model_dir, split="train", save_examples=str(tmp_path / "ex.npz")))
+
+
+@pytest.mark.parametrize("tensorflow_first", [True, False])
+def test_onednn_warning_only_when_tensorflow_was_imported_first(tensorflow_first):
+    # A fresh interpreter: whether oneDNN is on is fixed when TensorFlow first loads.
+    import subprocess
+    import sys
+
+    order = "import tensorflow, tfrobust" if tensorflow_first else "import tfrobust, tensorflow"
+    code = f"{order}\nfrom tfrobust.evaluation import onednn_enabled, onednn_warning\nprint(onednn_enabled(), bool(onednn_warning()))"
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    enabled, warned = out.stdout.split()
+    if tensorflow_first:
+        # Warned exactly when TF's own default left oneDNN off (CPUs without AVX512-VNNI, as the CI machine).
+        assert warned == str(enabled == "False")
+    else:
+        assert (enabled, warned) == ("True", "False")

@@ -452,6 +452,23 @@ def onednn_enabled() -> bool | None:
         return None
 
 
+def onednn_warning() -> str | None:
+    """A warning when TF runs on CPU without oneDNN only because it was imported before tfrobust.
+
+    The silent case this catches: a script that imports TensorFlow first gets TF's slower default kernels
+    on CPUs without AVX512-VNNI (the benchmark that first compared tfrobust with the reference did). An
+    explicit TF_ENABLE_ONEDNN_OPTS=0, or a GPU, gets no warning.
+    """
+    import os
+
+    if onednn_enabled() is not False or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        return None
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    return ("TensorFlow runs without its oneDNN CPU kernels because it was imported before tfrobust: attacks "
+            "may run ~1.7x slower; import tfrobust first, or set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow loads")
+
+
 def run_eval(settings: EvalSettings, *, state: EvalState | None = None) -> dict:
     """Loads the model and data, runs the cascade, writes the JSON report; returns report, table, path.
 
@@ -480,6 +497,9 @@ def run_eval(settings: EvalSettings, *, state: EvalState | None = None) -> dict:
     if settings.save_examples and not settings.save_examples.endswith(".npz"):
         raise UserError(f"--save-examples {settings.save_examples}: give a path ending in .npz")
     model = load_model(settings.model_path)
+    slow = onednn_warning()
+    if slow:
+        warnings.warn(slow, UserWarning, stacklevel=2)
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
     info, split = load_split(
         dataset, settings.split,

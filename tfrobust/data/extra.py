@@ -25,8 +25,8 @@ Format decision, measured (2 vCPU AMD EPYC, 200K random 32x32x3 images, warm pag
     82K images/s but 2.6 GB of file pages left mapped (RssFile); memory-mapped with the pages released
     after every gather (`release_pages`) 49K images/s at 0.4 GB; `os.preadv` per image 29K images/s.
 So: memory-mapped arrays, pages released after each gather (a TRADES-10 step of WRN-28-10 consumes about
-1,000 images/s: 1,025 measured in PyTorch, bf16, on an H200; benchmarks/README.md), and an uncompressed npz (what `np.savez` writes, and what tfrobust's own `generate`,
-`pseudolabel` and `pack` write) is read in place: `np.load` cannot memory-map an npz member, so we
+1,000 images/s: 1,025 measured in PyTorch, bf16, on an H200; benchmarks/README.md), and an uncompressed
+npz (what `np.savez` writes, and what tfrobust's own `generate`, `pseudolabel` and `pack` write) is read in place: `np.load` cannot memory-map an npz member, so we
 parse the zip local header and the npy header ourselves and map the member's bytes. A compressed
 member (`np.savez_compressed`) cannot be mapped: `tfrobust pack` rewrites it once, streaming, as
 uncompressed shards.
