@@ -80,7 +80,7 @@ def _train_options(function):
         click.option("--eval-every", type=int, default=None, help="Validate (clean + PGD-40) every N epochs; 0: never [10]."),
         click.option("--strategy", default=None, help="auto | one-device | mirrored | multi-worker"),
         click.option("--precision", default=None, help="float32 (default) | mixed_bfloat16"),
-        click.option("--jit-compile/--no-jit-compile", default=None, help="XLA-compile the train step [off]."),
+        click.option("--jit-compile", default=None, help="XLA-compile the train step: auto (default: on GPUs and TPUs, off on CPUs, where XLA skips oneDNN's convolutions) | on | off"),
         click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and attacks [0]."),
         click.option("--export-dir", default=None, help="Export root [saved_models]."),
         click.option("--name", default=None, help="Export name [<dataset>-<model>-<loss>]."),

@@ -20,6 +20,7 @@ DEFAULT_EPS = {"linf": 8.0 / 255.0, "l2": 128.0 / 255.0}
 INNER_OPTIMIZERS = ("adam", "sign")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_bfloat16")
+JIT_COMPILE = ("auto", "on", "off")  # auto: XLA on GPUs and TPUs, off on CPUs (docs/xla.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ class TrainConfig:
     # Runtime
     strategy: str = "auto"
     precision: str = "float32"
-    jit_compile: bool = False
+    jit_compile: str = "auto"
     seed: int = 0
     # Export (TF Serving layout saved_models/<name>/<version>)
     export_dir: str = "saved_models"
@@ -106,6 +107,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("jit-compile", self.jit_compile, JIT_COMPILE)
         _choice("activation", self.activation, ("swish", "relu"))
         eps = self.resolved_eps
         limit = 1.0 if self.norm == "linf" else 64.0
@@ -152,6 +154,9 @@ class TrainConfig:
             # JSON has no tuples (config.json stores a list); a lone string is one path.
             extra = values["extra_data"]
             values = {**values, "extra_data": (extra,) if isinstance(extra, str) else tuple(extra)}
+        if isinstance(values.get("jit_compile"), bool):
+            # A boolean jit_compile (true/false in a config.json) means on/off.
+            values = {**values, "jit_compile": "on" if values["jit_compile"] else "off"}
         return cls(**values)
 
 

@@ -39,6 +39,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfrobust.attacks import rng
 from tfrobust.attacks.projection import check_eps, check_norm, make_projection
 from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors, top_targets
 from tfrobust.errors import UserError
@@ -48,7 +49,6 @@ ModelFn = Callable[[tf.Tensor], tf.Tensor]
 # functions made tracing several times slower (seconds per attack).
 _no_autograph = tf.autograph.experimental.do_not_convert
 LOSS_NAMES = ("ce", "dlr", "dlr-targeted")
-_ALG = "philox"
 
 
 def checkpoints(n_iter: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -210,9 +210,9 @@ class APGD:
             return t / (flat_norm(t, self.norm) + 1e-12)
 
         if self.norm == "linf":
-            t = tf.random.stateless_uniform(tf.shape(x), seed, minval=-1.0, maxval=1.0, alg=_ALG)
+            t = rng.uniform(tf.shape(x), seed, -1.0, 1.0)
         else:
-            t = tf.random.stateless_normal(tf.shape(x), seed, alg=_ALG)
+            t = rng.normal(tf.shape(x), seed)
         x_adv = tf.clip_by_value(x + eps * direction(t), 0.0, 1.0)
 
         def evaluate(x_k, y_k, target_k):

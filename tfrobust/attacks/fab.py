@@ -32,6 +32,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tfrobust.attacks import rng
 from tfrobust.attacks.projection import check_eps, check_norm
 from tfrobust.attacks.restarts import (
     as_seed, check_counts, class_ids, flat_norm, run_on_survivors, target_notes, top_targets
@@ -42,7 +43,6 @@ ModelFn = Callable[[tf.Tensor], tf.Tensor]
 # The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
 # functions made tracing several times slower (seconds per attack).
 _no_autograph = tf.autograph.experimental.do_not_convert
-_ALG = "philox"
 
 
 def _binary_search(num: int, test: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor) -> tf.Tensor:
@@ -222,9 +222,9 @@ class FABTargeted:
         eps = tf.constant(self.eps, tf.float32)
 
         if self.norm == "linf":
-            t = tf.random.stateless_uniform(tf.shape(x), as_seed(seed), -1.0, 1.0, alg=_ALG)
+            t = rng.uniform(tf.shape(x), as_seed(seed), -1.0, 1.0)
         else:
-            t = tf.random.stateless_normal(tf.shape(x), as_seed(seed), alg=_ALG)
+            t = rng.normal(tf.shape(x), as_seed(seed))
         x_rand = tf.clip_by_value(x + eps * t / flat_norm(t, self.norm) * 0.5, 0.0, 1.0)
         x1 = tf.where(tf.convert_to_tensor(random_start), x_rand, x)
 

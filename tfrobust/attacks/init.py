@@ -5,8 +5,8 @@ trap of starting exactly at the clean point; TRADES' inner maximisation and the 
 uniformly in the eps ball and then clip to [0, 1] (METHOD.md, "inner maximisation").
 
 Randomness is stateless: an init takes `seed`, an int32/int64 tensor of shape [2], and draws with
-`tf.random.stateless_*` using the Philox algorithm explicitly ("auto_select" may choose a different
-generator per device, which would make CPU and GPU runs disagree). Same seed, same start, eager or graph.
+`tfrobust.attacks.rng` (Philox, the same numbers with and without XLA). Same seed, same start, eager,
+graph or XLA-compiled.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Protocol
 
 import tensorflow as tf
 
+from tfrobust.attacks import rng
 from tfrobust.attacks.projection import check_eps, check_norm, clip_to_box
-
-_ALG = "philox"
 
 
 class Init(Protocol):
@@ -59,16 +58,15 @@ class UniformInit:
     def __call__(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         eps = tf.cast(self.eps, x.dtype)
         if self.norm == "linf":
-            delta = tf.random.stateless_uniform(
-                tf.shape(x), seed, minval=-1.0, maxval=1.0, dtype=x.dtype, alg=_ALG) * eps
+            delta = rng.uniform(tf.shape(x), seed, -1.0, 1.0, dtype=x.dtype) * eps
             return clip_to_box(x + delta)
-        direction_seed, radius_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        direction_seed, radius_seed = tf.unstack(rng.split(seed, 2))
         batch = tf.shape(x)[0]
-        g = tf.random.stateless_normal([batch, tf.size(x) // batch], direction_seed, dtype=x.dtype, alg=_ALG)
+        g = rng.normal([batch, tf.size(x) // batch], direction_seed, dtype=x.dtype)
         # A Gaussian vector is 0 with probability 0; the floor only guards the division.
         direction = g / tf.maximum(tf.norm(g, axis=1, keepdims=True), 1e-12)
         dim = tf.cast(tf.shape(g)[1], x.dtype)
-        u = tf.random.stateless_uniform([batch, 1], radius_seed, dtype=x.dtype, alg=_ALG)
+        u = rng.uniform([batch, 1], radius_seed, dtype=x.dtype)
         radius = eps * tf.pow(u, 1.0 / dim)
         delta = tf.reshape(direction * radius, tf.shape(x))
         return clip_to_box(x + delta)

@@ -43,6 +43,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfrobust.attacks import rng
 from tfrobust.attacks.init import Init, UniformInit
 from tfrobust.attacks.losses import LossFn, cross_entropy, kl_to_target, margin
 from tfrobust.attacks.optimizers import Adam, NormalizedGradient, Optimizer, PiecewiseConstant, SignGradient
@@ -107,7 +108,7 @@ class PGD:
         if seed.dtype not in (tf.int32, tf.int64):
             seed = tf.cast(seed, tf.int64)
         # A derived sub-seed, so the start is not the stream a caller gets from `seed` itself.
-        init_seed = tf.random.experimental.stateless_split(seed, 1)[0]
+        init_seed = rng.split(seed, 1)[0]
         x_start = self.projection.project(self.init(x, init_seed), x)
         batch_shape = [-1] + [1] * (x.shape.rank - 1)
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tfrobust.attacks import rng
 from tfrobust.attacks.projection import norm_of
 from tfrobust.errors import UserError
 
@@ -61,7 +62,7 @@ def run_on_survivors(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Runs `run` `num_runs` times, each time on the still-robust points only; returns (adv, robust).
 
-    Run r gets the seed `stateless_fold_in(seed, r)`, so runs draw independent random starts and the
+    Run r gets the seed `rng.fold_in(seed, r)`, so runs draw independent random starts and the
     result depends only on the seed. The loop over runs is a `tf.while_loop` (the traced graph holds one
     copy of the attack whatever the number of runs); an empty survivor set skips the run.
     """
@@ -76,7 +77,7 @@ def run_on_survivors(
 
         def attack():
             adv_s, broken_s = run(r, tf.gather(x, idx), tf.gather(y, idx), tf.gather(targets, idx),
-                                  tf.random.experimental.stateless_fold_in(seed, r))
+                                  rng.fold_in(seed, r))
             old = tf.gather(adv, idx)
             new_adv = tf.tensor_scatter_nd_update(
                 adv, idx[:, None], tf.where(tf.reshape(broken_s, batch_shape), adv_s, old))

@@ -78,3 +78,20 @@ class ReplicaShardedInit:
         tiled = tf.tile(x, tf.concat([[self.replicas], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
         start = self.inner(tiled, seed)
         return start[replica * local : (replica + 1) * local]
+
+
+def accelerator_present() -> bool:
+    """Whether TensorFlow sees a GPU or TPU."""
+    return any(d.device_type in ("GPU", "TPU") for d in tf.config.list_logical_devices())
+
+
+def resolve_jit_compile(mode: str) -> bool:
+    """`--jit-compile`: on, off, or auto (on where an accelerator is present).
+
+    XLA fuses the step's elementwise work (BatchNorm, Swish, the attack's Adam and projection) into the
+    convolutions' neighbours, which pays on GPUs and TPUs; on CPUs its backend does not call oneDNN's
+    convolutions and the step runs several times slower (docs/xla.md has the measurements).
+    """
+    if mode == "auto":
+        return accelerator_present()
+    return mode == "on"

@@ -146,7 +146,7 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
             kind=config.schedule,
         )
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
-        trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        trainer.compile(optimizer=optimizer, jit_compile=distribute.resolve_jit_compile(config.jit_compile))
         trainer.build(tuple((None, *info.image_shape)))
         optimizer.build(network.trainable_variables)
         averaging = cb.WeightAveraging(network, config.ema_decay)
