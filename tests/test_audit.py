@@ -97,9 +97,16 @@ def test_linear_eps_curve_falls_to_zero_at_the_analytic_eps():
 
 def test_thresholded_model_is_flagged_and_the_smooth_model_passes():
     config = _config()
-    smooth, _ = run_checks(linear, X, Y, num_classes=CLASSES, norm="linf", eps=0.1,
+    # Without the points whose adversarial radius lies in (0.8 eps, eps]: CE ascent can stop short of the
+    # boundary there (see the test above), so Square may break one that APGD-CE missed on the smooth model
+    # too, and whether it does depends on its random draws. On the others APGD-CE breaks every breakable
+    # point, so Square can break none that APGD left.
+    radii = minimal_eps(X, Y)
+    keep = (radii <= 0.8 * 0.1) | (radii > 0.1)
+    x, y = X[keep], Y[keep]
+    smooth, _ = run_checks(linear, x, y, num_classes=CLASSES, norm="linf", eps=0.1,
                            config=_config(checks=("eps", "steps", "square", "landscape")))
-    masked, _ = run_checks(thresholded, X, Y, num_classes=CLASSES, norm="linf", eps=0.1, config=config)
+    masked, _ = run_checks(thresholded, x, y, num_classes=CLASSES, norm="linf", eps=0.1, config=config)
     smooth, masked = {r.name: r for r in smooth}, {r.name: r for r in masked}
     assert all(r.passed for r in smooth.values()), {n: r.measured for n, r in smooth.items()}
     # Zero gradients: APGD cannot reach 0% even in a ball of radius 0.8, and Square (no gradients) breaks
