@@ -127,6 +127,27 @@ def test_thresholded_model_is_flagged_and_the_smooth_model_passes():
     assert smooth["steps_sweep"].details["last_change"] <= 0.01
 
 
+def test_checks_run_without_tf32():
+    flags = []
+
+    def record():
+        flags.append(tf.config.experimental.tensor_float_32_execution_enabled())
+        return np.float32(0.0)
+
+    def recording_linear(images):  # the flag when the graph runs, at every forward pass
+        return linear(images) + tf.reshape(tf.numpy_function(record, [], tf.float32, stateful=True), [])
+
+    previous = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    try:
+        run_checks(recording_linear, X[:8], Y[:8], num_classes=CLASSES, norm="linf", eps=0.1,
+                   config=_config(eps_multiples=(1.0,), checks=("eps",)))
+        assert flags and not any(flags)
+        assert tf.config.experimental.tensor_float_32_execution_enabled()
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(previous)
+
+
 def test_roughness_statistic():
     axis = np.linspace(-1, 1, 21)
     a, b = np.meshgrid(axis, axis, indexing="ij")
@@ -167,6 +188,7 @@ def test_cli_writes_json_plots_and_refuses_an_existing_report(tmp_path):
     assert "eps_sweep" in result.output and "overall:" in result.output
     report = json.load(open(os.path.join(out, "audit.json")))
     assert report["eps"] == pytest.approx(0.05) and report["num_examples"] == 16 and report["dataset"] == "digits"
+    assert report["numerics"] == {"tf32": False}
     assert [c["name"] for c in report["checks"]] == ["eps_sweep", "loss_landscape"]
     assert [p["eps"] for p in report["checks"][0]["details"]["points"]] == pytest.approx([0.0, 0.05, 0.4])
     for name in ("eps_sweep.png", "loss_landscape.png"):
