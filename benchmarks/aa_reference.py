@@ -3,10 +3,23 @@
 What it does: takes a model trained by `tfrobust train` (its run directory), evaluates the exported
 SavedModel with `tfrobust.evaluation.run_eval(attack="aa")` (APGD-CE, APGD-T, FAB-T, Square, as
 `tfrobust eval --attack aa`), and the same weights in PyTorch with torchattacks 3.5.1's ports of the
-reference attacks (Croce & Hein 2020, github.com/fra31/auto-attack), configured as the reference's
-`version="standard"`: APGD-CE 1 restart x 100 iterations, APGD-T 9 targets x 100, FAB-T 9 targets x 100,
-Square 5000 queries (p_init 0.8). Both cascades attack only the points still robust, per stage, starting
-from the clean image, and count only verified successes (inside the ball and [0, 1], misclassified).
+reference attacks (Croce & Hein 2020, github.com/fra31/auto-attack), configured exactly as the reference's
+`AutoAttack(version="standard")` (`autoattack/autoattack.py`, `__init__` and `set_version`, the same for
+Linf and L2), every setting passed explicitly (`reference_attacks`):
+
+- APGD-CE: 1 restart x 100 iterations, loss "ce", eot_iter 1, rho 0.75 (torchattacks' default steps: 10);
+- APGD-T: 9 target classes x 1 restart x 100 iterations, eot_iter 1, rho 0.75 (torchattacks takes
+  n_classes - 1 targets: 99 on CIFAR-100; the script sets n_target_classes = min(9, classes - 1));
+- FAB-T: 9 target classes x 1 restart x 100 iterations, alpha_max 0.1, eta 1.05, beta 0.9 (the reference
+  class's defaults; torchattacks' steps default 10, targets n_classes - 1 as above);
+- Square: 5000 queries, 1 restart, p_init 0.8, loss "margin", resc_schedule False (torchattacks'
+  default is True, the reference class's default too, but AutoAttack builds Square with False: p halves
+  after iterations 10, 50, 200, 500, 1000, 2000, 4000 of a 5000-query run, unrescaled).
+
+Both cascades attack only the points still robust, per stage, starting from the clean image, and count
+only verified successes (inside the ball and [0, 1], misclassified). On a GPU the PyTorch side runs in
+full float32: TF32 is off for cuDNN convolutions (`torch.backends.cudnn.allow_tf32`, True by default) and
+matrix products, as tfrobust's evaluation turns it off in TensorFlow (`tfrobust.numerics`).
 
 Why not torchattacks' own `AutoAttack` class: in 3.5.1 it builds APGD, APGD-T and FAB with their default
 10 iterations instead of 100 (a weaker attack than the reference). Why not tf2onnx + onnx2torch for the
@@ -119,22 +132,48 @@ def read_bundle(path: str, device: str):
     return model, x, y, arch["num_classes"]
 
 
+def reference_attacks(model, norm: str, eps: float, seed: int, num_classes: int) -> dict:
+    """The four attacks of AutoAttack's standard version, as torchattacks 3.5.1 objects with every setting
+    of the reference (`autoattack.py`, version "standard") given explicitly (see the module docstring)."""
+    import torchattacks
+
+    name = {"linf": "Linf", "l2": "L2"}[norm]
+    targets = min(9, num_classes - 1)
+    apgd_t = torchattacks.APGDT(model, norm=name, eps=eps, steps=100, n_restarts=1, seed=seed, eot_iter=1, rho=0.75,
+                                n_classes=num_classes)
+    apgd_t.n_target_classes = targets
+    fab_t = torchattacks.FAB(model, norm=name, eps=eps, steps=100, n_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9,
+                             seed=seed, multi_targeted=True, n_classes=num_classes)
+    fab_t.n_target_classes = targets
+    return {
+        "apgd-ce": torchattacks.APGD(model, norm=name, eps=eps, steps=100, n_restarts=1, seed=seed, loss="ce",
+                                     eot_iter=1, rho=0.75),
+        "apgd-t": apgd_t,
+        "fab-t": fab_t,
+        "square": torchattacks.Square(model, norm=name, eps=eps, n_queries=5000, n_restarts=1, p_init=0.8,
+                                      loss="margin", resc_schedule=False, seed=seed),
+    }
+
+
+def full_float32_torch() -> dict:
+    """TF32 off in PyTorch (cuDNN convolutions default to it on Ampere+ GPUs); returns the settings."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+
+
 def torch_cascade(model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, batch: int, seed: int,
                   num_classes: int) -> dict:
     """The reference AutoAttack standard cascade with torchattacks' attacks (see the module docstring)."""
     import torch
-    import torchattacks
 
-    name = {"linf": "Linf", "l2": "L2"}[norm]
-    attacks = {
-        "apgd-ce": torchattacks.APGD(model, norm=name, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
-        "apgd-t": torchattacks.APGDT(model, norm=name, eps=eps, steps=100, n_restarts=1, n_classes=num_classes, seed=seed),
-        "fab-t": torchattacks.FAB(model, norm=name, eps=eps, steps=100, n_restarts=1, multi_targeted=True,
-                                  n_classes=num_classes, seed=seed),
-        "square": torchattacks.Square(model, norm=name, eps=eps, n_queries=5000, n_restarts=1, seed=seed),
-    }
+    numerics = full_float32_torch()
+    attacks = reference_attacks(model, norm, eps, seed, num_classes)
     robust = torch_logits(model, x).argmax(-1) == y
-    result = {"clean_accuracy": float(robust.mean()), "stages": []}
+    result = {"clean_accuracy": float(robust.mean()), "stages": [], "numerics": numerics}
     for stage in STAGES:
         began = time.time()
         todo = np.flatnonzero(robust)

@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.errors import UserError
-from tfrobust.evaluation import CASCADES, STAGES, EvalSettings, Evaluator, run_eval, verify
+from tfrobust.evaluation import (CASCADES, STAGES, VERIFY_ROWS, EvalSettings, Evaluator, fixed_layout_logits,
+                                 misclassified, run_eval, verify)
 from tfrobust.export import export_network
 
 EPS = 0.1
@@ -290,6 +291,89 @@ def test_verify_per_example():
     np.testing.assert_array_equal(verify(fn, clean, adv, np.zeros(3, int), "linf", 0.05), [True, False, False])
 
 
+def shape_dependent_logits(images):
+    """Two classes; the margin z_0 − z_1 of the first pixel's value minus 0.5, shifted by 1e-3 when the batch
+    has an odd number of rows: a stand-in for kernels that round differently at different batch sizes."""
+    flat = tf.reshape(images, [tf.shape(images)[0], -1])
+    odd = tf.cast(tf.shape(images)[0] % 2, tf.float32)
+    z0 = flat[:, 0] - 0.5 - 1e-3 * odd
+    return tf.stack([z0, tf.zeros_like(z0)], axis=-1)
+
+
+def test_verdict_does_not_depend_on_the_other_points_in_the_batch():
+    rng = np.random.default_rng(3)
+    # On the boundary within the shift: margin +5e-4, misclassified when the batch is odd-sized.
+    point = np.full([1, 4, 4, 1], 0.5, np.float32)
+    point[0, 0, 0, 0] = 0.5005
+    clean = point.copy()
+    verdicts = set()
+    for others in range(0, 6):
+        filler = rng.uniform(size=(others, 4, 4, 1)).astype(np.float32)
+        for position in range(others + 1):
+            adv = np.insert(filler, position, point[0], axis=0)
+            labels = np.zeros(len(adv), int)
+            broken = verify(shape_dependent_logits, np.insert(filler, position, clean[0], axis=0), adv, labels,
+                            "linf", 0.1)
+            verdicts.add(bool(broken[position]))
+    assert verdicts == {False}  # batches of VERIFY_ROWS (even) rows: margin +5e-4, correctly classified
+    # The stand-in really is shape dependent: a batch of 1 or 3 would have called it broken.
+    assert np.asarray(shape_dependent_logits(point)).argmax(-1)[0] == 1
+
+
+def test_fixed_layout_logits_of_a_row_do_not_depend_on_the_rest_of_the_batch():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, padding="same"), keras.layers.BatchNormalization(),
+        keras.layers.Activation("swish"), keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    fn = tf.function(lambda x: model(x, training=False))
+    rng = np.random.default_rng(4)
+    example = rng.uniform(size=(1, 8, 8, 3)).astype(np.float32)
+    reference = fixed_layout_logits(fn, example)[0]
+    for others in (1, 7, VERIFY_ROWS - 1, VERIFY_ROWS + 5):
+        batch = rng.uniform(size=(others, 8, 8, 3)).astype(np.float32)
+        position = int(rng.integers(others + 1))
+        logits = fixed_layout_logits(fn, np.insert(batch, position, example[0], axis=0))
+        np.testing.assert_array_equal(logits[position], reference)  # bit for bit
+
+
+def test_misclassified_counts_ties_as_correct():
+    rng = np.random.default_rng(5)
+    logits = rng.integers(-2, 3, size=(400, 4)).astype(np.float32)  # many exact ties
+    labels = rng.integers(0, 4, size=400)
+    expected = np.array([any(logits[i, j] > logits[i, labels[i]] for j in range(4) if j != labels[i])
+                         for i in range(400)])
+    np.testing.assert_array_equal(misclassified(logits, labels), expected)
+    tied = np.array([[1.0, 1.0, 0.0]], np.float32)
+    assert not misclassified(tied, np.array([1]))[0] and not misclassified(tied, np.array([0]))[0]
+    # A clean tie is a correct point, and an adversarial tie is not a success.
+    tie_fn = lambda images: tf.zeros([tf.shape(images)[0], 3])
+    x = np.full([2, 4, 4, 1], 0.5, np.float32)
+    result = Evaluator(["pgd40"], norm="linf", eps=EPS).run(tie_fn, _dataset(x, np.array([0, 2])))
+    assert result.clean_correct.tolist() == [True, True] and result.robust.tolist() == [True, True]
+
+
+def test_evaluation_runs_without_tf32_and_restores_the_setting():
+    flags = []
+
+    def record() -> np.float32:
+        flags.append(tf.config.experimental.tensor_float_32_execution_enabled())
+        return np.float32(0.0)
+
+    def model_fn(images):
+        # The flag as seen when the graph runs (not when it is traced), at every forward pass.
+        return logits_fn(images) + tf.reshape(tf.numpy_function(record, [], tf.float32, stateful=True), [])
+
+    previous = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    try:
+        Evaluator(["pgd40"], norm="linf", eps=EPS).run(model_fn, _dataset())
+        assert flags and not any(flags)  # every forward pass of the attack and the verdicts: TF32 off
+        assert tf.config.experimental.tensor_float_32_execution_enabled()  # restored
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(previous)
+
+
 # --------------------------------------------------------------------------------------------------
 # run_eval (what `tfrobust eval` runs)
 
@@ -331,6 +415,7 @@ def test_run_eval_end_to_end(eval_files, result):
     assert "pgd40" in out["table"] and "clean" in out["table"]
     # Whether TF ran its oneDNN kernels decides CPU timings; None would mean TF's private query moved.
     assert isinstance(report["versions"]["onednn"], bool)
+    assert report["numerics"] == {"tf32": False, "verify_rows": VERIFY_ROWS, "ties": "correct"}
 
     before = open(report_path).read()
     with pytest.raises(UserError, match="exists"):

@@ -7,6 +7,15 @@ every stage, and the report gives it after each stage (as Table 6 of the paper).
 counts only after re-verification: inside the eps ball (float tolerance 1e-6), inside [0, 1] and
 misclassified by the model on a fresh forward pass.
 
+Re-verification classifies each example in a fixed way, so that a point on the decision boundary gets the
+same verdict whichever other points share its batch (`verify`, `fixed_layout_logits`, `misclassified`):
+the forward pass always sees batches of exactly `VERIFY_ROWS` rows (the last one padded with zeros), so
+its kernels, chosen per input shape, do not change with the number of survivors; and an example counts as
+misclassified only when another class's logit is strictly larger than the true class's, a tie counting as
+correct (the reference's argmax would pick whichever tied index its kernel returns).
+The clean pass uses the same rule. Attacks, re-verification and model selection run in full float32,
+TensorFloat-32 off (`tfrobust.numerics`); the report records it (`numerics`).
+
 Stages are named entries of `STAGES` (a plain dict: name -> factory(norm, eps) of a frozen attack);
 cascades (`CASCADES`, the CLI's --attack) are tuples of stage names: `aa` (AutoAttack standard), `aa+mt`
 (the paper's), `mt` and each single attack.
@@ -37,6 +46,7 @@ from tfrobust.attacks.square import Square
 from tfrobust.errors import UserError
 from tfrobust.fileio import save_npz_atomic
 from tfrobust.evaluation_state import EvalState, GroupResult, state_dir_for
+from tfrobust.numerics import full_float32, numerics_record
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 # An attack: (model_fn, images, one-hot labels, seed) -> adversarial images.
@@ -73,6 +83,9 @@ SQUARE_MASKING_THRESHOLD = 0.002
 RANDOMNESS_TOLERANCE = 1e-4
 
 TOLERANCE = 1e-6
+# Rows of every forward pass that decides a verdict (clean or adversarial): fixed, whatever the batch size
+# and the number of points still robust, so that the verdict of an example never depends on its batch.
+VERIFY_ROWS = 64
 # Examples attacked together, stage by stage (`Evaluator.run`): a CIFAR test set is one pool; float32
 # images of a pool are held in memory (10,000 CIFAR images: 123 MB).
 DEFAULT_POOL_SIZE = 10_000
@@ -108,16 +121,52 @@ def _norm(delta: np.ndarray, norm: str) -> np.ndarray:
     return np.abs(flat).max(axis=1) if norm == "linf" else np.sqrt((flat.astype(np.float64) ** 2).sum(axis=1))
 
 
+def fixed_layout_logits(logits_fn: LogitsFn, images: np.ndarray, rows: int = VERIFY_ROWS) -> np.ndarray:
+    """float32 logits of `images`, computed in batches of exactly `rows` rows, one example per row, the
+    last batch padded with zero images.
+
+    Convolution and matrix-product kernels (oneDNN, cuDNN, cuBLAS) are chosen per input shape, and two
+    kernels round differently; with one shape for every call, the logits of an example depend only on the
+    example and its row, and a network in inference mode computes each row alone (no cross-example
+    operation), so they do not depend on the other rows (tests/test_evaluation.py checks it on the CPU).
+    On a GPU this holds in full float32 only: through PyTorch's cuDNN on an H200, a WRN-28-10 row was
+    bit-identical across the contents and positions of 64-row batches with TF32 off, and moved by up to
+    5e-7 with TF32 on (benchmarks/gpu_row_independence.py); evaluations run with TF32 off (`numerics`).
+    """
+    n = int(images.shape[0])
+    if n == 0:
+        return np.zeros([0, 0], np.float32)
+    padded = np.zeros([-(-n // rows) * rows, *images.shape[1:]], np.float32)
+    padded[:n] = images
+    out = [np.asarray(logits_fn(tf.constant(padded[i:i + rows])), np.float32) for i in range(0, len(padded), rows)]
+    return np.concatenate(out)[:n]
+
+
+def misclassified(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per example: is some other class's logit strictly larger than the true class's? A tie counts as
+    correctly classified (so a point exactly on the boundary is never counted broken), NaN logits too."""
+    logits = np.asarray(logits, np.float32)
+    labels = np.asarray(labels, np.int64)
+    if logits.shape[0] == 0:
+        return np.zeros([0], bool)
+    true = np.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    others = np.where(np.arange(logits.shape[1])[None, :] == labels[:, None], -np.inf, logits)
+    return others.max(axis=1) > true
+
+
 def verify(
     logits_fn: LogitsFn, clean: np.ndarray, adv: np.ndarray, labels: np.ndarray, norm: str, eps: float
 ) -> np.ndarray:
-    """Per example: is `adv` inside the eps ball around `clean`, inside [0, 1] and misclassified?"""
+    """Per example: is `adv` inside the eps ball around `clean`, inside [0, 1] and misclassified?
+
+    Classified by `fixed_layout_logits` and `misclassified` (see the module docstring): the verdict of an
+    example does not depend on which other examples are verified with it.
+    """
     if adv.shape[0] == 0:
         return np.zeros([0], bool)
     inside = _norm(adv - clean, norm) <= eps * (1 + TOLERANCE) + TOLERANCE
     in_box = (adv.reshape(adv.shape[0], -1).min(axis=1) >= 0.0) & (adv.reshape(adv.shape[0], -1).max(axis=1) <= 1.0)
-    predicted = np.asarray(logits_fn(tf.constant(adv))).argmax(axis=-1)
-    return inside & in_box & (predicted != labels)
+    return inside & in_box & misclassified(fixed_layout_logits(logits_fn, adv), labels)
 
 
 def check_randomized(predict: LogitsFn, images: tf.Tensor, first: np.ndarray, calls: int = 4) -> str | None:
@@ -222,8 +271,14 @@ class Evaluator:
 
         With `state`, every attacked batch is saved and batches saved by an interrupted run are loaded
         instead of recomputed; batch k of stage s in pool p is seeded by (seed, p, s, k) alone, so the
-        result is the uninterrupted one.
+        result is the uninterrupted one. Runs with TensorFloat-32 off (`numerics.full_float32`).
         """
+        with full_float32():
+            return self._run(logits_fn, dataset, seed=seed, keep_adversarial=keep_adversarial, progress=progress,
+                             state=state, pool_size=pool_size)
+
+    def _run(self, logits_fn: LogitsFn, dataset: tf.data.Dataset, *, seed: int, keep_adversarial: bool,
+             progress: bool, state: EvalState | None, pool_size: int) -> EvalResult:
         if pool_size < 1:
             raise UserError(f"pool size must be >= 1, got {pool_size}")
         start = time.time()
@@ -279,7 +334,7 @@ class Evaluator:
         if masking:
             findings.append(masking)
         for message in findings:
-            warnings.warn(message, UserWarning, stacklevel=2)
+            warnings.warn(message, UserWarning, stacklevel=3)
         return EvalResult(
             num_examples=n,
             clean_correct=clean,
@@ -298,9 +353,7 @@ class Evaluator:
                   progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """The cascade on one pool: (clean correct, broken_at, adversarial or None, seconds per stage)."""
         y = labels.argmax(axis=-1)
-        logits = np.concatenate([np.asarray(predict(tf.constant(x[i:i + batch_size])))
-                                 for i in range(0, len(x), batch_size)])
-        correct = logits.argmax(axis=-1) == y
+        correct = ~misclassified(fixed_layout_logits(predict, x), y)  # the verdict rule of `verify`
         broken_at = np.where(correct, -1, 0).astype(np.int16)
         adv = x.copy() if keep_adversarial else None
         seconds = np.zeros(len(self.stage_names))
@@ -474,8 +527,14 @@ def run_eval(settings: EvalSettings, *, state: EvalState | None = None) -> dict:
 
     Progress is saved batch by batch in `<report>.state/` (see `evaluation_state.py`); `state` is that of
     an interrupted run to continue (`resume_eval`). With `settings.save_examples`, an npz of per-example
-    results and adversarial examples is written too.
+    results and adversarial examples is written too. TensorFloat-32 is off from before the model loads
+    until the report is written (`numerics.full_float32`).
     """
+    with full_float32():
+        return _run_eval(settings, state=state)
+
+
+def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     import json
     import os
     import platform
@@ -499,7 +558,7 @@ def run_eval(settings: EvalSettings, *, state: EvalState | None = None) -> dict:
     model = load_model(settings.model_path)
     slow = onednn_warning()
     if slow:
-        warnings.warn(slow, UserWarning, stacklevel=2)
+        warnings.warn(slow, UserWarning, stacklevel=3)
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
     info, split = load_split(
         dataset, settings.split,
@@ -550,6 +609,8 @@ def run_eval(settings: EvalSettings, *, state: EvalState | None = None) -> dict:
         "warnings": list(result.warnings),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
                      "onednn": onednn_enabled()},
+        # The arithmetic of the attacks and of the verdicts (see the module docstring).
+        "numerics": {**numerics_record(), "verify_rows": VERIFY_ROWS, "ties": "correct"},
     }
     if settings.save_examples:
         report["examples"] = settings.save_examples

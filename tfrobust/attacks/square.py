@@ -10,12 +10,19 @@ Per example, minimising the margin m(x') = z_y − max_{i≠y} z_i:
 
 - start: Linf x + eps·s with s ∈ {−1, +1} constant along each image column and channel (vertical
   stripes); L2 a 5×5 grid of the "eta" squares with random signs, scaled to ‖δ‖₂ = eps; clipped to [0, 1];
-- iteration i: the square side is s_i = round(sqrt(p_i·h·w)) (Linf at least 1; L2 at least 3 and odd),
-  p_i = p_init (0.8) halved after rescaled iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000, the
-  iteration rescaled as int(i / n_queries · 10000) (the reference's `resc_schedule=True`, so a 5000-query
-  run goes through the whole schedule);
+- iteration i (0-based, the reference's `i_iter`): the square side is s_i = round(sqrt(p_i·h·w)) (Linf at
+  least 1; L2 at least 3 and odd), computed as the reference does, sqrt(p_i·n_features/c) with
+  n_features = c·h·w; p_i = `p_selection(i)`: p_init (0.8) halved after iterations 10, 50, 200, 500,
+  1000, 2000, 4000, 6000 and 8000, i.e. p_init / 2^k with k the number of those boundaries that i
+  exceeds. AutoAttack builds Square with `resc_schedule=False` (`autoattack.py`, standard and plus
+  versions, Linf and L2), so a 5000-query run uses the iteration itself and never reaches the last two
+  halvings; `rescale_schedule=True` is the reference class's own default (`resc_schedule=True`), which
+  rescales the iteration to int(i / n_queries · 10000) so that any budget goes through the whole
+  schedule;
 - Linf candidate: the current best point with one s×s window set to ±2·eps per channel, projected onto
-  ball ∩ [0, 1]; L2 candidate: the reference's mass-moving update between two windows, on the sphere;
+  ball ∩ [0, 1]; L2 candidate: the reference's mass-moving update between two windows, on the sphere
+  (`l2_window_update`: window norms per channel, over height and width, as the reference's
+  `attack_single_run` L2 branch);
 - a candidate replaces the current point only when its margin is lower (strictly); a point stops being
   queried once its margin is ≤ 0 (misclassified).
 
@@ -48,13 +55,18 @@ ModelFn = Callable[[tf.Tensor], tf.Tensor]
 # functions made tracing several times slower (seconds per attack).
 _no_autograph = tf.autograph.experimental.do_not_convert
 _ALG = "philox"
-# Rescaled iterations after which p halves (the reference's `p_selection`).
+# Iterations after which p halves (the reference's `p_selection`; with `rescale_schedule`, rescaled ones).
 P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_schedule(i: int, n_queries: int, p_init: float = 0.8) -> float:
-    """The fraction of pixels changed at iteration i (0-based), as the reference's `p_selection`."""
-    it = int(i / n_queries * 10000)
+def p_schedule(i: int, n_queries: int, p_init: float = 0.8, rescale: bool = False) -> float:
+    """The fraction of pixels changed at iteration i (0-based), as the reference's `p_selection(i_iter)`.
+
+    fra31/auto-attack `autoattack/square.py`, `SquareAttack.p_selection`: with `resc_schedule` the
+    iteration is first rescaled to int(i / n_queries · 10000); p = p_init / 2^k, k the number of
+    `P_BOUNDARIES` strictly below that iteration. AutoAttack uses `rescale=False`.
+    """
+    it = int(i / n_queries * 10000) if rescale else i
     return p_init / 2 ** sum(it > b for b in P_BOUNDARIES)
 
 
@@ -86,8 +98,10 @@ def eta(s: int) -> np.ndarray:
     return delta / np.sqrt((delta ** 2).sum())
 
 
-def _side(p: float, h: int, w: int, norm: str) -> int:
-    s = int(round(math.sqrt(p * h * w)))  # Python's round: half to even, like the reference
+def _side(p: float, h: int, w: int, c: int, norm: str) -> int:
+    """The window side for fraction p, the reference's arithmetic: round(sqrt(p · n_features / c)) with
+    n_features = c·h·w (Python's round: half to even), at least 1 (Linf) or at least 3 and odd (L2)."""
+    s = int(round(math.sqrt(p * (c * h * w) / c)))
     limit = min(h, w)
     if norm == "linf":
         return min(max(s, 1), limit)
@@ -98,6 +112,77 @@ def _side(p: float, h: int, w: int, norm: str) -> int:
     if s > limit:
         s = limit if limit % 2 else limit - 1
     return max(s, 1)
+
+
+def side_schedule(n_iter: int, n_queries: int, h: int, w: int, c: int, norm: str, p_init: float = 0.8,
+                  rescale: bool = False) -> list[tuple[float, int]]:
+    """(p_i, window side s_i) for iterations i = 0 .. n_iter − 1 (see `p_schedule` and `_side`)."""
+    out = []
+    for i in range(n_iter):
+        p = p_schedule(i, n_queries, p_init, rescale)
+        out.append((p, _side(p, h, w, c, norm)))
+    return out
+
+
+def window_mask(vh: tf.Tensor, vw: tf.Tensor, side: tf.Tensor, h: int, w: int) -> tf.Tensor:
+    """[b, h, w, 1] float mask of the side×side windows with top-left corners (vh, vw) ([b] int32)."""
+    rows = tf.range(h)[None, :]
+    cols = tf.range(w)[None, :]
+    in_h = (rows >= vh[:, None]) & (rows < vh[:, None] + side)
+    in_w = (cols >= vw[:, None]) & (cols < vw[:, None] + side)
+    return tf.cast(in_h[:, :, None, None] & in_w[:, None, :, None], tf.float32)
+
+
+def linf_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tensor, vh: tf.Tensor,
+                       vw: tf.Tensor, signs: tf.Tensor) -> tf.Tensor:
+    """The Linf candidate (reference `attack_single_run`, Linf branch): x_best with the window at (vh, vw)
+    moved by 2·eps·sign per channel (`signs` [b, 1, 1, c] of ±1), clipped to the eps ball, then [0, 1]."""
+    h, w = int(x.shape[1]), int(x.shape[2])
+    m1 = window_mask(vh, vw, side, h, w)
+    return make_projection("linf", eps).project(x_best + m1 * 2.0 * eps * signs, x)
+
+
+def l2_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tensor, corners: tuple[tf.Tensor, ...],
+                     signs: tf.Tensor, transpose: tf.Tensor, pattern: tf.Tensor) -> tf.Tensor:
+    """The L2 candidate, the reference's arithmetic (fra31/auto-attack `square.py`, `attack_single_run`,
+    L2 branch), per example with its own draws.
+
+    With δ = x_best − x, window 1 at (vh, vw) and window 2 at (vh2, vw2) (`corners`, [b] int32 each),
+    `signs` [b, 1, 1, c] of ±1, `transpose` [b] bool (the reference transposes eta half the time) and
+    `pattern` [S, S] holding eta(side) in its top-left side×side corner:
+
+        n1 = ‖δ[window 1]‖ per channel (over height and width);  ‖δ‖, ‖δ·max(mask1, mask2)‖ over everything
+        new = eta·sign + δ[window 1] / (1e-12 + n1)
+        new = new / (1e-12 + ‖new‖ per channel) · sqrt(max(eps² − ‖δ‖², 0) / c + ‖δ·max(mask1, mask2)‖²)
+        δ[window 2] = 0;  δ[window 1] = new;  x_new = clip(x + δ / (‖δ‖ + 1e-12) · eps, 0, 1).
+    """
+    h, w, c = (int(d) for d in x.shape[1:])
+    vh, vw, vh2, vw2 = corners
+    b = tf.shape(x)[0]
+    s_max = int(pattern.shape[0])
+    m1 = window_mask(vh, vw, side, h, w)
+    m2 = window_mask(vh2, vw2, side, h, w)
+    # The eta pattern placed in window 1, transposed where `transpose`.
+    li = tf.clip_by_value(tf.range(h)[None, :] - vh[:, None], 0, s_max - 1)  # [b, h]
+    lj = tf.clip_by_value(tf.range(w)[None, :] - vw[:, None], 0, s_max - 1)  # [b, w]
+    li_g = tf.broadcast_to(li[:, :, None], [b, h, w])
+    lj_g = tf.broadcast_to(lj[:, None, :], [b, h, w])
+    idx = tf.where(transpose[:, None, None, None], tf.stack([lj_g, li_g], -1), tf.stack([li_g, lj_g], -1))
+    eta_img = tf.gather_nd(pattern, idx)[..., None] * m1  # [b, h, w, 1]
+
+    eps = tf.constant(eps, tf.float32)
+    delta = x_best - x
+    # Per channel: reduced over height and width only (the reference's sum(dim=(-2, -1)) in NCHW).
+    norms_window_1 = tf.sqrt(tf.reduce_sum(tf.square(delta * m1), axis=[1, 2], keepdims=True))
+    norms_image = flat_norm(delta, "l2")
+    norms_windows = flat_norm(delta * tf.maximum(m1, m2), "l2")
+    new = eta_img * signs + delta * m1 / (1e-12 + norms_window_1)
+    new_norm = tf.sqrt(tf.reduce_sum(tf.square(new), axis=[1, 2], keepdims=True))
+    budget = tf.sqrt(tf.maximum(tf.square(eps) - tf.square(norms_image), 0.0) / c + tf.square(norms_windows))
+    new = new / (1e-12 + new_norm) * budget
+    delta = delta * (1.0 - m2)
+    delta = delta * (1.0 - m1) + new * m1
+    return tf.clip_by_value(x + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +199,8 @@ class Square:
     n_queries: int = 5000
     p_init: float = 0.8
     n_restarts: int = 1
+    # The reference's `resc_schedule`; AutoAttack sets it False (see the module docstring).
+    rescale_schedule: bool = False
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
@@ -124,6 +211,8 @@ class Square:
             raise UserError(f"Square n_restarts must be a positive int, got {self.n_restarts!r}")
         if not 0 < self.p_init <= 1:
             raise UserError(f"Square p_init must be in (0, 1], got {self.p_init!r}")
+        if not isinstance(self.rescale_schedule, bool):
+            raise UserError(f"Square rescale_schedule must be True or False, got {self.rescale_schedule!r}")
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
         return ()
@@ -153,9 +242,9 @@ class Square:
         h, w, c = (int(d) for d in x.shape[1:])
         eps = tf.constant(self.eps, tf.float32)
         batch = tf.shape(x)[0]
-        projection = make_projection(self.norm, self.eps)
         n_iter = self.n_queries - 1
-        sides = [_side(p_schedule(i, self.n_queries, self.p_init), h, w, self.norm) for i in range(n_iter)]
+        sides = [side for _, side in side_schedule(n_iter, self.n_queries, h, w, c, self.norm, self.p_init,
+                                                    self.rescale_schedule)]
         side_t = tf.constant(sides or [1], tf.int32)
 
         init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -166,15 +255,6 @@ class Square:
             x_best = self._l2_init(x, init_seed, h, w, c)
         margin = margin_of(model_fn(x_best), y)
         queries = tf.ones([batch], tf.int32)
-
-        rows = tf.range(h)[None, :]
-        cols = tf.range(w)[None, :]
-
-        def window(vh, vw, s):
-            """[b, h, w, 1] float mask of the s×s windows with top-left corners (vh, vw)."""
-            in_h = (rows >= vh[:, None]) & (rows < vh[:, None] + s)
-            in_w = (cols >= vw[:, None]) & (cols < vw[:, None] + s)
-            return tf.cast(in_h[:, :, None, None] & in_w[:, None, :, None], tf.float32)
 
         def corner(u, size, s):
             # The reference's random_int(0, size − s): floor(U·(size − s)) ∈ [0, size − s).
@@ -195,32 +275,10 @@ class Square:
             signs = tf.sign(tf.random.stateless_uniform(
                 [b, 1, 1, c], tf.random.experimental.stateless_fold_in(it_seed, 1), -1.0, 1.0, alg=_ALG))
             vh, vw = corner(u[:, 0], h, s), corner(u[:, 1], w, s)
-            m1 = window(vh, vw, s)
             if self.norm == "linf":
-                return projection.project(xb + m1 * 2.0 * eps * signs, xs)
-            vh2, vw2 = corner(u[:, 2], h, s), corner(u[:, 3], w, s)
-            m2 = window(vh2, vw2, s)
-            # The eta pattern placed in window 1, transposed for half of the examples.
-            li = tf.clip_by_value(rows - vh[:, None], 0, s_max - 1)  # [b, h]
-            lj = tf.clip_by_value(cols - vw[:, None], 0, s_max - 1)  # [b, w]
-            pattern = tf.gather(eta_table, s)  # [s_max, s_max]
-            flip = u[:, 4] > 0.5
-            li_g = tf.broadcast_to(li[:, :, None], [b, h, w])
-            lj_g = tf.broadcast_to(lj[:, None, :], [b, h, w])
-            idx = tf.where(flip[:, None, None, None], tf.stack([lj_g, li_g], -1), tf.stack([li_g, lj_g], -1))
-            eta_img = tf.gather_nd(pattern, idx)[..., None] * m1  # [b, h, w, 1]
-
-            delta = xb - xs
-            norms_window_1 = tf.sqrt(tf.reduce_sum(tf.square(delta * m1), axis=[1, 2], keepdims=True))
-            norms_image = flat_norm(delta, "l2")
-            norms_windows = flat_norm(delta * tf.maximum(m1, m2), "l2")
-            new = eta_img * signs + delta * m1 / (1e-12 + norms_window_1)
-            new_norm = tf.sqrt(tf.reduce_sum(tf.square(new), axis=[1, 2], keepdims=True))
-            budget = tf.sqrt(tf.maximum(tf.square(eps) - tf.square(norms_image), 0.0) / c + tf.square(norms_windows))
-            new = new / (1e-12 + new_norm) * budget
-            delta = delta * (1.0 - m2)
-            delta = delta * (1.0 - m1) + new * m1
-            return tf.clip_by_value(xs + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
+                return linf_window_update(xs, xb, self.eps, s, vh, vw, signs)
+            corners = (vh, vw, corner(u[:, 2], h, s), corner(u[:, 3], w, s))
+            return l2_window_update(xs, xb, self.eps, s, corners, signs, u[:, 4] > 0.5, tf.gather(eta_table, s))
 
         def body(i, x_best, margin, queries):
             idx = tf.where(margin > 0.0)[:, 0]

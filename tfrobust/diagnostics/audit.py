@@ -58,7 +58,9 @@ from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.attacks.square import Square
 from tfrobust.diagnostics.output import ReportDir, pyplot, text_table
 from tfrobust.errors import UserError
-from tfrobust.evaluation import SQUARE_MASKING_THRESHOLD, check_randomized, resolve_threat_model, verify
+from tfrobust.evaluation import (SQUARE_MASKING_THRESHOLD, check_randomized, fixed_layout_logits, misclassified,
+                                 resolve_threat_model, verify)
+from tfrobust.numerics import full_float32, numerics_record
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 CHECKS = ("eps", "steps", "square", "landscape")
@@ -129,12 +131,13 @@ class _Runner:
         self.batch_size = batch_size
         self.seed = seed
         self.clean_logits = self.logits(self.images)
-        self.correct = self.clean_logits.argmax(-1) == self.labels
+        self.correct = ~misclassified(self.clean_logits, self.labels)  # the verdict rule of `verify`
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        out = [np.asarray(self.predict(tf.constant(images[i:i + self.batch_size])))
-               for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros([0, self.onehot.shape[1]], np.float32)
+        """Logits in `evaluation.fixed_layout_logits`'s fixed batch layout."""
+        if len(images) == 0:
+            return np.zeros([0, self.onehot.shape[1]], np.float32)
+        return fixed_layout_logits(self.predict, images)
 
     def broken(self, attack: Any, norm: str, eps: float, stream: int) -> np.ndarray:
         """Per point: did `attack` (at radius `eps`) find a verified adversarial example? (False for the
@@ -399,7 +402,17 @@ def plot_landscapes(result: CheckResult, eps: float):
 
 def run_checks(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, num_classes: int, norm: str,
                eps: float, config: AuditConfig, progress: bool = False) -> tuple[list[CheckResult], list[str]]:
-    """Runs the configured checks on (images [N,H,W,C] in [0,1], labels [N]); returns (results, notes)."""
+    """Runs the configured checks on (images [N,H,W,C] in [0,1], labels [N]); returns (results, notes).
+
+    With TensorFloat-32 off (`numerics.full_float32`), as every attack evaluation.
+    """
+    with full_float32():
+        return _run_checks(logits_fn, images, labels, num_classes=num_classes, norm=norm, eps=eps, config=config,
+                           progress=progress)
+
+
+def _run_checks(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, num_classes: int, norm: str,
+                eps: float, config: AuditConfig, progress: bool) -> tuple[list[CheckResult], list[str]]:
     runner = _Runner(logits_fn, images, labels, num_classes, config.batch_size, config.seed)
     notes = []
     randomised = check_randomized(runner.predict, tf.constant(images[:config.batch_size]),
@@ -454,7 +467,13 @@ class AuditSettings:
 
 def run_audit(settings: AuditSettings) -> dict[str, Any]:
     """Loads the model and the first `n_examples` of the split, runs the checks, writes audit.json, the PNGs
-    and audit.md into `settings.out`; returns {"report", "table", "files"}."""
+    and audit.md into `settings.out`; returns {"report", "table", "files"}. TensorFloat-32 is off from
+    before the model loads (`numerics.full_float32`)."""
+    with full_float32():
+        return _run_audit(settings)
+
+
+def _run_audit(settings: AuditSettings) -> dict[str, Any]:
     from tfrobust.data.datasets import load_split
     from tfrobust.export import load_model
 
@@ -492,6 +511,7 @@ def run_audit(settings: AuditSettings) -> dict[str, Any]:
         "notes": notes,
         "config": dataclasses.asdict(settings.config),
         "seconds": round(time.time() - start, 1),
+        "numerics": numerics_record(),
         "caveat": ("a flagged check is evidence of gradient masking (or of too weak an attack) on these points; "
                    "passing every check does not prove robustness"),
     }

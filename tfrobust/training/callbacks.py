@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust.errors import UserError
+from tfrobust.numerics import full_float32
 from tfrobust.training import checkpoint as ckpt
 from tfrobust.training.schedules import ema_decay
 
@@ -114,8 +115,9 @@ class ModelSelection(keras.callbacks.Callback):
         if self.every <= 0 or (done % self.every != 0 and done != self.total_epochs):
             logs.update({key: float("nan") for key in self.KEYS})
             return
-        raw = self.evaluate(self.averaging.network)
-        averaged = self.evaluate(self.averaging.sync_averaged_network())
+        with full_float32():  # PGD-40 and its verdicts in full float32, TF32 off (tfrobust.numerics)
+            raw = self.evaluate(self.averaging.network)
+            averaged = self.evaluate(self.averaging.sync_averaged_network())
         metrics = {
             "val_raw_clean_accuracy": raw["clean_accuracy"],
             "val_raw_pgd40_accuracy": raw["robust_accuracy"],
