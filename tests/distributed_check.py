@@ -22,8 +22,9 @@ from tfrobust.training.run import build_run  # noqa: E402
 
 npz = sys.argv[1]
 report = {}
+# Synchronised BatchNorm (--sync-batch-norm): the mirrored step then computes the one-device step.
 base = dict(dataset=f"npz:{npz}", model="wrn-10-1", batch_size=32, epochs=2, val_size=64, eval_every=0,
-            attack_steps=3, warmup_epochs=1, eps=0.1, ema_decay=0.9)
+            attack_steps=3, warmup_epochs=1, eps=0.1, ema_decay=0.9, sync_batch_norm=True, aug_repeats=1)
 splits = load_dataset(base["dataset"], val_size=64, seed=0)
 states = {}
 for strategy in ("one-device", "mirrored"):

@@ -1,4 +1,5 @@
-"""CutMix: label weight == exact pasted pixel fraction, box area ~ U(0, 1), boxes anywhere, partners."""
+"""CutMix: label weight == exact pasted pixel fraction, box area ~ U(0, 1), boxes anywhere, partners;
+per-device-batch draws (the reference's, default) against a NumPy transcription of its `utils.cutmix`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from tfrobust.augment.cutmix import CutMix, cutmix_boxes, pasted_fraction
+from tfrobust.augment.cutmix import CutMix, cutmix_block_boxes, cutmix_boxes, pasted_fraction
 
 SEED = tf.constant([5, 9], tf.int64)
 
@@ -23,7 +24,7 @@ def test_label_weights_are_the_exact_pasted_fractions(h, w):
     b = 48
     images, values = _constant_images(b, h, w)
     batch = {"images": tf.constant(images), "labels": tf.eye(b)}
-    out = CutMix()(batch, training=True, seed=SEED)
+    out = CutMix(draws="example")(batch, training=True, seed=SEED)
     pixels, labels = out["images"].numpy(), out["labels"].numpy()
     pasted_somewhere = 0
     for i in range(b):
@@ -53,7 +54,7 @@ def test_label_weights_are_the_exact_pasted_fractions(h, w):
 def test_layer_uses_the_documented_boxes_and_partners():
     b, h, w = 32, 16, 16
     images, values = _constant_images(b, h, w)
-    out = CutMix()({"images": tf.constant(images), "labels": tf.eye(b)}, training=True, seed=SEED)
+    out = CutMix(draws="example")({"images": tf.constant(images), "labels": tf.eye(b)}, training=True, seed=SEED)
     boxes = cutmix_boxes(SEED, b, h, w)
     fraction = pasted_fraction(boxes, h, w).numpy()
     partner = boxes.partner.numpy()
@@ -127,8 +128,122 @@ def test_soft_labels_mix_linearly():
     b = 16
     labels = rng.dirichlet(np.ones(4), size=b).astype(np.float32)
     images = rng.uniform(size=(b, 8, 8, 1)).astype(np.float32)
-    out = CutMix()({"images": tf.constant(images), "labels": tf.constant(labels)}, training=True, seed=SEED)
+    out = CutMix(draws="example")({"images": tf.constant(images), "labels": tf.constant(labels)}, training=True,
+                                  seed=SEED)
     boxes = cutmix_boxes(SEED, b, 8, 8)
     f = pasted_fraction(boxes, 8, 8).numpy()[:, None]
     expected = (1 - f) * labels + f * labels[boxes.partner.numpy()]
     np.testing.assert_allclose(out["labels"].numpy(), expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-device-batch draws (draws="batch", the default): DeepMind adversarial_robustness/jax/utils.py
+
+
+def _reference_cutmix(images, labels, lam, centre_y, centre_x, idx, split):
+    """NumPy transcription of the reference's `utils.cutmix(rng, images, labels, split=split)` on one device
+    batch, given its draws: lambda (before the area correction), the box centre (i, j) and the permutation
+    `idx` of 0..n/split-1."""
+    n, height, width, _ = images.shape
+    cut_rat = np.sqrt(np.float32(1.0) - np.float32(lam))
+    cut_w = int(np.float32(width) * cut_rat)  # jnp.array(width * cut_rat, dtype=int32): truncation
+    cut_h = int(np.float32(height) * cut_rat)
+    bby1 = np.clip(centre_y - cut_h // 2, 0, height)
+    bbx1 = np.clip(centre_x - cut_w // 2, 0, width)
+    h = np.clip(centre_y + cut_h // 2, 0, height) - bby1
+    w = np.clip(centre_x + cut_w // 2, 0, width) - bbx1
+    lam = 1.0 - (h * w / (height * width))
+    mask = np.zeros((height, width, 1), np.float32)
+    mask[bby1:bby1 + h, bbx1:bbx1 + w] = 1.0
+    # einops.rearrange('(b1 b2) ... -> b1 b2 ...', b2=split), then the same idx on every sub-batch.
+    x = images.reshape(n // split, split, *images.shape[1:])
+    y = labels.reshape(n // split, split, -1)
+    out_x = x * (1.0 - mask) + x[idx] * mask
+    out_y = lam * y + (1.0 - lam) * y[idx]
+    return out_x.reshape(images.shape), out_y.reshape(labels.shape), (bby1, bbx1, h, w)
+
+
+@pytest.mark.parametrize("devices, sub_batches, h, w", [(1, 1, 16, 16), (1, 4, 12, 20), (2, 4, 32, 32), (3, 2, 7, 5)])
+def test_batch_draws_match_the_reference_cutmix(devices, sub_batches, h, w):
+    b = 24 * devices
+    rng = np.random.default_rng(devices * 10 + sub_batches)
+    images = rng.uniform(size=(b, h, w, 3)).astype(np.float32)
+    labels = rng.dirichlet(np.ones(6), size=b).astype(np.float32)
+    n = b // devices
+    for seed in ([5, 9], [1, 2], [7, 3]):
+        seed = tf.constant(seed, tf.int64)
+        layer = CutMix(devices=devices, sub_batches=sub_batches)
+        assert layer.draws == "batch"
+        out = layer({"images": tf.constant(images), "labels": tf.constant(labels)}, training=True, seed=seed)
+        boxes = cutmix_block_boxes(seed, b, h, w, devices=devices, sub_batches=sub_batches)
+        partner, area = boxes.partner.numpy(), boxes.area.numpy()
+        top, bottom = boxes.top.numpy(), boxes.bottom.numpy()
+        left, right = boxes.left.numpy(), boxes.right.numpy()
+        for k in range(devices):
+            rows = slice(k * n, (k + 1) * n)
+            # One draw per device batch: every row of the block carries the same lambda and box.
+            for values in (area, top, bottom, left, right):
+                assert len(np.unique(values[rows])) == 1
+            # The raw draws, read back: lambda = 1 - area, centre = the middle of the unclipped box, and
+            # the permutation of sub-batch positions (row S i + s -> row S idx[i] + s).
+            block_partner = partner[rows] - k * n
+            idx = block_partner[::sub_batches] // sub_batches
+            np.testing.assert_array_equal(
+                block_partner, (idx[:, None] * sub_batches + np.arange(sub_batches)[None, :]).reshape(-1)
+            )
+            assert sorted(idx.tolist()) == list(range(n // sub_batches))
+            centre_y, centre_x = (top[k * n] + bottom[k * n]) // 2, (left[k * n] + right[k * n]) // 2
+            assert 0 <= centre_y < h and 0 <= centre_x < w
+            want_x, want_y, (bby1, bbx1, bh, bw) = _reference_cutmix(
+                images[rows], labels[rows], 1.0 - area[k * n], centre_y, centre_x, idx, sub_batches
+            )
+            np.testing.assert_array_equal(out["images"].numpy()[rows], want_x)
+            np.testing.assert_allclose(out["labels"].numpy()[rows], want_y, atol=1e-6)
+            # The box is the reference's: even unclipped sides 2 (cut // 2), cut = int(size sqrt(1 - lambda)).
+            cut_h = int(np.float32(h) * np.sqrt(np.float32(area[k * n])))
+            cut_w = int(np.float32(w) * np.sqrt(np.float32(area[k * n])))
+            assert bottom[k * n] - top[k * n] == 2 * (cut_h // 2) and right[k * n] - left[k * n] == 2 * (cut_w // 2)
+            fraction = pasted_fraction(boxes, h, w).numpy()[k * n]
+            assert fraction == np.float32(bh * bw) / np.float32(h * w)
+
+
+def test_batch_draws_statistics_area_uniform_centres_integer_sides_even():
+    # 2000 device batches of one row: 2000 independent draws of lambda, centre and box.
+    boxes = cutmix_block_boxes(tf.constant([3, 8], tf.int64), 2000, 32, 32, devices=2000)
+    area = boxes.area.numpy()
+    assert stats.kstest(area, "uniform").pvalue > 0.01
+    sides = np.concatenate([(boxes.bottom - boxes.top).numpy(), (boxes.right - boxes.left).numpy()])
+    assert np.all(sides % 2 == 0)
+    cut = np.floor(32 * np.sqrt(area)).astype(int)
+    np.testing.assert_array_equal((boxes.bottom - boxes.top).numpy(), 2 * (cut // 2))
+    centre = ((boxes.top + boxes.bottom) // 2).numpy()
+    assert centre.min() == 0 and centre.max() == 31
+    # Truncation makes the reference's boxes short: about one pixel per side on 32x32 (0.5 from int(),
+    # 0.5 from the even side), the bias that draws="example" avoids.
+    shortfall = 32 * np.sqrt(area) - (boxes.bottom - boxes.top).numpy()
+    assert 0.9 < shortfall.mean() < 1.1
+
+
+def test_copies_of_an_image_meet_copies_of_one_partner():
+    # Rows 4a..4a+3 hold the same image (the pipeline's repeats): with sub_batches = 4 the reference's
+    # shared permutation pairs all four copies with the four copies of one other image.
+    b, repeats = 32, 4
+    source = np.repeat(np.arange(b // repeats), repeats)
+    images = np.broadcast_to(((source + 1.0) / 10.0)[:, None, None, None], (b, 8, 8, 1)).astype(np.float32)
+    out = CutMix(sub_batches=repeats)({"images": tf.constant(images), "labels": tf.eye(b)}, training=True, seed=SEED)
+    partner = cutmix_block_boxes(SEED, b, 8, 8, sub_batches=repeats).partner.numpy()
+    for a in range(b // repeats):
+        assert len(set(source[partner[repeats * a:repeats * (a + 1)]].tolist())) == 1
+    # With per-example draws the copies of an image meet different partners.
+    partner = cutmix_boxes(SEED, b, 8, 8).partner.numpy()
+    assert any(len(set(source[partner[repeats * a:repeats * (a + 1)]].tolist())) > 1 for a in range(b // repeats))
+    assert out["images"].shape == images.shape
+
+
+def test_batch_size_must_split_into_device_batches():
+    batch = {"images": tf.zeros([10, 4, 4, 1]), "labels": tf.eye(10)}
+    with pytest.raises(ValueError, match="device batches"):
+        CutMix(devices=2, sub_batches=4)(batch, training=True, seed=SEED)
+    for bad in (dict(draws="per-row"), dict(devices=0), dict(sub_batches=1.5)):
+        with pytest.raises(ValueError):
+            CutMix(**bad)

@@ -40,9 +40,13 @@ def _batch(b=B, h=H, w=W, c=C, k=K, seed=0, soft=False):
 def _layers():
     return {
         "cutout": Cutout(window=5),
-        "cutmix": CutMix(),
-        "mixup": MixUp(alpha=0.5),
-        "ricap": Ricap(),
+        "cutmix": CutMix(draws="example"),
+        "mixup": MixUp(alpha=0.5, draws="example"),
+        "ricap": Ricap(draws="example"),
+        # Per-device-batch draws (the default): 2 device batches of 2 sub-batches each.
+        "cutmix-batch": CutMix(devices=2, sub_batches=2),
+        "mixup-batch": MixUp(alpha=0.5, devices=2, sub_batches=2),
+        "ricap-batch": Ricap(devices=2, sub_batches=2),
         "autoaugment": AutoAugment(),
         "autoaugment-svhn": AutoAugment(policy="svhn"),
         "randaugment": RandAugment(num_ops=2, magnitude=9),
@@ -51,7 +55,7 @@ def _layers():
 
 
 NAMES = list(_layers())
-MIXING_NAMES = {"cutmix", "mixup", "ricap"}
+MIXING_NAMES = {"cutmix", "mixup", "ricap", "cutmix-batch", "mixup-batch", "ricap-batch"}
 # The SVHN policy runs the same code as the CIFAR-10 one; tracing it twice more (tf.function, tf.data)
 # would only add seconds.
 TRACED_NAMES = [name for name in NAMES if name != "autoaugment-svhn"]
@@ -100,7 +104,13 @@ def test_shape_dtype_range_and_labels(layers, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_examples_are_augmented_differently(layers, name):
-    if name in MIXING_NAMES:
+    if name in MIXING_NAMES and name.endswith("-batch"):
+        # Per-device-batch draws share lambda/box/boundary within a device batch, but every example
+        # still gets its own partners: with labels eye(32), the partner indices differ per row.
+        batch = {"images": _batch(b=32)["images"], "labels": tf.eye(32)}
+        labels = layers[name](batch, training=True, seed=SEED)["labels"].numpy()
+        distinct = {tuple(np.flatnonzero(row)) for row in labels}
+    elif name in MIXING_NAMES:
         # Labels eye(32): the weights in each output row are that example's own draw (lambda, area).
         batch = {"images": _batch(b=32)["images"], "labels": tf.eye(32)}
         labels = layers[name](batch, training=True, seed=SEED)["labels"].numpy()

@@ -19,6 +19,7 @@ from tfrobust.augment.registry import (
     ORDER,
     build_augmentation,
     format_aug,
+    mixing_options,
     parse_aug,
     produces_soft_labels,
 )
@@ -183,3 +184,16 @@ def test_chain_stays_float32_under_a_mixed_precision_policy():
     finally:
         keras.mixed_precision.set_global_policy(previous)
     assert out["images"].dtype == tf.float32 and out["labels"].dtype == tf.float32
+
+
+def test_mixing_options_set_the_draws_of_the_mixing_operation_only():
+    names = parse_aug("padcrop+cutmix")
+    options = mixing_options(names, draws="batch", devices=2, sub_batches=4)
+    assert options == {"cutmix": {"draws": "batch", "devices": 2, "sub_batches": 4}}
+    assert mixing_options(parse_aug("padcrop+cutout"), draws="example") == {}
+    aug = build_augmentation(names, image_shape=(8, 8, 3), allow_flip=True, options=options)
+    cutmix = aug.layers[-1]
+    assert (cutmix.draws, cutmix.devices, cutmix.sub_batches) == ("batch", 2, 4)
+    # Defaults: the reference's per-device-batch draws on one device batch.
+    plain = build_augmentation(names, image_shape=(8, 8, 3), allow_flip=True).layers[-1]
+    assert (plain.draws, plain.devices, plain.sub_batches) == ("batch", 1, 1)

@@ -1,4 +1,5 @@
-"""RICAP: four crops of four examples, label weights = region areas (sum to 1), pixel-exact crops."""
+"""RICAP: four crops of four examples, label weights = region areas (sum to 1), pixel-exact crops; draws per
+device batch (default) or per example."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from tfrobust.augment.ricap import Ricap, region_sizes, ricap_draws, ricap_weights
+from tfrobust.augment.ricap import Ricap, region_sizes, ricap_block_draws, ricap_draws, ricap_weights
 
 SEED = tf.constant([4, 44], tf.int64)
 
@@ -17,7 +18,7 @@ def test_label_weights_are_the_areas_of_each_source(h, w):
     b = 40
     values = (np.arange(b, dtype=np.float32) + 1.0) / (b + 1.0)  # example s is the constant values[s]
     images = np.broadcast_to(values[:, None, None, None], (b, h, w, 1)).copy()
-    out = Ricap()({"images": tf.constant(images), "labels": tf.eye(b)}, training=True, seed=SEED)
+    out = Ricap(draws="example")({"images": tf.constant(images), "labels": tf.eye(b)}, training=True, seed=SEED)
     pixels, labels = out["images"].numpy(), out["labels"].numpy()
     for i in range(b):
         for s in range(b):
@@ -43,13 +44,18 @@ def test_weights_sum_to_one_and_match_the_region_sizes():
         assert abs(np.mean(frac <= q) - np.mean(reference <= q)) < 0.04, q
 
 
-def test_regions_are_exact_crops_of_their_sources():
+@pytest.mark.parametrize("draws, devices, sub_batches", [("example", 1, 1), ("batch", 1, 1), ("batch", 2, 3)])
+def test_regions_are_exact_crops_of_their_sources(draws, devices, sub_batches):
     rng = np.random.default_rng(0)
     b, h, w = 12, 9, 11
     images = rng.uniform(size=(b, h, w, 3)).astype(np.float32)
     labels = np.eye(4, dtype=np.float32)[np.arange(b) % 4]
-    out = Ricap()({"images": tf.constant(images), "labels": tf.constant(labels)}, training=True, seed=SEED)
-    draws = ricap_draws(SEED, b, h, w, 0.3)
+    layer = Ricap(draws=draws, devices=devices, sub_batches=sub_batches)
+    out = layer({"images": tf.constant(images), "labels": tf.constant(labels)}, training=True, seed=SEED)
+    if draws == "example":
+        draws = ricap_draws(SEED, b, h, w, 0.3)
+    else:
+        draws = ricap_block_draws(SEED, b, h, w, 0.3, devices, sub_batches)
     pixels = out["images"].numpy()
     sources, oy, ox = draws.sources.numpy(), draws.offset_y.numpy(), draws.offset_x.numpy()
     for i in range(b):
@@ -63,7 +69,21 @@ def test_regions_are_exact_crops_of_their_sources():
             np.testing.assert_array_equal(pixels[i, r0:r1, c0:c1], crop)
             expected_labels += rh * rw / (h * w) * labels[sources[i, k]]
         np.testing.assert_allclose(out["labels"].numpy()[i], expected_labels, atol=1e-6)
-    # Each region has its own permutation of the batch.
+    # Each region has its own permutation of the batch (of each device batch, with per-batch draws).
+    n = b // devices
     for k in range(4):
-        assert sorted(sources[:, k].tolist()) == list(range(b))
+        for block in range(devices):
+            assert sorted(sources[block * n:(block + 1) * n, k].tolist()) == list(range(block * n, (block + 1) * n))
     assert not all(np.array_equal(sources[:, 0], sources[:, k]) for k in range(1, 4))
+    if layer.draws == "batch":
+        # One boundary and one crop offset per region for each device batch; sub-batches (rows s, s + S, ...)
+        # share one permutation per region.
+        for block in range(devices):
+            rows = slice(block * n, (block + 1) * n)
+            for values in (draws.h.numpy(), draws.w.numpy(), oy, ox):
+                assert len(np.unique(values[rows], axis=0)) == 1
+            local = sources[rows] - block * n
+            for s in range(sub_batches):
+                np.testing.assert_array_equal(local[s::sub_batches] - s, local[0::sub_batches])
+    else:
+        assert len(np.unique(draws.h.numpy())) > 1

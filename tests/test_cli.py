@@ -48,6 +48,8 @@ def test_train_writes_a_complete_run_directory(trained):
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["eps"] == pytest.approx(0.1) and config["learning_rate"] == pytest.approx(0.1)  # resolved
     assert config["inner_optimizer"] == "adam"
+    # The reference's batch rules by default (4 emulated workers, per-device-batch draws, per-device BN).
+    assert (config["aug_repeats"], config["mix_draws"], config["sync_batch_norm"]) == (4, "batch", False)
     rows = open(os.path.join(out, "log.csv")).read().strip().splitlines()
     assert len(rows) == 3 and "val_avg_pgd40_accuracy" in rows[0]
     summary = json.load(open(os.path.join(out, "summary.json")))
@@ -105,6 +107,8 @@ def test_export_command_writes_a_new_version(trained):
         (["--batch-size", "0"], ["--batch-size must be >= 1"]),
         (["--ema-decay", "1.5"], ["--ema-decay"]),
         (["--dataset", "imagenet"], ["unknown dataset", "npz:PATH"]),
+        (["--mix-draws", "row"], ["unknown mix draws", "batch", "example"]),
+        (["--aug-repeats", "3"], ["--aug-repeats 3 must divide --batch-size 32"]),
     ],
 )
 def test_bad_training_options(npz, tmp_path, override, fragments):

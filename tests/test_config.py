@@ -70,3 +70,37 @@ def test_extra_data_fields_round_trip_and_validate():
                 {"extra_label_smoothing": -0.1}):
         with pytest.raises(UserError):
             make_config(None, bad)
+
+
+PAPER_PRESETS = sorted(name for name in PRESETS if name != "quickstart-digits")
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_use_the_reference_batch_rules(name):
+    # DeepMind adversarial_robustness/jax/experiment.py: emulated_workers=4 with and without extra data,
+    # CutMix drawn per device batch (utils.cutmix split=4), BatchNorm per device.
+    config = make_config(name, {"extra_data": ("x.npz",)} if PRESETS[name].needs_extra_data else {})
+    assert (config.aug_repeats, config.mix_draws, config.sync_batch_norm) == (4, "batch", False)
+    assert {"aug_repeats", "mix_draws", "sync_batch_norm"} <= set(PRESETS[name].overrides)
+
+
+def test_defaults_are_the_reference_and_options_override_them():
+    config = make_config(None, {})
+    assert (config.aug_repeats, config.mix_draws, config.sync_batch_norm) == (4, "batch", False)
+    config = make_config("cifar10-wrn-28-10-cutmix", {"mix_draws": "example", "sync_batch_norm": True,
+                                                      "aug_repeats": 1})
+    assert (config.aug_repeats, config.mix_draws, config.sync_batch_norm) == (1, "example", True)
+    # The digits quick start keeps the 64 distinct images per batch its numbers were measured with.
+    assert make_config("quickstart-digits", {}).aug_repeats == 1
+    with pytest.raises(UserError, match="mix draws"):
+        make_config(None, {"mix_draws": "sub-batch"})
+
+
+def test_run_file_without_the_batch_fields_resumes_as_it_ran():
+    values = json.loads(make_config(None, {}).resolved().to_json())
+    for field in ("mix_draws", "sync_batch_norm"):
+        del values[field]
+    config = TrainConfig.from_run_dict(values)
+    assert (config.mix_draws, config.sync_batch_norm) == ("example", True)
+    full = make_config(None, {}).resolved()
+    assert TrainConfig.from_run_dict(json.loads(full.to_json())) == full

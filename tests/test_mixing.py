@@ -63,6 +63,17 @@ def test_real_ratio_is_exact_in_every_batch(tmp_path):
             assert (~generated).sum() == want, (ratio, batch)
             assert not generated[:want].any() and generated[want:].all()  # original rows first
     assert mix_plan(1024, 0.3).real == 307 and mix_plan(1024, 0.3).generated == 717
+    # The paper's batch with the reference's 4 emulated workers (experiment.py `_dataset`): 256 distinct
+    # slots, round(0.3 * 256) = 77 originals x 4 rows, 4 x (256 - 77) = 716 distinct generated rows.
+    plan = mix_plan(1024, 0.3, 4)
+    assert (plan.real, plan.generated, plan.real_rows, plan.generated_rows) == (77, 716, 308, 716)
+    # Two replicas: per device batch of 512, round(0.3 * 128) = 38 originals x 4 and 360 generated rows.
+    plan = mix_plan(1024, 0.3, 4, devices=2)
+    assert (plan.real, plan.generated, plan.real_rows, plan.generated_rows) == (38, 360, 304, 720)
+    with pytest.raises(UserError, match="aug-repeats"):
+        mix_plan(1024, 0.3, 3)
+    with pytest.raises(UserError, match="replicas"):
+        mix_plan(1024, 0.3, 4, devices=3)
     with pytest.raises(UserError, match="rounds to 0"):
         mix_plan(2, 0.2)
     with pytest.raises(UserError, match="real-ratio"):
@@ -117,11 +128,46 @@ def test_resumed_epoch_matches_uninterrupted_run_with_augmentation(tmp_path):
         np.testing.assert_array_equal(ya, yb)
 
 
-def test_aug_repeats_keep_the_ratio_exact(tmp_path):
-    for x, _ in _dataset(tmp_path, batch_size=12, repeats=2, real_ratio=0.5).take(4):
+def _reference_rows(batch_size: int, ratio: float, repeats: int, devices: int) -> tuple[int, int]:
+    """(original rows, generated rows) of one device batch, transcribing the reference's `_dataset`
+    (DeepMind adversarial_robustness/jax/experiment.py): `ratio` for the supervised stream,
+    `one_minus_ratio` for the extra one, each then multiplied by `repeat`."""
+    per_device = batch_size // devices // repeats
+    supervised = max(1, min(round(per_device * ratio), per_device - 1))
+    extra = per_device - max(1, min(round(per_device * ratio), per_device - 1))
+    return supervised * repeats, extra * repeats
+
+
+@pytest.mark.parametrize("batch_size, repeats, devices, ratio", [(12, 2, 1, 0.5), (40, 4, 1, 0.3), (40, 4, 2, 0.3),
+                                                                 (48, 2, 3, 0.25), (24, 1, 2, 0.5)])
+def test_aug_repeats_repeat_originals_only_per_device_batch(tmp_path, batch_size, repeats, devices, ratio):
+    real_rows, generated_rows = _reference_rows(batch_size, ratio, repeats, devices)
+    n = batch_size // devices
+    ds = _dataset(tmp_path, batch_size=batch_size, repeats=repeats, devices=devices, real_ratio=ratio,
+                  steps_per_epoch=2)
+    seen_generated = []
+    for x, y in ds.take(4):
         index, generated = _decode(x)
-        assert (~generated).sum() == 6
-        np.testing.assert_array_equal(index[0::2], index[1::2])  # each image twice in a row
+        y = y.numpy()
+        for k in range(devices):
+            block, block_generated = index[k * n:(k + 1) * n], generated[k * n:(k + 1) * n]
+            # Original rows first, then generated rows, in every device batch.
+            assert not block_generated[:real_rows].any() and block_generated[real_rows:].all()
+            assert block_generated.sum() == generated_rows
+            # Each original image in `repeats` consecutive rows (the reference's _repeat_batch).
+            originals = block[:real_rows].reshape(-1, repeats)
+            assert (originals == originals[:, :1]).all()
+            assert len(set(originals[:, 0].tolist())) == real_rows // repeats
+            # Generated rows all distinct; smoothed labels on them only.
+            assert len(set(block[real_rows:].tolist())) == generated_rows
+            seen_generated += block[real_rows:].tolist()
+            np.testing.assert_array_equal(y[k * n:(k + 1) * n][:real_rows].max(axis=1), 1.0)
+            np.testing.assert_allclose(y[k * n:(k + 1) * n][real_rows:].max(axis=1), 0.9 + 0.1 / K, atol=1e-6)
+        # No original image in two device batches of one batch.
+        real_index = index[~generated]
+        assert len(set(real_index.tolist())) == real_index.size // repeats
+    # Generated images do not repeat across batches either until the set is exhausted.
+    assert len(set(seen_generated)) == len(seen_generated) <= N_GEN
 
 
 def _rss_kb(field: str) -> int:

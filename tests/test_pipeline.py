@@ -177,3 +177,21 @@ def test_augmentation_repeats_must_divide_the_batch():
     with pytest.raises(UserError, match="aug-repeats"):
         train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2,
                       augment=None, repeats=3)
+
+
+def test_device_batches_each_hold_whole_repeats():
+    # Two replicas of 8 rows each: replica k's consecutive block holds 2 distinct images x 4, as the
+    # reference lays out every device batch.
+    rng = np.random.default_rng(0)
+    split = Split(images=rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8), labels=rng.integers(0, 10, 64))
+    ds = train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2,
+                       augment=None, repeats=4, devices=2)
+    for x, _ in ds.take(2):
+        blocks = x.numpy().reshape(2, 2, 4, 4, 4, 1)  # [device, image, copy, H, W, C]
+        assert (blocks == blocks[:, :, :1]).all()
+    with pytest.raises(UserError, match="replicas"):
+        train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2,
+                      augment=None, repeats=2, devices=3)
+    with pytest.raises(UserError, match="aug-repeats 4 must be >= 1 and divide the batch of each of the 4 replicas"):
+        train_dataset(split, num_classes=10, batch_size=8, seed=0, first_epoch=0, steps_per_epoch=2,
+                      augment=None, repeats=4, devices=4)

@@ -21,6 +21,7 @@ INNER_OPTIMIZERS = ("adam", "sign")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_bfloat16")
 JIT_COMPILE = ("auto", "on", "off")  # auto: XLA on GPUs and TPUs, off on CPUs (docs/xla.md)
+MIX_DRAWS = ("batch", "example")  # tfrobust.augment.batch_augmentation.MIX_DRAWS (config imports no TensorFlow)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,13 @@ class TrainConfig:
     val_size: int = 1024
     # Augmentation chain, the CLI's "padcrop+cutmix" (applied in tfrobust.augment.registry.ORDER)
     aug: str = "padcrop"
-    aug_repeats: int = 1  # batch = batch_size / aug_repeats distinct images, each augmented aug_repeats ways
+    # Augmentation repeats: every image of a batch (with generated data: every original image) fills
+    # aug_repeats consecutive rows, augmented aug_repeats ways; the reference's 4 "emulated workers"
+    # (DeepMind adversarial_robustness/jax/experiment.py `emulated_workers`, datasets.py `_repeat_batch`)
+    aug_repeats: int = 4
+    # CutMix/MixUp/RICAP draws: "batch" = one lambda, box and partner permutation per device batch,
+    # shared by its aug_repeats sub-batches (the reference's utils.py `cutmix`); "example" = per example
+    mix_draws: str = "batch"
     # Generated data (paper Sec. 5, App. A; docs/generated_data.md): npz files/directories mixed into
     # every batch, `real_ratio` of each batch original, label smoothing on generated samples only
     extra_data: tuple[str, ...] = ()
@@ -62,6 +69,9 @@ class TrainConfig:
     eval_every: int = 10
     # Runtime
     strategy: str = "auto"
+    # BatchNorm statistics under several replicas: False = per replica, as the reference (pmap without
+    # cross-device moments); True = synchronised over the global batch (same numbers as one device)
+    sync_batch_norm: bool = False
     precision: str = "float32"
     jit_compile: str = "auto"
     seed: int = 0
@@ -109,6 +119,9 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("jit-compile", self.jit_compile, JIT_COMPILE)
         _choice("activation", self.activation, ("swish", "relu"))
+        _choice("mix draws", self.mix_draws, MIX_DRAWS)
+        if not isinstance(self.sync_batch_norm, bool):
+            raise UserError(f"sync_batch_norm must be true or false, got {self.sync_batch_norm!r}")
         eps = self.resolved_eps
         limit = 1.0 if self.norm == "linf" else 64.0
         if not 0.0 < eps <= limit:
@@ -159,6 +172,16 @@ class TrainConfig:
             values = {**values, "jit_compile": "on" if values["jit_compile"] else "off"}
         return cls(**values)
 
+    @classmethod
+    def from_run_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """`from_dict` for a run directory's config.json: fields the file lacks take the values that
+        runs written without them used (`RUN_FILE_DEFAULTS`), so `--resume` continues them unchanged."""
+        return cls.from_dict({**RUN_FILE_DEFAULTS, **values})
+
+
+# What a config.json without these fields ran with: per-example mixing draws and synchronised BatchNorm.
+RUN_FILE_DEFAULTS: dict[str, Any] = {"mix_draws": "example", "sync_batch_norm": True}
+
 
 def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
@@ -176,19 +199,27 @@ class Preset:
     needs_extra_data: bool = False  # a generated-data recipe: `tfrobust train` refuses it without --extra-data
 
 
+# The reference's batch composition and per-device draws (DeepMind adversarial_robustness/jax
+# experiment.py: `emulated_workers=4` in every setting, utils.py `cutmix(..., split=4)`, BatchNorm state
+# per device): what every paper preset shares, written out so presets do not depend on the defaults.
+_REFERENCE_BATCH = dict(aug_repeats=4, mix_draws="batch", sync_batch_norm=False)
+
 # The paper's CIFAR-10 recipe without added data (METHOD.md): what the CIFAR presets below share.
+# 512 rows per batch = 128 distinct images x 4 augmentations.
 _CIFAR10 = dict(
     dataset="cifar10", batch_size=512, epochs=400, schedule="piecewise", ema_decay=0.999, norm="linf",
-    eps=8.0 / 255.0,
+    eps=8.0 / 255.0, **_REFERENCE_BATCH,
 )
 
 # The paper's recipe with generated data (Sec. 6.1, App. A; METHOD.md "batch, length", "weight
 # averaging", "generated data"): batch 1024, 30% original images per batch, 800 CIFAR-10-equivalent
 # epochs (of 50K samples), cosine schedule, WA tau 0.995, label smoothing 0.1 on generated samples.
 # The data comes from --extra-data (the published 1M-image files, or your own generated set).
+# 1024 rows per batch on one device = 77 original images x 4 augmentations + 716 distinct generated
+# images (tfrobust.data.mixing: the reference's composition).
 _GENERATED = dict(
     batch_size=1024, epochs=800, schedule="cosine", ema_decay=0.995, real_ratio=0.3, extra_label_smoothing=0.1,
-    norm="linf", eps=8.0 / 255.0,
+    norm="linf", eps=8.0 / 255.0, **_REFERENCE_BATCH,
 )
 _GENERATED_RECIPE = "1M generated images, batch 1024, ratio 0.3, 800 CIFAR-equivalent epochs, cosine, WA tau 0.995"
 _DDPM_FILE = (
@@ -203,6 +234,7 @@ PRESETS: dict[str, Preset] = {
         overrides=dict(
             dataset="digits", model="wrn-10-2", val_size=256, batch_size=64, epochs=25, warmup_epochs=2,
             schedule="cosine", eps=0.2, ema_decay=0.99, eval_every=5,
+            aug_repeats=1,  # 64 distinct images per batch, as measured below (not a paper recipe)
         ),
         description="TRADES on scikit-learn's embedded 8x8 digits (no network): the README's quick start.",
         expected="measured: 98.33% clean / 51.94% PGD-40 (eps 0.2) on the digits test split; --loss standard: 99.44% / 0.00%",

@@ -29,6 +29,9 @@ __all__ = [
     "sample_beta",
     "uniform",
     "exact_ratio",
+    "check_blocks",
+    "block_partners",
+    "per_block",
 ]
 
 
@@ -106,3 +109,51 @@ def exact_ratio(count: tf.Tensor, total) -> tf.Tensor:
     a float32 rounding boundary), which is also numpy's float32(count) / float32(total).
     """
     return tf.cast(tf.cast(count, tf.float64) / tf.cast(total, tf.float64), tf.float32)
+
+
+def check_blocks(images: tf.Tensor, devices: int, sub_batches: int, layer_name: str) -> None:
+    """Raises a ValueError unless the batch splits into `devices` blocks of `sub_batches` sub-batches.
+
+    Checked on the static batch size (tf.data batches of the training pipelines have one); a batch
+    whose size is only known at run time is checked by `block_partners`' run-time assertion instead.
+    """
+    batch = tf.TensorShape(images.shape)[0]
+    if batch is not None and batch % (devices * sub_batches):
+        raise ValueError(
+            f"{layer_name} draws per device batch: a batch of {batch} does not split into {devices} device "
+            f"batches of {sub_batches} sub-batches"
+        )
+
+
+def block_partners(seed: tf.Tensor, batch, devices: int, sub_batches: int) -> tf.Tensor:
+    """Mixing partners (int32 [B]) drawn per device batch and shared by its sub-batches.
+
+    The reference (DeepMind `adversarial_robustness/jax/utils.py`, `cutmix(..., split)`) mixes each
+    device batch of n rows as `split` sub-batches, sub-batch s holding rows s, s + S, s + 2S, ...
+    (`einops.rearrange('(b1 b2) ... -> b1 b2 ...', b2=split)`, which undoes the consecutive repeats of
+    its datasets.py `_repeat_batch`), and draws one permutation `idx` of 0..n/S-1 for the whole device
+    batch, applied to every sub-batch (`jax.vmap` over the sub-batches closes over `idx`). So row
+    S i + s of a block is paired with row S idx[i] + s of the same block. Here the batch is `devices`
+    consecutive blocks of n = B / devices rows (block k is replica k's slice under tf.distribute), each
+    with its own permutation.
+    """
+    devices, sub_batches = int(devices), int(sub_batches)
+    n = batch // devices
+    m = n // sub_batches
+    seeds = split_seed(seed, devices) if devices > 1 else [seed]
+    parts = []
+    for k, block_seed in enumerate(seeds):
+        idx = permutation(m, block_seed)  # [m]
+        rows = idx[:, None] * sub_batches + tf.range(sub_batches, dtype=idx.dtype)[None, :]  # [m, S]
+        parts.append(tf.reshape(rows, [-1]) + tf.cast(k * n, idx.dtype))
+    partner = tf.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+    # A batch that does not split evenly would leave rows without partners: refuse it at run time too.
+    tf.debugging.assert_equal(
+        tf.size(partner), tf.cast(batch, tf.int32), message="batch does not split into device batches"
+    )
+    return partner
+
+
+def per_block(values: tf.Tensor, batch, devices: int) -> tf.Tensor:
+    """Repeats one value per device block (`values` [devices, ...]) over the block's B / devices rows."""
+    return tf.repeat(values, batch // int(devices), axis=0)

@@ -8,14 +8,20 @@ uniform over the image, it is clipped to the image, and the label weight of the 
 of pixels actually pasted after clipping (Yun et al.'s "adjust lambda to exactly match pixel ratio";
 METHOD.md "CutMix with TRADES": "lambda corrected to the true pasted area").
 
-Here every example draws its own lambda, box and partner (METHOD.md records the reference drawing one
-lambda and box per sub-batch; per-example draws have the same marginal distribution and more diversity
-per batch).
-Box edges are continuous and rounded to the pixel grid: top = round(cy - h/2), bottom = round(cy + h/2)
-with the centre cy uniform on [0, H). That makes the unclipped box round(...) differences whose mean is
-exactly h (and likewise for the width), so the pixel area before clipping is an unbiased draw of
-(1 - lambda) H W; Yun et al.'s int(W sqrt(1 - lambda)) truncation makes boxes slightly small on 32x32
-images.
+Two ways to draw (`draws`, the CLI's `--mix-draws`):
+  * "batch" (default): DeepMind's `adversarial_robustness/jax/utils.py` `cutmix` and `_random_box`,
+    which produced the paper's numbers: one lambda, one box and one partner permutation per device
+    batch, shared by its emulated-worker sub-batches (`MixingAugmentation`, `common.block_partners`);
+    the box's centre (i, j) is a uniform integer pixel, its sides are cut = int(sqrt(1 - lambda) H)
+    (and W) truncated, and it spans rows i - cut // 2 .. i + cut // 2 - 1, so its unclipped sides are
+    even integers (2 (cut // 2)); the partner's label weight is the clipped box's pixel fraction.
+  * "example": every example draws its own lambda, box and partner (partners a permutation of the whole
+    batch); same marginal distribution, more diversity per batch. Box edges are continuous and rounded
+    to the pixel grid: top = round(cy - h/2), bottom = round(cy + h/2) with the centre cy uniform on
+    [0, H). That makes the unclipped box round(...) differences whose mean is exactly h (and likewise
+    for the width), so the pixel area before clipping is an unbiased draw of (1 - lambda) H W; the
+    reference's int(W sqrt(1 - lambda)) truncated to even sides makes boxes about one pixel short per
+    side on 32x32 images.
 
 Why not `keras.layers.CutMix` (Keras 3.x, read from its source): it mixes whatever `labels` holds as
 numbers, so they must already be one-hot (integer labels come out silently wrong, METHOD.md "known Keras
@@ -34,11 +40,12 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common
-from tfrobust.augment.batch_augmentation import BatchAugmentation
+from tfrobust.augment.batch_augmentation import MixingAugmentation
 
 
 class CutMixBoxes(NamedTuple):
-    """What one call draws, per example (all [B]): the partner index and the unclipped box.
+    """What one call draws, per row (all [B]; with per-batch draws, rows of a device batch share them):
+    the partner index and the unclipped box.
 
     `area` is the sampled box area fraction 1 - lambda (continuous, uniform on (0, 1) for alpha = 1);
     the box covers rows top..bottom-1 and columns left..right-1 before clipping to the image.
@@ -53,37 +60,40 @@ class CutMixBoxes(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class CutMix(BatchAugmentation):
+class CutMix(MixingAugmentation):
     """Pastes a random box of a partner example into every example and mixes the labels by pasted area.
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`
     (one-hot or already soft labels; integer labels are rejected). Output example b is example b with
     the box of example `partner[b]` pasted in, and labels (1 - f_b) y_b + f_b y_partner[b], where f_b is
     the exact fraction of b's pixels that were pasted (Yun et al. 2019, Eq. 1, with their corrected
-    lambda). The partners are a random permutation of the batch.
+    lambda).
 
     `alpha` is the Beta(alpha, alpha) parameter of lambda: 1.0 (uniform area), as Yun et al. and the
-    paper use.
+    paper use. `draws`, `devices`, `sub_batches`: see `MixingAugmentation` and the module docstring
+    ("batch": the reference's draws and boxes, what the paper's numbers used; "example": per example).
 
     `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
     [2] `seed`, else the layer's generator, never inside tf.data).
     """
 
-    def __init__(self, alpha: float = 1.0, seed: int | None = None, **kwargs):
-        super().__init__(seed=seed, **kwargs)
+    def __init__(self, alpha: float = 1.0, draws: str = "batch", devices: int = 1, sub_batches: int = 1,
+                 seed: int | None = None, **kwargs):
+        super().__init__(draws=draws, devices=devices, sub_batches=sub_batches, seed=seed, **kwargs)
         if isinstance(alpha, bool) or not float(alpha) > 0.0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         self.alpha = float(alpha)
 
     def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return cutmix(images, labels, seed, alpha=self.alpha)
+        return cutmix(images, labels, seed, alpha=self.alpha, draws=self.draws, devices=self.devices,
+                      sub_batches=self.sub_batches)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "alpha": self.alpha}
 
 
 def cutmix_boxes(seed: tf.Tensor, batch, height, width, alpha: float = 1.0) -> CutMixBoxes:
-    """Draws partners, lambdas and boxes for a batch (Yun et al. 2019, Sec. 3.1 and Alg. A1).
+    """Per-example draws: partners, lambdas and boxes for a batch (Yun et al. 2019, Sec. 3.1 and Alg. A1).
 
     lambda ~ Beta(alpha, alpha); box height sqrt(1 - lambda) H, width sqrt(1 - lambda) W; centre
     (cy, cx) uniform on [0, H) x [0, W); edges round(cy -/+ h/2), round(cx -/+ w/2), unclipped.
@@ -108,6 +118,39 @@ def cutmix_boxes(seed: tf.Tensor, batch, height, width, alpha: float = 1.0) -> C
     return CutMixBoxes(partner, area, top, bottom, left, right)
 
 
+def cutmix_block_boxes(
+    seed: tf.Tensor, batch, height, width, alpha: float = 1.0, devices: int = 1, sub_batches: int = 1
+) -> CutMixBoxes:
+    """Per-device-batch draws, as DeepMind's `adversarial_robustness/jax/utils.py` `cutmix`/`_random_box`.
+
+    For each of the `devices` blocks of B / devices rows: lambda ~ Beta(alpha, alpha) (U(0, 1) for
+    alpha = 1); cut_h = int(H sqrt(1 - lambda)), cut_w = int(W sqrt(1 - lambda)) (truncated); centre
+    i ~ U{0..H-1}, j ~ U{0..W-1}; unclipped box rows i - cut_h // 2 .. i + cut_h // 2 - 1 and columns
+    j - cut_w // 2 .. j + cut_w // 2 - 1; partners from `common.block_partners` (one permutation per
+    block, shared by its `sub_batches` strided sub-batches). Returned per row, like `cutmix_boxes`.
+    """
+    seed_perm, seed_lam, seed_y, seed_x = common.split_seed(seed, 4)
+    partner = common.block_partners(seed_perm, batch, devices, sub_batches)
+    if alpha == 1.0:
+        area = common.uniform([devices], seed_lam)  # 1 - lambda for lambda ~ Beta(1, 1) = U(0, 1)
+    else:
+        area = 1.0 - common.sample_beta([devices], seed_lam, alpha, alpha)
+    ratio = tf.sqrt(area)  # the reference's cut_rat = sqrt(1 - lambda)
+    cut_h = tf.cast(tf.floor(tf.cast(height, tf.float32) * ratio), tf.int32)
+    cut_w = tf.cast(tf.floor(tf.cast(width, tf.float32) * ratio), tf.int32)
+    centre_y = common.uniform([devices], seed_y, 0, height, dtype=tf.int32)
+    centre_x = common.uniform([devices], seed_x, 0, width, dtype=tf.int32)
+    rows = lambda values: common.per_block(values, batch, devices)  # noqa: E731
+    return CutMixBoxes(
+        partner,
+        rows(area),
+        rows(centre_y - cut_h // 2),
+        rows(centre_y + cut_h // 2),
+        rows(centre_x - cut_w // 2),
+        rows(centre_x + cut_w // 2),
+    )
+
+
 def pasted_fraction(boxes: CutMixBoxes, height, width) -> tf.Tensor:
     """The fraction of pixels inside each box after clipping to the image: the partner's label weight."""
     rows = tf.clip_by_value(boxes.bottom, 0, height) - tf.clip_by_value(boxes.top, 0, height)
@@ -116,12 +159,26 @@ def pasted_fraction(boxes: CutMixBoxes, height, width) -> tf.Tensor:
     return common.exact_ratio(count, height * width)
 
 
+def cutmix(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    alpha: float = 1.0,
+    draws: str = "batch",
+    devices: int = 1,
+    sub_batches: int = 1,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The batched transform behind `CutMix`; returns (images, labels).
 
-def cutmix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, alpha: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
-    """The batched transform behind `CutMix`; returns (images, labels)."""
+    `draws="batch"`: `cutmix_block_boxes` (the reference's); `"example"`: `cutmix_boxes`.
+    """
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
-    boxes = cutmix_boxes(seed, batch, height, width, alpha)
+    if draws == "batch":
+        boxes = cutmix_block_boxes(seed, batch, height, width, alpha, devices, sub_batches)
+    else:
+        boxes = cutmix_boxes(seed, batch, height, width, alpha)
     rows = tf.range(height)[None, :]
     cols = tf.range(width)[None, :]
     in_rows = (rows >= boxes.top[:, None]) & (rows < boxes.bottom[:, None])  # [B, H]; clipping is implicit

@@ -9,9 +9,13 @@ alpha = 1.4, but its text gives no single value (the figure's axis is not in the
 here is alpha = 1.0, the value Zhang et al. use for CIFAR-10. Pass a smaller alpha (e.g. 0.2-0.4) to
 follow the ablation's trend.
 
-Each example draws its own lambda and partner (Zhang et al.'s code draws one lambda per batch; per-example
-draws have the same marginal distribution). lambda is sampled as G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha)
-from the stateless generator (see `common.sample_beta`).
+Draws (`draws`, the CLI's `--mix-draws`): "batch" (default) draws one lambda and one partner permutation
+per device batch, shared by its emulated-worker sub-batches, as Zhang et al.'s code draws one lambda per
+batch and as DeepMind's reference draws CutMix (`adversarial_robustness/jax/utils.py` `cutmix` with
+`split`; the reference has no MixUp, so this follows its CutMix; see `MixingAugmentation`); "example"
+draws a lambda and a partner per example (same marginal distribution, more diversity per batch). lambda
+is sampled as G1 / (G1 + G2) with G1, G2 ~ Gamma(alpha) from the stateless generator (see
+`common.sample_beta`).
 """
 
 from __future__ import annotations
@@ -22,53 +26,83 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common
-from tfrobust.augment.batch_augmentation import BatchAugmentation
+from tfrobust.augment.batch_augmentation import MixingAugmentation
 
 
 class MixUpDraws(NamedTuple):
-    """What one call draws, per example: partner index (int32 [B]) and lambda (float32 [B])."""
+    """What one call draws, per row: partner index (int32 [B]) and lambda (float32 [B]).
+
+    With per-batch draws, the rows of a device batch share one lambda."""
 
     partner: tf.Tensor
     lam: tf.Tensor
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class MixUp(BatchAugmentation):
-    """Mixes every example with a partner (a random permutation of the batch) by lambda ~ Beta(alpha, alpha).
+class MixUp(MixingAugmentation):
+    """Mixes every example with a partner (a random permutation) by lambda ~ Beta(alpha, alpha).
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`
     (one-hot or soft labels; integer labels are rejected). Example b becomes
     lambda_b x_b + (1 - lambda_b) x_partner[b], its labels likewise, lambda_b the weight of itself.
     Pixels stay within [min, max] of the two mixed pixels, so [0, 1] images stay in [0, 1].
+    `draws`, `devices`, `sub_batches`: see `MixingAugmentation` ("batch", the default, as the
+    reference's CutMix; "example": per example).
 
     `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
     [2] `seed`, else the layer's generator, never inside tf.data).
     """
 
-    def __init__(self, alpha: float = 1.0, seed: int | None = None, **kwargs):
-        super().__init__(seed=seed, **kwargs)
+    def __init__(self, alpha: float = 1.0, draws: str = "batch", devices: int = 1, sub_batches: int = 1,
+                 seed: int | None = None, **kwargs):
+        super().__init__(draws=draws, devices=devices, sub_batches=sub_batches, seed=seed, **kwargs)
         if isinstance(alpha, bool) or not float(alpha) > 0.0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         self.alpha = float(alpha)
 
     def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return mixup(images, labels, seed, alpha=self.alpha)
+        return mixup(images, labels, seed, alpha=self.alpha, draws=self.draws, devices=self.devices,
+                     sub_batches=self.sub_batches)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "alpha": self.alpha}
 
 
 def mixup_draws(seed: tf.Tensor, batch, alpha: float) -> MixUpDraws:
-    """Partners (a random permutation) and lambda ~ Beta(alpha, alpha) for each example."""
+    """Per-example draws: partners (a random permutation) and lambda ~ Beta(alpha, alpha) for each example."""
     seed_perm, seed_lam = common.split_seed(seed, 2)
     return MixUpDraws(common.permutation(batch, seed_perm), common.sample_beta([batch], seed_lam, alpha, alpha))
 
 
-def mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """The batched transform behind `MixUp`; returns (images, labels)."""
-    draws = mixup_draws(seed, tf.shape(images)[0], alpha)
-    return _mix(images, tf.gather(images, draws.partner), draws.lam), _mix(
-        labels, tf.gather(labels, draws.partner), draws.lam
+def mixup_block_draws(seed: tf.Tensor, batch, alpha: float, devices: int = 1, sub_batches: int = 1) -> MixUpDraws:
+    """Per-device-batch draws: one lambda ~ Beta(alpha, alpha) per device batch of B / devices rows, and
+    partners from `common.block_partners` (one permutation per device batch, shared by its sub-batches)."""
+    seed_perm, seed_lam = common.split_seed(seed, 2)
+    lam = common.per_block(common.sample_beta([devices], seed_lam, alpha, alpha), batch, devices)
+    return MixUpDraws(common.block_partners(seed_perm, batch, devices, sub_batches), lam)
+
+
+def mixup(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    alpha: float,
+    draws: str = "batch",
+    devices: int = 1,
+    sub_batches: int = 1,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The batched transform behind `MixUp`; returns (images, labels).
+
+    `draws="batch"`: `mixup_block_draws`; `"example"`: `mixup_draws`.
+    """
+    batch = tf.shape(images)[0]
+    if draws == "batch":
+        drawn = mixup_block_draws(seed, batch, alpha, devices, sub_batches)
+    else:
+        drawn = mixup_draws(seed, batch, alpha)
+    return _mix(images, tf.gather(images, drawn.partner), drawn.lam), _mix(
+        labels, tf.gather(labels, drawn.partner), drawn.lam
     )
 
 

@@ -102,6 +102,19 @@ def produces_soft_labels(names: Sequence[str]) -> bool:
     return any(name in MIXING for name in names)
 
 
+def mixing_options(
+    names: Sequence[str], *, draws: str = "batch", devices: int = 1, sub_batches: int = 1
+) -> dict[str, dict[str, Any]]:
+    """`build_augmentation` options that set how the chain's mixing operation draws (`MixingAugmentation`):
+    `draws` ("batch", the reference's, or "example"), the number of device batches and of sub-batches
+    (the augmentation repeats) per device batch. Empty when the chain has no mixing operation."""
+    return {
+        name: {"draws": draws, "devices": int(devices), "sub_batches": int(sub_batches)}
+        for name in canonical(names)
+        if name in MIXING
+    }
+
+
 def default_options(name: str, *, image_shape: Sequence[int], allow_flip: bool) -> dict[str, Any]:
     """Constructor arguments of augmentation `name` for images of `image_shape` (H, W, C).
 

@@ -7,18 +7,28 @@ generated images"), original data is sampled without replacement, generated data
 always the original set's size in samples (50K "CIFAR-10-equivalent" samples), whatever the size of the
 generated set.
 
-Per batch of B rows (`distinct` = B / aug_repeats different images, each repeated `aug_repeats` times as
-in `pipeline.train_dataset`): exactly r = round(real_ratio * distinct) original images, then
-distinct - r generated ones, rows [0, r * repeats) original and the rest generated. So the ratio is exact
-in every batch, not on average.
+Batch composition, as the reference's (DeepMind `adversarial_robustness/jax/experiment.py` `_dataset`
+and `concatenate`, datasets.py `_repeat_batch`): the batch of B rows is `devices` consecutive device
+batches of n = B / devices rows (block k is what replica k trains on under tf.distribute). With
+R = `repeats` (the reference's emulated workers, 4) and d = n / R, each device batch holds
+  * r = round(real_ratio * d) distinct original images, each repeated R times in consecutive rows
+    (rows [0, r R) of the block: a a a a b b b b ..., the layout of `tf.repeat` in `_repeat_batch`),
+  * then R (d - r) generated images, all distinct (the reference's extra-data stream asks for
+    R (d - r) images per device and does not repeat them),
+so the original rows are r R of n, a fraction r / d of the batch counted after repetition (0.3008 for
+the paper's B = 1024, R = 4, ratio 0.3 on one device: 308 original rows of 77 images, 716 generated
+rows), exact in every batch, not on average. Python's round (half to even) as the reference's. Where the
+reference clamps r into [1, d - 1], tfrobust refuses r = 0 with a clear error and gives r = d
+(no generated rows) for real_ratio = 1.
 
 Which images, as pure functions of (seed, epoch, step), so that `--resume` reproduces the uninterrupted
-run (the same contract as `pipeline.py`); with S steps per epoch, t = epoch * S + step:
-  * original: pass p = t // q over the original set, q = N // r batches per pass; the batch takes
-    positions (t mod q) * r ... + r - 1 of pass p's permutation. Each pass is a permutation (no image
-    repeats within a pass, none within a batch; the N mod r images left over change every pass).
-  * generated: the stream of positions t * g ... t * g + g - 1 (g = distinct - r) walks through
-    successive permutations of the M generated images, one per pass over them.
+run (the same contract as `pipeline.py`); with S steps per epoch, t = epoch * S + step, and
+q = devices * r original images per batch (device batch k takes the k-th r of them):
+  * original: pass p = t // (N // q) over the original set; the batch takes positions
+    (t mod (N // q)) * q ... + q - 1 of pass p's permutation. Each pass is a permutation (no image
+    repeats within a pass, none within a batch; the N mod q images left over change every pass).
+  * generated: the stream of positions t * g ... t * g + g - 1 (g = devices * R (d - r) generated images
+    per batch) walks through successive permutations of the M generated images, one per pass over them.
 Both permutations are `index_permutation`: a keyed Feistel network on the index bits with cycle
 walking, a bijection of 0..n-1 computed per index in O(1) memory. A materialised permutation of 20M
 images would be a 160 MB int64 table per pass, and `tf.random.experimental.stateless_shuffle` of it a
@@ -110,38 +120,65 @@ def index_permutation(index: np.ndarray, n: int, key: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class MixPlan:
-    """The composition of every batch: `real` original and `generated` generated distinct images."""
+    """The composition of every batch: `devices` device batches, each of `real` distinct original images
+    repeated `repeats` times, then `generated` distinct generated images (rows)."""
 
     batch_size: int
     repeats: int
-    real: int  # distinct original images per batch
-    generated: int  # distinct generated images per batch
+    real: int  # distinct original images per device batch
+    generated: int  # generated images (= rows, all distinct) per device batch
+    devices: int = 1
+
+    @property
+    def real_per_batch(self) -> int:
+        """Distinct original images per (global) batch."""
+        return self.real * self.devices
+
+    @property
+    def generated_per_batch(self) -> int:
+        """Generated images per (global) batch."""
+        return self.generated * self.devices
 
     @property
     def real_rows(self) -> int:
-        return self.real * self.repeats
+        """Original rows per (global) batch, repeats counted."""
+        return self.real * self.repeats * self.devices
 
     @property
     def generated_rows(self) -> int:
-        return self.generated * self.repeats
+        return self.generated * self.devices
+
+    def row_is_generated(self) -> np.ndarray:
+        """bool [batch_size]: which rows of a batch hold generated images."""
+        block = np.r_[np.zeros(self.real * self.repeats, bool), np.ones(self.generated, bool)]
+        return np.tile(block, self.devices)
 
 
-def mix_plan(batch_size: int, real_ratio: float, repeats: int = 1) -> MixPlan:
-    """r = round(real_ratio * distinct) original images per batch, the rest generated (exact per batch)."""
+def mix_plan(batch_size: int, real_ratio: float, repeats: int = 1, devices: int = 1) -> MixPlan:
+    """The reference's composition (module docstring): per device batch of d = B / (devices repeats)
+    distinct slots, r = round(real_ratio * d) original images repeated `repeats` times and
+    `repeats` (d - r) distinct generated images."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise UserError(f"batch size must be a positive integer, got {batch_size!r}: fix --batch-size")
     if not 0.0 < real_ratio <= 1.0:
         raise UserError(f"--real-ratio must be in (0, 1] (fraction of original images per batch), got {real_ratio}")
-    if repeats < 1 or batch_size % repeats:
-        raise UserError(f"--aug-repeats {repeats} must be >= 1 and divide --batch-size {batch_size}")
-    distinct = batch_size // repeats
+    if devices < 1 or batch_size % devices:
+        raise UserError(f"--batch-size {batch_size} is not divisible by the {devices} replicas of the strategy")
+    if repeats < 1 or (batch_size // devices) % repeats:
+        raise UserError(
+            f"--aug-repeats {repeats} must be >= 1 and divide the batch of each of the {devices} replicas "
+            f"({batch_size // devices} of --batch-size {batch_size})"
+        )
+    distinct = batch_size // devices // repeats
     real = int(round(real_ratio * distinct))
     if real < 1:
         raise UserError(
-            f"--real-ratio {real_ratio} of {distinct} images per batch rounds to 0 original images: "
+            f"--real-ratio {real_ratio} of {distinct} images per device batch rounds to 0 original images: "
             "raise --real-ratio or --batch-size"
         )
-    return MixPlan(batch_size=batch_size, repeats=repeats, real=real, generated=distinct - real)
+    return MixPlan(
+        batch_size=batch_size, repeats=repeats, real=real, generated=(distinct - real) * repeats, devices=devices
+    )
 
 
 class MixedBatches:
@@ -153,18 +190,19 @@ class MixedBatches:
         self.plan = plan
         self.seed = int(seed)
         self.steps_per_epoch = int(steps_per_epoch)
-        self.real_per_pass = len(real) // plan.real  # batches per pass over the original data
+        self.real_per_pass = len(real) // plan.real_per_batch  # batches per pass over the original data
 
     def indices(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(original indices [real], generated global indices [generated]) of batch `step` of `epoch`."""
+        """(original indices [real_per_batch], generated global indices [generated_per_batch]) of batch
+        `step` of `epoch`; device batch k takes the k-th `real` and the k-th `generated` of them."""
         t = int(epoch) * self.steps_per_epoch + int(step)
         plan = self.plan
         rotation, within = divmod(t, self.real_per_pass)
-        positions = within * plan.real + np.arange(plan.real, dtype=np.int64)
+        positions = within * plan.real_per_batch + np.arange(plan.real_per_batch, dtype=np.int64)
         real_index = index_permutation(positions, len(self.real), permutation_key(self.seed, _REAL_STREAM, rotation))
         m = len(self.extra)
-        stream = t * plan.generated + np.arange(plan.generated, dtype=np.int64)
-        generated_index = np.empty(plan.generated, np.int64)
+        stream = t * plan.generated_per_batch + np.arange(plan.generated_per_batch, dtype=np.int64)
+        generated_index = np.empty(plan.generated_per_batch, np.int64)
         rotations = stream // m
         for r in np.unique(rotations):
             here = rotations == r
@@ -174,19 +212,24 @@ class MixedBatches:
         return real_index, generated_index
 
     def arrays(self, epoch, step) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images [B, H, W, C] and int64 labels [B]: original rows first, then generated rows."""
+        """uint8 images [B, H, W, C] and int64 labels [B]: per device batch, its original images (each
+        `repeats` times in consecutive rows), then its generated images."""
+        plan = self.plan
         real_index, generated_index = self.indices(int(epoch), int(step))
-        real_images = self.real.images[real_index]
-        real_labels = np.asarray(self.real.labels[real_index], dtype=np.int64)
+        real_images = np.repeat(self.real.images[real_index], plan.repeats, axis=0)
+        real_labels = np.repeat(np.asarray(self.real.labels[real_index], dtype=np.int64), plan.repeats)
         generated_images, generated_labels = self.extra.gather(generated_index)
         if generated_labels is None:  # real_ratio 1: no generated rows, unlabelled extra data is fine
             generated_labels = np.empty(0, np.int64)
-        images = np.concatenate([real_images, generated_images])
-        labels = np.concatenate([real_labels, generated_labels])
-        if self.plan.repeats > 1:
-            images = np.repeat(images, self.plan.repeats, axis=0)
-            labels = np.repeat(labels, self.plan.repeats, axis=0)
-        return images, labels
+        generated_labels = np.asarray(generated_labels, dtype=np.int64)
+        real_rows, generated_rows = plan.real * plan.repeats, plan.generated
+        images, labels = [], []
+        for k in range(plan.devices):
+            images += [real_images[k * real_rows:(k + 1) * real_rows],
+                       generated_images[k * generated_rows:(k + 1) * generated_rows]]
+            labels += [real_labels[k * real_rows:(k + 1) * real_rows],
+                       generated_labels[k * generated_rows:(k + 1) * generated_rows]]
+        return np.concatenate(images), np.concatenate(labels)
 
 
 def mixed_train_dataset(
@@ -202,23 +245,27 @@ def mixed_train_dataset(
     steps_per_epoch: int,
     augment: AugmentFn | None,
     repeats: int = 1,
+    devices: int = 1,
 ) -> tf.data.Dataset:
     """An endless stream of mixed `(images float32 [B,H,W,C] in [0,1], labels float32 [B,K])` batches.
 
-    Epochs `first_epoch`, `first_epoch + 1`, ... of `steps_per_epoch` batches each; the first
-    `plan.real_rows` rows are original images with one-hot labels, the others generated images with
-    labels smoothed as y (1 - s) + s / K (label smoothing, Szegedy et al. 2016; the paper's 0.1 on
-    generated samples only). `augment(batch, seed)` then runs on the whole mixed batch.
+    Epochs `first_epoch`, `first_epoch + 1`, ... of `steps_per_epoch` batches each, composed as
+    `mix_plan(batch_size, real_ratio, repeats, devices)` (module docstring): original rows have one-hot
+    labels, generated rows labels smoothed as y (1 - s) + s / K (label smoothing, Szegedy et al. 2016;
+    the paper's 0.1 on generated samples only; the reference's `concatenate`). `augment(batch, seed)`
+    then runs on the whole mixed batch.
     """
-    plan = mix_plan(batch_size, real_ratio, repeats)
+    plan = mix_plan(batch_size, real_ratio, repeats, devices)
     if first_epoch < 0:
         raise UserError(f"first epoch must be >= 0, got {first_epoch}")
     if steps_per_epoch < 1:
         raise UserError(f"steps per epoch must be >= 1, got {steps_per_epoch}")
     if not 0.0 <= label_smoothing < 1.0:
         raise UserError(f"--extra-label-smoothing must be in [0, 1), got {label_smoothing}")
-    if plan.real > len(real):
-        raise UserError(f"{plan.real} original images per batch but the training split has only {len(real)}")
+    if plan.real_per_batch > len(real):
+        raise UserError(
+            f"{plan.real_per_batch} original images per batch but the training split has only {len(real)}"
+        )
     if plan.generated and not extra.labelled:
         raise UserError("the extra data has no labels: label it first with tfrobust pseudolabel")
     if tuple(real.images.shape[1:]) != tuple(extra.image_shape):
@@ -230,7 +277,7 @@ def mixed_train_dataset(
     image_shape = tuple(int(d) for d in real.images.shape[1:])
     # Per-row smoothing amount: 0 for original rows, `label_smoothing` for generated rows.
     smoothing = tf.constant(
-        [0.0] * plan.real_rows + [float(label_smoothing)] * plan.generated_rows, tf.float32, shape=[batch_size, 1]
+        np.where(plan.row_is_generated(), np.float32(label_smoothing), np.float32(0.0))[:, None], tf.float32
     )
 
     def gather(epoch: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -258,7 +305,9 @@ def mixed_train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def samples_per_epoch(batch_size: int, real_ratio: float, repeats: int, steps_per_epoch: int) -> tuple[int, int]:
+def samples_per_epoch(
+    batch_size: int, real_ratio: float, repeats: int, steps_per_epoch: int, devices: int = 1
+) -> tuple[int, int]:
     """(original rows, generated rows) consumed by one epoch: what the per-epoch CSV records."""
-    plan = mix_plan(batch_size, real_ratio, repeats)
+    plan = mix_plan(batch_size, real_ratio, repeats, devices)
     return plan.real_rows * steps_per_epoch, plan.generated_rows * steps_per_epoch

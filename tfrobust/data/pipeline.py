@@ -62,6 +62,7 @@ def train_dataset(
     steps_per_epoch: int,
     augment: AugmentFn | None,
     repeats: int = 1,
+    devices: int = 1,
 ) -> tf.data.Dataset:
     """An endless stream of `(images float32 [B,H,W,C] in [0,1], labels float32 one-hot [B,K])` batches.
 
@@ -69,6 +70,16 @@ def train_dataset(
     `batch_size` examples: the first `steps_per_epoch * batch_size` indices of the epoch's permutation,
     so no image repeats within an epoch and the remainder is dropped. `augment(batch, seed)` runs on
     each batch (dict with "images" and one-hot "labels") with the seed `batch_seed(seed, epoch, step)`.
+
+    Augmentation repeats (`repeats` = R, the reference's "emulated workers", 4 in DeepMind's
+    `adversarial_robustness/jax/experiment.py`; its datasets.py `_repeat_batch`): each batch holds
+    B / R distinct images, each in R consecutive rows (a a a a b b b b ...), augmented independently.
+    The reference lays out every device batch this way; cutting this batch into `devices` consecutive
+    blocks (one per replica, as tf.distribute does) gives exactly that, so `devices` only checks that
+    R divides each block. Every row is filled: the reference's experiment.py also sends this stream
+    through `_dataset`'s `ratio` clamp min(round(d * 1.0), d - 1) when there is no extra data, which
+    leaves each device batch one image (R rows) short (1020 rows for a batch of 1024 on one device);
+    the paper states the full batch (512 without added data).
     """
     n = len(split.labels)
     _check_batch_size(batch_size)
@@ -85,11 +96,14 @@ def train_dataset(
         raise UserError(f"first epoch must be >= 0, got {first_epoch}")
     _check_labels(split, num_classes)
 
-    if repeats < 1 or batch_size % repeats:
-        raise UserError(f"--aug-repeats {repeats} must be >= 1 and divide --batch-size {batch_size}")
+    if devices < 1 or batch_size % devices:
+        raise UserError(f"--batch-size {batch_size} is not divisible by the {devices} replicas of the strategy")
+    if repeats < 1 or (batch_size // devices) % repeats:
+        raise UserError(
+            f"--aug-repeats {repeats} must be >= 1 and divide the batch of each of the {devices} replicas "
+            f"({batch_size // devices} of --batch-size {batch_size})"
+        )
     images, labels = _host_tensors(split)
-    # Augmentation repeats (METHOD.md; the reference's "emulated workers"): each batch holds
-    # batch_size / repeats distinct images, each `repeats` times in a row, augmented independently.
     distinct = batch_size // repeats
     per_epoch = steps_per_epoch * distinct
 

@@ -151,9 +151,13 @@ def augmented_set(images: np.ndarray, labels: np.ndarray, *, aug: str, image_sha
     [0, 1] and the dominant class of each (soft) label."""
     import tensorflow as tf
 
-    from tfrobust.augment.registry import build_augmentation, parse_aug
+    from tfrobust.augment.registry import build_augmentation, mixing_options, parse_aug
 
-    layer = build_augmentation(parse_aug(aug), image_shape=image_shape, allow_flip=allow_flip)
+    names = parse_aug(aug)
+    # Per-example mixing draws: the statistics are per sample, and independent samples measure the
+    # augmentation's distribution (training draws once per device batch by default, same marginals).
+    layer = build_augmentation(names, image_shape=image_shape, allow_flip=allow_flip,
+                               options=mixing_options(names, draws="example"))
     out_images, out_labels = [], []
     for b, start in enumerate(range(0, len(images), batch_size)):
         batch = {"images": tf.constant(images[start:start + batch_size], tf.float32) / 255.0,

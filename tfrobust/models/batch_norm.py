@@ -39,6 +39,11 @@ class BatchNorm(keras.layers.BatchNormalization):
     mean and variance (synchronised across replicas when `synchronized=True`) and leaves
     `moving_mean` / `moving_variance` untouched.
 
+    Under tf.distribute, `synchronized=False` (tfrobust's default, `--sync-batch-norm` off) gives the
+    reference's per-device BatchNorm: each replica normalises with its own slice's moments and updates
+    its own copy of the moving statistics (mirrored variables with aggregation NONE are assigned per
+    replica; training/distribute.py).
+
     Speed: for NHWC images on the TensorFlow backend (no mask, not synchronised) the layer runs TF's
     fused batch-norm kernel, forward and backward, instead of Keras 3's composite of moments and
     elementwise ops; on CPU this is the difference between matching PyTorch's throughput or not

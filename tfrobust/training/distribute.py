@@ -4,9 +4,25 @@ Under `MirroredStrategy` and `MultiWorkerMirroredStrategy` each replica sees a s
 tfrobust makes the distributed step compute what the single-device step computes on the whole batch:
 
 - the loss is each replica's mean divided by the number of replicas (Keras sums gradients);
-- BatchNorm is synchronised (`synchronized=True`: moments over the global batch);
 - the attack's random start is drawn for the global batch and each replica takes its rows
   (`ReplicaShardedInit`), so the adversarial points do not depend on the number of replicas.
+
+BatchNorm (`--sync-batch-norm`, config `sync_batch_norm`):
+- default, the reference's: each replica normalises with its own batch's statistics and keeps its own
+  moving averages (DeepMind `adversarial_robustness/jax/experiment.py` runs the model under `jax.pmap`
+  with no cross-device moments, and its per-device `state` is never averaged; it checkpoints device 0's).
+  Keras builds the moving statistics as mirrored variables with aggregation NONE, and TensorFlow applies
+  a replica's assign in replica context to that replica's own copy, so the copies diverge as the
+  reference's per-device states do; reading them outside a replica (checkpoints, weight averaging,
+  export) gives replica 0's copy, as the reference's `jl_utils.get_first`. With several replicas the
+  step then depends on how the batch is cut into device batches, as the reference's does.
+- `--sync-batch-norm`: moments over the global batch (Keras's `synchronized=True`), so the distributed
+  step computes what the single-device step computes on the whole batch; the attack's steps are then
+  unrolled (no all-reduce inside a while loop).
+
+Each replica trains on one consecutive block of the global batch (tf.distribute's rebatching of a
+batched dataset); the pipelines lay out each block as the reference lays out a device batch, and the
+mixing augmentations draw per block (`tfrobust.data.mixing`, `tfrobust.augment.batch_augmentation`).
 """
 
 from __future__ import annotations
@@ -51,11 +67,17 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
-def check_batch_size(batch_size: int, replicas: int) -> None:
+def check_batch_size(batch_size: int, replicas: int, repeats: int = 1) -> None:
+    """The global batch must cut into `replicas` device batches, each holding whole augmentation repeats."""
     if batch_size % replicas:
         raise UserError(
             f"--batch-size {batch_size} is not divisible by the {replicas} replicas of the strategy: "
             f"use a multiple of {replicas}"
+        )
+    if (batch_size // replicas) % repeats:
+        raise UserError(
+            f"--aug-repeats {repeats} must divide the batch of each of the {replicas} replicas "
+            f"({batch_size // replicas} of --batch-size {batch_size}): use a multiple of {replicas * repeats}"
         )
 
 

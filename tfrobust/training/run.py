@@ -31,7 +31,7 @@ import tensorflow as tf
 
 import tfrobust
 from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
-from tfrobust.augment.registry import build_augmentation, parse_aug, produces_soft_labels
+from tfrobust.augment.registry import build_augmentation, mixing_options, parse_aug, produces_soft_labels
 from tfrobust.config import TrainConfig
 from tfrobust.data.datasets import Splits, load_dataset
 from tfrobust.data.extra import ExtraData, open_extra_data
@@ -85,7 +85,7 @@ def read_run_config(path: str) -> TrainConfig:
             values = json.load(handle)
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"unreadable {config_path}: {error}") from None
-    return TrainConfig.from_dict(values).validate()
+    return TrainConfig.from_run_dict(values).validate()
 
 
 @dataclasses.dataclass
@@ -108,7 +108,7 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
     splits = splits or load_dataset(config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir)
     strategy = distribute.make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
-    distribute.check_batch_size(config.batch_size, replicas)
+    distribute.check_batch_size(config.batch_size, replicas, config.aug_repeats)
     if config.batch_size > len(splits.train):
         raise UserError(
             f"--batch-size {config.batch_size} is larger than the training split ({len(splits.train)} images)"
@@ -116,6 +116,8 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
     steps_per_epoch = len(splits.train) // config.batch_size
     info = splits.info
     eps = config.resolved_eps
+    # Per-replica BatchNorm statistics unless --sync-batch-norm (tfrobust/training/distribute.py).
+    synchronized_bn = config.sync_batch_norm and replicas > 1
     with strategy.scope():
         network = build_model(
             config.model,
@@ -124,7 +126,7 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
             mean=info.mean,
             std=info.std,
             activation=config.activation,
-            synchronized_bn=replicas > 1,
+            synchronized_bn=synchronized_bn,
         )
         attack = None
         if config.loss != "standard":
@@ -133,7 +135,7 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
             if replicas > 1:
                 # Synchronised BatchNorm all-reduces inside the attack: unrolled steps, not a while loop.
                 attack = dataclasses.replace(
-                    attack, init=distribute.ReplicaShardedInit(attack.init, replicas), unroll=True
+                    attack, init=distribute.ReplicaShardedInit(attack.init, replicas), unroll=synchronized_bn
                 )
         trainer = RobustTrainer(
             network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay,
@@ -212,35 +214,10 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     if os.path.exists(checkpoint_path):
         initial_epoch = cb.restore(checkpoint_path, run.trainer, run.averaging, run.selection)
         print(f"resuming {run_dir} after epoch {initial_epoch} of {config.epochs}", flush=True)
-    info = run.splits.info
-    # Pixel sizes scale with the image (Pad&Crop's 4 pixels on 32x32 is 1 on 8x8 digits): see
-    # augment.registry.default_options. Layers run in float32 whatever the training precision.
-    names = parse_aug(config.aug)
-    augment = build_augmentation(names, image_shape=info.image_shape, allow_flip=info.allow_flip)
-    augment_fn = (lambda batch, seed: augment(batch, training=True, seed=seed)) if names else None
-    counts = None
-    if extra is not None:
-        # Generated data (docs/generated_data.md): exactly round(real_ratio * batch) original images per
-        # batch; an epoch stays len(train) // batch steps, the original set's size in samples.
-        data = mixed_train_dataset(
-            run.splits.train, extra, num_classes=info.num_classes, batch_size=config.batch_size,
-            real_ratio=config.real_ratio, label_smoothing=config.extra_label_smoothing, seed=config.seed,
-            first_epoch=initial_epoch, steps_per_epoch=run.steps_per_epoch, augment=augment_fn,
-            repeats=config.aug_repeats,
-        )
-        counts = cb.SampleCounts(*samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats,
-                                                    run.steps_per_epoch))
-    else:
-        data = train_dataset(
-            run.splits.train,
-            num_classes=info.num_classes,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            first_epoch=initial_epoch,
-            steps_per_epoch=run.steps_per_epoch,
-            augment=augment_fn,
-            repeats=config.aug_repeats,
-        )
+    data, counts = training_stream(
+        config, run.splits, extra, replicas=run.strategy.num_replicas_in_sync, first_epoch=initial_epoch,
+        steps_per_epoch=run.steps_per_epoch,
+    )
     log_path = os.path.join(run_dir, "log.csv")
     if initial_epoch > 0:
         truncate_log(log_path, initial_epoch)
@@ -280,6 +257,50 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
         with open(os.path.join(run_dir, "summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True)
     return summary
+
+
+def training_stream(
+    config: TrainConfig,
+    splits: Splits,
+    extra: ExtraData | None,
+    *,
+    replicas: int,
+    first_epoch: int,
+    steps_per_epoch: int,
+) -> tuple[tf.data.Dataset, cb.SampleCounts | None]:
+    """The batches `fit` trains on (augmented), and with generated data the per-epoch sample counts.
+
+    Every batch is `replicas` consecutive device batches (replica k trains on block k): the generated-data
+    composition and the mixing draws follow the reference per device batch (tfrobust.data.mixing,
+    tfrobust.augment.batch_augmentation), with `config.aug_repeats` emulated workers per device batch.
+    """
+    info = splits.info
+    # Pixel sizes scale with the image (Pad&Crop's 4 pixels on 32x32 is 1 on 8x8 digits): see
+    # augment.registry.default_options. Layers run in float32 whatever the training precision.
+    names = parse_aug(config.aug)
+    augment = build_augmentation(
+        names, image_shape=info.image_shape, allow_flip=info.allow_flip,
+        options=mixing_options(names, draws=config.mix_draws, devices=replicas, sub_batches=config.aug_repeats),
+    )
+    augment_fn = (lambda batch, seed: augment(batch, training=True, seed=seed)) if names else None
+    if extra is None:
+        data = train_dataset(
+            splits.train, num_classes=info.num_classes, batch_size=config.batch_size, seed=config.seed,
+            first_epoch=first_epoch, steps_per_epoch=steps_per_epoch, augment=augment_fn,
+            repeats=config.aug_repeats, devices=replicas,
+        )
+        return data, None
+    # Generated data (docs/generated_data.md): the reference's composition, exact in every batch; an
+    # epoch stays len(train) // batch steps, the original set's size in samples.
+    data = mixed_train_dataset(
+        splits.train, extra, num_classes=info.num_classes, batch_size=config.batch_size,
+        real_ratio=config.real_ratio, label_smoothing=config.extra_label_smoothing, seed=config.seed,
+        first_epoch=first_epoch, steps_per_epoch=steps_per_epoch, augment=augment_fn,
+        repeats=config.aug_repeats, devices=replicas,
+    )
+    counts = cb.SampleCounts(*samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats,
+                                                steps_per_epoch, devices=replicas))
+    return data, counts
 
 
 def truncate_log(path: str, epochs_done: int) -> None:
