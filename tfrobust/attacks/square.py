@@ -45,6 +45,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.attacks import rng
 from tfrobust.attacks.losses import margin
 from tfrobust.attacks.projection import check_eps, check_norm, make_projection
 from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors
@@ -54,7 +55,6 @@ ModelFn = Callable[[tf.Tensor], tf.Tensor]
 # The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
 # functions made tracing several times slower (seconds per attack).
 _no_autograph = tf.autograph.experimental.do_not_convert
-_ALG = "philox"
 # Iterations after which p halves (the reference's `p_selection`; with `rescale_schedule`, rescaled ones).
 P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -247,9 +247,9 @@ class Square:
                                                     self.rescale_schedule)]
         side_t = tf.constant(sides or [1], tf.int32)
 
-        init_seed, loop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        init_seed, loop_seed = tf.unstack(rng.split(seed, 2))
         if self.norm == "linf":
-            stripes = tf.sign(tf.random.stateless_uniform([batch, 1, w, c], init_seed, -1.0, 1.0, alg=_ALG))
+            stripes = tf.sign(rng.uniform([batch, 1, w, c], init_seed, -1.0, 1.0))
             x_best = tf.clip_by_value(x + eps * stripes, 0.0, 1.0)
         else:
             x_best = self._l2_init(x, init_seed, h, w, c)
@@ -271,9 +271,9 @@ class Square:
         def candidate(xs, xb, i, it_seed):
             b = tf.shape(xs)[0]
             s = side_t[i]
-            u = tf.random.stateless_uniform([b, 5], it_seed, alg=_ALG)
-            signs = tf.sign(tf.random.stateless_uniform(
-                [b, 1, 1, c], tf.random.experimental.stateless_fold_in(it_seed, 1), -1.0, 1.0, alg=_ALG))
+            u = rng.uniform([b, 5], it_seed)
+            signs = tf.sign(rng.uniform(
+                [b, 1, 1, c], rng.fold_in(it_seed, 1), -1.0, 1.0))
             vh, vw = corner(u[:, 0], h, s), corner(u[:, 1], w, s)
             if self.norm == "linf":
                 return linf_window_update(xs, xb, self.eps, s, vh, vw, signs)
@@ -283,7 +283,7 @@ class Square:
         def body(i, x_best, margin, queries):
             idx = tf.where(margin > 0.0)[:, 0]
             xs, xb, ys = tf.gather(x, idx), tf.gather(x_best, idx), tf.gather(y, idx)
-            x_new = candidate(xs, xb, i, tf.random.experimental.stateless_fold_in(loop_seed, i))
+            x_new = candidate(xs, xb, i, rng.fold_in(loop_seed, i))
             m_new = margin_of(model_fn(x_new), ys)
             m_old = tf.gather(margin, idx)
             better = m_new < m_old  # strict: a candidate is accepted only when the margin drops
@@ -322,9 +322,9 @@ class Square:
         blocks_t = tf.constant(np.stack(blocks_t), tf.float32)
         n = int(blocks.shape[0])
         batch = tf.shape(x)[0]
-        sign_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        signs = tf.sign(tf.random.stateless_uniform([batch, n, c], sign_seed, -1.0, 1.0, alg=_ALG))
-        flip = tf.cast(tf.random.stateless_uniform([batch, n], flip_seed, alg=_ALG) > 0.5, tf.float32)
+        sign_seed, flip_seed = tf.unstack(rng.split(seed, 2))
+        signs = tf.sign(rng.uniform([batch, n, c], sign_seed, -1.0, 1.0))
+        flip = tf.cast(rng.uniform([batch, n], flip_seed) > 0.5, tf.float32)
         delta = (tf.einsum("nhw,bnc->bhwc", blocks, signs * (1.0 - flip)[..., None])
                  + tf.einsum("nhw,bnc->bhwc", blocks_t, signs * flip[..., None]))
         eps = tf.constant(self.eps, tf.float32)
