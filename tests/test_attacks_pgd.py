@@ -133,22 +133,27 @@ def test_normalized_gradient_per_example():
 
 
 def test_adam_matches_reference_formula():
+    # optax scale_by_adam with the reference's attacks.Adam epsilon 1e-9 (adversarial_robustness/jax attacks.py).
     opt = A.Adam(A.PiecewiseConstant((1,), (0.1, 0.01)))
-    x = tf.zeros([1, 2])
-    grads = [np.array([[1e-3, -2.0]], np.float32), np.array([[-1e-3, 1.0]], np.float32)]
+    x = tf.zeros([1, 3])
+    grads = [np.array([[1e-3, -2.0, 2e-8]], np.float32), np.array([[-1e-3, 1.0, -1e-8]], np.float32)]
     state = opt.init(x)
-    m = v = np.zeros([1, 2])
-    x_ref = np.zeros([1, 2])
+    m = v = np.zeros([1, 3])
+    x_ref = np.zeros([1, 3])
+    x_keras_eps = np.zeros([1, 3])
     for step, g in enumerate(grads):
         x, state = opt.update(x, tf.constant(g), state, tf.constant(step))
         t = step + 1
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g**2
         lr = 0.1 if step < 1 else 0.01
-        x_ref = x_ref + lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
-        if step == 0:  # the first Adam step is lr·sign(g), whatever the gradient's scale
-            np.testing.assert_allclose(x, [[0.1, -0.1]], rtol=1e-4)
+        x_ref = x_ref + lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-9)
+        x_keras_eps = x_keras_eps + lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        if step == 0:  # the first Adam step is lr·sign(g) where |g| >> eps
+            np.testing.assert_allclose(x[:, :2], [[0.1, -0.1]], rtol=1e-4)
     np.testing.assert_allclose(x, x_ref, rtol=1e-5)
+    # The gradient of 2e-8 tells the reference's epsilon from Keras's 1e-8.
+    assert abs(float(x[0, 2]) - x_keras_eps[0, 2]) > 1e-3
     assert int(state[2]) == 2
 
 

@@ -55,8 +55,9 @@ def test_generate_pseudolabel_train_with_extra_data(tmp_path):
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["extra_data"] == [labelled] and config["real_ratio"] == 0.5 and config["extra_label_smoothing"] == 0.1
     rows = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
-    # 400 - 64 validation images = 336 -> 10 steps of 32: 16 original + 16 generated each.
-    assert len(rows) == 1 and int(float(rows[0]["real_samples"])) == 160 and int(float(rows[0]["generated_samples"])) == 160
+    # An epoch is the 400 original images (64 held out for validation) / 32: floor(12.5) = 12 steps of 16
+    # original + 16 generated.
+    assert len(rows) == 1 and int(float(rows[0]["real_samples"])) == 192 and int(float(rows[0]["generated_samples"])) == 192
 
 
 def test_bad_extra_data_fails_before_anything_is_written(tmp_path):

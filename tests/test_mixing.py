@@ -128,6 +128,23 @@ def test_resumed_epoch_matches_uninterrupted_run_with_augmentation(tmp_path):
         np.testing.assert_array_equal(ya, yb)
 
 
+def test_stream_starting_mid_epoch_matches_uninterrupted_run(tmp_path):
+    # Training epochs need not end where these epochs do (run.py): the stream can start at any batch.
+    pad = PadCrop(padding=1, flip=True)
+
+    def augment(batch, seed):
+        return pad(batch, training=True, seed=seed)
+
+    continuous = [(x.numpy(), y.numpy()) for x, y in _dataset(tmp_path, augment=augment).take(16)]
+    resumed = [(x.numpy(), y.numpy()) for x, y in _dataset(tmp_path, augment=augment, first_epoch=1,
+                                                            first_step=4).take(6)]
+    for (xa, ya), (xb, yb) in zip(continuous[10:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(UserError, match="first step"):
+        _dataset(tmp_path, first_step=6)
+
+
 def _reference_rows(batch_size: int, ratio: float, repeats: int, devices: int) -> tuple[int, int]:
     """(original rows, generated rows) of one device batch, transcribing the reference's `_dataset`
     (DeepMind adversarial_robustness/jax/experiment.py): `ratio` for the supervised stream,

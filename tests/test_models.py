@@ -1,5 +1,6 @@
 """Tests for tfrobust.models: sizes, structure (METHOD.md "model, exactly"), serialisation, BatchNorm freezing."""
 
+import math
 import time
 
 import keras
@@ -66,7 +67,9 @@ def run_model_saving_test(model, inputs, path, atol=1e-6):
 def test_parameter_counts(name, expected):
     start = time.time()
     model = build_model(name, **CIFAR)  # built symbolically, never called on data
-    assert model.count_params() == expected
+    # Weights and BatchNorm moving statistics, as the reference's state dicts count them; each BatchNorm's
+    # scalar update counter (zero-debiasing state) is left out.
+    assert model.count_params() - len(batch_norm_layers(model)) == expected
     if name == "wrn-28-10" and time.time() - start > 10:
         pytest.skip("building wrn-28-10 took > 10 s on this machine (count checked anyway)")
 
@@ -126,6 +129,41 @@ def test_batchnorm_settings():
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
             assert not layer.use_bias
+
+
+def _truncated_normal_cdf(z):
+    """CDF of a standard normal truncated to [-2, 2] (not rescaled): Haiku's TruncatedNormal / stddev."""
+    phi = lambda t: 0.5 * (1.0 + math.erf(t / math.sqrt(2.0)))  # noqa: E731
+    return (phi(z) - phi(-2.0)) / (phi(2.0) - phi(-2.0))
+
+
+@pytest.mark.parametrize("name, kwargs", [("wrn-16-2", CIFAR), ("preact-resnet-18", DIGITS)])
+def test_convolutions_start_from_haikus_default_initializer(name, kwargs):
+    # hk.Conv2D without w_init (the reference's model_zoo.py): TruncatedNormal(stddev = 1 / sqrt(fan_in)),
+    # cut at +-2 stddev, not rescaled; fan_in = kh * kw * in_channels. The logits layer stays zero.
+    keras.utils.set_random_seed(0)
+    model = build_model(name, **kwargs)
+    pooled, kernels = [], []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            w = layer.kernel.numpy()
+            z = w * math.sqrt(np.prod(w.shape[:-1]))  # in units of the reference's stddev
+            assert np.abs(z).max() <= 2.0 + 1e-5, layer.name
+            pooled.append(z.ravel())
+            kernels.append(w)
+    z = np.concatenate(pooled)
+    assert z.size > 50_000
+    # The empirical CDF follows the truncated normal's (Keras's he_normal is about 1.6x wider).
+    for point in (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5):
+        assert abs(np.mean(z <= point) - _truncated_normal_cdf(point)) < 0.01, point
+    assert np.std(z) == pytest.approx(0.8796, rel=0.02)
+    # Each layer draws its own values (one initializer per layer).
+    shapes = [k.shape for k in kernels]
+    repeated = next(shape for shape in shapes if shapes.count(shape) >= 2)
+    first, second = [k for k in kernels if k.shape == repeated][:2]
+    assert not np.array_equal(first, second)
+    head = model.get_layer("logits")
+    assert not np.any(head.kernel.numpy()) and not np.any(head.bias.numpy())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,13 +348,40 @@ def test_frozen_uses_batch_statistics_without_updating():
     np.testing.assert_allclose(inference, expected, atol=1e-4)
 
 
-def test_unfrozen_training_updates_moving_statistics():
+@pytest.mark.parametrize("synchronized", [False, True])  # TF's fused kernel / Keras's composite moments
+def test_moving_statistics_are_the_zero_debiased_ema_of_the_reference(synchronized):
+    # hk.ExponentialMovingAverage(0.9, zero_debias=True) (the reference's hk.BatchNorm), written out:
+    # hidden <- d hidden + (1 - d) stat from 0; average = hidden / (1 - d^n); the variance is the biased one.
+    layer = BatchNorm(momentum=0.9, epsilon=1e-3, synchronized=synchronized)
+    layer.build((None, 4, 4, 3))
+    rng = np.random.default_rng(6)
+    hidden_mean, hidden_var = np.zeros(3), np.zeros(3)
+    for n in range(1, 5):
+        x = rng.normal(2.0 + n, 3.0, (8, 4, 4, 3)).astype(np.float32)
+        layer(x, training=True)
+        hidden_mean = 0.9 * hidden_mean + 0.1 * x.mean(axis=(0, 1, 2))
+        hidden_var = 0.9 * hidden_var + 0.1 * x.var(axis=(0, 1, 2))
+        np.testing.assert_allclose(layer.moving_mean.numpy(), hidden_mean / (1 - 0.9**n), rtol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), hidden_var / (1 - 0.9**n), rtol=1e-4)
+        assert int(layer.moving_updates.numpy()) == n
+        if n == 1:  # the first update is the batch statistic itself (Keras would give 0.1 of it)
+            np.testing.assert_allclose(layer.moving_mean.numpy(), x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    # Inference (and so the exported model) normalises with the debiased averages.
+    x = rng.normal(0.0, 1.0, (2, 4, 4, 3)).astype(np.float32)
+    mean, var = hidden_mean / (1 - 0.9**4), hidden_var / (1 - 0.9**4)
+    expected = (x - mean) / np.sqrt(var + 1e-3) * layer.gamma.numpy() + layer.beta.numpy()
+    np.testing.assert_allclose(layer(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_assigned_statistics_are_used_as_they_are():
+    # What the PyTorch importer does: assign running statistics; inference reads them unchanged (the update
+    # counter, still 0, only matters to training).
     layer = _bn_layer()
-    x = np.random.default_rng(6).normal(2.0, 3.0, (8, 4, 4, 3)).astype(np.float32)
-    mean0, var0 = _stats(layer)
-    layer(x, training=True)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.9 * mean0 + 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
-    assert not np.allclose(layer.moving_variance.numpy(), var0)
+    mean, var = _stats(layer)
+    assert int(layer.moving_updates.numpy()) == 0
+    x = np.random.default_rng(7).normal(0.0, 1.0, (2, 4, 4, 3)).astype(np.float32)
+    expected = (x - mean) / np.sqrt(var + layer.epsilon) * layer.gamma.numpy() + layer.beta.numpy()
+    np.testing.assert_allclose(layer(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_frozen_context_on_whole_model():
@@ -360,10 +425,12 @@ def test_frozen_context_applies_to_call_sites_traced_inside_tf_function():
         adv_out = layer(adv, training=True)  # updates (the TRADES adversarial pass)
         return clean_out, adv_out
 
-    for _ in range(2):  # the second call reuses the trace
+    for n in (1, 2):  # the second call reuses the trace
         mean0, _ = _stats(layer)
         clean_out, _ = step(x, x_adv)
-        expected_mean = 0.9 * mean0 + 0.1 * x_adv.numpy().mean(axis=(0, 1, 2))
+        # One zero-debiased update per call: update n moves (1 - d) / (1 - d^n) of the way (1 at n = 1).
+        assert int(layer.moving_updates.numpy()) == n
+        expected_mean = mean0 + (x_adv.numpy().mean(axis=(0, 1, 2)) - mean0) * 0.1 / (1 - 0.9**n)
         np.testing.assert_allclose(layer.moving_mean.numpy(), expected_mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(clean_out.numpy(), _batch_norm_reference(layer, x.numpy()), atol=1e-4)
     assert layer.update_moving_statistics is True

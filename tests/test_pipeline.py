@@ -84,6 +84,24 @@ def test_restart_at_epoch_matches_uninterrupted_run():
         np.testing.assert_array_equal(xa, xb)
 
 
+def test_stream_starting_mid_epoch_matches_uninterrupted_run():
+    # Training epochs need not end where these epochs do (run.py): the stream can start at any batch.
+    pad = PadCrop(padding=1, flip=True)
+
+    def augment(batch, seed):
+        return pad(batch, training=True, seed=seed)
+
+    split = _split(h=4, w=4, c=3)
+    kwargs = dict(num_classes=K, batch_size=8, seed=7, steps_per_epoch=5, augment=augment)
+    continuous = _take(train_dataset(split, first_epoch=0, **kwargs), 15)
+    resumed = _take(train_dataset(split, first_epoch=1, first_step=3, **kwargs), 7)
+    for (xa, ya), (xb, yb) in zip(continuous[8:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(UserError, match="first step"):
+        train_dataset(split, first_epoch=0, first_step=5, **kwargs)
+
+
 def test_seed_changes_the_order():
     kwargs = dict(num_classes=K, batch_size=10, first_epoch=0, steps_per_epoch=5, augment=None)
     a = _indices(next(iter(train_dataset(_split(), seed=0, **kwargs)))[0])

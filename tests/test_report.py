@@ -25,7 +25,7 @@ COLUMNS = ["epoch", "adv_accuracy", "ce", "clean_accuracy", "kl", "loss", "val_a
            "val_avg_pgd40_accuracy", "val_raw_clean_accuracy", "val_raw_pgd40_accuracy"]
 
 
-def synthetic_run(path, *, epochs=6, eval_every=2, steps_per_epoch=5, ema_decay=0.99, robust=(0.30, 0.42, 0.38),
+def synthetic_run(path, *, epochs=6, eval_every=2, epoch_examples=160, ema_decay=0.99, robust=(0.30, 0.42, 0.38),
                   checkpoint=True):
     """A run directory as run.py writes it; validation every `eval_every` epochs with the given averaged
     PGD-40 accuracies (raw = averaged - 0.05), NaN on the other epochs."""
@@ -48,8 +48,8 @@ def synthetic_run(path, *, epochs=6, eval_every=2, steps_per_epoch=5, ema_decay=
             handle.write(",".join("nan" if isinstance(v, float) and math.isnan(v) else str(v) for v in row) + "\n")
     if checkpoint:
         save_arrays(os.path.join(path, "checkpoint.npz"),
-                    {"network": [np.zeros(3)], "averaging": [np.zeros(3), np.array(epochs * steps_per_epoch)],
-                     "optimizer": [np.array(0)]}, {"epoch": epochs})
+                    {"network": [np.zeros(3)], "averaging": [np.zeros(3), np.array(epochs * epoch_examples // 32)],
+                     "optimizer": [np.array(0)]}, {"epoch": epochs, "epoch_examples": epoch_examples})
     return str(path)
 
 
@@ -61,7 +61,7 @@ def png_ok(path):
 
 def test_read_run_and_numbers(tmp_path):
     run = read_run(synthetic_run(tmp_path / "a"))
-    assert run.steps_per_epoch == 5
+    assert run.epoch_examples == 160
     np.testing.assert_array_equal(run.epochs_done, [1, 2, 3, 4, 5, 6])
     numbers = run_numbers(run)
     assert numbers["best"]["epoch"] == 4 and numbers["best"]["val_avg_pgd40_accuracy"] == pytest.approx(0.42)
@@ -72,16 +72,18 @@ def test_read_run_and_numbers(tmp_path):
 def test_schedules_are_recomputed_per_step():
     config = json.loads(TrainConfig(dataset="digits", epochs=6, batch_size=32, warmup_epochs=1, ema_decay=0.99,
                                     schedule="piecewise").resolved().to_json())
-    curves = schedule_curves(config, steps_per_epoch=5)
-    assert len(curves["learning_rate"]) == 30
+    # 150 samples per epoch at batch 32: 4.6875 steps per epoch, floor(6 * 150 / 32) = 28 steps in all.
+    curves = schedule_curves(config, epoch_examples=150)
+    assert len(curves["learning_rate"]) == 28
     peak = config["learning_rate"]
-    # Warm-up: step t uses peak·(t+1)/warmup_steps; x0.1 from step floor(2/3 · 30) = 20.
-    np.testing.assert_allclose(curves["learning_rate"][:5], peak * np.arange(1, 6) / 5, rtol=1e-6)
-    np.testing.assert_allclose(curves["learning_rate"][5:20], peak, rtol=1e-6)
-    np.testing.assert_allclose(curves["learning_rate"][20:], 0.1 * peak, rtol=1e-6)
-    t = np.arange(30)
+    # Warm-up over floor(150 / 32) = 4 steps from lr 0 (optax linear_schedule); then x0.1 from step
+    # 4 + floor(2 * 28 / 3) = 22 (optax join_schedules of piecewise_constant_schedule).
+    np.testing.assert_allclose(curves["learning_rate"][:4], peak * np.arange(4) / 4, rtol=1e-6)
+    np.testing.assert_allclose(curves["learning_rate"][4:22], peak, rtol=1e-6)
+    np.testing.assert_allclose(curves["learning_rate"][22:], 0.1 * peak, rtol=1e-6)
+    t = np.arange(28)
     np.testing.assert_allclose(curves["ema_decay"], np.minimum(0.99, (1 + t) / (10 + t)), rtol=1e-6)
-    assert curves["epoch"][4] == pytest.approx(1.0) and curves["epoch"][-1] == pytest.approx(6.0)
+    assert curves["epoch"][-1] == pytest.approx(28 * 32 / 150)
 
 
 def test_report_overlays_runs_and_writes_markdown(tmp_path):
@@ -135,8 +137,8 @@ def test_cli_report_of_a_real_tiny_run(tmp_path):
     data = json.load(open(os.path.join(out, "report.json")))
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     (run,) = data["runs"]
-    # 400 digits - 64 validation images, batch 32: 10 steps per epoch, read from the checkpoint.
-    assert run["steps_per_epoch"] == 10
+    # 400 digits (64 of them held out for validation), batch 32: an epoch is 400 samples, 12.5 steps.
+    assert run["epoch_examples"] == 400
     assert run["last"] == summary["last"] and run["best"] == summary["best"]
     for name in ("accuracy.png", "schedules.png", "training.png"):
         png_ok(os.path.join(out, name))

@@ -133,12 +133,16 @@ class Adam:
     Rebuffi et al. 2021; METHOD.md). The first step is ≈ lr·sign(g), so Adam behaves like a sign method
     whose step adapts to the gradient history. State (m, v, t) is carried through the attack loop; t counts
     this optimizer's own updates (the bias correction), `step` only indexes the learning-rate schedule.
+
+    eps is 1e-9, the reference's `attacks.Adam(epsilon=1e-9)` (DeepMind's `adversarial_robustness/jax`
+    attacks.py, on optax `scale_by_adam`), not Keras's or optax's default 1e-8: the two give different
+    steps wherever |g| is below about 1e-5.
     """
 
     learning_rate_schedule: ScheduleLike
     b1: float = 0.9
     b2: float = 0.999
-    eps: float = 1e-8
+    eps: float = 1e-9
 
     def init(self, x: tf.Tensor) -> OptState:
         return (tf.zeros_like(x), tf.zeros_like(x), tf.constant(0, tf.int32))

@@ -246,6 +246,7 @@ def mixed_train_dataset(
     augment: AugmentFn | None,
     repeats: int = 1,
     devices: int = 1,
+    first_step: int = 0,
 ) -> tf.data.Dataset:
     """An endless stream of mixed `(images float32 [B,H,W,C] in [0,1], labels float32 [B,K])` batches.
 
@@ -253,13 +254,16 @@ def mixed_train_dataset(
     `mix_plan(batch_size, real_ratio, repeats, devices)` (module docstring): original rows have one-hot
     labels, generated rows labels smoothed as y (1 - s) + s / K (label smoothing, Szegedy et al. 2016;
     the paper's 0.1 on generated samples only; the reference's `concatenate`). `augment(batch, seed)`
-    then runs on the whole mixed batch.
+    then runs on the whole mixed batch. The stream starts at batch `first_step` of epoch `first_epoch`;
+    the skipped batches are not gathered.
     """
     plan = mix_plan(batch_size, real_ratio, repeats, devices)
     if first_epoch < 0:
         raise UserError(f"first epoch must be >= 0, got {first_epoch}")
     if steps_per_epoch < 1:
         raise UserError(f"steps per epoch must be >= 1, got {steps_per_epoch}")
+    if not 0 <= first_step < steps_per_epoch:
+        raise UserError(f"first step must be in 0..{steps_per_epoch - 1}, got {first_step}")
     if not 0.0 <= label_smoothing < 1.0:
         raise UserError(f"--extra-label-smoothing must be in [0, 1), got {label_smoothing}")
     if plan.real_per_batch > len(real):
@@ -300,7 +304,7 @@ def mixed_train_dataset(
         return tf.data.Dataset.range(steps_per_epoch).map(lambda step: (epoch, step))
 
     # flat_map keeps epochs strictly in order; `counter` makes the stream endless.
-    ds = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch_steps)
+    ds = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch_steps).skip(first_step)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

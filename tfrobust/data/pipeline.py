@@ -63,6 +63,7 @@ def train_dataset(
     augment: AugmentFn | None,
     repeats: int = 1,
     devices: int = 1,
+    first_step: int = 0,
 ) -> tf.data.Dataset:
     """An endless stream of `(images float32 [B,H,W,C] in [0,1], labels float32 one-hot [B,K])` batches.
 
@@ -80,6 +81,8 @@ def train_dataset(
     through `_dataset`'s `ratio` clamp min(round(d * 1.0), d - 1) when there is no extra data, which
     leaves each device batch one image (R rows) short (1020 rows for a batch of 1024 on one device);
     the paper states the full batch (512 without added data).
+    The stream starts at batch `first_step` of epoch `first_epoch` (training resumes mid-epoch this way:
+    its epochs need not coincide with these data epochs); the skipped batches cost no gather or augment.
     """
     n = len(split.labels)
     _check_batch_size(batch_size)
@@ -94,6 +97,8 @@ def train_dataset(
         )
     if first_epoch < 0:
         raise UserError(f"first epoch must be >= 0, got {first_epoch}")
+    if not 0 <= first_step < steps_per_epoch:
+        raise UserError(f"first step must be in 0..{steps_per_epoch - 1}, got {first_step}")
     _check_labels(split, num_classes)
 
     if devices < 1 or batch_size % devices:
@@ -125,7 +130,7 @@ def train_dataset(
         return x, y
 
     # flat_map keeps epochs strictly in order; `counter` makes the stream endless.
-    ds = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch_batches)
+    ds = tf.data.Dataset.counter(start=first_epoch, dtype=tf.int64).flat_map(epoch_batches).skip(first_step)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -7,10 +7,10 @@ directory (`tfrobust/training/run.py`):
 - `log.csv` (Keras CSVLogger): per epoch (0-based `epoch` column, so epoch e ends after e + 1 epochs)
   training loss/accuracies and `val_{raw,avg}_{clean,pgd40}_accuracy`, NaN on epochs without validation;
 - `config.json`: the resolved `TrainConfig`; the learning rate and the EMA decay are recomputed from it
-  with the very functions training used (`WarmupSchedule`, `ema_decay`), per optimizer step;
-- `checkpoint.npz`: its weight-average update count divided by its epoch gives the steps per epoch (the
-  EMA warm-up min(τ, (1+t)/(10+t)) is a function of the step, so the epoch axis needs it); without a
-  checkpoint the schedule curves of that run are left out and the report says why;
+  with the very functions training used (`training_schedule`, `ema_decay`), per optimizer step;
+- `checkpoint.npz`: its state records the samples per epoch (the whole original training set; with the
+  batch size it places every optimizer step on the epoch axis, and the schedules are functions of the
+  step); without a checkpoint the schedule curves of that run are left out and the report says why;
 - `summary.json` (finished runs): best and last validation numbers, the export path.
 
 Writes `accuracy.png` (clean and PGD-40, raw dashed / averaged solid, one colour per run),
@@ -44,7 +44,7 @@ class RunRecord:
     config: dict[str, Any]  # config.json as written (the resolved TrainConfig)
     columns: dict[str, np.ndarray]  # log.csv column -> float values per logged epoch
     summary: dict[str, Any] | None
-    steps_per_epoch: int | None
+    epoch_examples: int | None  # samples per epoch, from the checkpoint
     note: str | None = None  # why something could not be drawn for this run
 
     @property
@@ -69,27 +69,18 @@ def read_log(path: str) -> dict[str, np.ndarray]:
     return {key: np.array([_float(row.get(key) or "") for row in rows]) for key in rows[0]}
 
 
-def steps_per_epoch_from_checkpoint(path: str) -> int | None:
-    """Optimizer steps per epoch from a training checkpoint: EMA update count / epochs done.
-
-    `WeightAveraging.state_variables()` puts the update count last in the checkpoint's "averaging" group
-    and the checkpoint's state records the epoch; only those two members of the npz are read.
-    """
+def epoch_examples_from_checkpoint(path: str) -> int | None:
+    """Samples per epoch recorded in a training checkpoint's state (`TrainingCheckpoint`); only the
+    state member of the npz is read."""
     if not os.path.isfile(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             state = json.loads(str(data["state_json"]))
-            keys = sorted(k for k in data.files if k.startswith("averaging/"))
-            if not keys:
-                return None
-            updates = int(np.asarray(data[keys[-1]]))
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"unreadable checkpoint {path}: {type(error).__name__}: {error}") from None
-    epoch = int(state.get("epoch", 0))
-    if epoch <= 0 or updates <= 0 or updates % epoch:
-        return None
-    return updates // epoch
+    examples = state.get("epoch_examples")
+    return int(examples) if isinstance(examples, int) and examples > 0 else None
 
 
 def read_run(path: str, name: str | None = None) -> RunRecord:
@@ -112,30 +103,30 @@ def read_run(path: str, name: str | None = None) -> RunRecord:
     if os.path.isfile(summary_path):
         with open(summary_path) as handle:
             summary = json.load(handle)
-    steps = steps_per_epoch_from_checkpoint(os.path.join(path, "checkpoint.npz"))
-    note = None if steps else "no checkpoint.npz to read the steps per epoch from: schedule curves left out"
-    return RunRecord(name or os.path.basename(os.path.normpath(path)), path, config, columns, summary, steps, note)
+    examples = epoch_examples_from_checkpoint(os.path.join(path, "checkpoint.npz"))
+    note = None if examples else "no checkpoint.npz with the samples per epoch: schedule curves left out"
+    return RunRecord(name or os.path.basename(os.path.normpath(path)), path, config, columns, summary, examples,
+                     note)
 
 
-def schedule_curves(config: dict[str, Any], steps_per_epoch: int) -> dict[str, np.ndarray]:
+def schedule_curves(config: dict[str, Any], epoch_examples: int) -> dict[str, np.ndarray]:
     """Learning rate and EMA decay at every optimizer step of the run, x axis in epochs.
 
-    Recomputed with training's own `WarmupSchedule` (peak, warm-up epochs, total epochs, kind from the
-    config; METHOD.md "optimiser") and `ema_decay` (min(τ, (1+t)/(10+t)), METHOD.md "weight averaging").
-    The learning rate of step t is the one applied by update t; the EMA decay of update t likewise.
+    Recomputed with training's own `training_schedule` (peak, warm-up epochs, epochs, kind from the config,
+    steps by the reference's floor(epochs * examples / batch); METHOD.md "optimiser") and `ema_decay`
+    (min(τ, (1+t)/(10+t)), METHOD.md "weight averaging"). The learning rate of step t is the one applied
+    by update t; the EMA decay of update t likewise.
     """
-    from tfrobust.training.schedules import WarmupSchedule, ema_decay
+    from tfrobust.training.schedules import ema_decay, steps_after_epochs, training_schedule
 
-    total = int(config["epochs"]) * steps_per_epoch
-    schedule = WarmupSchedule(
-        peak=float(config["learning_rate"]),
-        warmup_steps=int(config["warmup_epochs"]) * steps_per_epoch,
-        total_steps=total,
-        kind=config["schedule"],
+    batch = int(config["batch_size"])
+    schedule = training_schedule(
+        peak=float(config["learning_rate"]), warmup_epochs=int(config["warmup_epochs"]),
+        epochs=int(config["epochs"]), epoch_examples=epoch_examples, batch_size=batch, kind=config["schedule"],
     )
-    steps = np.arange(total, dtype=np.int64)
+    steps = np.arange(steps_after_epochs(int(config["epochs"]), epoch_examples, batch), dtype=np.int64)
     return {
-        "epoch": (steps + 1) / steps_per_epoch,  # the epoch count reached after update t
+        "epoch": (steps + 1) * batch / epoch_examples,  # the epochs' worth of samples after update t
         "learning_rate": np.asarray(schedule(steps)),
         "ema_decay": np.asarray(ema_decay(steps, float(config["ema_decay"]))),
     }
@@ -211,9 +202,9 @@ def plot_schedules(runs: list[RunRecord]):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     drawn = False
     for run in runs:
-        if not run.steps_per_epoch:
+        if not run.epoch_examples:
             continue
-        curves = schedule_curves(run.config, run.steps_per_epoch)
+        curves = schedule_curves(run.config, run.epoch_examples)
         axes[0].plot(curves["epoch"], curves["learning_rate"], label=run.name)
         axes[1].plot(curves["epoch"], curves["ema_decay"], label=f"{run.name} (τ {run.config['ema_decay']})")
         drawn = True
@@ -225,7 +216,7 @@ def plot_schedules(runs: list[RunRecord]):
         if drawn:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no run with a checkpoint\n(steps per epoch unknown)", ha="center", va="center",
+            ax.text(0.5, 0.5, "no run with a checkpoint\n(samples per epoch unknown)", ha="center", va="center",
                     transform=ax.transAxes)
     fig.tight_layout()
     return fig
@@ -303,13 +294,14 @@ def build_report(run_dirs: list[str], out: str, *, overwrite: bool = False) -> d
             lines += [f"Exported model: `{run.summary['export']}`", ""]
         if run.note:
             lines += [f"Note: {run.note}.", ""]
-        if run.steps_per_epoch:
-            lines += [f"Steps per epoch: {run.steps_per_epoch}.", ""]
+        if run.epoch_examples:
+            steps = run.epoch_examples / int(run.config["batch_size"])
+            lines += [f"Samples per epoch: {run.epoch_examples} ({steps:g} optimizer steps).", ""]
         lines += ["Config:", "", "```json", json.dumps(run.config, indent=2, sort_keys=True), "```", ""]
     folder.write_text("report.md", "\n".join(lines))
     report = {
         "runs": [
-            {"name": run.name, "path": os.path.abspath(run.path), "steps_per_epoch": run.steps_per_epoch,
+            {"name": run.name, "path": os.path.abspath(run.path), "epoch_examples": run.epoch_examples,
              "note": run.note, "config": run.config, "summary": run.summary, **n}
             for run, n in zip(runs, numbers)
         ],

@@ -9,6 +9,18 @@ The switch is read while a `tf.function` is traced, so each call site in a trace
 in the behaviour of the context it was traced in; no graph-level condition is needed. The context is
 *thread-local*: `MirroredStrategy` traces each replica's step in its own Python thread, and a shared
 flag raced between them (one replica's exit re-enabled, or never re-enabled, the other's updates).
+
+Moving averages: the reference's BatchNorm (`hk.BatchNorm`, DeepMind's `adversarial_robustness/jax`
+model_zoo.py) keeps them with `hk.ExponentialMovingAverage(decay, zero_debias=True)`: hidden <- d * hidden +
+(1 - d) * value from hidden = 0, and average = hidden / (1 - d^n) after n updates, so the first update
+sets the average to the batch statistic. Keras starts from mean 0 / variance 1 and never debiases. This
+layer keeps the *debiased* average in `moving_mean` / `moving_variance` (what inference, the exported
+model and the PyTorch importer read and write, used as they are) and counts the updates in
+`moving_updates`; since hidden = average * (1 - d^(n-1)), update n is
+
+    average <- average + (value - average) * (1 - d) / (1 - d^n),
+
+which is 1 at n = 1 and tends to Keras's (1 - d) as d^n vanishes.
 """
 
 from __future__ import annotations
@@ -47,13 +59,34 @@ class BatchNorm(keras.layers.BatchNormalization):
     Speed: for NHWC images on the TensorFlow backend (no mask, not synchronised) the layer runs TF's
     fused batch-norm kernel, forward and backward, instead of Keras 3's composite of moments and
     elementwise ops; on CPU this is the difference between matching PyTorch's throughput or not
-    (README, "Measured numbers"). The moving averages stay Keras's: the *biased* batch variance (the
-    fused kernel reports the Bessel-corrected one, which is scaled back).
+    (README, "Measured numbers"). The moving averages are the reference's zero-debiased EMA (module
+    docstring) of the batch mean and the *biased* batch variance (the fused kernel reports the
+    Bessel-corrected one, which is scaled back).
     """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._updates_enabled = True
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Zero-debiasing counter (hk.ExponentialMovingAverage's "counter"): moving-statistics updates so far.
+        self.moving_updates = self.add_weight(
+            shape=(), name="moving_updates", initializer="zeros", dtype="int64", trainable=False, autocast=False
+        )
+
+    def _update_moving_statistics(self, mean, variance) -> None:
+        """One zero-debiased EMA update of the moving statistics with batch `mean` and biased `variance`."""
+        count = self.moving_updates.value + 1
+        decay = ops.cast(self.momentum, "float32")
+        # (1 - d) / (1 - d^n), all in float32 so that it is exactly 1 at n = 1; d^n underflows harmlessly to
+        # 0 for large n.
+        rate = (1.0 - decay) / (1.0 - ops.power(decay, ops.cast(count, "float32")))
+        mean = ops.stop_gradient(ops.cast(mean, "float32"))
+        variance = ops.stop_gradient(ops.cast(variance, "float32"))
+        self.moving_mean.assign(self.moving_mean + (mean - self.moving_mean) * rate)
+        self.moving_variance.assign(self.moving_variance + (variance - self.moving_variance) * rate)
+        self.moving_updates.assign(count)
 
     @property
     def update_moving_statistics(self) -> bool:
@@ -80,12 +113,14 @@ class BatchNorm(keras.layers.BatchNormalization):
         training = bool(training) and self.trainable
         if self._fused(inputs, mask):
             return self._fused_call(inputs, training)
-        if not training or self.update_moving_statistics or self.renorm:
+        if not training or self.renorm:
             return super().call(inputs, training=training, mask=mask)
-        # Same arithmetic as the parent's training branch, minus the two `assign`s. BN statistics are
-        # computed in float32 even under mixed precision (as the parent does) to avoid overflow.
+        # The parent's training arithmetic with the debiased update (or none, when frozen). BN statistics
+        # are computed in float32 even under mixed precision (as the parent does) to avoid overflow.
         x = ops.cast(inputs, "float32")
         mean, variance = self._moments(x, mask)
+        if self.update_moving_statistics:
+            self._update_moving_statistics(mean, variance)
         outputs = ops.batch_normalization(
             x=x,
             mean=mean,
@@ -118,11 +153,7 @@ class BatchNorm(keras.layers.BatchNormalization):
         if self.update_moving_statistics:
             count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
             biased = variance * (count - 1.0) / tf.maximum(count, 1.0)
-            momentum = self.momentum
-            self.moving_mean.assign(self.moving_mean * momentum + tf.stop_gradient(mean) * (1.0 - momentum))
-            self.moving_variance.assign(
-                self.moving_variance * momentum + tf.stop_gradient(biased) * (1.0 - momentum)
-            )
+            self._update_moving_statistics(mean, biased)
         return tf.cast(outputs, self.compute_dtype)
 
 

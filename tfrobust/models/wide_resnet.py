@@ -9,7 +9,9 @@ published checkpoints map onto it weight for weight):
   projection shortcut reads the *activated* a, otherwise the residual adds the raw x;
 - stride-2 convolutions pad only bottom/right (TF "same" on even sizes), which is the reference's
   explicit `F.pad(x, (0, 1, 0, 1))`; stride-1 ones pad 1 all round;
-- head act(BN(.)) -> global average pool -> dense logits, zero-initialised (as the reference).
+- head act(BN(.)) -> global average pool -> dense logits, zero-initialised (as the reference);
+- every convolution starts from Haiku's default initializer (`hk.Conv2D` without `w_init` in the
+  reference model_zoo.py): truncated normal with stddev 1 / sqrt(fan_in), see `initializers.py`.
 
 BatchNorm uses decay 0.99 and epsilon 1e-5 (the reference's haiku/PyTorch settings). Logits are float32
 even under a mixed-precision policy, so losses and attacks see full-precision scores.
@@ -26,6 +28,7 @@ from typing import Sequence
 import keras
 
 from tfrobust.models.batch_norm import BatchNorm
+from tfrobust.models.initializers import FanInTruncatedNormal
 from tfrobust.models.standardize import Standardize
 
 BN_MOMENTUM = 0.99  # Keras momentum is the decay of the moving average (PyTorch momentum 0.01).
@@ -38,9 +41,11 @@ def _bn(name: str, synchronized: bool) -> BatchNorm:
 
 
 def conv3x3(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
-    """3x3 conv, no bias; "same" padding pads bottom/right only for stride 2 on even sizes (reference)."""
+    """3x3 conv, no bias, Haiku's default init; "same" padding pads bottom/right only for stride 2 on even
+    sizes (reference)."""
     return keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal", name=name
+        filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer=FanInTruncatedNormal(),
+        name=name,
     )
 
 
@@ -64,8 +69,8 @@ def _wrn_block(x, filters: int, stride: int, activation: str, synchronized: bool
     out = conv3x3(filters, 1, f"{name}_conv_1")(out)
     if has_shortcut:
         shortcut = keras.layers.Conv2D(
-            filters, 1, strides=stride, padding="valid", use_bias=False, kernel_initializer="he_normal",
-            name=f"{name}_shortcut",
+            filters, 1, strides=stride, padding="valid", use_bias=False,
+            kernel_initializer=FanInTruncatedNormal(), name=f"{name}_shortcut",
         )(a)
     else:
         if stride != 1:

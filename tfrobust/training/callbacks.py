@@ -139,13 +139,20 @@ class ModelSelection(keras.callbacks.Callback):
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):
-    """Saves the whole training state atomically at the end of every epoch (see `checkpoint.py`)."""
+    """Saves the whole training state atomically at the end of every epoch (see `checkpoint.py`).
 
-    def __init__(self, path: str, averaging: WeightAveraging, selection: ModelSelection):
+    Besides the variables, the state records the optimizer steps done, the samples per epoch
+    (`epoch_examples`, which with the batch size gives every epoch's boundary) and the optimizer's class,
+    which `restore` checks: a checkpoint of another update rule or epoch length cannot continue this run.
+    """
+
+    def __init__(self, path: str, averaging: WeightAveraging, selection: ModelSelection, *,
+                 epoch_examples: int | None = None):
         super().__init__()
         self.path = path
         self.averaging = averaging
         self.selection = selection
+        self.epoch_examples = epoch_examples
 
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
@@ -154,7 +161,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             "averaging": [v.value for v in self.averaging.state_variables()],
             "optimizer": [v.value for v in optimizer.variables],
         }
-        state = {"epoch": epoch + 1, "best": _jsonable(self.selection.best), "latest": self.selection.latest}
+        state = {
+            "epoch": epoch + 1, "best": _jsonable(self.selection.best), "latest": self.selection.latest,
+            "steps": int(optimizer.iterations.numpy()), "optimizer": type(optimizer).__name__,
+            "epoch_examples": self.epoch_examples,
+        }
         ckpt.save_arrays(self.path, groups, state)
 
 
@@ -162,28 +173,40 @@ class SampleCounts(keras.callbacks.Callback):
     """Adds `real_samples` and `generated_samples` (rows consumed this epoch) to every epoch's logs.
 
     With generated data (`tfrobust.data.mixing`) every batch holds a fixed number of original and
-    generated rows, so an epoch's counts are exact. Must come before the CSV/TensorBoard loggers.
+    generated rows, so an epoch's counts are exact: rows per step times `epoch_steps(epoch)` (epochs differ
+    by a step, see `run.py`). Must come before the CSV/TensorBoard loggers.
     """
 
-    def __init__(self, real_per_epoch: int, generated_per_epoch: int):
+    def __init__(self, real_per_step: int, generated_per_step: int, epoch_steps: Callable[[int], int]):
         super().__init__()
-        self.real_per_epoch = int(real_per_epoch)
-        self.generated_per_epoch = int(generated_per_epoch)
+        self.real_per_step = int(real_per_step)
+        self.generated_per_step = int(generated_per_step)
+        self.epoch_steps = epoch_steps
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["real_samples"] = self.real_per_epoch
-            logs["generated_samples"] = self.generated_per_epoch
+            steps = int(self.epoch_steps(epoch))
+            logs["real_samples"] = self.real_per_step * steps
+            logs["generated_samples"] = self.generated_per_step * steps
 
 
 def _jsonable(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
-def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection: ModelSelection) -> int:
+def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection: ModelSelection, *,
+            epoch_examples: int | None = None) -> int:
     """Loads a `TrainingCheckpoint` into a run from `run.build_run` (optimizer already built); returns the
-    number of epochs done."""
+    number of epochs done. Refuses a checkpoint of another optimizer class or (when `epoch_examples` is
+    given) another epoch length: its momenta or its step count would not mean the same thing here."""
     groups, state = ckpt.load_arrays(path)
+    optimizer = type(model.optimizer).__name__
+    if state.get("optimizer") != optimizer:
+        raise UserError(f"checkpoint {path} was written with the optimizer {state.get('optimizer')!r}, this run "
+                        f"uses {optimizer!r} (another tfrobust version): it cannot continue this run")
+    if epoch_examples is not None and state.get("epoch_examples") != epoch_examples:
+        raise UserError(f"checkpoint {path} counts {state.get('epoch_examples')} samples per epoch, this run "
+                        f"{epoch_examples}: it cannot continue this run")
     for group in ("network", "averaging", "optimizer"):
         if group not in groups:
             raise UserError(f"unreadable checkpoint {path}: no {group!r} arrays")

@@ -12,6 +12,14 @@ Run directory (`--out`):
 
 The data order, the augmentation and the attack's random starts are functions of (seed, epoch, step),
 so a run resumed from its checkpoint continues exactly where the uninterrupted run would be.
+
+Epochs (METHOD.md "batch, length"; the reference's experiment.py `steps_from_epochs`): an epoch is the
+whole original training set, the validation hold-out included (50,000 CIFAR-10 images), over the batch
+size. That is rarely an integer number of steps, so epoch e ends after floor((e + 1) * examples / batch)
+optimizer steps (`schedules.steps_after_epochs`) and epochs differ in length by one step (CIFAR-10 at
+batch 1024: 48 or 49 steps); the whole run, the warm-up and the learning-rate schedule are those of the
+reference. The validation images stay out of training: the data streams run over the training split in
+passes of len(train) // batch batches (`Run.data_pass_steps`), independently of where epochs end.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ from tfrobust.models.registry import build_model
 from tfrobust.training import callbacks as cb
 from tfrobust.training import distribute
 from tfrobust.training.checkpoint import CHECKPOINT_NAME
-from tfrobust.training.schedules import WarmupSchedule
+from tfrobust.training.optimizers import TraceSGD
+from tfrobust.training.schedules import steps_after_epochs, training_schedule
 from tfrobust.training.trainer import RobustTrainer
 
 CONFIG_NAME = "config.json"
@@ -98,7 +107,16 @@ class Run:
     trainer: RobustTrainer
     averaging: cb.WeightAveraging
     selection: cb.ModelSelection
-    steps_per_epoch: int
+    epoch_examples: int  # samples per epoch: the whole original training set, validation images included
+    data_pass_steps: int  # batches per pass of the data pipelines over the training split
+
+    def epoch_start(self, epoch: int) -> int:
+        """Optimizer steps done before epoch `epoch` (0-based): floor(epoch * examples / batch)."""
+        return steps_after_epochs(epoch, self.epoch_examples, self.config.batch_size)
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Optimizer steps of epoch `epoch`."""
+        return self.epoch_start(epoch + 1) - self.epoch_start(epoch)
 
 
 def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -> Run:
@@ -113,7 +131,8 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
         raise UserError(
             f"--batch-size {config.batch_size} is larger than the training split ({len(splits.train)} images)"
         )
-    steps_per_epoch = len(splits.train) // config.batch_size
+    epoch_examples = len(splits.train) + len(splits.val)
+    data_pass_steps = len(splits.train) // config.batch_size
     info = splits.info
     eps = config.resolved_eps
     # Per-replica BatchNorm statistics unless --sync-batch-norm (tfrobust/training/distribute.py).
@@ -141,13 +160,12 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
             network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay,
             seed=config.seed, labels_as_attack_target=produces_soft_labels(parse_aug(config.aug)),
         )
-        schedule = WarmupSchedule(
-            peak=config.learning_rate,
-            warmup_steps=config.warmup_epochs * steps_per_epoch,
-            total_steps=config.epochs * steps_per_epoch,
-            kind=config.schedule,
+        schedule = training_schedule(
+            peak=config.learning_rate, warmup_epochs=config.warmup_epochs, epochs=config.epochs,
+            epoch_examples=epoch_examples, batch_size=config.batch_size, kind=config.schedule,
         )
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
+        # optax's SGD (utils.sgd_momentum): the trace holds raw gradients, the lr scales the update.
+        optimizer = TraceSGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
         trainer.compile(optimizer=optimizer, jit_compile=distribute.resolve_jit_compile(config.jit_compile))
         trainer.build(tuple((None, *info.image_shape)))
         optimizer.build(network.trainable_variables)
@@ -166,7 +184,7 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
         averaging, evaluate, every=every, total_epochs=config.epochs, best_path=os.path.join(run_dir, BEST_NAME),
         select_on="val_avg_clean_accuracy" if config.loss == "standard" else "val_avg_pgd40_accuracy",
     )
-    return Run(config, splits, strategy, trainer, averaging, selection, steps_per_epoch)
+    return Run(config, splits, strategy, trainer, averaging, selection, epoch_examples, data_pass_steps)
 
 
 def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, verbose: Any = "auto") -> dict[str, Any]:
@@ -212,38 +230,65 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
     initial_epoch = 0
     if os.path.exists(checkpoint_path):
-        initial_epoch = cb.restore(checkpoint_path, run.trainer, run.averaging, run.selection)
+        initial_epoch = cb.restore(checkpoint_path, run.trainer, run.averaging, run.selection,
+                                   epoch_examples=run.epoch_examples)
         print(f"resuming {run_dir} after epoch {initial_epoch} of {config.epochs}", flush=True)
-    data, counts = training_stream(
-        config, run.splits, extra, replicas=run.strategy.num_replicas_in_sync, first_epoch=initial_epoch,
-        steps_per_epoch=run.steps_per_epoch,
-    )
+    replicas = run.strategy.num_replicas_in_sync
+
+    def epoch_data(epoch: int) -> tf.data.Dataset:
+        """The batches of epoch `epoch`: the data streams from optimizer step `run.epoch_start(epoch)` on."""
+        first_pass, first_step = divmod(run.epoch_start(epoch), run.data_pass_steps)
+        data, _ = training_stream(config, run.splits, extra, replicas=replicas, first_epoch=first_pass,
+                                  first_step=first_step, steps_per_epoch=run.data_pass_steps)
+        return data
+
+    counts = None
+    if extra is not None:
+        real_rows, generated_rows = samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats, 1,
+                                                      devices=replicas)
+        counts = cb.SampleCounts(real_rows, generated_rows, run.epoch_steps)
     log_path = os.path.join(run_dir, "log.csv")
     if initial_epoch > 0:
         truncate_log(log_path, initial_epoch)
     # The CSV row of an epoch is written before its checkpoint: a kill in between leaves a row that the
     # resumed run drops (truncate_log) and writes again, never a missing one.
-    callbacks = [
-        run.averaging,
-        run.selection,
-        *([counts] if counts is not None else []),  # adds the sample counts before the loggers read logs
-        keras.callbacks.CSVLogger(log_path, append=initial_epoch > 0),
-        cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
-    ]
+    callbacks = _OneTrainingRun(
+        [
+            run.averaging,
+            run.selection,
+            *([counts] if counts is not None else []),  # adds the sample counts before the loggers read logs
+            keras.callbacks.CSVLogger(log_path, append=initial_epoch > 0),
+            cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection, epoch_examples=run.epoch_examples),
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+        ],
+        add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=config.epochs,
+        steps=run.epoch_steps(initial_epoch), model=run.trainer,
+    )
     start = time.time()
+    # One `fit` per epoch: Keras epochs have a fixed number of steps, the reference's alternate between two
+    # (module docstring). The compiled train function is built once and reused by every call; the
+    # callbacks see one training run.
     if initial_epoch < config.epochs:
-        run.trainer.fit(
-            data,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=run.steps_per_epoch,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the pipeline already orders each epoch by (seed, epoch)
-        )
+        callbacks.begin()
+        logs = None
+        for epoch in range(initial_epoch, config.epochs):
+            steps = run.epoch_steps(epoch)
+            callbacks.set_params({**callbacks.params, "steps": steps})
+            history = run.trainer.fit(
+                epoch_data(epoch),
+                epochs=epoch + 1,
+                initial_epoch=epoch,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the pipeline already orders the data by (seed, pass)
+            )
+            logs = {key: values[-1] for key, values in history.history.items() if values}
+            if run.trainer.stop_training:
+                break
+        callbacks.end(logs)
     seconds = time.time() - start
-    images = (config.epochs - initial_epoch) * run.steps_per_epoch * config.batch_size
+    images = (run.epoch_start(config.epochs) - run.epoch_start(initial_epoch)) * config.batch_size
     summary: dict[str, Any] = {
         "epochs": config.epochs,
         "resumed_from_epoch": initial_epoch,
@@ -267,8 +312,10 @@ def training_stream(
     replicas: int,
     first_epoch: int,
     steps_per_epoch: int,
-) -> tuple[tf.data.Dataset, cb.SampleCounts | None]:
-    """The batches `fit` trains on (augmented), and with generated data the per-epoch sample counts.
+    first_step: int = 0,
+) -> tuple[tf.data.Dataset, tuple[int, int] | None]:
+    """The batches `fit` trains on (augmented) from batch `first_step` of data pass `first_epoch` on, and
+    with generated data the (original, generated) rows of every batch.
 
     Every batch is `replicas` consecutive device batches (replica k trains on block k): the generated-data
     composition and the mixing draws follow the reference per device batch (tfrobust.data.mixing,
@@ -286,21 +333,35 @@ def training_stream(
     if extra is None:
         data = train_dataset(
             splits.train, num_classes=info.num_classes, batch_size=config.batch_size, seed=config.seed,
-            first_epoch=first_epoch, steps_per_epoch=steps_per_epoch, augment=augment_fn,
+            first_epoch=first_epoch, first_step=first_step, steps_per_epoch=steps_per_epoch, augment=augment_fn,
             repeats=config.aug_repeats, devices=replicas,
         )
         return data, None
-    # Generated data (docs/generated_data.md): the reference's composition, exact in every batch; an
-    # epoch stays len(train) // batch steps, the original set's size in samples.
+    # Generated data (docs/generated_data.md): the reference's composition, exact in every batch.
     data = mixed_train_dataset(
         splits.train, extra, num_classes=info.num_classes, batch_size=config.batch_size,
         real_ratio=config.real_ratio, label_smoothing=config.extra_label_smoothing, seed=config.seed,
-        first_epoch=first_epoch, steps_per_epoch=steps_per_epoch, augment=augment_fn,
+        first_epoch=first_epoch, first_step=first_step, steps_per_epoch=steps_per_epoch, augment=augment_fn,
         repeats=config.aug_repeats, devices=replicas,
     )
-    counts = cb.SampleCounts(*samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats,
-                                                steps_per_epoch, devices=replicas))
-    return data, counts
+    return data, samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats, 1, devices=replicas)
+
+
+class _OneTrainingRun(keras.callbacks.CallbackList):
+    """Callbacks of a run that calls `fit` once per epoch: `fit`'s own on_train_begin / on_train_end are
+    ignored, `begin` and `end` call them once, so loggers and writers open and close once per run."""
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def begin(self) -> None:
+        super().on_train_begin()
+
+    def end(self, logs: dict | None) -> None:
+        super().on_train_end(logs)
 
 
 def truncate_log(path: str, epochs_done: int) -> None:

@@ -117,10 +117,17 @@ class RobustTrainer(keras.Model):
     # and converting it (and the attack it calls) once mixed up two converted methods' code objects in
     # AutoGraph's cache ("tf___step_seed() takes 1 positional argument but 2 were given").
     @tf.autograph.experimental.do_not_convert
-    def train_step(self, data):
-        images, labels = data[0], data[1]
+    def loss_and_gradients(self, images: tf.Tensor, labels: tf.Tensor) -> dict[str, object]:
+        """Steps 1-4 of the module docstring: everything of a training step but the optimizer update.
+
+        Returns a dict with "gradients" (one per `network.trainable_variables`, of the loss divided by the
+        number of replicas), "total" (the loss with weight decay), "parts" (its terms), "clean_logits"
+        (None for PGD-AT), "adv_logits" (None for `standard`) and "adv_images" (None for `standard`).
+        Runs the adversarial forward pass, so the moving BatchNorm statistics are updated once.
+        """
         labels = tf.cast(labels, tf.float32)
         network = self.network
+        adv_images = None
         with tf.GradientTape() as tape:
             if self.loss_kind == "standard":
                 clean_logits = network(images, training=True)
@@ -153,11 +160,19 @@ class RobustTrainer(keras.Model):
             total = loss + losses.l2_weight_decay(self._decayed, self.weight_decay)
             # Keras sums gradients across replicas: scale each replica's mean loss by 1 / replicas.
             scaled = total / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
-        variables = network.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        gradients = tape.gradient(scaled, network.trainable_variables)
+        return {"gradients": gradients, "total": total, "parts": parts, "clean_logits": clean_logits,
+                "adv_logits": adv_logits, "adv_images": adv_images}
 
-        self.loss_tracker.update_state(total)
+    @tf.autograph.experimental.do_not_convert
+    def train_step(self, data):
+        images, labels = data[0], tf.cast(data[1], tf.float32)
+        network = self.network
+        step = self.loss_and_gradients(images, labels)
+        self.optimizer.apply_gradients(zip(step["gradients"], network.trainable_variables))
+
+        parts, clean_logits, adv_logits = step["parts"], step["clean_logits"], step["adv_logits"]
+        self.loss_tracker.update_state(step["total"])
         self.ce_tracker.update_state(parts["ce"])
         if "kl" in parts:
             self.kl_tracker.update_state(parts["kl"])
