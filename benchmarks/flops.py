@@ -2,7 +2,7 @@
 
 Pure Python (no TensorFlow, no PyTorch), so both benchmark scripts count the same work the same way.
 
-Model. The pre-activation WideResNet-D-W of /work/shared/METHOD.md ("model, exactly" row; Rebuffi,
+Model. The pre-activation WideResNet-D-W of docs/method.md ("Model"; Rebuffi,
 Gowal et al. 2021, which uses the WRN of Zagoruyko & Komodakis 2016 in its pre-activation form):
 
 * ``init_conv``: 3x3, ``channels`` -> 16, stride 1;
@@ -22,7 +22,7 @@ Counting rules (the usual "model FLOPs" convention):
 * a forward pass costs F; a full backward pass costs 2F (F for the gradient with respect to the layer
   inputs, F for the gradient with respect to the weights).
 
-TRADES step (METHOD.md "loss" and "inner maximisation" rows), per image::
+TRADES step (docs/method.md, "TRADES step" and "Inner maximisation"), per image::
 
     target     : 1 forward of the clean image (the fixed softmax the attack moves away from)   1F
     attack     : K steps, each a forward and a backward to the input                            K * (1 + b) F

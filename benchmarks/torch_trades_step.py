@@ -2,8 +2,8 @@
 
 What it measures: wall time of one full TRADES training step (Zhang et al. 2019) as Rebuffi, Gowal et al.
 2021 ("Fixing Data Augmentation to Improve Adversarial Robustness", paper/rebuffi2021-fixing-data-
-augmentation.txt) train it, with the details of /work/shared/METHOD.md ("model", "model, exactly",
-"loss", "inner maximisation", "BatchNorm during a step", "optimiser" rows), on synthetic data:
+augmentation.txt) train it, with the details of docs/method.md ("Model", "TRADES step",
+"Inner maximisation", "BatchNorm during a step", "Optimizer and schedule"), on synthetic data:
 
 1. target: softmax of the clean logits (BatchNorm on batch statistics, running statistics NOT updated),
    no gradient;
@@ -25,7 +25,7 @@ How BatchNorm's running statistics are frozen (the cheapest correct way): every 
 buffers are passed at all, so nothing is read, written or copied (no save/restore of buffers, no
 momentum-0 update that would still write the buffers and bump ``num_batches_tracked``).
 
-Model: pre-activation WideResNet-D-W with SiLU (METHOD.md "model, exactly"): per-channel normalisation
+Model: pre-activation WideResNet-D-W with SiLU (docs/method.md, "Model"): per-channel normalisation
 inside the model (CIFAR-10 mean/std), ``init_conv`` 3x3 -> 16; groups of (D-4)/6 blocks with widths
 16W/32W/64W and strides 1/2/2; block a = SiLU(BN(x)), conv_0 (3x3, stride s) on a, SiLU(BN), conv_1
 (3x3); a 1x1 projection shortcut reads a when width or stride changes, otherwise the residual adds the
@@ -77,7 +77,7 @@ BN_EPS = 1e-5
 
 class BatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d that, with ``frozen_stats`` set, normalises with batch statistics and leaves the
-    running statistics untouched (METHOD.md "BatchNorm during a step")."""
+    running statistics untouched (docs/method.md, "BatchNorm during a step")."""
 
     frozen_stats = False
 
@@ -135,7 +135,7 @@ class _BlockGroup(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """Pre-activation WRN-depth-width with SiLU, inputs NCHW float in [0, 1] (METHOD.md "model, exactly")."""
+    """Pre-activation WRN-depth-width with SiLU, inputs NCHW float in [0, 1] (docs/method.md, "Model")."""
 
     def __init__(self, depth=28, width=10, num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD, in_channels=3):
         super().__init__()
@@ -188,7 +188,8 @@ def trades_attack(model, x, p_clean, eps=8 / 255, steps=10, lr=0.1, lr_low=0.01,
     """Adam inner maximisation of sum_batch KL(p_clean || softmax(model(x_adv))) in the Linf ball.
 
     Caller must hold ``frozen_bn_stats(model)`` (train-mode BN on batch stats, running stats untouched).
-    lr is ``lr`` for the first half of the steps (5 of 10) and ``lr_low`` after (METHOD.md).
+    lr is ``lr`` for the first half of the steps (5 of 10) and ``lr_low`` after (docs/method.md,
+    "Inner maximisation").
     """
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     x_adv = (x + (2 * noise - 1) * eps).clamp_(0.0, 1.0)

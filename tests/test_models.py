@@ -1,4 +1,4 @@
-"""Tests for tfrobust.models: sizes, structure (METHOD.md "model, exactly"), serialisation, BatchNorm freezing."""
+"""Tests for tfrobust.models: sizes, structure (docs/method.md, "Model"), serialisation, BatchNorm freezing."""
 
 import math
 import time
@@ -167,7 +167,7 @@ def test_convolutions_start_from_haikus_default_initializer(name, kwargs):
 
 
 # --------------------------------------------------------------------------------------------------
-# Structure (METHOD.md "model, exactly")
+# Structure (docs/method.md, "Model")
 
 
 def test_stride2_conv_pads_bottom_right_only():

@@ -59,7 +59,8 @@ def reference_steps_from_epochs(n, batch_size, examples=50_000):
 # ------------------------------------------------------------------ tests
 
 def test_peak_learning_rate_linear_scaling_rule():
-    # METHOD.md: max(0.1 * batch / 256, 0.1): 512 -> 0.2, 1024 -> 0.4, smaller batches keep 0.1.
+    # docs/method.md, "Optimizer and schedule": max(0.1 * batch / 256, 0.1): 512 -> 0.2, 1024 -> 0.4,
+    # smaller batches keep 0.1.
     assert peak_learning_rate(512) == pytest.approx(0.2)
     assert peak_learning_rate(1024) == pytest.approx(0.4)
     assert peak_learning_rate(128) == pytest.approx(0.1)

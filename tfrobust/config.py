@@ -49,14 +49,14 @@ class TrainConfig:
     # Model
     model: str = "wrn-28-10"
     activation: str = "swish"
-    # Objective and inner maximisation (METHOD.md "loss", "inner maximisation")
+    # Objective and inner maximisation (docs/method.md, "TRADES step", "Inner maximisation")
     loss: str = "trades"
     beta: float = 6.0
     norm: str = "linf"
     eps: float | None = None  # None: 8/255 for linf, 128/255 for l2
     attack_steps: int = 10
     inner_optimizer: str | None = None  # None: adam for linf, normalised gradient ("sign") for l2
-    # Optimisation (METHOD.md "optimiser", "batch, length")
+    # Optimisation (docs/method.md, "Optimizer and schedule", "Epoch length")
     batch_size: int = 512
     epochs: int = 400
     learning_rate: float | None = None  # None: max(0.1 * batch / 256, 0.1)
@@ -204,15 +204,16 @@ class Preset:
 # per device): what every paper preset shares, written out so presets do not depend on the defaults.
 _REFERENCE_BATCH = dict(aug_repeats=4, mix_draws="batch", sync_batch_norm=False)
 
-# The paper's CIFAR-10 recipe without added data (METHOD.md): what the CIFAR presets below share.
+# The paper's CIFAR-10 recipe without added data (docs/method.md, "Recipes"): what the CIFAR presets below
+# share.
 # 512 rows per batch = 128 distinct images x 4 augmentations.
 _CIFAR10 = dict(
     dataset="cifar10", batch_size=512, epochs=400, schedule="piecewise", ema_decay=0.999, norm="linf",
     eps=8.0 / 255.0, **_REFERENCE_BATCH,
 )
 
-# The paper's recipe with generated data (Sec. 6.1, App. A; METHOD.md "batch, length", "weight
-# averaging", "generated data"): batch 1024, 30% original images per batch, 800 CIFAR-10-equivalent
+# The paper's recipe with generated data (Sec. 6.1, App. A; docs/method.md, "Recipes", "Weight averaging",
+# "Generated data and pseudo-labels"): batch 1024, 30% original images per batch, 800 CIFAR-10-equivalent
 # epochs (of 50K samples), cosine schedule, WA tau 0.995, label smoothing 0.1 on generated samples.
 # The data comes from --extra-data (the published 1M-image files, or your own generated set).
 # 1024 rows per batch on one device = 77 original images x 4 augmentations + 716 distinct generated

@@ -1,6 +1,6 @@
 """Robust accuracy of a logits function under a cascade of attacks, with every success re-verified.
 
-Semantics (those of AutoAttack's reference code, METHOD.md "Evaluation"): a point misclassified on its
+Semantics (those of AutoAttack's reference code, docs/method.md, "Evaluation"): a point misclassified on its
 clean input counts as broken and is never attacked; each stage starts from the clean image and runs only
 on the points still robust after the stages before it; robust accuracy is the fraction that survives
 every stage, and the report gives it after each stage (as Table 6 of the paper). An adversarial example
@@ -54,9 +54,11 @@ StageAttack = Callable[[LogitsFn, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 # Stage name -> factory(norm, eps) returning a configured attack: a frozen dataclass, built once per
 # Evaluator and never mutated. The configurations are AutoAttack's standard version (Croce & Hein 2020;
-# github.com/fra31/auto-attack, `autoattack.py`, version="standard") and the paper's AA+MT (METHOD.md).
+# github.com/fra31/auto-attack, `autoattack.py`, version="standard") and the paper's AA+MT (docs/method.md,
+# "Cascades").
 STAGES: dict[str, Callable[[str, float], StageAttack]] = {
-    # Model selection's attack (METHOD.md): margin loss, Adam 0.1 (x0.1 at 20, x0.01 at 30), 40 steps.
+    # Model selection's attack (docs/method.md, "Model selection"): margin loss, Adam 0.1 (x0.1 at 20, x0.01
+    # at 30), 40 steps.
     "pgd40": pgd40_attack,
     # AutoAttack standard: APGD-CE 1 restart x 100; APGD-T 9 targets x 1 restart x 100; FAB-T 9 targets x 100;
     # Square 5000 queries.
@@ -395,7 +397,7 @@ def keras_logits_fn(network: keras.Model) -> LogitsFn:
 
 # A cascade name (the CLI's --attack) -> its stages, in order.
 CASCADES: dict[str, tuple[str, ...]] = {
-    # AutoAttack, standard version (METHOD.md): robust accuracy after each of the four attacks.
+    # AutoAttack, standard version (docs/method.md, "Cascades"): robust accuracy after each of the four attacks.
     "aa": ("apgd-ce", "apgd-t", "fab-t", "square"),
     # The paper's evaluation (Rebuffi et al. 2021, "AA+MT").
     "aa+mt": ("apgd-ce-5x100", "apgd-dlr-5x100", "mt"),

@@ -2,8 +2,8 @@
 
 Rebuffi, Gowal et al. 2021 (and Gowal et al. 2020) published their trained models as PyTorch state dicts
 of DeepMind's reference `adversarial_robustness/pytorch/model_zoo.py` (the same files RobustBench serves
-as `Rebuffi2021Fixing_*` / `Gowal2020Uncovering_*`). tfrobust's models are that architecture (METHOD.md
-"model, exactly"), so the import is a pure renaming and transposition of tensors; nothing about the
+as `Rebuffi2021Fixing_*` / `Gowal2020Uncovering_*`). tfrobust's models are that architecture (docs/method.md,
+"Model"), so the import is a pure renaming and transposition of tensors; nothing about the
 network is adapted here.
 
 Names, reference -> tfrobust (Keras layer names):
@@ -49,7 +49,8 @@ DATASETS = ("cifar10", "cifar100")
 NESTED_KEYS = ("state_dict", "model")  # checkpoints that wrap the state dict one level down
 NORMALIZATION_KEYS = ("mean", "std")  # buffers some re-implementations store; the reference does not
 
-# Dataset constants (DeepMind's model_zoo.py / METHOD.md; the same numbers as tfrobust.data.datasets).
+# Dataset constants (DeepMind's model_zoo.py / docs/method.md, "Model"; the same numbers as
+# tfrobust.data.datasets).
 _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),

@@ -3,7 +3,7 @@
 Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks" (ICML), Algorithm 1 and sec. 3-4; implemented after the reference code
 (github.com/fra31/auto-attack, `autoattack/autopgd_base.py`, `APGDAttack` and `APGDAttack_targeted`),
-which decides every detail below (METHOD.md: "the reference AutoAttack code wins for evaluation").
+which decides every detail below (docs/method.md, "Sources": the reference AutoAttack code wins for evaluation).
 
 One run, for N iterations (all per example, batched):
 

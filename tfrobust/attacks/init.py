@@ -2,7 +2,7 @@
 
 A random start inside the threat model (Madry et al. 2018, sec. 3 / appendix) avoids the gradient-masking
 trap of starting exactly at the clean point; TRADES' inner maximisation and the reference PGD-40 both start
-uniformly in the eps ball and then clip to [0, 1] (METHOD.md, "inner maximisation").
+uniformly in the eps ball and then clip to [0, 1] (docs/method.md, "Inner maximisation").
 
 Randomness is stateless: an init takes `seed`, an int32/int64 tensor of shape [2], and draws with
 `tfrobust.attacks.rng` (Philox, the same numbers with and without XLA). Same seed, same start, eager,

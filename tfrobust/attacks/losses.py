@@ -30,8 +30,8 @@ def kl_to_target(logits: tf.Tensor, target_probs: tf.Tensor) -> tf.Tensor:
 
     TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and Accuracy", eq. 5):
     the attack maximises KL(f(x) ‖ f(x')) with f(x) the clean softmax held fixed; under CutMix the reference
-    uses the mixed soft labels as the target instead (METHOD.md). 0·log 0 = 0 via `xlogy`, so one-hot
-    targets are fine.
+    uses the mixed soft labels as the target instead (docs/method.md, "CutMix with TRADES"). 0·log 0 = 0
+    via `xlogy`, so one-hot targets are fine.
     """
     logits = tf.cast(logits, tf.float32)
     t = as_distribution(target_probs, logits)
@@ -51,7 +51,7 @@ def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 
     The logit-margin loss of Carlini & Wagner 2017 ("Towards Evaluating the Robustness of Neural Networks",
     f_6 with κ = 0, sign flipped for maximisation); the reference PGD-40 model-selection attack maximises
-    it (METHOD.md). y is the argmax of `labels` (exactly the class for one-hot labels).
+    it (docs/method.md, "Model selection"). y is the argmax of `labels` (exactly the class for one-hot labels).
     """
     logits = tf.cast(logits, tf.float32)
     y = as_distribution(labels, logits)

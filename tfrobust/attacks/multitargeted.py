@@ -4,8 +4,8 @@ Gowal, Uesato, Qin, Huang, Mann & Kohli 2019, "An Alternative Surrogate Loss for
 Testing" (arXiv:1910.09338), Algorithm 1: for target t the attack maximises z_t − z_y (the margin towards
 t) from a uniform random start inside ball ∩ [0, 1], and the runs cycle through the targets. The paper
 being reproduced (Rebuffi, Gowal et al. 2021) evaluates with AA+MT, whose last stage is MultiTargeted with
-10 restarts × 200 steps towards the top-9 classes (METHOD.md, "Evaluation"). The exact optimiser of the
-reference MultiTargeted is not public; the reading chosen here (METHOD.md's) is:
+10 restarts × 200 steps towards the top-9 classes (docs/method.md, "MultiTargeted"). The exact optimiser of the
+reference MultiTargeted is not public; the reading chosen here (docs/method.md, "MultiTargeted") is:
 
 - linf: Adam (b1 0.9, b2 0.999), lr 0.1, ×0.1 at 50% and ×0.01 at 75% of the steps: the same optimiser and
   decay shape as the model-selection PGD-40 (`pgd.pgd40_attack`: 0.1 → 0.01 at 20/40 → 0.001 at 30/40);

@@ -130,9 +130,10 @@ class Adam:
         x ← x + lr_step · (m / (1 − b1^t)) / (sqrt(v / (1 − b2^t)) + eps)
 
     The attack optimiser of the reference TRADES inner maximisation and PGD-40 (Gowal et al. 2020,
-    Rebuffi et al. 2021; METHOD.md). The first step is ≈ lr·sign(g), so Adam behaves like a sign method
-    whose step adapts to the gradient history. State (m, v, t) is carried through the attack loop; t counts
-    this optimizer's own updates (the bias correction), `step` only indexes the learning-rate schedule.
+    Rebuffi et al. 2021; docs/method.md, "Inner maximisation"). The first step is ≈ lr·sign(g), so Adam
+    behaves like a sign method whose step adapts to the gradient history. State (m, v, t) is carried through
+    the attack loop; t counts this optimizer's own updates (the bias correction), `step` only indexes the
+    learning-rate schedule.
 
     eps is 1e-9, the reference's `attacks.Adam(epsilon=1e-9)` (DeepMind's `adversarial_robustness/jax`
     attacks.py, on optax `scale_by_adam`), not Keras's or optax's default 1e-8: the two give different

@@ -63,8 +63,9 @@ class PGD:
     x_{k+1} = P(optimizer step from x_k along g_k), with P the projection onto ball ∩ [0, 1].
 
     - The loss is summed, not averaged, over the batch, so each example's gradient, and hence its
-      adversarial point, does not depend on the batch size (the reference; METHOD.md). This holds as long
-      as `model_fn` treats examples independently (e.g. not BatchNorm with batch statistics).
+      adversarial point, does not depend on the batch size (the reference; docs/method.md, "Inner
+      maximisation"). This holds as long as `model_fn` treats examples independently (e.g. not BatchNorm
+      with batch statistics).
     - `keep_best=True` (evaluation) returns, per example, the iterate with the highest loss among
       x_0 … x_num_steps: the losses of x_0 … x_{N−1} come free with their gradients, x_N costs one extra
       forward pass. `keep_best=False` (training) returns x_N.
@@ -164,7 +165,8 @@ def _check_steps(num_steps: int) -> None:
 
 
 def _default_optimizer(norm: str, optimizer: Optional[str]) -> str:
-    """None -> "adam" for linf (the reference), "sign" (normalised-gradient steps) for l2 (METHOD.md)."""
+    """None -> "adam" for linf (the reference), "sign" (normalised-gradient steps) for l2 (docs/method.md,
+    "Inner maximisation")."""
     if optimizer is None:
         return "adam" if norm == "linf" else "sign"
     if optimizer not in OPTIMIZERS:
@@ -187,7 +189,8 @@ def _training_optimizer(norm: str, eps: float, num_steps: int, optimizer: Option
 
 
 def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optional[str] = None) -> PGD:
-    """TRADES inner maximisation (Zhang et al. 2019; as configured by Rebuffi et al. 2021, METHOD.md).
+    """TRADES inner maximisation (Zhang et al. 2019; as configured by Rebuffi et al. 2021, docs/method.md,
+    "Inner maximisation").
 
     Maximises KL(target ‖ softmax(model(x'))) from a uniform random start; the caller passes as target the
     stop-gradient clean softmax (or the CutMix soft labels). `optimizer` is "adam" (default for linf) or
@@ -209,7 +212,7 @@ def pgd_at_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optiona
 
 
 def pgd40_attack(norm: str, eps: float, optimizer: Optional[str] = None) -> PGD:
-    """The model-selection attack (METHOD.md, "model selection"; the reference's eval attack): margin loss,
+    """The model-selection attack (docs/method.md, "Model selection"; the reference's eval attack): margin loss,
     40 steps from a uniform random start, keeping each example's best iterate.
 
     adam (default for linf): lr 0.1, ×0.1 at step 20 and ×0.01 at step 30. sign (default for l2; a choice,

@@ -2,7 +2,7 @@
 
 Every layer of `tfrobust.augment` follows the conventions of `PadCrop` (pad_crop.py):
   * inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`;
-  * integer labels are refused with a ValueError (METHOD.md "known Keras traps": Keras's own MixUp and
+  * integer labels are refused with a ValueError (docs/method.md, "Keras pitfalls": Keras's own MixUp and
     CutMix silently corrupt integer labels);
   * `call(inputs, training=None, seed=None)`: only `training=True` augments; `seed` is an integer
     tensor of shape [2] for the stateless Philox generator, so one seed gives one result eagerly,

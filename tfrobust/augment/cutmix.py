@@ -6,7 +6,7 @@ is uniform on (0, 1), "the setting used throughout" the paper (App. B, "Window l
 box is sqrt(1 - lambda) H high and sqrt(1 - lambda) W wide (the image's aspect ratio), its centre is
 uniform over the image, it is clipped to the image, and the label weight of the partner is the fraction
 of pixels actually pasted after clipping (Yun et al.'s "adjust lambda to exactly match pixel ratio";
-METHOD.md "CutMix with TRADES": "lambda corrected to the true pasted area").
+docs/method.md, "Augmentations").
 
 Two ways to draw (`draws`, the CLI's `--mix-draws`):
   * "batch" (default): DeepMind's `adversarial_robustness/jax/utils.py` `cutmix` and `_random_box`,
@@ -24,8 +24,8 @@ Two ways to draw (`draws`, the CLI's `--mix-draws`):
     side on 32x32 images.
 
 Why not `keras.layers.CutMix` (Keras 3.x, read from its source): it mixes whatever `labels` holds as
-numbers, so they must already be one-hot (integer labels come out silently wrong, METHOD.md "known Keras
-traps"); it draws its Beta parameter itself, uniformly in [0, factor] per call (default factor 1: alpha
+numbers, so they must already be one-hot (integer labels come out silently wrong, docs/method.md, "Keras
+pitfalls"); it draws its Beta parameter itself, uniformly in [0, factor] per call (default factor 1: alpha
 ~ U(0, 1), not alpha = 1, so the area is not uniform); its box always lies entirely inside the image
 (start uniform on [0, L - l]), so the centre is not uniform and borders are pasted less often; and it
 weights the labels by the continuous box area while its mask counts grid pixels, so label weight and

@@ -23,7 +23,7 @@ class PadCrop(keras.layers.Layer):
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`;
     labels pass through untouched (they must be one-hot or soft: integer labels are rejected so they
-    cannot be silently corrupted further down the augmentation chain, see METHOD.md "known Keras traps").
+    cannot be silently corrupted further down the augmentation chain, see docs/method.md, "Keras pitfalls").
 
     Every example gets its own crop offset (uniform in 0..2*padding along each axis, as
     `tf.image.random_crop` on the padded image) and its own flip decision (probability 1/2). The batch

@@ -11,9 +11,9 @@ al. 2019), then occlusion (Cutout after the policy, as Cubuk et al. apply it on 
 mixing operation last, so that the mixed labels describe the final pixels and no later stage moves a
 pasted box or mixes an already-mixed image again. Two mixing operations together are refused.
 
-`MIXING` names the operations that produce soft labels: with them, METHOD.md "CutMix with TRADES" says the
-attack maximises the divergence from the mixed labels instead of from the clean softmax (the trainer's
-business; see `produces_soft_labels`).
+`MIXING` names the operations that produce soft labels: with them, docs/method.md, "CutMix with TRADES",
+says the attack maximises the divergence from the mixed labels instead of from the clean softmax (the
+trainer's business; see `produces_soft_labels`).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ DATASET_NAMES = ("cifar10", "cifar100", "svhn", "digits")  # plus "npz:PATH"
 SPLIT_NAMES = ("train", "val", "test")
 
 # Per-channel statistics of the [0, 1] training images. CIFAR-10/100: the reference JAX code
-# (`_CIFAR10_MEAN`/`_CIFAR100_MEAN` in adversarial_robustness/jax/datasets.py, also METHOD.md).
+# (`_CIFAR10_MEAN`/`_CIFAR100_MEAN` in adversarial_robustness/jax/datasets.py, also docs/method.md, "Model").
 # SVHN: the values used by the common PyTorch robust-training code bases (train split, 73,257 images).
 _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR10_STD = (0.2471, 0.2435, 0.2616)

@@ -113,9 +113,9 @@ def schedule_curves(config: dict[str, Any], epoch_examples: int) -> dict[str, np
     """Learning rate and EMA decay at every optimizer step of the run, x axis in epochs.
 
     Recomputed with training's own `training_schedule` (peak, warm-up epochs, epochs, kind from the config,
-    steps by the reference's floor(epochs * examples / batch); METHOD.md "optimiser") and `ema_decay`
-    (min(τ, (1+t)/(10+t)), METHOD.md "weight averaging"). The learning rate of step t is the one applied
-    by update t; the EMA decay of update t likewise.
+    steps by the reference's floor(epochs * examples / batch); docs/method.md, "Optimizer and schedule") and
+    `ema_decay` (min(τ, (1+t)/(10+t)), docs/method.md, "Weight averaging"). The learning rate of step t is the
+    one applied by update t; the EMA decay of update t likewise.
     """
     from tfrobust.training.schedules import ema_decay, steps_after_epochs, training_schedule
 

@@ -1,6 +1,6 @@
 """BatchNormalization whose moving statistics can be frozen while it still normalises with batch statistics.
 
-METHOD.md ("BatchNorm during a step"): in the reference TRADES step the attack and the clean forward pass
+docs/method.md ("BatchNorm during a step"): in the reference TRADES step the attack and the clean forward pass
 use the current batch's statistics *without* updating the moving averages; only the adversarial forward
 pass of the training loss updates them. Keras's `BatchNormalization(training=True)` always assigns the
 moving statistics, so tfrobust uses this subclass and the `frozen_batch_statistics` context manager.

@@ -2,7 +2,8 @@
 
 Widths 64-128-256-512, two blocks per stage, strides 1, 2, 2, 2. A block computes
 a = act(BN(x)); out = conv3x3(act(BN(conv3x3_stride(a)))); when the block changes width or
-resolution its shortcut is a 3x3 convolution of the *raw* x (METHOD.md), unlike the WRN's 1x1 on a.
+resolution its shortcut is a 3x3 convolution of the *raw* x (docs/method.md, "Model"), unlike the WRN's
+1x1 on a.
 Same stem, head, padding, BatchNorm settings and initialisation as `wide_resnet` (the reference's JAX
 code has no PreAct-ResNet; its convolutions would get Haiku's default init like the WRN's).
 """

@@ -1,6 +1,6 @@
 """Per-channel (x - mean) / std inside the model, so every model takes float images in [0, 1].
 
-METHOD.md: normalisation lives inside the model; attacks, the evaluator and TF Serving clients all
+docs/method.md, "Model": normalisation lives inside the model; attacks, the evaluator and TF Serving clients all
 speak [0, 1] pixels, and the eps ball is defined in that space.
 """
 

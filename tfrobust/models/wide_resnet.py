@@ -1,6 +1,6 @@
 """Pre-activation WideResNet-D-W with Swish/SiLU, the architecture of Rebuffi, Gowal et al. 2021.
 
-Structure (METHOD.md "model, exactly", matching DeepMind's reference `model_zoo.WideResNet` so the
+Structure (docs/method.md, "Model", matching DeepMind's reference `model_zoo.WideResNet` so the
 published checkpoints map onto it weight for weight):
 
 - Standardize (dataset mean/std) -> 3x3 conv, 16 channels, no bias;

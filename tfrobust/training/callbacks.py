@@ -24,7 +24,7 @@ class WeightAveraging(keras.callbacks.Callback):
     """Exponential moving average of the network's trainable weights (Rebuffi, Gowal et al. 2021, Sec. 4).
 
     After update t (t = 0, 1, ...): avg <- d_t * avg + (1 - d_t) * w with d_t = min(tau, (1+t)/(10+t)),
-    the reference's warm-up (METHOD.md "weight averaging"). Only trainable weights are averaged; the
+    the reference's warm-up (docs/method.md, "Weight averaging"). Only trainable weights are averaged; the
     averaged model uses the raw model's BatchNorm statistics, as the reference evaluates it.
     Keras's optimizer `use_ema` differs (no warm-up), hence this callback.
 
@@ -79,7 +79,7 @@ class WeightAveraging(keras.callbacks.Callback):
 class ModelSelection(keras.callbacks.Callback):
     """Every `every` epochs (and at the last), clean and PGD-40 accuracy of raw and averaged weights.
 
-    METHOD.md "model selection": robust accuracy on held-out *training* images picks the best averaged
+    docs/method.md, "Model selection": robust accuracy on held-out *training* images picks the best averaged
     model, never the test set (`select_on`; a non-robust `--loss standard` run selects on clean accuracy,
     since its PGD-40 accuracy is ~0 and would pick an arbitrary early epoch). Adds `val_{raw,avg}_{clean,pgd40}_accuracy` to every epoch's logs (NaN on
     epochs without evaluation, so CSV columns stay fixed) and saves the best averaged weights.

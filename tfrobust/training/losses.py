@@ -2,7 +2,8 @@
 
 - `trades_loss`: Zhang et al. 2019 (TRADES), as used by Rebuffi, Gowal et al. 2021 (Sec. 2, beta = 6):
   CE(f(x), y) + beta * mean_i KL(softmax(f(x_i)) || softmax(f(x'_i))). Gradients flow through both the
-  clean and the adversarial logits (METHOD.md "loss"). With soft (CutMix/MixUp) labels the CE uses them.
+  clean and the adversarial logits (docs/method.md, "TRADES step"). With soft (CutMix/MixUp) labels the CE
+  uses them.
 - `pgd_at_loss`: Madry et al. 2018, CE(f(x'), y).
 - `standard_loss`: CE(f(x), y), non-robust training (the pseudo-labelling classifier of the paper).
 - `l2_weight_decay`: the reference's *coupled* L2 penalty 0.5 * wd * sum ||w||^2 over conv and dense

@@ -9,7 +9,7 @@ The reference (`adversarial_robustness/jax` utils.py `sgd_momentum`) chains opta
 with the trace starting at 0 and k the update count (0-based). PyTorch's `SGD(nesterov=True)` is the same
 rule. Keras's `SGD` keeps v <- momentum * v - lr(k) * g, i.e. the learning rate inside the buffer: both agree
 while the learning rate is constant and differ whenever it changes (the whole warm-up, the x0.1 drop, the
-cosine), so training uses this class (METHOD.md "optimiser").
+cosine), so training uses this class (docs/method.md, "Optimizer and schedule").
 
 The trace variables are ordinary Keras optimizer variables (`optimizer.variables`: the iteration count, then
 one trace per trainable variable), so tfrobust's checkpoint saves and restores them, and the update runs per

@@ -13,7 +13,7 @@ Run directory (`--out`):
 The data order, the augmentation and the attack's random starts are functions of (seed, epoch, step),
 so a run resumed from its checkpoint continues exactly where the uninterrupted run would be.
 
-Epochs (METHOD.md "batch, length"; the reference's experiment.py `steps_from_epochs`): an epoch is the
+Epochs (docs/method.md, "Epoch length"; the reference's experiment.py `steps_from_epochs`): an epoch is the
 whole original training set, the validation hold-out included (50,000 CIFAR-10 images), over the batch
 size. That is rarely an integer number of steps, so epoch e ends after floor((e + 1) * examples / batch)
 optimizer steps (`schedules.steps_after_epochs`) and epochs differ in length by one step (CIFAR-10 at

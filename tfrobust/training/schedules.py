@@ -1,4 +1,5 @@
-"""Learning-rate and weight-averaging schedules of the reference recipe (METHOD.md "optimiser", "WA").
+"""Learning-rate and weight-averaging schedules of the reference recipe (docs/method.md, "Optimizer and
+schedule", "Weight averaging").
 
 Reference: DeepMind's `adversarial_robustness/jax` (experiment.py `get_config`, utils.py
 `get_cosine_schedule` / `get_step_schedule` / `ema_update`), built on optax:
@@ -32,7 +33,8 @@ SCHEDULES = ("cosine", "piecewise")
 
 
 def peak_learning_rate(batch_size: int, base: float = 0.1) -> float:
-    """max(base * batch / 256, base): linear scaling above 256, never below `base` (METHOD.md)."""
+    """max(base * batch / 256, base): linear scaling above 256, never below `base` (docs/method.md,
+    "Optimizer and schedule")."""
     return max(base * batch_size / 256.0, base)
 
 

@@ -1,6 +1,6 @@
 """`RobustTrainer`: a `keras.Model` whose `train_step` runs the adversarial inner maximisation.
 
-One TRADES step (Zhang et al. 2019; Rebuffi, Gowal et al. 2021, Sec. 2; METHOD.md):
+One TRADES step (Zhang et al. 2019; Rebuffi, Gowal et al. 2021, Sec. 2; docs/method.md, "TRADES step"):
 
 1. clean logits f(x) with batch statistics, moving BatchNorm statistics frozen;
 2. the attack (BatchNorm frozen the same way, tape paused) maximises KL(stop_grad(softmax f(x)) || softmax f(x'))
@@ -140,7 +140,7 @@ class RobustTrainer(keras.Model):
                     with frozen_batch_statistics(network):
                         clean_logits = network(images, training=True)
                     if self.labels_as_attack_target:
-                        # CutMix/MixUp/RICAP (METHOD.md "CutMix with TRADES"): the attack maximises the
+                        # CutMix/MixUp/RICAP (docs/method.md, "CutMix with TRADES"): the attack maximises the
                         # divergence from the mixed labels; the loss's KL stays KL(clean || adv).
                         target = labels
                     else:
