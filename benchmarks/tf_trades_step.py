@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfrobust.attacks.pgd import trades_attack  # noqa: E402
 from tfrobust.models.registry import build_model  # noqa: E402
+from tfrobust.training.optimizers import TraceSGD  # noqa: E402
 from tfrobust.training.trainer import RobustTrainer  # noqa: E402
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
     trainer = RobustTrainer(
         network, loss="trades", attack=trades_attack("linf", 8 / 255, num_steps=args.attack_steps), seed=0
     )
-    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+    trainer.compile(optimizer=TraceSGD(0.1, momentum=0.9, nesterov=True))
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(size=(args.batch_size, args.image_size, args.image_size, 3)), tf.float32)
     y = tf.one_hot(rng.integers(0, 10, args.batch_size), 10)

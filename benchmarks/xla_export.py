@@ -43,6 +43,7 @@ import tensorflow as tf  # noqa: E402
 from tfrobust.attacks.pgd import trades_attack  # noqa: E402
 from tfrobust.config import DEFAULT_EPS  # noqa: E402
 from tfrobust.models.registry import build_model  # noqa: E402
+from tfrobust.training.optimizers import TraceSGD  # noqa: E402
 from tfrobust.training.trainer import RobustTrainer  # noqa: E402
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
@@ -60,7 +61,7 @@ def build_step(model: str, batch_size: int, precision: str, attack_steps: int = 
                           mean=CIFAR10_MEAN, std=CIFAR10_STD)
     trainer = RobustTrainer(network, loss="trades", attack=trades_attack(norm, DEFAULT_EPS[norm], num_steps=attack_steps),
                             seed=seed)
-    trainer.compile(optimizer=keras.optimizers.SGD(max(0.1 * batch_size / 256, 0.1), momentum=0.9, nesterov=True))
+    trainer.compile(optimizer=TraceSGD(max(0.1 * batch_size / 256, 0.1), momentum=0.9, nesterov=True))
     trainer.optimizer.build(network.trainable_variables)
     rng = np.random.default_rng(seed)
     images = tf.constant(rng.uniform(size=(batch_size, image_size, image_size, 3)), tf.float32)

@@ -195,3 +195,37 @@ def test_hlo_of_the_step_runs_through_jax_and_equals_tensorflow(tmp_path):
     assert timed["images_per_second"] > 0 and 0 < timed["mfu"]["input"] < 1
     assert np.all(np.isfinite(timed["losses"]))
 
+
+
+@pytest.mark.slow
+def test_xla_step_under_mirrored_strategy_equals_the_graph_step(tmp_path):
+    """Two replicas: each compiles its own step (the optimizer update stays outside XLA); the result is
+    the graph step's."""
+    from conftest import write_digits_npz
+
+    npz = write_digits_npz(tmp_path / "digits.npz")
+    reports, states = {}, {}
+    for jit in ("off", "on"):
+        out = str(tmp_path / f"{jit}.npz")
+        result = subprocess.run(
+            [sys.executable, os.path.join(REPO, "tests", "xla_mirrored_check.py"), npz, jit, out],
+            env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        reports[jit] = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT ")][-1][7:])
+        states[jit] = dict(np.load(out))
+    assert reports["on"]["replicas"] == 2 and reports["on"]["xla_per_replica"] and not reports["on"]["keras_jit"]
+    assert not reports["off"]["xla_per_replica"]
+    assert reports["on"]["loss"] == pytest.approx(reports["off"]["loss"], rel=1e-4)
+    for name, value in states["off"].items():
+        np.testing.assert_allclose(states["on"][name], value, rtol=1e-4, atol=3e-5, err_msg=name)
+
+
+def test_synchronised_batch_norm_on_several_devices_refuses_xla():
+    from tfrobust.training.distribute import resolve_jit_compile
+
+    assert resolve_jit_compile("on", replicas=2) is True
+    assert resolve_jit_compile("auto", replicas=2, synchronized_bn=True) is False
+    assert resolve_jit_compile("on", replicas=1, synchronized_bn=True) is True
+    with pytest.raises(UserError, match="sync-batch-norm"):
+        resolve_jit_compile("on", replicas=2, synchronized_bn=True)

@@ -107,13 +107,23 @@ def accelerator_present() -> bool:
     return any(d.device_type in ("GPU", "TPU") for d in tf.config.list_logical_devices())
 
 
-def resolve_jit_compile(mode: str) -> bool:
+def resolve_jit_compile(mode: str, *, replicas: int = 1, synchronized_bn: bool = False) -> bool:
     """`--jit-compile`: on, off, or auto (on where an accelerator is present).
 
     XLA fuses the step's elementwise work (BatchNorm, Swish, the attack's Adam and projection) into the
     convolutions' neighbours, which pays on GPUs and TPUs; on CPUs its backend does not call oneDNN's
-    convolutions and the step runs several times slower (docs/xla.md has the measurements).
+    convolutions and the step runs several times slower (docs/xla.md has the measurements). With several
+    replicas each compiles its own step (`RobustTrainer(xla_per_replica=True)`), which rules out
+    synchronised BatchNorm: its all-reduce would sit inside the per-device program.
     """
+    if mode == "off":
+        return False
+    cross_device_bn = synchronized_bn and replicas > 1
     if mode == "auto":
-        return accelerator_present()
-    return mode == "on"
+        return accelerator_present() and not cross_device_bn
+    if cross_device_bn:
+        raise UserError(
+            "--jit-compile on cannot compile a step with --sync-batch-norm on several devices (the moments are "
+            "all-reduced inside it): use per-replica BatchNorm (the default) or --jit-compile off"
+        )
+    return True

@@ -156,9 +156,11 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
                 attack = dataclasses.replace(
                     attack, init=distribute.ReplicaShardedInit(attack.init, replicas), unroll=synchronized_bn
                 )
+        jit = distribute.resolve_jit_compile(config.jit_compile, replicas=replicas, synchronized_bn=synchronized_bn)
         trainer = RobustTrainer(
             network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay,
             seed=config.seed, labels_as_attack_target=produces_soft_labels(parse_aug(config.aug)),
+            xla_per_replica=jit and replicas > 1,
         )
         schedule = training_schedule(
             peak=config.learning_rate, warmup_epochs=config.warmup_epochs, epochs=config.epochs,
@@ -166,7 +168,7 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
         )
         # optax's SGD (utils.sgd_momentum): the trace holds raw gradients, the lr scales the update.
         optimizer = TraceSGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
-        trainer.compile(optimizer=optimizer, jit_compile=distribute.resolve_jit_compile(config.jit_compile))
+        trainer.compile(optimizer=optimizer, jit_compile=jit and replicas == 1)
         trainer.build(tuple((None, *info.image_shape)))
         optimizer.build(network.trainable_variables)
         averaging = cb.WeightAveraging(network, config.ema_decay)

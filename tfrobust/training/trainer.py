@@ -64,6 +64,7 @@ class RobustTrainer(keras.Model):
         weight_decay: float = 5e-4,
         seed: int = 0,
         labels_as_attack_target: bool = False,
+        xla_per_replica: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -84,6 +85,14 @@ class RobustTrainer(keras.Model):
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.clean_accuracy = keras.metrics.Mean(name="clean_accuracy")
         self.adv_accuracy = keras.metrics.Mean(name="adv_accuracy")
+        # Keras's `jit_compile` compiles the whole step, `strategy.run` included, as one XLA program, which
+        # XLA refuses when it spans several devices. With `xla_per_replica` each replica runs
+        # `loss_and_gradients` (passes, attack, loss, gradients) as its own XLA program, and the optimizer
+        # update, which all-reduces the gradients, stays in the graph.
+        self.xla_per_replica = bool(xla_per_replica)
+        self._xla_loss_and_gradients = (
+            tf.function(self.loss_and_gradients, jit_compile=True, autograph=False) if xla_per_replica else None
+        )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3.15's version (TF backend, under a strategy) all-reduces a data batch across replicas
@@ -168,7 +177,7 @@ class RobustTrainer(keras.Model):
     def train_step(self, data):
         images, labels = data[0], tf.cast(data[1], tf.float32)
         network = self.network
-        step = self.loss_and_gradients(images, labels)
+        step = (self._xla_loss_and_gradients or self.loss_and_gradients)(images, labels)
         self.optimizer.apply_gradients(zip(step["gradients"], network.trainable_variables))
 
         parts, clean_logits, adv_logits = step["parts"], step["clean_logits"], step["adv_logits"]
