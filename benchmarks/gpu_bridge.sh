@@ -4,6 +4,7 @@
 #
 #   prepare (CPU, TensorFlow):  bash benchmarks/gpu_bridge.sh --export
 #   measure (GPU, JAX + torch): OUT=results_dir bash benchmarks/gpu_bridge.sh
+#   a subset:                   ONLY="check_l2_highest xla_wrn28_bf16" OUT=... bash benchmarks/gpu_bridge.sh
 #
 # Every run is bounded by `timeout`, in order of importance, so a slow compile costs only its own line.
 set -u
@@ -26,6 +27,7 @@ nvidia-smi -L
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 LOGS=$(mktemp -d)
 run() {  # NAME=... run SECONDS command...: the JSON goes to $OUT, the log to $LOGS (printed on failure)
+  case " ${ONLY:-$NAME} " in *" $NAME "*) ;; *) return ;; esac
   local limit=$1; shift; echo "=== $*"
   timeout "$limit" "$@" > "$LOGS/$NAME.log" 2>&1; local rc=$?; echo "rc=$rc"
   grep -E 'images_per_second|compile_seconds|"input"|passed|worst_relative|images/s|MFU' "$LOGS/$NAME.log" | tail -n 8
