@@ -29,11 +29,11 @@ published architecture (`tests/torch_reference.py`, the one `tfrobust import` is
 with `tfrobust.importer.reference_state_dict(network)`; the script checks that its logits match the
 SavedModel's on every evaluated image before attacking.
 
-    pip install --no-deps --target /work/exp/pydeps torchattacks==3.5.1   # its deps would replace torch
-    PYTHONPATH=/work/exp/pydeps python benchmarks/aa_reference.py --run /work/exp/runs/std \\
-        --data /work/exp/c10_test.npz --n-examples 500 --eps 1 2 --out benchmarks/results/aa_reference_std.json
+    pip install --no-deps --target pydeps torchattacks==3.5.1   # its deps would replace torch
+    PYTHONPATH=pydeps python benchmarks/aa_reference.py --run exp/runs/std \\
+        --data exp/c10_test.npz --n-examples 500 --eps 1 2 --out benchmarks/results/aa_reference_std.json
 
-Where TensorFlow is not installed (the lent GPU machine), run the reference side alone from a bundle:
+Where TensorFlow is not installed (a GPU machine with PyTorch only), run the reference side alone from a bundle:
 
     python benchmarks/aa_reference.py --run RUN --data D.npz --eps 8 --write-bundle bundle.npz --out unused.json
     python benchmarks/aa_reference.py --bundle bundle.npz --eps 8 --out ref.json   # torch + torchattacks only

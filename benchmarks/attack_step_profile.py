@@ -7,10 +7,10 @@ forward pass alone and (1) its forward+backward (input gradient), in TF (the Sav
 (the bundle's copy), (2) one 100-iteration APGD-T run towards one target, (3) one 100-iteration FAB-T
 run; median of 3 each.
 
-    PYTHONPATH=/work/exp/pydeps python benchmarks/attack_step_profile.py \\
-        --model /work/exp/saved_models/c10-wrn-10-1-standard/2 --bundle std101.npz
+    PYTHONPATH=pydeps python benchmarks/attack_step_profile.py \\
+        --model exp/saved_models/c10-wrn-10-1-standard/2 --bundle std101.npz
 
-Measured 2026-11-27 on the 2-vCPU development machine (WRN-10-1, 86 images, Linf 0.25/255), median of 3:
+Measured 2026-11-27 on 2 vCPUs of an AMD EPYC (Zen3) (WRN-10-1, 86 images, Linf 0.25/255), median of 3:
 | | tfrobust | torchattacks | ratio |
 |---|---|---|---|
 | forward x10 | 0.55 s | 0.96 s | 1.76 |

@@ -1,4 +1,4 @@
-"""Splits the CIFAR-10 training copy (`/work/shared/data/cifar10_train.npz`, JPEG-decoded) into train/test npz.
+"""Splits the CIFAR-10 training copy (`shared/data/cifar10_train.npz` beside the checkout, JPEG-decoded) into train/test npz.
 
 The copy has no test split and is sorted by class, so experiments need a seeded shuffle and a held-out
 part. Both outputs are in the paper's npz layout (`image` uint8 NHWC, `label` int64), so they go straight
@@ -7,7 +7,7 @@ Both are written in the seeded random order, so that the first N images (`--n-ex
 sample of the classes. (Until 2026-11-27 the script wrote them sorted back by class: the first 500 held-out
 images were all airplanes. Same seed, same 5,000 held-out images; only their order changed.)
 
-    python benchmarks/cifar_copy_split.py --out /work/exp            # c10_train.npz (45000), c10_test.npz (5000)
+    python benchmarks/cifar_copy_split.py --out exp                  # c10_train.npz (45000), c10_test.npz (5000)
 
 Numbers measured on these files are "CIFAR-10 train, JPEG copy" numbers: not comparable to the CIFAR-10
 test set's.
@@ -23,7 +23,7 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", default="/work/shared/data/cifar10_train.npz")
+    parser.add_argument("--source", default=os.path.join("..", "shared", "data", "cifar10_train.npz"))
     parser.add_argument("--out", required=True, help="Folder for c10_train.npz and c10_test.npz.")
     parser.add_argument("--test-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)

@@ -2,7 +2,7 @@
 
 The question behind `tfrobust.evaluation.fixed_layout_logits`: re-verification classifies every example in
 batches of one fixed shape, which is enough only if, at a fixed shape, a row's logits do not depend on the
-other rows. TensorFlow could not be installed on the lent GPU machine, so this measures the same cuDNN
+other rows. The GPU machine has no TensorFlow, so this measures the same cuDNN
 kernels through PyTorch: a WRN-28-10 in the published layout (`tests/torch_reference.py`), random weights
 (logits layer N(0, 0.1)), random [0, 1] images; one fixed image placed at a random row of 12 batches of 64
 (other rows random, or zero in every third), against the same image in batches of 1, 7, 63, 65 and 250;

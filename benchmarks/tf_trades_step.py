@@ -14,7 +14,7 @@ the honest ceiling when the nominal clock is unknown under a hypervisor.
     python benchmarks/tf_trades_step.py --model wrn-16-4 --batch-size 128 --precision mixed_bfloat16
     python benchmarks/tf_trades_step.py --model wrn-28-10 --batch-size 512 --precision mixed_bfloat16 --jit-compile  # GPU
 
-Numbers measured with it are in README.md ("Measured numbers"), with the hardware they came from.
+Numbers measured with it are in benchmarks/README.md and docs/xla.md, with the hardware they came from.
 """
 
 from __future__ import annotations

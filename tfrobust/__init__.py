@@ -8,8 +8,8 @@ modules (TensorFlow) load when a submodule is used.
 import os as _os
 
 # TensorFlow enables its oneDNN kernels by default only on CPUs with AVX512-VNNI/BF16/AMX. On others
-# (e.g. the AMD Zen3 CI machine) turning them on makes the TRADES step ~25% faster (README, "Measured
-# numbers"). Only a default: a user's own TF_ENABLE_ONEDNN_OPTS wins, and it matters only if this
+# (e.g. an AMD Zen3) turning them on makes the TRADES step ~25% faster (benchmarks/README.md). Only a
+# default: a user's own TF_ENABLE_ONEDNN_OPTS wins, and it matters only if this
 # module is imported before TensorFlow.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 

@@ -3,6 +3,7 @@
     tfrobust train --preset quickstart-digits --out runs/digits
     tfrobust train --dataset cifar10 --model wrn-28-10 --batch-size 512 --epochs 400 --out runs/c10
     tfrobust train --resume runs/c10
+    tfrobust benchmark --preset cifar10-wrn-28-10-cutmix --precision mixed_bfloat16   # cost before a run
     tfrobust export runs/c10 --which best
     tfrobust eval --model saved_models/cifar10-wrn-28-10-trades --n-examples 1000
     tfrobust import --checkpoint cifar10_linf_wrn28-10_cutmix_ddpm_v2.pt --arch wrn-28-10 --dataset cifar10 \
@@ -122,6 +123,28 @@ def train(out: str | None, resume_dir: str | None, preset: str | None, **options
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
     if summary.get("export"):
         click.echo(f"exported: {summary['export']}")
+
+
+@cli.command()
+@_train_options
+@click.option("--steps", type=int, default=5, show_default=True, help="Timed steps (after the warm-up).")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps first (tracing, XLA compilation, autotuning).")
+@click.option("--json", "json_path", default=None, help="Also write the result as JSON to this file (must not exist).")
+def benchmark(preset: str | None, steps: int, warmup: int, json_path: str | None, **options: Any) -> None:
+    """Times the training step a run would take on this hardware: images/s, MFU, memory, projected time."""
+    from tfrobust import benchmark as bench
+    from tfrobust.config import make_config
+    from tfrobust.fileio import write_bytes_atomic
+
+    options["extra_data"] = None  # the step's cost; generated data would come in as images of the same shape
+    config = make_config(preset, options)
+    if json_path is not None and os.path.exists(json_path):
+        raise UserError(f"--json {json_path} exists: give a new file")
+    result = bench.benchmark(config, steps=steps, warmup=warmup, progress=lambda line: click.echo(line, err=True))
+    click.echo(bench.table(result))
+    if json_path is not None:
+        write_bytes_atomic(json_path, (json.dumps(result, indent=2) + "\n").encode())
+        click.echo(f"wrote {json_path}")
 
 
 @cli.command()

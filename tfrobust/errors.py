@@ -1,7 +1,7 @@
 """The one exception type that means "the user gave us something we cannot use".
 
-The CLI turns a `UserError` into a single line on stderr and exit status 2, never a traceback; any
-other exception is a bug in tfrobust and keeps its traceback.
+The CLI turns a `UserError` into a single line on stderr and exit status 1 (click's own usage errors
+exit with 2), never a traceback; any other exception is a bug in tfrobust and keeps its traceback.
 """
 
 

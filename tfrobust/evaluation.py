@@ -496,7 +496,7 @@ def onednn_enabled() -> bool | None:
     """Whether TensorFlow runs its oneDNN CPU kernels in this process (None where TF cannot say).
 
     It decides the CPU speed of every attack (a WRN's forward + input gradient ran 1.7x faster with it on
-    the Zen3 development machine, README "Evaluation"), and `import tfrobust` can only turn it on
+    a 2-vCPU AMD EPYC Zen3, benchmarks/README.md), and `import tfrobust` can only turn it on
     when imported before TensorFlow; the report records it so that a timing can be explained.
     """
     try:

@@ -334,7 +334,7 @@ def build_imported_network(state: StateDict, *, arch: str, dataset: str, activat
         tensors.pop(key, None)
 
     policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")  # an imported model is float32, whatever the session's
+    keras.mixed_precision.set_global_policy("float32")  # an imported model is float32, whatever the process's
     try:
         network = build_model(arch, input_shape=info.image_shape, num_classes=info.num_classes, mean=mean, std=std,
                               activation=activation)

@@ -114,6 +114,32 @@ def load_dataset(
     return Splits(info=info, train=train, val=val, test=test)
 
 
+# Training-set sizes and image shapes of the tensorflow-datasets sources, for work that needs the shape of
+# a dataset but not its images (`tfrobust benchmark`).
+TFDS_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257}
+_TFDS_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "svhn": (32, 32, 3)}
+
+
+def synthetic_splits(name: str, n: int, *, seed: int = 0) -> tuple[Splits, int]:
+    """`n` random uint8 training images (and no validation images) with the `DatasetInfo` of dataset
+    `name` (cifar10, cifar100, svhn), and that dataset's training-set size. Nothing is downloaded."""
+    if name not in TFDS_TRAIN_SIZES:
+        raise UserError(f"no synthetic stand-in for dataset {name!r}; choose from {', '.join(TFDS_TRAIN_SIZES)}")
+    classes = 100 if name == "cifar100" else 10
+    mean, std = {"cifar10": (_CIFAR10_MEAN, _CIFAR10_STD), "cifar100": (_CIFAR100_MEAN, _CIFAR100_STD),
+                 "svhn": (_SVHN_MEAN, _SVHN_STD)}[name]
+    info = DatasetInfo(
+        name=name, num_classes=classes,
+        class_names=CIFAR10_CLASS_NAMES if name == "cifar10" else tuple(str(i) for i in range(classes)),
+        image_shape=_TFDS_SHAPES[name], mean=mean, std=std, allow_flip=name != "svhn",
+    )
+    rng = np.random.default_rng(seed)
+    train = Split(images=rng.integers(0, 256, (n, *info.image_shape), dtype=np.uint8),
+                  labels=rng.integers(0, classes, n).astype(np.int64))
+    empty = Split(images=train.images[:0], labels=train.labels[:0])
+    return Splits(info=info, train=train, val=empty, test=None), TFDS_TRAIN_SIZES[name]
+
+
 def load_split(
     name: str,
     split: str,

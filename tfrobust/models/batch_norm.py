@@ -59,7 +59,7 @@ class BatchNorm(keras.layers.BatchNormalization):
     Speed: for NHWC images on the TensorFlow backend (no mask, not synchronised) the layer runs TF's
     fused batch-norm kernel, forward and backward, instead of Keras 3's composite of moments and
     elementwise ops; on CPU this is the difference between matching PyTorch's throughput or not
-    (README, "Measured numbers"). The moving averages are the reference's zero-debiased EMA (module
+    (benchmarks/README.md). The moving averages are the reference's zero-debiased EMA (module
     docstring) of the batch mean and the *biased* batch variance (the fused kernel reports the
     Bessel-corrected one, which is scaled back).
     """

@@ -1,0 +1,225 @@
+"""`tfrobust benchmark`: what a training run costs on this hardware, measured before the run.
+
+Builds the run `tfrobust train` would build for the same options (model, batch, precision, strategy,
+XLA, augmentations, attack, optimizer: `training.run.build_run`), feeds it batches through the same
+pipeline (`training.run.training_stream`) and Keras `fit`, and times the steps after warm-up. The
+images are synthetic, of the dataset's shape (CIFAR, SVHN: nothing is downloaded) or the dataset itself
+where it is on disk (digits, npz:PATH). Reported:
+
+- images/s and seconds per step (median of the timed steps; each step is waited for);
+- model FLOP utilisation: the network's forward FLOPs, counted by TensorFlow's profiler on its graph,
+  times the step's forward-equivalents per image (TRADES-K: 1 + 2K + 6, the attack's backward pass to the
+  input only; `docs/xla.md`), over the device's peak: a datasheet value for known accelerators in the
+  step's compute precision (`PEAK_TFLOPS`), else a matmul measured here;
+- peak memory (the GPU allocator's peak, or the process's peak resident memory on CPUs);
+- the projected time of the whole run: its optimizer steps (`epochs` of the full training set, as
+  `tfrobust train` counts them) times the median step; model selection's PGD-40 passes are not included.
+
+    tfrobust benchmark --preset cifar10-wrn-28-10-cutmix --precision mixed_bfloat16
+    tfrobust benchmark --model wrn-16-4 --batch-size 128 --steps 5 --json bench.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from tfrobust.config import TrainConfig
+from tfrobust.errors import UserError
+
+# Dense peak TFLOP/s by device name (vendor datasheets), for the compute precision of a step: bf16 under
+# mixed_bfloat16, and for float32 the TensorFloat-32 rate where TensorFlow uses it for float32
+# convolutions by default (Ampere and later), the plain float32 rate before. Unlisted devices and
+# precisions: a matmul measured on the device.
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"mixed_bfloat16": 989.4, "float32": 494.7},
+    "H100 PCIe": {"mixed_bfloat16": 756.0, "float32": 378.0},
+    "H100": {"mixed_bfloat16": 989.4, "float32": 494.7},
+    "A100": {"mixed_bfloat16": 312.0, "float32": 156.0},
+    "L4": {"mixed_bfloat16": 121.0, "float32": 60.0},
+    "V100": {"float32": 15.7},  # no bfloat16 units
+    "T4": {"float32": 8.1},
+    "TPU v4": {"mixed_bfloat16": 275.0},
+    "TPU v5 lite": {"mixed_bfloat16": 197.0},
+    "TPU v5p": {"mixed_bfloat16": 459.0},
+}
+
+
+def forward_equivalents(loss: str, attack_steps: int) -> int:
+    """Forward passes per image of one training step (a backward pass costs two).
+
+    TRADES-K: clean forward 1, K attack steps of a forward and a backward to the input (3 each, of which
+    the backward's weight half is not computed: 2), adversarial forward 1, the backward through both
+    logit sets 4: 1 + 2K + 6 - 1 = 2K + 7, 27 for K = 10 (`benchmarks/flops.py`, "input" convention).
+    PGD-AT-K: 2K + 1 + 2 (no clean pass). Standard: 3.
+    """
+    if loss == "standard":
+        return 3
+    if loss == "pgd-at":
+        return 2 * attack_steps + 3
+    return 2 * attack_steps + 7
+
+
+def forward_flops(network, image_shape: tuple[int, ...]) -> int:
+    """FLOPs of one inference forward pass of `network` on one image, counted by TensorFlow's profiler."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = tf.function(lambda x: network(x, training=False), autograph=False).get_concrete_function(
+        tf.TensorSpec([1, *image_shape], tf.float32)
+    )
+    from tensorflow.python.util import deprecation
+
+    with deprecation.silence():  # the profiler is a TF1 API; its notice is not for the user
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        graph = convert_variables_to_constants_v2(concrete).graph
+        return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+
+
+def device_peak(precision: str) -> tuple[float, str]:
+    """(peak FLOP/s, where it comes from) for the first accelerator, or the CPU's measured matmul rate."""
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        devices = tf.config.list_physical_devices(kind)
+        if devices:
+            name = tf.config.experimental.get_device_details(devices[0]).get("device_name", "") or kind
+            for key, peaks in PEAK_TFLOPS.items():  # the more specific names come first
+                if key in name and precision in peaks:
+                    return peaks[precision] * 1e12, f"{name}: datasheet dense {precision} peak"
+            return measured_matmul_peak(precision), f"{name}: measured matmul"
+    return measured_matmul_peak(precision), f"{cpu_name()}: measured 2048^3 matmul"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (as `lscpu` shows it), or the architecture."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measured_matmul_peak(precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul in the step's compute dtype on the default device."""
+    import tensorflow as tf
+
+    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    a = tf.cast(tf.random.uniform((size, size)), dtype)
+    b = tf.cast(tf.random.uniform((size, size)), dtype)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    float(matmul())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        float(matmul())
+    return 2.0 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def peak_memory_gib() -> tuple[float, str]:
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**30, "GPU:0 allocator peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak resident memory"
+
+
+def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=print) -> dict[str, Any]:
+    """Times `config`'s training step (see the module docstring); returns the JSON-able result."""
+    import keras
+
+    from tfrobust.data.datasets import synthetic_splits, load_dataset
+    from tfrobust.training.run import build_run, training_stream
+    from tfrobust.training.schedules import steps_after_epochs
+
+    if steps < 1 or warmup < 0:
+        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    config = dataclasses.replace(config, eval_every=0, extra_data=()).validate().resolved()
+    n_images = config.batch_size * 2
+    if config.dataset.startswith("npz:") or config.dataset == "digits":
+        splits = load_dataset(config.dataset, val_size=0, seed=config.seed, data_dir=config.data_dir)
+        source, epoch_examples = f"{config.dataset} (on disk)", len(splits.train)
+    else:
+        splits, epoch_examples = synthetic_splits(config.dataset, n_images, seed=config.seed)
+        source = f"synthetic images of {config.dataset}'s shape"
+    run = build_run(config, tempfile.mkdtemp(prefix="tfrobust-benchmark-"), splits=splits)
+    replicas = run.strategy.num_replicas_in_sync
+    data, _ = training_stream(config, run.splits, None, replicas=replicas, first_epoch=0,
+                              steps_per_epoch=run.data_pass_steps)
+
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # waits for the step
+            times.append(time.perf_counter() - self.start)
+            progress(f"step {len(times)}/{warmup + steps}: {times[-1]:.3f} s" + ("  (warm-up)" if len(times) <= warmup else ""))
+
+    run.trainer.fit(data, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[Timer()])
+    timed = np.asarray(times[warmup:])
+    seconds = float(np.median(timed))
+    images_per_second = config.batch_size / seconds
+    info = run.splits.info
+    forward = forward_flops(run.trainer.network, info.image_shape)
+    per_image = forward * forward_equivalents(config.loss, config.attack_steps)
+    peak, peak_source = device_peak(config.precision)
+    memory, memory_source = peak_memory_gib()
+    total_steps = steps_after_epochs(config.epochs, epoch_examples, config.batch_size)
+    import tensorflow as tf
+
+    return {
+        "config": {k: getattr(config, k) for k in ("model", "loss", "attack_steps", "batch_size", "precision",
+                                                    "strategy", "jit_compile", "aug", "aug_repeats", "epochs")},
+        "data": source,
+        "replicas": replicas,
+        "xla": bool(run.trainer.jit_compile or run.trainer.xla_per_replica),
+        "devices": [d.name for d in tf.config.list_logical_devices() if d.device_type in ("GPU", "TPU")] or ["CPU"],
+        "cpu": cpu_name(),
+        "tensorflow": tf.__version__,
+        "warmup_steps": warmup,
+        "step_seconds": [round(t, 5) for t in timed.tolist()],
+        "seconds_per_step": seconds,
+        "images_per_second": images_per_second,
+        "forward_flops_per_image": forward,
+        "forward_equivalents_per_image": forward_equivalents(config.loss, config.attack_steps),
+        "achieved_tflops": per_image * images_per_second / 1e12,
+        "peak_tflops": peak / 1e12,
+        "peak_source": peak_source,
+        "mfu": per_image * images_per_second / peak,
+        "peak_memory_gib": memory,
+        "memory_source": memory_source,
+        "run_steps": total_steps,
+        "projected_run_hours": total_steps * seconds / 3600,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The readable summary printed by `tfrobust benchmark`."""
+    c = result["config"]
+    rows = [
+        ("step", f"{c['model']} {c['loss']}-{c['attack_steps']}, batch {c['batch_size']}, {c['precision']}, "
+                 f"XLA {'on' if result['xla'] else 'off'}, {result['replicas']} replica(s), aug {c['aug']}"),
+        ("data", result["data"]),
+        ("images/s", f"{result['images_per_second']:.1f}"),
+        ("seconds/step", f"{result['seconds_per_step']:.3f} (median of {len(result['step_seconds'])})"),
+        ("MFU", f"{100 * result['mfu']:.1f}% of {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}); "
+                f"{result['achieved_tflops']:.2f} TFLOP/s at {result['forward_equivalents_per_image']} forwards "
+                f"of {result['forward_flops_per_image'] / 1e9:.3g} GFLOP per image"),
+        ("peak memory", f"{result['peak_memory_gib']:.2f} GiB ({result['memory_source']})"),
+        ("whole run", f"{result['run_steps']} steps ({c['epochs']} epochs): {result['projected_run_hours']:.1f} h "
+                      "on this hardware, model selection not included"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
