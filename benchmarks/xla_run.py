@@ -172,10 +172,7 @@ def check(prefix: str, spec: dict, step: Step, tolerance: float) -> dict:
 
 def measure_matmul_peak(dtype: str, size: int, repeats: int = 10) -> float:
     jax = _jax()
-    import jax.numpy as jnp
-
-    key = jax.random.PRNGKey(0)
-    a = jax.random.normal(key, (size, size), dtype=dtype)
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype=dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype=dtype)
     matmul = jax.jit(lambda a, b: a @ b)
     for _ in range(3):
@@ -258,7 +255,7 @@ def main(argv=None) -> dict:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=1)
     if args.check and not result["check"]["passed"]:
-        return sys.exit(1)
+        sys.exit(1)
     return result
 
 

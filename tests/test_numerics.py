@@ -1,7 +1,6 @@
 """Tests for tfrobust.numerics: TensorFloat-32 off for attacks, verdicts and model selection."""
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 

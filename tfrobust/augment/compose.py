@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
-import tensorflow as tf
 
 from tfrobust.augment import common
 
