@@ -49,7 +49,7 @@ import tensorflow as tf
 
 from tfrobust.data.datasets import Split
 from tfrobust.data.extra import ExtraData
-from tfrobust.data.pipeline import AugmentFn, Batch, batch_seed, to_float_images
+from tfrobust.data.pipeline import AugmentFn, Batch, batch_seed, check_device_batches, to_float_images
 from tfrobust.errors import UserError
 
 # Key streams, so that the original and generated permutations of the same seed are unrelated.
@@ -162,13 +162,7 @@ def mix_plan(batch_size: int, real_ratio: float, repeats: int = 1, devices: int 
         raise UserError(f"batch size must be a positive integer, got {batch_size!r}: fix --batch-size")
     if not 0.0 < real_ratio <= 1.0:
         raise UserError(f"--real-ratio must be in (0, 1] (fraction of original images per batch), got {real_ratio}")
-    if devices < 1 or batch_size % devices:
-        raise UserError(f"--batch-size {batch_size} is not divisible by the {devices} replicas of the strategy")
-    if repeats < 1 or (batch_size // devices) % repeats:
-        raise UserError(
-            f"--aug-repeats {repeats} must be >= 1 and divide the batch of each of the {devices} replicas "
-            f"({batch_size // devices} of --batch-size {batch_size})"
-        )
+    check_device_batches(batch_size, devices, repeats)
     distinct = batch_size // devices // repeats
     real = int(round(real_ratio * distinct))
     if real < 1:

@@ -52,6 +52,20 @@ def batch_seed(seed: int, epoch, step) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64), alg=_RNG_ALG)
 
 
+def check_device_batches(batch_size: int, devices: int, repeats: int) -> None:
+    """The global batch must cut into `devices` device batches, each holding whole augmentation repeats."""
+    if devices < 1 or batch_size % devices:
+        raise UserError(
+            f"--batch-size {batch_size} is not divisible by the {devices} replicas of the strategy: "
+            f"use a multiple of {devices}"
+        )
+    if repeats < 1 or (batch_size // devices) % repeats:
+        raise UserError(
+            f"--aug-repeats {repeats} must be >= 1 and divide the batch of each of the {devices} replicas "
+            f"({batch_size // devices} of --batch-size {batch_size}): use a multiple of {devices * repeats}"
+        )
+
+
 def train_dataset(
     split: Split,
     *,
@@ -101,13 +115,7 @@ def train_dataset(
         raise UserError(f"first step must be in 0..{steps_per_epoch - 1}, got {first_step}")
     _check_labels(split, num_classes)
 
-    if devices < 1 or batch_size % devices:
-        raise UserError(f"--batch-size {batch_size} is not divisible by the {devices} replicas of the strategy")
-    if repeats < 1 or (batch_size // devices) % repeats:
-        raise UserError(
-            f"--aug-repeats {repeats} must be >= 1 and divide the batch of each of the {devices} replicas "
-            f"({batch_size // devices} of --batch-size {batch_size})"
-        )
+    check_device_batches(batch_size, devices, repeats)
     images, labels = _host_tensors(split)
     distinct = batch_size // repeats
     per_epoch = steps_per_epoch * distinct

@@ -34,6 +34,7 @@ import os
 import tensorflow as tf
 
 from tfrobust.attacks.init import Init
+from tfrobust.data.pipeline import check_device_batches
 from tfrobust.errors import UserError
 
 
@@ -69,16 +70,7 @@ def is_chief() -> bool:
 
 def check_batch_size(batch_size: int, replicas: int, repeats: int = 1) -> None:
     """The global batch must cut into `replicas` device batches, each holding whole augmentation repeats."""
-    if batch_size % replicas:
-        raise UserError(
-            f"--batch-size {batch_size} is not divisible by the {replicas} replicas of the strategy: "
-            f"use a multiple of {replicas}"
-        )
-    if (batch_size // replicas) % repeats:
-        raise UserError(
-            f"--aug-repeats {repeats} must divide the batch of each of the {replicas} replicas "
-            f"({batch_size // replicas} of --batch-size {batch_size}): use a multiple of {replicas * repeats}"
-        )
+    check_device_batches(batch_size, replicas, repeats)
 
 
 @dataclasses.dataclass(frozen=True)
