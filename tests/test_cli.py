@@ -53,7 +53,8 @@ def test_train_writes_a_complete_run_directory(trained):
     rows = open(os.path.join(out, "log.csv")).read().strip().splitlines()
     assert len(rows) == 3 and "val_avg_pgd40_accuracy" in rows[0]
     summary = json.load(open(os.path.join(out, "summary.json")))
-    assert summary["export"].endswith(os.path.join("npz_", "1")) or summary["export"].endswith("1")
+    # An npz:PATH dataset names the export by the file's stem, not by its flattened path.
+    assert summary["export"].endswith(os.path.join("saved_models", "digits-wrn-10-1-trades", "1"))
     assert 0.0 <= summary["best"]["val_avg_pgd40_accuracy"] <= summary["best"]["val_avg_clean_accuracy"] <= 1.0
 
 
@@ -240,3 +241,51 @@ def test_augment_preview_writes_a_png_and_never_overwrites(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert_one_line_error(invoke(["augment-preview", "--aug", "cutmix", "--out", str(out)]), "exists")
     assert out.read_bytes() == data
+
+
+def test_eval_of_an_npz_file_uses_every_image_by_default(trained, npz, tmp_path):
+    model_dir = json.load(open(os.path.join(trained["out"], "summary.json")))["export"]
+    report_path = str(tmp_path / "all.json")
+    result = invoke(["eval", "--model", model_dir, "--dataset", f"npz:{npz}", "--report", report_path,
+                     "--attack", "pgd40", "--batch-size", "200"])
+    assert result.exit_code == 0, result.output
+    report = json.load(open(report_path))
+    assert report["split"] == "all" and report["num_examples"] == 400  # every image of the file
+    # A split that needs a test set still names the fix in one line.
+    assert_one_line_error(invoke(["eval", "--model", model_dir, "--dataset", f"npz:{npz}", "--split", "test"]),
+                          "no test split", "--split all")
+
+
+def test_default_val_size_adapts_to_a_small_dataset_and_warns_of_a_whole_run_warmup(npz, tmp_path):
+    """No --val-size on 400 images: 80 held out (a fifth), said in one line; warm-up = run: one warning line."""
+    args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm"), epochs=1)
+    at = args.index("--val-size")
+    del args[at:at + 2]
+    at = args.index("--warmup-epochs")
+    args[at + 1] = "1"
+    result = invoke(args + ["--eval-every", "0", "--attack-steps", "1"])
+    assert result.exit_code == 0, result.output
+    held = [line for line in result.output.splitlines() if line.startswith("validation:")]
+    assert held == ["validation: 80 of the 400 training images held out (default 1024, at most a fifth of "
+                    "the training set; --val-size sets it)"]
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--warmup-epochs 1 >= --epochs 1" in warnings[0]
+    assert json.load(open(tmp_path / "run" / "config.json"))["val_size"] == 80
+
+
+@pytest.mark.parametrize(
+    "args, status",
+    [
+        (["train", "--model", "resnet-1000", "--dataset", "digits"], 1),  # a value tfrobust cannot use
+        (["eval", "--model", "/nonexistent/model"], 1),
+        (["train", "--no-such-option"], 2),  # malformed command line, as click
+        (["train", "--epochs", "many"], 2),
+        (["eval", "--help"], 0),
+        (["--verbose", "eval", "--help"], 0),
+    ],
+)
+def test_exit_status_convention(args, status):
+    """README "Exit status": 0 success, 1 input tfrobust cannot use, 2 malformed command line."""
+    result = invoke(args)
+    assert result.exit_code == status, result.output
+    assert "Traceback" not in result.output

@@ -104,3 +104,36 @@ def test_run_file_without_the_batch_fields_resumes_as_it_ran():
     assert (config.mix_draws, config.sync_batch_norm) == ("example", True)
     full = make_config(None, {}).resolved()
     assert TrainConfig.from_run_dict(json.loads(full.to_json())) == full
+
+
+@pytest.mark.parametrize(
+    "dataset, expected",
+    [
+        ("npz:/data/cifar_train.npz", "cifar_train-wrn-10-1-trades"),
+        ("npz:relative/dir/my images.v2.npz", "my_images.v2-wrn-10-1-trades"),
+        ("cifar10", "cifar10-wrn-10-1-trades"),
+    ],
+)
+def test_export_name_of_a_dataset_path_is_the_file_stem(dataset, expected):
+    assert TrainConfig(dataset=dataset, model="wrn-10-1").export_name == expected
+    assert TrainConfig(dataset=dataset, model="wrn-10-1", name="mine/v1").export_name == "mine_v1"
+
+
+def test_warmup_as_long_as_the_run_is_one_warning_line():
+    assert TrainConfig(epochs=400).warmup_warning() is None  # the default 10 warm-up epochs of 400
+    assert TrainConfig(epochs=8, warmup_epochs=0).warmup_warning() is None
+    for epochs, warmup in ((8, 10), (10, 10)):
+        warning = TrainConfig(epochs=epochs, warmup_epochs=warmup).warmup_warning()
+        assert warning is not None and "\n" not in warning
+        assert f"--warmup-epochs {warmup} >= --epochs {epochs}" in warning and "peak" in warning
+        assert "--warmup-epochs 1" in warning  # a fix the run can take
+
+
+def test_default_val_size_is_1024_at_most_a_fifth_of_the_training_set():
+    from tfrobust.data.datasets import default_val_size, load_dataset
+
+    assert TrainConfig().val_size is None and TrainConfig().validate() is not None
+    assert [default_val_size(n) for n in (50_000, 5120, 5119, 1437, 4)] == [1024, 1024, 1023, 287, 0]
+    splits = load_dataset("digits", val_size=None)
+    assert (len(splits.train), len(splits.val)) == (1437 - 287, 287)
+    assert make_config(None, {"val_size": 64}).val_size == 64

@@ -456,7 +456,7 @@ def test_run_eval_warns_for_probability_outputs(eval_files, tmp_path):
     with pytest.warns(UserWarning, match="probabilities"):
         # A .keras file carries no metadata: the dataset must be given, as on the command line.
         with pytest.raises(UserError, match="has no test split"):
-            run_eval(EvalSettings(model_path=path, dataset=f"npz:{npz}", report=str(tmp_path / "r.json")))
+            run_eval(EvalSettings(model_path=path, dataset=f"npz:{npz}", split="test", report=str(tmp_path / "r.json")))
 
 
 def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, tmp_path, monkeypatch):

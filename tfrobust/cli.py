@@ -24,17 +24,58 @@ import datetime
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 import click
 
 from tfrobust.errors import UserError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the output
+
+
+def _quiet_tensorflow() -> None:
+    """Keeps TensorFlow's C++ start-up log (CUDA probing, oneDNN and CPU-feature notices) out of the output.
+
+    TF_CPP_MIN_LOG_LEVEL=3 silences TensorFlow's own log (the "failed call to cuInit" error included) once
+    it has read it, but the messages its libraries write while they load go through absl before
+    `absl::InitializeLog()` and ignore that variable, straight to file descriptor 2: they are captured
+    during `import tensorflow` and dropped, or written out if the import fails. A TF_CPP_MIN_LOG_LEVEL the
+    user set, or `tfrobust --verbose`, leaves everything as TensorFlow prints it.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            captured.seek(0)
+            os.write(2, captured.read())
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _Command(click.Command):
+    """A command that quiets TensorFlow (unless --verbose) once its options are parsed, so --help stays instant."""
+
+    def invoke(self, ctx):
+        if not ctx.find_root().params.get("verbose"):
+            _quiet_tensorflow()
+        return super().invoke(ctx)
 
 
 class _Group(click.Group):
     """Turns a `UserError` anywhere below into click's one-line "Error: ..." and exit status 1."""
+
+    command_class = _Command
 
     def invoke(self, ctx):
         try:
@@ -45,7 +86,8 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="tfrobust")
-def cli() -> None:
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's C++ start-up log (CUDA probing, oneDNN, CPU features).")
+def cli(verbose: bool) -> None:
     """Adversarially robust image classifiers in TensorFlow/Keras (Rebuffi, Gowal et al. 2021)."""
 
 
@@ -63,7 +105,7 @@ def _train_options(function):
         click.option("--extra-data", multiple=True, default=None, help="Generated data mixed into every batch: an npz file (image uint8, label int) or a directory of shards; repeat the option for several [none]."),
         click.option("--real-ratio", type=float, default=None, help="With --extra-data: fraction of original images in every batch, exact per batch [0.3]."),
         click.option("--extra-label-smoothing", type=float, default=None, help="With --extra-data: label smoothing of generated samples only [0.1]."),
-        click.option("--val-size", type=int, default=None, help="Held-out training images for model selection [1024]."),
+        click.option("--val-size", type=int, default=None, help="Held-out training images for model selection [1024, at most a fifth of the training images]."),
         click.option("--model", default=None, help="wrn-28-10 (default), wrn-34-10, wrn-34-20, wrn-70-16, wrn-106-16, wrn-16-4, wrn-10-1, preact-resnet-18, ..."),
         click.option("--activation", default=None, help="swish (default) | relu"),
         click.option("--loss", default=None, help="trades (default) | pgd-at | standard"),
@@ -115,6 +157,8 @@ def train(out: str | None, resume_dir: str | None, preset: str | None, **options
         summary = run_train(None, resume_dir, resume=True)
     else:
         config = make_config(preset, options)
+        if config.warmup_warning():
+            click.echo(config.warmup_warning(), err=True)
         if out is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = os.path.join("runs", f"{config.export_name}-{stamp}")
@@ -172,7 +216,7 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 @click.option("--attack", default="pgd40", help="Attack cascade: aa (AutoAttack: APGD-CE, APGD-T, FAB-T, Square) | aa+mt (the paper's: APGD-CE 5x100, APGD-DLR 5x100, MultiTargeted 10x200) | mt | apgd-ce | apgd-t | apgd-dlr | fab-t | square | pgd40 [pgd40].")
 @click.option("--dataset", default=None, help="Dataset [the model's]; npz:PATH for your own arrays.")
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
-@click.option("--split", default="test", help="test (default) | val | train")
+@click.option("--split", default=None, help="test | val | train | all (train and val) [test; npz:PATH: all, every image of the file]")
 @click.option("--norm", default=None, help="linf | l2 [the model's]")
 @click.option("--eps", type=float, default=None, help="Radius [the model's].")
 @click.option("--n-examples", type=int, default=None, help="First N examples of the split [all].")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 from tfrobust.errors import UserError
@@ -31,7 +32,9 @@ class TrainConfig:
     # Data
     dataset: str = "cifar10"
     data_dir: str | None = None
-    val_size: int = 1024
+    # Held-out training images for model selection; None: 1024, at most a fifth of the training images
+    # (tfrobust.data.datasets.default_val_size), written out in the run's config.json once resolved
+    val_size: int | None = None
     # Augmentation chain, the CLI's "padcrop+cutmix" (applied in tfrobust.augment.registry.ORDER)
     aug: str = "padcrop"
     # Augmentation repeats: every image of a batch (with generated data: every original image) fills
@@ -85,7 +88,9 @@ class TrainConfig:
 
     @property
     def export_name(self) -> str:
-        raw = self.name or f"{self.dataset}-{self.model}-{self.loss}"
+        """`name`, else "<dataset>-<model>-<loss>"; an npz:PATH dataset is named by its file's stem
+        (npz:/data/cifar_train.npz -> cifar_train-wrn-10-1-trades)."""
+        raw = self.name or f"{dataset_label(self.dataset)}-{self.model}-{self.loss}"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
 
     def resolved(self) -> "TrainConfig":
@@ -135,7 +140,7 @@ class TrainConfig:
             ("attack-steps", self.attack_steps, 1),
             ("eval-every", self.eval_every, 0),
             ("warmup-epochs", self.warmup_epochs, 0),
-            ("val-size", self.val_size, 0),
+            ("val-size", 0 if self.val_size is None else self.val_size, 0),
             ("aug-repeats", self.aug_repeats, 1),
         ):
             if value < low:
@@ -153,6 +158,15 @@ class TrainConfig:
         if not 0.0 <= self.extra_label_smoothing < 1.0:
             raise UserError(f"--extra-label-smoothing must be in [0, 1), got {self.extra_label_smoothing}")
         return self
+
+    def warmup_warning(self) -> str | None:
+        """One line when the linear warm-up lasts the whole run: lr(t) = peak * t / warmup below step
+        `warmup` (tfrobust/training/schedules.py), so the learning rate never reaches its peak."""
+        if 0 < self.epochs <= self.warmup_epochs:
+            shorter = max(self.epochs // 10, 1) if self.epochs > 1 else 0
+            return (f"warning: --warmup-epochs {self.warmup_epochs} >= --epochs {self.epochs}: the learning rate "
+                    f"never reaches its peak; give a shorter warm-up, e.g. --warmup-epochs {shorter}")
+        return None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -181,6 +195,14 @@ class TrainConfig:
 
 # What a config.json without these fields ran with: per-example mixing draws and synchronised BatchNorm.
 RUN_FILE_DEFAULTS: dict[str, Any] = {"mix_draws": "example", "sync_batch_norm": True}
+
+
+def dataset_label(dataset: str) -> str:
+    """A short name of a dataset for run, export and report names: npz:PATH -> the file's stem."""
+    if dataset.startswith("npz:"):
+        stem = os.path.splitext(os.path.basename(os.path.normpath(dataset[len("npz:"):])))[0]
+        return stem or "npz"
+    return dataset
 
 
 def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -419,7 +419,7 @@ class EvalSettings:
     attack: str = "pgd40"
     dataset: str | None = None
     data_dir: str | None = None
-    split: str = "test"
+    split: str | None = None  # None: "test", or "all" (every image) for an npz:PATH dataset (default_split)
     norm: str | None = None
     eps: float | None = None
     n_examples: int | None = None
@@ -541,7 +541,7 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     import os
     import platform
 
-    from tfrobust.data.datasets import load_split
+    from tfrobust.data.datasets import default_split, load_split
     from tfrobust.data.pipeline import eval_dataset
     from tfrobust.export import load_model
 
@@ -562,8 +562,9 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     if slow:
         warnings.warn(slow, UserWarning, stacklevel=3)
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
+    split_name = settings.split or default_split(dataset)
     info, split = load_split(
-        dataset, settings.split,
+        dataset, split_name,
         val_size=settings.val_size if settings.val_size is not None else training.get("val_size", 1024), seed=training.get("seed", 0),
         data_dir=settings.data_dir or training.get("data_dir"),
     )
@@ -579,7 +580,7 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
         parent, leaf = os.path.split(os.path.abspath(model.path))
         # TF Serving layout <name>/<version> -> "name-v3"; any other model -> its file or directory name.
         name = f"{os.path.basename(parent)}-v{leaf}" if leaf.isdigit() else os.path.splitext(leaf)[0]
-        path = os.path.join("eval_reports", f"{name}-{settings.attack}-{norm}-{settings.split}-{stamp}.json")
+        path = os.path.join("eval_reports", f"{name}-{settings.attack}-{norm}-{split_name}-{stamp}.json")
     fingerprint = _model_fingerprint(model.path)
     if state is None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -594,7 +595,7 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     report = {
         "model": model.path,
         "dataset": info.name,
-        "split": settings.split,
+        "split": split_name,
         "num_examples": result.num_examples,
         "attack": settings.attack,
         "norm": norm,

@@ -27,7 +27,12 @@ from tfrobust.errors import UserError
 logger = logging.getLogger(__name__)
 
 DATASET_NAMES = ("cifar10", "cifar100", "svhn", "digits")  # plus "npz:PATH"
-SPLIT_NAMES = ("train", "val", "test")
+# "all": every image of the training source with nothing held out (an npz file: every image in it).
+SPLIT_NAMES = ("train", "val", "test", "all")
+# Validation images held out of the training set when --val-size is not given: 1024 (the reference's
+# CIFAR-10 hold-out), at most a fifth of the training images so that small datasets (digits, a small
+# npz file) keep four fifths for training (`default_val_size`).
+DEFAULT_VAL_SIZE = 1024
 
 # Per-channel statistics of the [0, 1] training images. CIFAR-10/100: the reference JAX code
 # (`_CIFAR10_MEAN`/`_CIFAR100_MEAN` in adversarial_robustness/jax/datasets.py, also docs/method.md, "Model").
@@ -94,10 +99,21 @@ class Splits:
 # Public API
 
 
+def default_val_size(num_train: int) -> int:
+    """The hold-out when none is given: `DEFAULT_VAL_SIZE` images, at most a fifth of `num_train`."""
+    return min(DEFAULT_VAL_SIZE, num_train // 5)
+
+
+def default_split(name: str) -> str:
+    """The split `tfrobust eval` uses when none is given: "test", or "all" for an npz:PATH dataset, which
+    has no test split (the file is the evaluation set)."""
+    return "all" if isinstance(name, str) and name.startswith("npz:") else "test"
+
+
 def load_dataset(
     name: str,
     *,
-    val_size: int = 1024,
+    val_size: int | None = DEFAULT_VAL_SIZE,
     seed: int = 0,
     data_dir: str | None = None,
     num_classes: int | None = None,
@@ -107,9 +123,12 @@ def load_dataset(
     `name` is one of `DATASET_NAMES` or "npz:PATH". `seed` only decides which training images go to
     the validation split; the test split never depends on it. `data_dir` is passed to
     tensorflow-datasets. `num_classes` applies to npz files only (default: largest label + 1).
+    `val_size` None holds out `default_val_size(len(train))` images; `len(result.val)` says how many.
     """
     info, train, test = _load_source(name, data_dir=data_dir, want_train=True, want_test=True,
                                      num_classes=num_classes)
+    if val_size is None:
+        val_size = default_val_size(len(train))
     train, val = _hold_out(train, val_size=val_size, seed=seed, dataset=info.name)
     return Splits(info=info, train=train, val=val, test=test)
 
@@ -144,12 +163,12 @@ def load_split(
     name: str,
     split: str,
     *,
-    val_size: int = 1024,
+    val_size: int | None = DEFAULT_VAL_SIZE,
     seed: int = 0,
     data_dir: str | None = None,
     num_classes: int | None = None,
 ) -> tuple[DatasetInfo, Split]:
-    """Loads one split for evaluation: "train" (minus val), "val" or "test".
+    """Loads one split for evaluation: "train" (minus val), "val", "test" or "all" (train and val).
 
     The validation split is re-derived with the same rule as `load_dataset`, so the same `val_size`
     and `seed` give the same images the training run used for model selection. Loading "test" does
@@ -163,11 +182,14 @@ def load_split(
     if split == "test":
         if test is None:
             raise UserError(
-                f"{info.name} has no test split: use split 'val', or split 'train' with val size 0 "
-                "to use every image in the file"
+                f"{info.name} has no test split: use --split all (every image in the file) or --split val"
             )
         return info, test
     assert train is not None
+    if split == "all":
+        return info, train
+    if val_size is None:
+        val_size = default_val_size(len(train))
     train, val = _hold_out(train, val_size=val_size, seed=seed, dataset=info.name)
     return info, (train if split == "train" else val)
 

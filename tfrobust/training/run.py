@@ -41,7 +41,7 @@ import tfrobust
 from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
 from tfrobust.augment.registry import build_augmentation, mixing_options, parse_aug, produces_soft_labels
 from tfrobust.config import TrainConfig
-from tfrobust.data.datasets import Splits, load_dataset
+from tfrobust.data.datasets import DEFAULT_VAL_SIZE, Splits, load_dataset
 from tfrobust.data.extra import ExtraData, open_extra_data
 from tfrobust.data.mixing import mix_plan, mixed_train_dataset, samples_per_epoch
 from tfrobust.data.pipeline import eval_dataset, train_dataset
@@ -198,9 +198,12 @@ def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, ver
     else:
         assert config is not None
         config = config.validate().resolved()
+    splits = None
+    if config.val_size is None:
+        splits, config = _resolve_val_size(config)
     # Generated data is opened and validated against the original data before anything is written:
     # a bad file leaves no run directory behind.
-    splits, extra = _open_extra_data(config) if config.extra_data else (None, None)
+    splits, extra = _open_extra_data(config, splits) if config.extra_data else (splits, None)
     chief = distribute.is_chief()
     run_dir = out_dir if chief else tempfile.mkdtemp(prefix="tfrobust-worker-")
     if not resume and chief:
@@ -217,9 +220,21 @@ def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, ver
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _open_extra_data(config: TrainConfig) -> tuple[Splits, ExtraData]:
+def _resolve_val_size(config: TrainConfig) -> tuple[Splits, TrainConfig]:
+    """Loads the data with the default hold-out (`default_val_size`) and writes its size into the config;
+    says so in one line where it is less than `DEFAULT_VAL_SIZE` (a small dataset)."""
+    splits = load_dataset(config.dataset, val_size=None, seed=config.seed, data_dir=config.data_dir)
+    held_out, total = len(splits.val), len(splits.train) + len(splits.val)
+    if held_out < DEFAULT_VAL_SIZE:
+        print(f"validation: {held_out} of the {total} training images held out (default {DEFAULT_VAL_SIZE}, "
+              "at most a fifth of the training set; --val-size sets it)", flush=True)
+    return splits, dataclasses.replace(config, val_size=held_out)
+
+
+def _open_extra_data(config: TrainConfig, splits: Splits | None = None) -> tuple[Splits, ExtraData]:
     """The original splits and the memory-mapped, validated generated data of `config.extra_data`."""
-    splits = load_dataset(config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir)
+    if splits is None:
+        splits = load_dataset(config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir)
     extra = open_extra_data(config.extra_data, splits.info, require_labels=config.real_ratio < 1.0)
     # Checks batch composition (ratio, repeats) now rather than when the pipeline is built.
     mix_plan(config.batch_size, config.real_ratio, config.aug_repeats)
