@@ -32,7 +32,6 @@ import click
 from tfrobust.errors import UserError
 
 
-
 def _quiet_tensorflow() -> None:
     """Keeps TensorFlow's C++ start-up log (CUDA probing, oneDNN and CPU-feature notices) out of the output.
 
