@@ -84,7 +84,9 @@ def test_benchmark_of_a_preset_needs_no_download(tmp_path):
     assert report["run_steps"] == steps_after_epochs(400, 50_000, 16)
 
 
-def test_bad_options_are_one_line_errors():
+def test_bad_options_are_one_line_errors(tmp_path):
+    result = _run(["--dataset", "digits", "--json", str(tmp_path / "missing" / "b.json")])
+    assert result.exit_code == 1 and "not a writable directory" in result.output and "Traceback" not in result.output
     result = _run(["--dataset", "digits", "--steps", "0"])
     assert result.exit_code == 1 and "--steps" in result.output and "Traceback" not in result.output
     result = _run(["--model", "wrn-1-1"])

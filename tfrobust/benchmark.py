@@ -137,7 +137,9 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
     """Times `config`'s training step (see the module docstring); returns the JSON-able result."""
     import keras
 
-    from tfrobust.data.datasets import synthetic_splits, load_dataset
+    import tensorflow as tf
+
+    from tfrobust.data.datasets import load_dataset, synthetic_splits
     from tfrobust.training.run import build_run, training_stream
     from tfrobust.training.schedules import steps_after_epochs
 
@@ -177,8 +179,6 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
     peak, peak_source = device_peak(config.precision)
     memory, memory_source = peak_memory_gib()
     total_steps = steps_after_epochs(config.epochs, epoch_examples, config.batch_size)
-    import tensorflow as tf
-
     return {
         "config": {k: getattr(config, k) for k in ("model", "loss", "attack_steps", "batch_size", "precision",
                                                     "strategy", "jit_compile", "aug", "aug_repeats", "epochs")},

@@ -179,10 +179,17 @@ def benchmark(preset: str | None, steps: int, warmup: int, json_path: str | None
     from tfrobust.config import make_config
     from tfrobust.fileio import write_bytes_atomic
 
-    options["extra_data"] = None  # the step's cost; generated data would come in as images of the same shape
+    if options.get("extra_data"):
+        click.echo("note: --extra-data is not read: generated images cost the step what original ones do", err=True)
+    options["extra_data"] = None
     config = make_config(preset, options)
-    if json_path is not None and os.path.exists(json_path):
-        raise UserError(f"--json {json_path} exists: give a new file")
+    if json_path is not None:
+        # Checked before minutes of timing, not after.
+        if os.path.exists(json_path):
+            raise UserError(f"--json {json_path} exists: give a new file")
+        folder = os.path.dirname(os.path.abspath(json_path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UserError(f"--json {json_path}: {folder} is not a writable directory")
     result = bench.benchmark(config, steps=steps, warmup=warmup, progress=lambda line: click.echo(line, err=True))
     click.echo(bench.table(result))
     if json_path is not None:
