@@ -110,6 +110,7 @@ def test_export_command_writes_a_new_version(trained):
         (["--dataset", "imagenet"], ["unknown dataset", "npz:PATH"]),
         (["--mix-draws", "row"], ["unknown mix draws", "batch", "example"]),
         (["--aug-repeats", "3"], ["--aug-repeats 3 must divide --batch-size 32"]),
+        (["--momentum", "1.5"], ["--momentum must be in [0, 1], got 1.5"]),
     ],
 )
 def test_bad_training_options(npz, tmp_path, override, fragments):

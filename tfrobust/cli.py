@@ -20,11 +20,12 @@ command runs, so `--help` is instant.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import sys
 import tempfile
+import types
+import typing
 from typing import Any
 
 import click
@@ -90,45 +91,35 @@ def cli(verbose: bool) -> None:
     """Adversarially robust image classifiers in TensorFlow/Keras (Rebuffi, Gowal et al. 2021)."""
 
 
-def _train_options(function):
-    """The TrainConfig fields as options; None means 'not given' (preset or default applies)."""
-    from tfrobust import config as cfg
+def _given_paths(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A repeatable option's paths; None when not given (click gives ())."""
+    return tuple(value) or None
 
-    options = [
-        click.option("--preset", type=click.Choice(list(cfg.PRESETS)), default=None, help="A recipe of the paper (see README)."),
-        click.option("--dataset", default=None, help="cifar10 | cifar100 | svhn | digits | npz:PATH [cifar10]"),
-        click.option("--data-dir", default=None, help="tensorflow-datasets data directory."),
-        click.option("--aug", default=None, help="Augmentations joined by '+': padcrop, autoaugment, randaugment, cutout, cutmix, mixup, ricap, or none [padcrop]."),
-        click.option("--aug-repeats", type=int, default=None, help="Every image of a batch (with --extra-data: every original image) in N consecutive rows, augmented N ways; generated images are never repeated [4, the reference's emulated workers]."),
-        click.option("--mix-draws", default=None, help="CutMix/MixUp/RICAP draws: batch (one lambda, box and partner permutation per device batch, shared by its --aug-repeats sub-batches, as the reference and the paper's numbers) | example (per example) [batch]."),
-        click.option("--extra-data", multiple=True, default=None, help="Generated data mixed into every batch: an npz file (image uint8, label int) or a directory of shards; repeat the option for several [none]."),
-        click.option("--real-ratio", type=float, default=None, help="With --extra-data: fraction of original images in every batch, exact per batch [0.3]."),
-        click.option("--extra-label-smoothing", type=float, default=None, help="With --extra-data: label smoothing of generated samples only [0.1]."),
-        click.option("--val-size", type=int, default=None, help="Held-out training images for model selection [1024, at most a fifth of the training images]."),
-        click.option("--model", default=None, help="wrn-28-10 (default), wrn-34-10, wrn-34-20, wrn-70-16, wrn-106-16, wrn-16-4, wrn-10-1, preact-resnet-18, ..."),
-        click.option("--activation", default=None, help="swish (default) | relu"),
-        click.option("--loss", default=None, help="trades (default) | pgd-at | standard"),
-        click.option("--beta", type=float, default=None, help="TRADES beta [6]."),
-        click.option("--norm", default=None, help="linf (default) | l2"),
-        click.option("--eps", type=float, default=None, help="Perturbation radius in [0,1] pixel units [8/255 linf, 128/255 l2]."),
-        click.option("--attack-steps", type=int, default=None, help="Inner maximisation steps [10]."),
-        click.option("--inner-optimizer", default=None, help="adam (linf default: lr 0.1 then 0.01) | sign (linf: step eps/4; l2: normalised gradient, the l2 default)"),
-        click.option("--batch-size", type=int, default=None, help="Global batch size [512]."),
-        click.option("--epochs", type=int, default=None, help="Epochs [400]."),
-        click.option("--learning-rate", type=float, default=None, help="Peak learning rate [max(0.1*batch/256, 0.1)]."),
-        click.option("--warmup-epochs", type=int, default=None, help="Linear warm-up epochs [10]."),
-        click.option("--schedule", default=None, help="piecewise (default: x0.1 at 2/3) | cosine"),
-        click.option("--weight-decay", type=float, default=None, help="Coupled L2 weight decay on kernels [5e-4]."),
-        click.option("--ema-decay", type=float, default=None, help="Weight-averaging decay tau [0.999]."),
-        click.option("--eval-every", type=int, default=None, help="Validate (clean + PGD-40) every N epochs; 0: never [10]."),
-        click.option("--strategy", default=None, help="auto | one-device | mirrored | multi-worker"),
-        click.option("--sync-batch-norm/--no-sync-batch-norm", default=None, help="With several replicas: BatchNorm statistics over the global batch instead of per replica [off: per replica, as the reference]."),
-        click.option("--precision", default=None, help="float32 (default) | mixed_bfloat16"),
-        click.option("--jit-compile", default=None, help="XLA-compile the train step: auto (default: on GPUs and TPUs, off on CPUs, where XLA skips oneDNN's convolutions) | on | off"),
-        click.option("--seed", type=int, default=None, help="Seed of data order, augmentation and attacks [0]."),
-        click.option("--export-dir", default=None, help="Export root [saved_models]."),
-        click.option("--name", default=None, help="Export name [<dataset>-<model>-<loss>]."),
-    ]
+
+def _field_option(field: dataclasses.Field, hint: Any):
+    """The click option of a `TrainConfig` field: --field-name, its type from the annotation (a bool is an
+    on/off pair, a tuple a repeatable option), default None ('not given': the preset or the field's
+    default applies), help from `config.option_help`."""
+    from tfrobust.config import option_help
+
+    flag = "--" + field.name.replace("_", "-")
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    (kind,) = [k for k in kinds if k is not type(None)]  # str | None -> str
+    help_text = option_help(field)
+    if kind is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=help_text)
+    if typing.get_origin(kind) is tuple:
+        return click.option(flag, field.name, multiple=True, default=None, callback=_given_paths, help=help_text)
+    return click.option(flag, field.name, type=kind, default=None, help=help_text)
+
+
+def _train_options(function):
+    """--preset and the TrainConfig fields as options, in field order; None means 'not given'."""
+    from tfrobust.config import PRESETS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    options = [click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="A recipe of the paper (see README).")]
+    options += [_field_option(field, hints[field.name]) for field in dataclasses.fields(TrainConfig)]
     for option in reversed(options):
         function = option(function)
     return function
@@ -140,27 +131,17 @@ def _train_options(function):
 @click.option("--resume", "resume_dir", default=None, help="Continue the run in this directory from its last checkpoint.")
 def train(out: str | None, resume_dir: str | None, preset: str | None, **options: Any) -> None:
     """Adversarial training (TRADES by default) with weight averaging; exports the selected model."""
-    from tfrobust.config import PRESETS, make_config
+    from tfrobust.config import check_resume_alone, default_run_dir, new_run_config
     from tfrobust.training.run import train as run_train
 
-    options["extra_data"] = tuple(options.get("extra_data") or ()) or None  # click gives () when not given
-    given = {k: v for k, v in options.items() if v is not None}
-    if preset is not None and preset in PRESETS and PRESETS[preset].needs_extra_data and not options["extra_data"]:
-        raise UserError(
-            f"preset {preset} is a generated-data recipe: give the data with --extra-data PATH "
-            "(the paper's npz file, or the output of tfrobust generate/pseudolabel)"
-        )
     if resume_dir is not None:
-        if given or preset or out:
-            raise UserError("--resume rebuilds the run from RUN_DIR/config.json: give no other training options")
+        check_resume_alone({"preset": preset, "out": out, **options})
         summary = run_train(None, resume_dir, resume=True)
     else:
-        config = make_config(preset, options)
+        config = new_run_config(preset, options)
         if config.warmup_warning():
             click.echo(config.warmup_warning(), err=True)
-        if out is None:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = os.path.join("runs", f"{config.export_name}-{stamp}")
+        out = out or default_run_dir(config)
         click.echo(f"run directory: {out}")
         summary = run_train(config, out)
     click.echo(json.dumps(summary, indent=2, sort_keys=True))

@@ -3,15 +3,25 @@
 A run's `config.json` is the fully resolved `TrainConfig` (every default filled in), so a run directory
 says exactly what produced it and `--resume` rebuilds the same run from it.
 
+Each `TrainConfig` field carries its command-line help in `dataclasses.field(metadata=...)`
+(`option_help`): `tfrobust train` and `tfrobust benchmark` build their options from the fields, so every
+default and help text is written once, here.
+
 Presets (`tfrobust train --preset NAME`) give the paper's recipes; options given on the command line
 override them. Each preset states its command, expected result and compute, as big_vision's configs do.
+
+This is the lowest layer: it imports nothing of tfrobust but `errors`, and no TensorFlow. The names it
+validates (models, losses, schedules, augmentations) are plain tuples here; the registries that build
+them check at import time, or tests/test_config.py checks, that their names are these.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from tfrobust.errors import UserError
@@ -22,65 +32,162 @@ INNER_OPTIMIZERS = ("adam", "sign")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_bfloat16")
 JIT_COMPILE = ("auto", "on", "off")  # auto: XLA on GPUs and TPUs, off on CPUs (docs/xla.md)
-MIX_DRAWS = ("batch", "example")  # tfrobust.augment.batch_augmentation.MIX_DRAWS (config imports no TensorFlow)
+ACTIVATIONS = ("swish", "relu")
+# The registries' names (each asserted equal to its registry, see the module docstring):
+MIX_DRAWS = ("batch", "example")  # tfrobust.augment.batch_augmentation.MIX_DRAWS
+MODEL_NAMES = (  # tfrobust.models.registry.MODELS, in its order
+    "wrn-10-1", "wrn-10-2", "wrn-16-2", "wrn-16-4", "wrn-28-10", "wrn-34-10", "wrn-34-20", "wrn-70-16", "wrn-106-16",
+    "preact-resnet-18",
+)
+LOSSES = ("trades", "pgd-at", "standard")  # tfrobust.training.trainer.LOSSES
+SCHEDULES = ("cosine", "piecewise")  # tfrobust.training.schedules imports these
+# Augmentations (tfrobust.augment.registry.AUGMENTATIONS) in the order a chain applies them
+# (tfrobust/augment/registry.py says why), the ones that mix labels, and the name of no augmentation.
+AUG_ORDER: tuple[str, ...] = ("padcrop", "autoaugment", "randaugment", "cutout", "cutmix", "mixup", "ricap")
+AUG_MIXING: frozenset[str] = frozenset({"cutmix", "mixup", "ricap"})
+AUG_NONE = "none"
+
+
+def _valid_aug_names() -> str:
+    return ", ".join((*AUG_ORDER, AUG_NONE))
+
+
+def canonical_aug(names: Sequence[str]) -> list[str]:
+    """Checks `names` (known, no repeats, at most one mixing operation) and sorts them into `AUG_ORDER`."""
+    names = list(names)
+    unknown = [name for name in names if name not in AUG_ORDER]
+    if unknown:
+        raise UserError(f"unknown augmentation {unknown[0]!r}; valid names: {_valid_aug_names()} (join several with '+')")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"augmentation {repeated[0]!r} is given twice in --aug")
+    mixing = [name for name in AUG_ORDER if name in names and name in AUG_MIXING]
+    if len(mixing) > 1:
+        raise UserError(
+            f"--aug combines {' and '.join(mixing)}: use at most one mixing augmentation "
+            f"({', '.join(sorted(AUG_MIXING))}), each already mixes the labels of the pixels it produces"
+        )
+    return [name for name in AUG_ORDER if name in names]
+
+
+def parse_aug(text: str) -> list[str]:
+    """`"padcrop+cutmix"` -> `["padcrop", "cutmix"]` in canonical order; `"none"` -> `[]`.
+
+    Names are case-insensitive and may have spaces around them. Unknown names, repeats, empty parts and
+    two mixing operations are `UserError`s that list what is valid.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise UserError(f"--aug is empty; give names joined with '+' from: {_valid_aug_names()}")
+    parts = [part.strip().lower() for part in text.split("+")]
+    if any(not part for part in parts):
+        raise UserError(f"--aug {text!r} has an empty name; join names from {_valid_aug_names()} with '+'")
+    if parts == [AUG_NONE]:
+        return []
+    if AUG_NONE in parts:
+        raise UserError(f"--aug {text!r}: 'none' cannot be combined with other augmentations")
+    return canonical_aug(parts)
+
+
+def format_aug(names: Sequence[str]) -> str:
+    """The inverse of `parse_aug`: canonical names joined with '+', or 'none'."""
+    names = canonical_aug(names)
+    return "+".join(names) if names else AUG_NONE
+
+
+def peak_learning_rate(batch_size: int, base: float = 0.1) -> float:
+    """max(base * batch / 256, base): linear scaling above 256, never below `base` (docs/method.md,
+    "Optimizer and schedule"); the default `learning_rate` of a run."""
+    return max(base * batch_size / 256.0, base)
+
+
+def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A `TrainConfig` field with its command-line option: `help` may hold "{default}" (the field's
+    default, `show_default`) and "{choices}" (`choices` joined with " | ", the default marked)."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run. Defaults: the paper's CIFAR-10 recipe without added data."""
+    """Everything that defines a training run. Defaults: the paper's CIFAR-10 recipe without added data.
+
+    Field order is the order of the options in `tfrobust train --help`.
+    """
 
     # Data
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    # Held-out training images for model selection; None: 1024, at most a fifth of the training images
-    # (tfrobust.data.datasets.default_val_size), written out in the run's config.json once resolved
-    val_size: int | None = None
-    # Augmentation chain, the CLI's "padcrop+cutmix" (applied in tfrobust.augment.registry.ORDER)
-    aug: str = "padcrop"
+    dataset: str = _option("cifar10", "cifar10 | cifar100 | svhn | digits | npz:PATH [{default}]")
+    data_dir: str | None = _option(None, "tensorflow-datasets data directory.")
+    # Augmentation chain, the CLI's "padcrop+cutmix" (applied in AUG_ORDER)
+    aug: str = _option(
+        "padcrop", f"Augmentations joined by '+': {', '.join(AUG_ORDER)}, or {AUG_NONE} [{{default}}].")
     # Augmentation repeats: every image of a batch (with generated data: every original image) fills
     # aug_repeats consecutive rows, augmented aug_repeats ways; the reference's 4 "emulated workers"
     # (DeepMind adversarial_robustness/jax/experiment.py `emulated_workers`, datasets.py `_repeat_batch`)
-    aug_repeats: int = 4
+    aug_repeats: int = _option(
+        4, "Every image of a batch (with --extra-data: every original image) in N consecutive rows, augmented N "
+        "ways; generated images are never repeated [{default}, the reference's emulated workers].")
     # CutMix/MixUp/RICAP draws: "batch" = one lambda, box and partner permutation per device batch,
     # shared by its aug_repeats sub-batches (the reference's utils.py `cutmix`); "example" = per example
-    mix_draws: str = "batch"
+    mix_draws: str = _option(
+        "batch", "CutMix/MixUp/RICAP draws: batch (one lambda, box and partner permutation per device batch, shared "
+        "by its --aug-repeats sub-batches, as the reference and the paper's numbers) | example (per example) "
+        "[{default}].")
     # Generated data (paper Sec. 5, App. A; docs/generated_data.md): npz files/directories mixed into
     # every batch, `real_ratio` of each batch original, label smoothing on generated samples only
-    extra_data: tuple[str, ...] = ()
-    real_ratio: float = 0.3
-    extra_label_smoothing: float = 0.1
+    extra_data: tuple[str, ...] = _option(
+        (), "Generated data mixed into every batch: an npz file (image uint8, label int) or a directory of shards; "
+        "repeat the option for several [{default}].")
+    real_ratio: float = _option(
+        0.3, "With --extra-data: fraction of original images in every batch, exact per batch [{default}].")
+    extra_label_smoothing: float = _option(
+        0.1, "With --extra-data: label smoothing of generated samples only [{default}].")
+    # Held-out training images for model selection; None: tfrobust.data.datasets.default_val_size, written
+    # out in the run's config.json once resolved
+    val_size: int | None = _option(
+        None, "Held-out training images for model selection [1024, at most a fifth of the training images].")
     # Model
-    model: str = "wrn-28-10"
-    activation: str = "swish"
+    model: str = _option(
+        "wrn-28-10", "{default} (default), wrn-34-10, wrn-34-20, wrn-70-16, wrn-106-16, wrn-16-4, wrn-10-1, "
+        "preact-resnet-18, ...")
+    activation: str = _option("swish", "{choices}", ACTIVATIONS)
     # Objective and inner maximisation (docs/method.md, "TRADES step", "Inner maximisation")
-    loss: str = "trades"
-    beta: float = 6.0
-    norm: str = "linf"
-    eps: float | None = None  # None: 8/255 for linf, 128/255 for l2
-    attack_steps: int = 10
-    inner_optimizer: str | None = None  # None: adam for linf, normalised gradient ("sign") for l2
+    loss: str = _option("trades", "{choices}", LOSSES)
+    beta: float = _option(6.0, "TRADES beta [{default}].")
+    norm: str = _option("linf", "{choices}", NORMS)
+    eps: float | None = _option(None, "Perturbation radius in [0,1] pixel units [8/255 linf, 128/255 l2].")
+    attack_steps: int = _option(10, "Inner maximisation steps [{default}].")
+    inner_optimizer: str | None = _option(
+        None, "adam (linf default: lr 0.1 then 0.01) | sign (linf: step eps/4; l2: normalised gradient, the l2 "
+        "default)", INNER_OPTIMIZERS)
     # Optimisation (docs/method.md, "Optimizer and schedule", "Epoch length")
-    batch_size: int = 512
-    epochs: int = 400
-    learning_rate: float | None = None  # None: max(0.1 * batch / 256, 0.1)
-    warmup_epochs: int = 10
-    schedule: str = "piecewise"
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
+    batch_size: int = _option(512, "Global batch size [{default}].")
+    epochs: int = _option(400, "Epochs [{default}].")
+    learning_rate: float | None = _option(None, "Peak learning rate [max(0.1*batch/256, 0.1)].")  # peak_learning_rate
+    warmup_epochs: int = _option(10, "Linear warm-up epochs [{default}].")
+    schedule: str = _option("piecewise", "{default} (default: x0.1 at 2/3) | cosine", SCHEDULES)
+    weight_decay: float = _option(5e-4, "Coupled L2 weight decay on kernels [{default}].")
+    # The trace decay of the reference's SGD (utils.py `sgd_momentum`: optax `trace(momentum, nesterov=True)`)
+    momentum: float = _option(0.9, "Nesterov momentum of SGD [{default}].")
     # Weight averaging and model selection
-    ema_decay: float = 0.999
-    eval_every: int = 10
+    ema_decay: float = _option(0.999, "Weight-averaging decay tau [{default}].")
+    eval_every: int = _option(10, "Validate (clean + PGD-40) every N epochs; 0: never [{default}].")
     # Runtime
-    strategy: str = "auto"
+    strategy: str = _option("auto", "{choices}", STRATEGIES)
     # BatchNorm statistics under several replicas: False = per replica, as the reference (pmap without
     # cross-device moments); True = synchronised over the global batch (same numbers as one device)
-    sync_batch_norm: bool = False
-    precision: str = "float32"
-    jit_compile: str = "auto"
-    seed: int = 0
+    sync_batch_norm: bool = _option(
+        False, "With several replicas: BatchNorm statistics over the global batch instead of per replica "
+        "[{default}: per replica, as the reference].")
+    precision: str = _option("float32", "{choices}", PRECISIONS)
+    jit_compile: str = _option(
+        "auto", "XLA-compile the train step: {default} (default: on GPUs and TPUs, off on CPUs, where XLA skips "
+        "oneDNN's convolutions) | on | off", JIT_COMPILE)
+    seed: int = _option(0, "Seed of data order, augmentation and attacks [{default}].")
     # Export (TF Serving layout saved_models/<name>/<version>)
-    export_dir: str = "saved_models"
-    name: str | None = None  # None: "<dataset>-<model>-<loss>" with characters TF Serving accepts
+    export_dir: str = _option("saved_models", "Export root [{default}].")
+    name: str | None = _option(None, "Export name [<dataset>-<model>-<loss>].")  # None: export_name
 
     @property
     def resolved_eps(self) -> float:
@@ -95,9 +202,6 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """The same config with every derived default written out (eps, learning rate)."""
-        from tfrobust.augment.registry import format_aug, parse_aug
-        from tfrobust.training.schedules import peak_learning_rate
-
         return dataclasses.replace(
             self,
             eps=self.resolved_eps,
@@ -108,13 +212,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raises `UserError` (one line) for values no run can use; returns self."""
-        from tfrobust.augment.registry import parse_aug
-        from tfrobust.models.registry import MODELS
-        from tfrobust.training.schedules import SCHEDULES
-        from tfrobust.training.trainer import LOSSES
-
         parse_aug(self.aug)
-        _choice("model", self.model, tuple(MODELS))
+        _choice("model", self.model, MODEL_NAMES)
         _choice("loss", self.loss, LOSSES)
         _choice("norm", self.norm, NORMS)
         if self.inner_optimizer is not None:
@@ -123,7 +222,7 @@ class TrainConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("jit-compile", self.jit_compile, JIT_COMPILE)
-        _choice("activation", self.activation, ("swish", "relu"))
+        _choice("activation", self.activation, ACTIVATIONS)
         _choice("mix draws", self.mix_draws, MIX_DRAWS)
         if not isinstance(self.sync_batch_norm, bool):
             raise UserError(f"sync_batch_norm must be true or false, got {self.sync_batch_norm!r}")
@@ -151,6 +250,8 @@ class TrainConfig:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.beta < 0 or self.weight_decay < 0:
             raise UserError("--beta and --weight-decay must be >= 0")
+        if not 0.0 <= self.momentum <= 1.0:  # tfrobust.training.optimizers.TraceSGD's range
+            raise UserError(f"--momentum must be in [0, 1], got {self.momentum}")
         if not isinstance(self.extra_data, tuple) or not all(isinstance(p, str) and p for p in self.extra_data):
             raise UserError(f"--extra-data must be paths, got {self.extra_data!r}")
         if not 0.0 < self.real_ratio <= 1.0:
@@ -208,6 +309,28 @@ def dataset_label(dataset: str) -> str:
 def _choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"unknown {what} {value!r}; choose from: {', '.join(choices)}")
+
+
+def show_default(value: Any) -> str:
+    """A default as the help texts write it: 0.999, 6, 5e-4 (below 1e-3: the short exponent form), off, none."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        if 0.0 < abs(value) < 1e-3:
+            mantissa, exponent = f"{value:e}".split("e")
+            return f"{float(mantissa):g}e{int(exponent)}"
+        return f"{value:g}"
+    if isinstance(value, tuple) and not value:
+        return "none"
+    return str(value)
+
+
+def option_help(field: dataclasses.Field) -> str:
+    """The command-line help of a `TrainConfig` field: its "help" metadata with "{default}" and
+    "{choices}" filled in (see `_option`)."""
+    choices = field.metadata.get("choices", ())
+    listed = " | ".join(f"{name} (default)" if name == field.default else name for name in choices)
+    return field.metadata["help"].format(default=show_default(field.default), choices=listed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,3 +474,27 @@ def make_config(preset: str | None, options: dict[str, Any]) -> TrainConfig:
         values.update(PRESETS[preset].overrides)
     values.update({k: v for k, v in options.items() if v is not None})
     return TrainConfig.from_dict(values).validate()
+
+
+def new_run_config(preset: str | None, options: dict[str, Any]) -> TrainConfig:
+    """`make_config` for a new run of `tfrobust train`: a generated-data preset (`Preset.needs_extra_data`)
+    also needs `extra_data` among the options."""
+    if preset in PRESETS and PRESETS[preset].needs_extra_data and not options.get("extra_data"):
+        raise UserError(
+            f"preset {preset} is a generated-data recipe: give the data with --extra-data PATH "
+            "(the paper's npz file, or the output of tfrobust generate/pseudolabel)"
+        )
+    return make_config(preset, options)
+
+
+def check_resume_alone(options: dict[str, Any]) -> None:
+    """`tfrobust train --resume RUN_DIR` rebuilds the run from RUN_DIR/config.json: every other option
+    (the fields, --preset, --out) must be left out (None)."""
+    if any(value is not None for value in options.values()):
+        raise UserError("--resume rebuilds the run from RUN_DIR/config.json: give no other training options")
+
+
+def default_run_dir(config: TrainConfig, now: datetime.datetime | None = None) -> str:
+    """runs/<export name>-<YYYYmmdd-HHMMSS>: the run directory of `tfrobust train` without --out."""
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.export_name}-{stamp}")

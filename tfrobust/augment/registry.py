@@ -30,6 +30,11 @@ from tfrobust.augment.mixup import MixUp
 from tfrobust.augment.pad_crop import PadCrop
 from tfrobust.augment.randaugment import RandAugment
 from tfrobust.augment.ricap import Ricap
+from tfrobust.config import AUG_MIXING as MIXING
+from tfrobust.config import AUG_NONE as NONE  # noqa: F401 (public name)
+from tfrobust.config import AUG_ORDER as ORDER
+from tfrobust.config import canonical_aug as canonical
+from tfrobust.config import format_aug, parse_aug  # noqa: F401 (public names)
 from tfrobust.errors import UserError
 
 AUGMENTATIONS: dict[str, type[keras.layers.Layer]] = {
@@ -41,60 +46,10 @@ AUGMENTATIONS: dict[str, type[keras.layers.Layer]] = {
     "mixup": MixUp,
     "ricap": Ricap,
 }
-# The order in which a chain applies its augmentations (see the module docstring for why).
-ORDER: tuple[str, ...] = ("padcrop", "autoaugment", "randaugment", "cutout", "cutmix", "mixup", "ricap")
-# Augmentations whose output labels are soft (mixtures of two or more examples' labels).
-MIXING: frozenset[str] = frozenset({"cutmix", "mixup", "ricap"})
-# `--aug none` means no augmentation at all.
-NONE = "none"
-
+# ORDER (the order a chain applies them in, see the module docstring for why), MIXING (the ones whose
+# output labels are soft), NONE (`--aug none`) and the parsing of `--aug` live in tfrobust.config, which
+# validates a run's names without importing this module.
 assert set(ORDER) == set(AUGMENTATIONS), "every registered augmentation needs a place in ORDER"
-
-
-def _valid_names() -> str:
-    return ", ".join((*ORDER, NONE))
-
-
-def canonical(names: Sequence[str]) -> list[str]:
-    """Checks `names` (known, no repeats, at most one mixing operation) and sorts them into `ORDER`."""
-    names = list(names)
-    unknown = [name for name in names if name not in AUGMENTATIONS]
-    if unknown:
-        raise UserError(f"unknown augmentation {unknown[0]!r}; valid names: {_valid_names()} (join several with '+')")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise UserError(f"augmentation {repeated[0]!r} is given twice in --aug")
-    mixing = [name for name in ORDER if name in names and name in MIXING]
-    if len(mixing) > 1:
-        raise UserError(
-            f"--aug combines {' and '.join(mixing)}: use at most one mixing augmentation "
-            f"({', '.join(sorted(MIXING))}), each already mixes the labels of the pixels it produces"
-        )
-    return [name for name in ORDER if name in names]
-
-
-def parse_aug(text: str) -> list[str]:
-    """`"padcrop+cutmix"` -> `["padcrop", "cutmix"]` in canonical order; `"none"` -> `[]`.
-
-    Names are case-insensitive and may have spaces around them. Unknown names, repeats, empty parts and
-    two mixing operations are `UserError`s that list what is valid.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise UserError(f"--aug is empty; give names joined with '+' from: {_valid_names()}")
-    parts = [part.strip().lower() for part in text.split("+")]
-    if any(not part for part in parts):
-        raise UserError(f"--aug {text!r} has an empty name; join names from {_valid_names()} with '+'")
-    if parts == [NONE]:
-        return []
-    if NONE in parts:
-        raise UserError(f"--aug {text!r}: 'none' cannot be combined with other augmentations")
-    return canonical(parts)
-
-
-def format_aug(names: Sequence[str]) -> str:
-    """The inverse of `parse_aug`: canonical names joined with '+', or 'none'."""
-    names = canonical(names)
-    return "+".join(names) if names else NONE
 
 
 def produces_soft_labels(names: Sequence[str]) -> bool:

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import keras
 
+from tfrobust.config import MODEL_NAMES
 from tfrobust.errors import UserError
 from tfrobust.models.preact_resnet import preact_resnet18
 from tfrobust.models.wide_resnet import wide_resnet
@@ -31,6 +32,8 @@ MODELS: dict[str, ModelBuilder] = {
     "wrn-106-16": functools.partial(wide_resnet, depth=106, width=16),
     "preact-resnet-18": preact_resnet18,
 }
+# tfrobust.config validates --model against its own list (it imports no TensorFlow): the same names, in this order.
+assert tuple(MODELS) == MODEL_NAMES, "tfrobust.config.MODEL_NAMES must list MODELS' names in order"
 
 
 def build_model(

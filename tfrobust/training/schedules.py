@@ -5,7 +5,8 @@ Reference: DeepMind's `adversarial_robustness/jax` (experiment.py `get_config`, 
 `get_cosine_schedule` / `get_step_schedule` / `ema_update`), built on optax:
 
 - peak learning rate max(0.1 * batch / 256, 0.1): the paper's linear scaling rule (batch 512 -> 0.2,
-  1024 -> 0.4, smaller batches keep 0.1);
+  1024 -> 0.4, smaller batches keep 0.1): `peak_learning_rate`, defined in tfrobust.config, which resolves
+  a run's default learning rate with it;
 - an epoch is the *whole* training set (50,000 CIFAR-10 images, the validation hold-out included) over the
   batch size, which is rarely an integer: `steps_after_epochs(n)` = floor(n * examples / batch) optimizer
   steps (experiment.py `steps_from_epochs`), for the run's length, the warm-up and the epoch boundaries;
@@ -27,15 +28,8 @@ import math
 import keras
 import tensorflow as tf
 
+from tfrobust.config import SCHEDULES, peak_learning_rate  # noqa: F401 (the names and the peak rule that config resolves)
 from tfrobust.errors import UserError
-
-SCHEDULES = ("cosine", "piecewise")
-
-
-def peak_learning_rate(batch_size: int, base: float = 0.1) -> float:
-    """max(base * batch / 256, base): linear scaling above 256, never below `base` (docs/method.md,
-    "Optimizer and schedule")."""
-    return max(base * batch_size / 256.0, base)
 
 
 def steps_after_epochs(epochs: int, epoch_examples: int, batch_size: int) -> int:
