@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfrobust.augment import common, image_ops
 from tfrobust.augment.autoaugment import POLICIES, AutoAugment
+from tfrobust.augment.batch_augmentation import BatchAugmentation, MixingAugmentation
 from tfrobust.augment.compose import Compose
 from tfrobust.augment.cutmix import CutMix
 from tfrobust.augment.cutout import Cutout
@@ -138,3 +139,119 @@ def test_keras_layers_serialize_round_trip(name):
     np.testing.assert_array_equal(
         layer(batch, training=True)["images"].numpy(), restored(batch, training=True)["images"].numpy()
     )
+
+
+# Cubuk et al. 2020, Sec. 3, in the paper's order: "identity, autoContrast, equalize, rotate, solarize,
+# color, posterize, contrast, brightness, sharpness, shear-x, shear-y, translate-x, translate-y".
+PAPER_RANDAUGMENT_OPS = (
+    "Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize", "Contrast",
+    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
+)
+# Cubuk et al. 2019, App. A, Table 6: the geometric operations (the rest transform pixel values).
+PAPER_GEOMETRIC_OPS = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}
+
+
+def test_every_policy_names_operations_of_the_one_table():
+    for policy, table in POLICIES.items():
+        for sub_policy in table:
+            for name, _, _ in sub_policy:
+                assert name in image_ops.OPS, f"{policy} policy names {name!r}, not in image_ops.OPS"
+
+
+def test_operation_lists_are_derived_from_the_table():
+    assert image_ops.OP_NAMES == tuple(image_ops.OPS)
+    assert image_ops.RANDAUGMENT_OPS == PAPER_RANDAUGMENT_OPS
+    from tfrobust.augment import randaugment
+
+    assert randaugment.RANDAUGMENT_OPS is image_ops.RANDAUGMENT_OPS
+    assert set(image_ops.GEOMETRIC) == PAPER_GEOMETRIC_OPS
+    assert set(image_ops.PIXEL_OPS) == set(image_ops.OP_NAMES) - PAPER_GEOMETRIC_OPS
+    assert [image_ops.OP_INDEX[name] for name in image_ops.OP_NAMES] == list(range(len(image_ops.OP_NAMES)))
+    with pytest.raises(ValueError, match="either a pixel operation or a geometric one"):
+        image_ops.ImageOp()
+    with pytest.raises(ValueError, match="either a pixel operation or a geometric one"):
+        image_ops.ImageOp(pixel=image_ops.identity, matrix=image_ops.shear_x_matrix)
+
+
+def _reference_matrix(name: str, level: float, sign: float, height: int, width: int) -> np.ndarray:
+    """The projective row [a0, a1, a2, b0, b1, b2, 0, 0] of one geometric operation, in NumPy, from the
+    magnitude table of image_ops.py's docstring (Cubuk et al. 2019, App. A; PIL's affine convention)."""
+    if name == "ShearX":
+        row = [1, sign * 0.3 * level / 10, 0, 0, 1, 0]
+    elif name == "ShearY":
+        row = [1, 0, 0, sign * 0.3 * level / 10, 1, 0]
+    elif name == "TranslateX":
+        row = [1, 0, sign * np.floor(level * width / 32), 0, 1, 0]
+    elif name == "TranslateY":
+        row = [1, 0, 0, 0, 1, sign * np.floor(level * height / 32)]
+    else:
+        angle = sign * np.floor(3 * level) * np.pi / 180
+        c, s = np.cos(angle), np.sin(angle)
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        row = [c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy]
+    return np.array(row + [0, 0], np.float64)
+
+
+def test_geometric_transforms_pick_each_operations_matrix():
+    names = ["Identity", *image_ops.GEOMETRIC, "Solarize", "Rotate", "ShearX"]
+    levels = np.array([3.0, 7.0, 10.0, 4.0, 9.0, 6.0, 5.0, 2.0, 8.0], np.float32)
+    signs = np.array([1, -1, 1, -1, 1, -1, 1, 1, -1], np.float32)
+    height, width = 20, 28
+    op = tf.constant([image_ops.OP_INDEX[name] for name in names])
+    got = image_ops.geometric_transforms(op, tf.constant(levels), tf.constant(signs), height, width).numpy()
+    for b, name in enumerate(names):
+        expected = (
+            _reference_matrix(name, float(levels[b]), float(signs[b]), height, width)
+            if name in PAPER_GEOMETRIC_OPS
+            else np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float64)
+        )
+        np.testing.assert_allclose(got[b], expected, atol=1e-5, err_msg=name)
+
+
+def test_every_augmentation_layer_is_a_batch_augmentation():
+    for name, cls in AUGMENTATIONS.items():
+        assert issubclass(cls, BatchAugmentation), name
+    assert {name for name, cls in AUGMENTATIONS.items() if issubclass(cls, MixingAugmentation)} == {
+        "cutmix", "mixup", "ricap"
+    }
+
+
+@pytest.mark.parametrize(
+    "factory", [lambda: PadCrop(padding=0, flip=False, seed=2), lambda: RandAugment(num_ops=0, seed=2)]
+)
+def test_identity_parameters_return_the_inputs_and_draw_no_seed(factory):
+    layer = factory()
+    batch = _batch()
+    out = layer(batch, training=True)
+    for key in ("images", "labels"):
+        np.testing.assert_array_equal(out[key].numpy(), batch[key].numpy())
+    # The layer's generator has not advanced: it is where a fresh layer's starts.
+    np.testing.assert_array_equal(layer.seed_generator.state.numpy(), factory().seed_generator.state.numpy())
+
+
+def test_augment_and_data_draw_with_one_rng_algorithm():
+    from tfrobust.data import pipeline
+
+    assert common.RNG_ALG == "philox" and pipeline.RNG_ALG is common.RNG_ALG
+    # Philox shuffling, the same as TF's own call with alg="philox".
+    expected = tf.random.experimental.stateless_shuffle(
+        tf.range(20, dtype=tf.int64), seed=tf.constant([5, 2], tf.int64), alg="philox"
+    )
+    np.testing.assert_array_equal(epoch_permutation(20, 5, 2).numpy(), expected.numpy())
+
+
+def test_no_module_imports_another_modules_private_names():
+    """`from tfrobust.x import _name` couples a module to another's internals: shared helpers are public."""
+    import ast
+    import pathlib
+
+    import tfrobust
+
+    root = pathlib.Path(tfrobust.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tfrobust"):
+                offenders += [f"{path.relative_to(root)}: {alias.name}" for alias in node.names
+                              if alias.name.startswith("_")]
+    assert not offenders, offenders

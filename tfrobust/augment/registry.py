@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import keras
-
 from tfrobust.augment.autoaugment import AutoAugment
+from tfrobust.augment.batch_augmentation import BatchAugmentation, MixingAugmentation
 from tfrobust.augment.compose import Compose
 from tfrobust.augment.cutmix import CutMix
 from tfrobust.augment.cutout import Cutout
@@ -32,7 +31,8 @@ from tfrobust.augment.randaugment import RandAugment
 from tfrobust.augment.ricap import Ricap
 from tfrobust.errors import UserError
 
-AUGMENTATIONS: dict[str, type[keras.layers.Layer]] = {
+# The augmentations, listed in the order in which a chain applies them (see the module docstring for why).
+AUGMENTATIONS: dict[str, type[BatchAugmentation]] = {
     "padcrop": PadCrop,
     "autoaugment": AutoAugment,
     "randaugment": RandAugment,
@@ -41,14 +41,11 @@ AUGMENTATIONS: dict[str, type[keras.layers.Layer]] = {
     "mixup": MixUp,
     "ricap": Ricap,
 }
-# The order in which a chain applies its augmentations (see the module docstring for why).
-ORDER: tuple[str, ...] = ("padcrop", "autoaugment", "randaugment", "cutout", "cutmix", "mixup", "ricap")
-# Augmentations whose output labels are soft (mixtures of two or more examples' labels).
-MIXING: frozenset[str] = frozenset({"cutmix", "mixup", "ricap"})
+ORDER: tuple[str, ...] = tuple(AUGMENTATIONS)
+# Augmentations whose output labels are soft (mixtures of two or more examples' labels): the mixing layers.
+MIXING: frozenset[str] = frozenset(name for name, cls in AUGMENTATIONS.items() if issubclass(cls, MixingAugmentation))
 # `--aug none` means no augmentation at all.
 NONE = "none"
-
-assert set(ORDER) == set(AUGMENTATIONS), "every registered augmentation needs a place in ORDER"
 
 
 def _valid_names() -> str:
