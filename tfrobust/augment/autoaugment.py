@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common, image_ops
+from tfrobust.augment.batch_augmentation import BatchAugmentation
 
 Op = tuple[str, float, int]
 SubPolicy = tuple[Op, Op]
@@ -81,11 +82,12 @@ SVHN_POLICY: tuple[SubPolicy, ...] = (
     (("ShearX", 0.7, 2), ("Invert", 0.1, 0)),
 )
 
+# The policies name operations of `image_ops.OPS`, the one table of operation names.
 POLICIES: dict[str, tuple[SubPolicy, ...]] = {"cifar10": CIFAR10_POLICY, "svhn": SVHN_POLICY}
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class AutoAugment(keras.layers.Layer):
+class AutoAugment(BatchAugmentation):
     """Applies one randomly drawn sub-policy of `policy` ("cifar10" or "svhn") to every image.
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`;
@@ -93,21 +95,18 @@ class AutoAugment(keras.layers.Layer):
     application coins and signs (Keras's `RandAugment`, by contrast, draws its operations once per
     batch). `fill` is the value of pixels that geometric operations bring in from outside the image.
 
-    `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
-    [2] `seed`, else the layer's generator, never inside tf.data).
+    `call(inputs, training=None, seed=None)`: as every `BatchAugmentation` (only `training=True`
+    augments; integer [2] `seed`, else the layer's generator, never inside tf.data).
     """
 
     def __init__(self, policy: str = "cifar10", fill: float = 0.5, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if policy not in POLICIES:
             raise ValueError(f"unknown AutoAugment policy {policy!r}; choose from {', '.join(POLICIES)}")
         if isinstance(fill, bool) or not 0.0 <= float(fill) <= 1.0:
             raise ValueError(f"fill must be a number in [0, 1], got {fill!r}")
         self.policy = policy
         self.fill = float(fill)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
         table = POLICIES[policy]
         self._ops_in_use = tuple(sorted({name for sub in table for name, _, _ in sub}, key=image_ops.OP_INDEX.get))
         # [S, 2] tables of operation indices, probabilities and magnitudes.
@@ -115,15 +114,8 @@ class AutoAugment(keras.layers.Layer):
         self._prob_table = tuple(tuple(float(p) for _, p, _ in sub) for sub in table)
         self._level_table = tuple(tuple(float(m) for _, _, m in sub) for sub in table)
 
-    def call(self, inputs: dict, training=None, seed=None) -> dict:
-        common.check_batch(inputs, "AutoAugment")
-        if not training:
-            return inputs
-        seed = common.resolve_seed(seed, self.seed_generator)
-        images = tf.convert_to_tensor(inputs["images"])
-        out = dict(inputs)
-        out["images"] = self.augment_images(images, seed)
-        return out
+    def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self.augment_images(images, seed), labels
 
     def draw(self, seed: tf.Tensor, batch) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         """Per image: sub-policy [B], operations [B, 2] (Identity where the coin said no), levels and signs [B, 2]."""
@@ -146,8 +138,5 @@ class AutoAugment(keras.layers.Layer):
             )
         return images
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self) -> dict:
-        return {**super().get_config(), "policy": self.policy, "fill": self.fill, "seed": self.seed}
+        return {**super().get_config(), "policy": self.policy, "fill": self.fill}

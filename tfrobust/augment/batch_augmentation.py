@@ -1,10 +1,11 @@
-"""`BatchAugmentation`: the Keras-layer plumbing shared by the augmentations built on a pure function.
+"""`BatchAugmentation`: the Keras-layer plumbing shared by every augmentation layer but `Compose`.
 
 A subclass sets its own parameters in `__init__`, implements `augment(images, labels, seed)` (a pure
-function of tensors: the seeded transform) and adds its parameters to `get_config`. This class does the
-rest the way `PadCrop` does (common.py): checks the batch (integer labels refused, also when not
-training), `training` other than True is a no-op, the seed is the caller's int [2] tensor or else the
-layer's `keras.random.SeedGenerator` (never inside tf.data), and the output keeps any extra dict keys.
+function of tensors: the seeded transform), adds its parameters to `get_config` and, when some
+parameters make it the identity, says so in `is_identity`. This class does the rest, following the
+conventions of common.py: checks the batch (integer labels refused, also when not training), `training`
+other than True is a no-op, the seed is the caller's int [2] tensor or else the layer's
+`keras.random.SeedGenerator` (never inside tf.data), and the output keeps any extra dict keys.
 
 `MixingAugmentation` adds what the mixing layers (CutMix, MixUp, RICAP) share: whether their random
 draws are made per device batch, as the reference does, or per example.
@@ -30,9 +31,14 @@ class BatchAugmentation(keras.layers.Layer):
     def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         raise NotImplementedError
 
+    def is_identity(self) -> bool:
+        """True when the parameters make `augment` change nothing: `call` then returns its inputs as they
+        are and draws no seed (the layer's generator does not advance)."""
+        return False
+
     def call(self, inputs: dict, training=None, seed=None) -> dict:
         common.check_batch(inputs, type(self).__name__)
-        if not training:
+        if not training or self.is_identity():
             return inputs
         seed = common.resolve_seed(seed, self.seed_generator)
         out = dict(inputs)

@@ -1,6 +1,7 @@
 """Helpers shared by the augmentation layers: input checks, seeds, per-example permutations, Beta draws.
 
-Every layer of `tfrobust.augment` follows the conventions of `PadCrop` (pad_crop.py):
+Every layer of `tfrobust.augment` follows these conventions (`BatchAugmentation`, batch_augmentation.py,
+implements them for all but `Compose`):
   * inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`;
   * integer labels are refused with a ValueError (docs/method.md, "Keras pitfalls": Keras's own MixUp and
     CutMix silently corrupt integer labels);
@@ -14,10 +15,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfrobust.augment.pad_crop import _RNG_ALG, _as_seed
-
-RNG_ALG = _RNG_ALG
-as_seed = _as_seed
+# Philox on every device, so one seed gives the same draws on CPU, GPU and inside tf.data; the default
+# "auto_select" may pick a different algorithm per device. data/pipeline.py shuffles with it too.
+RNG_ALG = "philox"
 
 __all__ = [
     "RNG_ALG",
@@ -56,6 +56,16 @@ def check_batch(inputs, layer_name: str) -> None:
         raise ValueError(f"{layer_name} needs images of shape [B, H, W, C], got shape {images.shape}")
     if not tf.as_dtype(images.dtype).is_floating:
         raise ValueError(f"{layer_name} needs float images in [0, 1], got dtype {images.dtype}")
+
+
+def as_seed(seed) -> tf.Tensor:
+    """A shape-[2] int64 seed tensor from any integer tensor/sequence (SeedGenerator state, tf.data ints)."""
+    seed = tf.convert_to_tensor(seed)
+    if not seed.dtype.is_integer:
+        raise ValueError(f"seed must be an integer tensor of shape [2], got dtype {seed.dtype}")
+    seed = tf.cast(seed, tf.int64)
+    seed.shape.assert_is_compatible_with([2])
+    return seed
 
 
 def resolve_seed(seed, generator: keras.random.SeedGenerator) -> tf.Tensor:

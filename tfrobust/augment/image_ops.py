@@ -8,6 +8,8 @@ only, the five geometric operations share one `ImageProjectiveTransformV3` call 
 matrices, and `tf.dynamic_stitch` restores the order (about 50 ms per 512-image CIFAR batch and stage
 on 2 CPU cores, against 20x that when every operation ran on the whole batch).
 No tensorflow-addons (end of life, does not import with Keras 3) and no keras-cv.
+The table `OPS` names every operation once, with its implementation; the policies of autoaugment.py
+and the operation list of randaugment.py refer to its names.
 
 Magnitude -> parameter, from the AutoAugment paper's table of operations (Cubuk et al. 2019, App. A,
 "magnitude range") mapped linearly from level 0..10 as in their CIFAR code
@@ -39,31 +41,13 @@ about 0.47 grey on CIFAR-10, see cutout.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-OP_NAMES = (
-    "Identity",
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "Solarize",
-    "Color",
-    "Posterize",
-    "Contrast",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-)
-OP_INDEX = {name: index for index, name in enumerate(OP_NAMES)}
-GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 MAX_LEVEL = 10.0
 # Parameters per level unit, as single constants. Graph mode (tf.function, tf.data) rewrites a division
 # by a constant into a multiplication by its reciprocal and may regroup chains of constant factors, which
@@ -230,18 +214,97 @@ def sharpness(images: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     return _blend(degenerate, images, enhance_factor(level))
 
 
-PIXEL_OPS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
-    "Identity": identity,
-    "AutoContrast": auto_contrast,
-    "Equalize": equalize,
-    "Invert": invert,
-    "Solarize": solarize,
-    "Color": color,
-    "Posterize": posterize,
-    "Contrast": contrast,
-    "Brightness": brightness,
-    "Sharpness": sharpness,
+def _matrix(a0, a1, a2, b0, b1, b2) -> tf.Tensor:
+    """Per-example projective matrices [B, 8] from [B] columns: rows [a0, a1, a2, b0, b1, b2, 0, 0]."""
+    zeros = tf.zeros_like(a0)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def shear_x_matrix(level: tf.Tensor, sign: tf.Tensor, height, width) -> tf.Tensor:
+    """PIL affine (1, s, 0, 0, 1, 0) with s = +-0.3 L / 10: shear about the top-left corner."""
+    shear = sign * (level * _SHEAR_PER_LEVEL)
+    ones, zeros = tf.ones_like(level), tf.zeros_like(level)
+    return _matrix(ones, shear, zeros, zeros, ones, zeros)
+
+
+def shear_y_matrix(level: tf.Tensor, sign: tf.Tensor, height, width) -> tf.Tensor:
+    """PIL affine (1, 0, 0, s, 1, 0) with s = +-0.3 L / 10."""
+    shear = sign * (level * _SHEAR_PER_LEVEL)
+    ones, zeros = tf.ones_like(level), tf.zeros_like(level)
+    return _matrix(ones, zeros, zeros, shear, ones, zeros)
+
+
+def translate_x_matrix(level: tf.Tensor, sign: tf.Tensor, height, width) -> tf.Tensor:
+    """A shift by +-int(L W / 32) pixels: `int_parameter(level, 10)` pixels on a 32-pixel side, scaled."""
+    shift = sign * tf.floor(level * tf.cast(width, tf.float32) * _TRANSLATE_PER_LEVEL_AND_PIXEL)
+    ones, zeros = tf.ones_like(level), tf.zeros_like(level)
+    return _matrix(ones, zeros, shift, zeros, ones, zeros)
+
+
+def translate_y_matrix(level: tf.Tensor, sign: tf.Tensor, height, width) -> tf.Tensor:
+    """A shift by +-int(L H / 32) pixels."""
+    shift = sign * tf.floor(level * tf.cast(height, tf.float32) * _TRANSLATE_PER_LEVEL_AND_PIXEL)
+    ones, zeros = tf.ones_like(level), tf.zeros_like(level)
+    return _matrix(ones, zeros, zeros, zeros, ones, shift)
+
+
+def rotate_matrix(level: tf.Tensor, sign: tf.Tensor, height, width) -> tf.Tensor:
+    """A rotation by +-int(3 L) degrees about the image centre c: input = R (output - c) + c."""
+    fh = tf.cast(height, tf.float32)
+    fw = tf.cast(width, tf.float32)
+    angle = sign * (tf.floor(level * _DEGREES_PER_LEVEL) * (math.pi / 180.0))
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    cx, cy = (fw - 1.0) / 2.0, (fh - 1.0) / 2.0
+    return _matrix(cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageOp:
+    """One operation of the table `OPS`: a pixel operation or a geometric one, never both.
+
+    `pixel(images, level)` transforms a group of images. A geometric operation has instead
+    `matrix(level, sign, height, width)`: its per-example projective matrices [B, 8], read by
+    `geometric_transforms`. `randaugment`: one of RandAugment's K = 14 operations (Cubuk et al. 2020,
+    Sec. 3: the AutoAugment operations less Invert).
+    """
+
+    pixel: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None
+    matrix: Callable[..., tf.Tensor] | None = None
+    randaugment: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.pixel is None) == (self.matrix is None):
+            raise ValueError("an image operation is either a pixel operation or a geometric one")
+
+
+# Every operation, named once: AutoAugment's policies (autoaugment.py), RandAugment's operation list
+# and `apply_ops` all refer to this table. An operation's index (the `op` tensors of `apply_ops`) is its
+# position here; RandAugment's list keeps the paper's order (Cubuk et al. 2020, Sec. 3), on which its
+# draws depend.
+OPS: dict[str, ImageOp] = {
+    "Identity": ImageOp(pixel=identity),
+    "AutoContrast": ImageOp(pixel=auto_contrast),
+    "Equalize": ImageOp(pixel=equalize),
+    "Invert": ImageOp(pixel=invert, randaugment=False),
+    "Rotate": ImageOp(matrix=rotate_matrix),
+    "Solarize": ImageOp(pixel=solarize),
+    "Color": ImageOp(pixel=color),
+    "Posterize": ImageOp(pixel=posterize),
+    "Contrast": ImageOp(pixel=contrast),
+    "Brightness": ImageOp(pixel=brightness),
+    "Sharpness": ImageOp(pixel=sharpness),
+    "ShearX": ImageOp(matrix=shear_x_matrix),
+    "ShearY": ImageOp(matrix=shear_y_matrix),
+    "TranslateX": ImageOp(matrix=translate_x_matrix),
+    "TranslateY": ImageOp(matrix=translate_y_matrix),
 }
+OP_NAMES: tuple[str, ...] = tuple(OPS)
+OP_INDEX: dict[str, int] = {name: index for index, name in enumerate(OP_NAMES)}
+GEOMETRIC: tuple[str, ...] = tuple(name for name, spec in OPS.items() if spec.matrix is not None)
+PIXEL_OPS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
+    name: spec.pixel for name, spec in OPS.items() if spec.pixel is not None
+}
+RANDAUGMENT_OPS: tuple[str, ...] = tuple(name for name, spec in OPS.items() if spec.randaugment)
 
 
 def geometric_transforms(op: tf.Tensor, level: tf.Tensor, sign: tf.Tensor, height, width) -> tf.Tensor:
@@ -252,34 +315,10 @@ def geometric_transforms(op: tf.Tensor, level: tf.Tensor, sign: tf.Tensor, heigh
     """
     level = tf.cast(level, tf.float32)
     sign = tf.cast(sign, tf.float32)
-    fh = tf.cast(height, tf.float32)
-    fw = tf.cast(width, tf.float32)
-    zeros = tf.zeros_like(level)
-    ones = tf.ones_like(level)
-
-    shear = sign * (level * _SHEAR_PER_LEVEL)
-    # int_parameter(level, 10) pixels on a 32-pixel side, scaled to the actual side.
-    shift_x = sign * tf.floor(level * fw * _TRANSLATE_PER_LEVEL_AND_PIXEL)
-    shift_y = sign * tf.floor(level * fh * _TRANSLATE_PER_LEVEL_AND_PIXEL)
-    angle = sign * (tf.floor(level * _DEGREES_PER_LEVEL) * (math.pi / 180.0))
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    cx, cy = (fw - 1.0) / 2.0, (fh - 1.0) / 2.0
-
-    def row(a0, a1, a2, b0, b1, b2):
-        return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-
-    identity_row = row(ones, zeros, zeros, zeros, ones, zeros)
-    candidates = {
-        "ShearX": row(ones, shear, zeros, zeros, ones, zeros),
-        "ShearY": row(ones, zeros, zeros, shear, ones, zeros),
-        "TranslateX": row(ones, zeros, shift_x, zeros, ones, zeros),
-        "TranslateY": row(ones, zeros, zeros, zeros, ones, shift_y),
-        # Rotation about the centre: input = R (output - c) + c.
-        "Rotate": row(cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy),
-    }
-    out = identity_row
-    for name, matrix in candidates.items():
-        out = tf.where((op == OP_INDEX[name])[:, None], matrix, out)
+    ones, zeros = tf.ones_like(level), tf.zeros_like(level)
+    out = _matrix(ones, zeros, zeros, zeros, ones, zeros)
+    for name in GEOMETRIC:
+        out = tf.where((op == OP_INDEX[name])[:, None], OPS[name].matrix(level, sign, height, width), out)
     return out
 
 

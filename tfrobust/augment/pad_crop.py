@@ -12,13 +12,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-# Philox on every device, so one seed gives the same crops on CPU, GPU and inside tf.data; the
-# default "auto_select" may pick a different algorithm per device.
-_RNG_ALG = "philox"
+from tfrobust.augment import common
+from tfrobust.augment.batch_augmentation import BatchAugmentation
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class PadCrop(keras.layers.Layer):
+class PadCrop(BatchAugmentation):
     """Zero-pads each image by `padding` pixels, crops back to H x W at a random offset, flips at random.
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`;
@@ -40,41 +39,20 @@ class PadCrop(keras.layers.Layer):
     """
 
     def __init__(self, padding: int = 4, flip: bool = True, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if int(padding) != padding or padding < 0:
             raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
         self.padding = int(padding)
         self.flip = bool(flip)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
 
-    def call(self, inputs: dict, training=None, seed=None) -> dict:
-        if not isinstance(inputs, dict) or "images" not in inputs or "labels" not in inputs:
-            raise ValueError('PadCrop expects a dict {"images": [B,H,W,C] floats, "labels": [B,K] floats}')
-        labels = inputs["labels"]
-        if not tf.as_dtype(labels.dtype).is_floating:
-            raise ValueError(
-                f"PadCrop needs one-hot or soft float labels of shape [B, K], got dtype {labels.dtype}: "
-                "one-hot encode integer labels before augmentation"
-            )
-        if not training:
-            return inputs
-        if self.padding == 0 and not self.flip:
-            return inputs
-        if seed is None:
-            seed = self.seed_generator.next()
-        seed = _as_seed(seed)
-        images = tf.convert_to_tensor(inputs["images"])
-        out = dict(inputs)
-        out["images"] = pad_crop_flip(images, seed, padding=self.padding, flip=self.flip)
-        return out
+    def is_identity(self) -> bool:
+        return self.padding == 0 and not self.flip
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return pad_crop_flip(images, seed, padding=self.padding, flip=self.flip), labels
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "padding": self.padding, "flip": self.flip, "seed": self.seed}
+        return {**super().get_config(), "padding": self.padding, "flip": self.flip}
 
 
 def pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, *, padding: int, flip: bool) -> tf.Tensor:
@@ -86,20 +64,14 @@ def pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, *, padding: int, flip: boo
     """
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
-    crop_seed_y, crop_seed_x, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, num=3, alg=_RNG_ALG)
-    )
+    crop_seed_y, crop_seed_x, flip_seed = common.split_seed(seed, 3)
     # Offsets into the padded image, 0..2*padding inclusive (maxval is exclusive).
-    offset_y = tf.random.stateless_uniform(
-        [batch], seed=crop_seed_y, minval=0, maxval=2 * padding + 1, dtype=tf.int32, alg=_RNG_ALG
-    )
-    offset_x = tf.random.stateless_uniform(
-        [batch], seed=crop_seed_x, minval=0, maxval=2 * padding + 1, dtype=tf.int32, alg=_RNG_ALG
-    )
+    offset_y = common.uniform([batch], crop_seed_y, 0, 2 * padding + 1, tf.int32)
+    offset_x = common.uniform([batch], crop_seed_x, 0, 2 * padding + 1, tf.int32)
     rows = offset_y[:, None] - padding + tf.range(height)[None, :]  # [B, H] rows of the unpadded image
     cols_out = tf.range(width)[None, :]
     if flip:
-        do_flip = tf.random.stateless_uniform([batch], seed=flip_seed, alg=_RNG_ALG) < 0.5
+        do_flip = common.uniform([batch], flip_seed) < 0.5
         cols_out = tf.where(do_flip[:, None], width - 1 - cols_out, cols_out)  # [B, W]
     cols = offset_x[:, None] - padding + cols_out  # [B, W] columns of the unpadded image
     rows_ok = (rows >= 0) & (rows < height)
@@ -110,12 +82,3 @@ def pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, *, padding: int, flip: boo
     inside = rows_ok[:, :, None, None] & cols_ok[:, None, :, None]  # [B, H, W, 1]
     return tf.where(inside, gathered, tf.zeros_like(gathered))
 
-
-def _as_seed(seed) -> tf.Tensor:
-    """A shape-[2] int64 seed tensor from any integer tensor/sequence (SeedGenerator state, tf.data ints)."""
-    seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer:
-        raise ValueError(f"seed must be an integer tensor of shape [2], got dtype {seed.dtype}")
-    seed = tf.cast(seed, tf.int64)
-    seed.shape.assert_is_compatible_with([2])
-    return seed

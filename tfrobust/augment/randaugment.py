@@ -24,40 +24,27 @@ import keras
 import tensorflow as tf
 
 from tfrobust.augment import common, image_ops
+from tfrobust.augment.batch_augmentation import BatchAugmentation
 
-# Cubuk et al. 2020, Sec. 3: the K = 14 operations.
-RANDAUGMENT_OPS = (
-    "Identity",
-    "AutoContrast",
-    "Equalize",
-    "Rotate",
-    "Solarize",
-    "Color",
-    "Posterize",
-    "Contrast",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "TranslateX",
-    "TranslateY",
-)
+# Cubuk et al. 2020, Sec. 3: the K = 14 operations, in the paper's order (an image's draw is an index
+# into this list): the operations of `image_ops.OPS` marked `randaugment`.
+RANDAUGMENT_OPS = image_ops.RANDAUGMENT_OPS
 
 
 @keras.saving.register_keras_serializable(package="tfrobust")
-class RandAugment(keras.layers.Layer):
+class RandAugment(BatchAugmentation):
     """Applies `num_ops` operations, drawn uniformly per image, at magnitude `magnitude` (0..10).
 
     Inputs and outputs are dicts `{"images": float [B, H, W, C] in [0, 1], "labels": float [B, K]}`;
     labels pass through untouched (integer labels are rejected). `fill` is the value of pixels that
     geometric operations bring in from outside the image.
 
-    `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
-    [2] `seed`, else the layer's generator, never inside tf.data).
+    `call(inputs, training=None, seed=None)`: as every `BatchAugmentation` (only `training=True`
+    augments; integer [2] `seed`, else the layer's generator, never inside tf.data).
     """
 
     def __init__(self, num_ops: int = 3, magnitude: float = 5.0, fill: float = 0.5, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         if isinstance(num_ops, bool) or int(num_ops) != num_ops or num_ops < 0:
             raise ValueError(f"num_ops must be a non-negative integer, got {num_ops!r}")
         if isinstance(magnitude, bool) or not 0.0 <= float(magnitude) <= image_ops.MAX_LEVEL:
@@ -67,21 +54,12 @@ class RandAugment(keras.layers.Layer):
         self.num_ops = int(num_ops)
         self.magnitude = float(magnitude)
         self.fill = float(fill)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
 
-    def call(self, inputs: dict, training=None, seed=None) -> dict:
-        common.check_batch(inputs, "RandAugment")
-        if not training:
-            return inputs
-        if self.num_ops == 0:
-            return inputs
-        seed = common.resolve_seed(seed, self.seed_generator)
-        images = tf.convert_to_tensor(inputs["images"])
-        out = dict(inputs)
-        out["images"] = self.augment_images(images, seed)
-        return out
+    def is_identity(self) -> bool:
+        return self.num_ops == 0
+
+    def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self.augment_images(images, seed), labels
 
     def draw(self, seed: tf.Tensor, batch) -> tuple[tf.Tensor, tf.Tensor]:
         """Per image: operation indices into `image_ops.OP_NAMES` [B, num_ops] and signs [B, num_ops]."""
@@ -101,14 +79,5 @@ class RandAugment(keras.layers.Layer):
             )
         return images
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "num_ops": self.num_ops,
-            "magnitude": self.magnitude,
-            "fill": self.fill,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), "num_ops": self.num_ops, "magnitude": self.magnitude, "fill": self.fill}

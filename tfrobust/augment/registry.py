@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import keras
-
 from tfrobust.augment.autoaugment import AutoAugment
+from tfrobust.augment.batch_augmentation import BatchAugmentation, MixingAugmentation
 from tfrobust.augment.compose import Compose
 from tfrobust.augment.cutmix import CutMix
 from tfrobust.augment.cutout import Cutout
@@ -37,7 +36,8 @@ from tfrobust.config import canonical_aug as canonical
 from tfrobust.config import format_aug, parse_aug  # noqa: F401 (public names)
 from tfrobust.errors import UserError
 
-AUGMENTATIONS: dict[str, type[keras.layers.Layer]] = {
+# The augmentations, listed in the order in which a chain applies them (see the module docstring for why).
+AUGMENTATIONS: dict[str, type[BatchAugmentation]] = {
     "padcrop": PadCrop,
     "autoaugment": AutoAugment,
     "randaugment": RandAugment,
@@ -49,7 +49,10 @@ AUGMENTATIONS: dict[str, type[keras.layers.Layer]] = {
 # ORDER (the order a chain applies them in, see the module docstring for why), MIXING (the ones whose
 # output labels are soft), NONE (`--aug none`) and the parsing of `--aug` live in tfrobust.config, which
 # validates a run's names without importing this module.
-assert set(ORDER) == set(AUGMENTATIONS), "every registered augmentation needs a place in ORDER"
+assert ORDER == tuple(AUGMENTATIONS), "AUGMENTATIONS lists config.AUG_ORDER's names in its order"
+assert MIXING == frozenset(name for name, cls in AUGMENTATIONS.items() if issubclass(cls, MixingAugmentation)), (
+    "config.AUG_MIXING names exactly the MixingAugmentation layers"
+)
 
 
 def produces_soft_labels(names: Sequence[str]) -> bool:

@@ -20,14 +20,13 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfrobust.augment.common import RNG_ALG
 from tfrobust.data.datasets import Split
 from tfrobust.errors import UserError
 
 Batch = tuple[tf.Tensor, tf.Tensor]
 AugmentFn = Callable[[dict, tf.Tensor], dict]
 
-# Philox everywhere: the same seed gives the same permutation on every device and TF build.
-_RNG_ALG = "philox"
 # Separates the augmentation seed stream from the shuffling seed [seed, epoch].
 _AUGMENT_STREAM = 0x5EED_A06
 
@@ -38,18 +37,21 @@ def to_float_images(images: tf.Tensor) -> tf.Tensor:
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch) -> tf.Tensor:
-    """The order of epoch `epoch`: a permutation of 0..N-1 that depends only on (seed, epoch)."""
+    """The order of epoch `epoch`: a permutation of 0..N-1 that depends only on (seed, epoch).
+
+    Drawn with Philox (`RNG_ALG`, the augmentations' algorithm), so it is the same on every device.
+    """
     shuffle_seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
     return tf.random.experimental.stateless_shuffle(
-        tf.range(num_examples, dtype=tf.int64), seed=shuffle_seed, alg=_RNG_ALG
+        tf.range(num_examples, dtype=tf.int64), seed=shuffle_seed, alg=RNG_ALG
     )
 
 
 def batch_seed(seed: int, epoch, step) -> tf.Tensor:
     """The int64 [2] augmentation seed of batch `step` of epoch `epoch`: depends only on (seed, epoch, step)."""
     base = tf.stack([tf.cast(seed, tf.int64), tf.constant(_AUGMENT_STREAM, tf.int64)])
-    base = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64), alg=_RNG_ALG)
-    return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64), alg=_RNG_ALG)
+    base = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64), alg=RNG_ALG)
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64), alg=RNG_ALG)
 
 
 def check_device_batches(batch_size: int, devices: int, repeats: int) -> None:

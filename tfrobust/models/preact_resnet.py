@@ -15,15 +15,15 @@ from typing import Sequence
 import keras
 
 from tfrobust.models.standardize import Standardize
-from tfrobust.models.wide_resnet import ACTIVATIONS, _bn, conv3x3, head
+from tfrobust.models.wide_resnet import ACTIVATIONS, bn_layer, conv3x3, head
 
 
 def _preact_block(x, filters: int, stride: int, activation: str, synchronized: bool, name: str):
     has_shortcut = stride != 1 or x.shape[-1] != filters
-    a = _bn(f"{name}_batchnorm_0", synchronized)(x)
+    a = bn_layer(f"{name}_batchnorm_0", synchronized)(x)
     a = keras.layers.Activation(activation, name=f"{name}_act_0")(a)
     out = conv3x3(filters, stride, f"{name}_conv_0")(a)
-    out = _bn(f"{name}_batchnorm_1", synchronized)(out)
+    out = bn_layer(f"{name}_batchnorm_1", synchronized)(out)
     out = keras.layers.Activation(activation, name=f"{name}_act_1")(out)
     out = conv3x3(filters, 1, f"{name}_conv_1")(out)
     shortcut = conv3x3(filters, stride, f"{name}_shortcut")(x) if has_shortcut else x

@@ -36,7 +36,8 @@ BN_EPSILON = 1e-5
 ACTIVATIONS = {"swish": "silu", "relu": "relu"}
 
 
-def _bn(name: str, synchronized: bool) -> BatchNorm:
+def bn_layer(name: str, synchronized: bool) -> BatchNorm:
+    """The networks' BatchNorm: decay `BN_MOMENTUM`, epsilon `BN_EPSILON`, per replica or synchronized."""
     return BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=synchronized, name=name)
 
 
@@ -51,7 +52,7 @@ def conv3x3(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
 
 def head(x, num_classes: int, activation: str, synchronized: bool):
     """act(BN(x)) -> global average pool -> zero-initialised float32 logits (reference head)."""
-    x = _bn("batchnorm", synchronized)(x)
+    x = bn_layer("batchnorm", synchronized)(x)
     x = keras.layers.Activation(activation, name="head_act")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.layers.Dense(
@@ -61,10 +62,10 @@ def head(x, num_classes: int, activation: str, synchronized: bool):
 
 def _wrn_block(x, filters: int, stride: int, activation: str, synchronized: bool, name: str):
     has_shortcut = x.shape[-1] != filters
-    a = _bn(f"{name}_batchnorm_0", synchronized)(x)
+    a = bn_layer(f"{name}_batchnorm_0", synchronized)(x)
     a = keras.layers.Activation(activation, name=f"{name}_act_0")(a)
     out = conv3x3(filters, stride, f"{name}_conv_0")(a)
-    out = _bn(f"{name}_batchnorm_1", synchronized)(out)
+    out = bn_layer(f"{name}_batchnorm_1", synchronized)(out)
     out = keras.layers.Activation(activation, name=f"{name}_act_1")(out)
     out = conv3x3(filters, 1, f"{name}_conv_1")(out)
     if has_shortcut:
