@@ -148,6 +148,27 @@ def test_checks_run_without_tf32():
         tf.config.experimental.enable_tensor_float_32_execution(previous)
 
 
+
+def test_audit_attacks_through_the_evaluation_engine(monkeypatch):
+    """The audit's runner is the engine's single-attack runner: the clean-correct points in batches of
+    `batch_size`, every success re-verified by `tfrobust.evaluation.engine.verify`."""
+    from tfrobust.attacks.apgd import APGD
+    from tfrobust.diagnostics.audit import _Runner
+    from tfrobust.evaluation import engine
+
+    sizes = []
+    real = engine.verify
+
+    def counting(*args, **kwargs):
+        sizes.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "verify", counting)
+    runner = _Runner(linear, X, Y, CLASSES, batch_size=20, seed=0)
+    broken = runner.broken(APGD("linf", 0.3, "ce", n_iter=10, n_restarts=1), "linf", 0.3, stream=0)
+    assert sizes == [20, 20, 8]
+    assert broken.any() and not np.any(broken & (worst_linf_margin(X, Y, 0.3) < 0))  # sound: each is real
+
 def test_roughness_statistic():
     axis = np.linspace(-1, 1, 21)
     a, b = np.meshgrid(axis, axis, indexing="ij")

@@ -291,6 +291,67 @@ def test_verify_per_example():
     np.testing.assert_array_equal(verify(fn, clean, adv, np.zeros(3, int), "linf", 0.05), [True, False, False])
 
 
+
+def _worst_linf_corner(x, y, eps):
+    """The worst case of the linear model in {|x' - x|_inf <= eps} ∩ [0, 1] (as `exact_linf_robust`): per
+    example, the interval end each pixel's coefficient points to, for the other class that gains most."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    low, high = np.maximum(flat - eps, 0.0), np.minimum(flat + eps, 1.0)
+    out = flat.copy()
+    for i in range(len(x)):
+        best = -np.inf
+        for j in range(CLASSES):
+            if j != y[i]:
+                w = KERNEL[:, j].astype(np.float64) - KERNEL[:, y[i]]
+                corner = np.where(w > 0, high[i], low[i])
+                gain = w @ corner + BIAS[j] - BIAS[y[i]]
+                if gain > best:
+                    best, out[i] = gain, corner
+    return out.reshape(x.shape).astype(np.float32)
+
+
+def test_attack_batches_runs_one_attack_in_order_and_counts_only_verified_successes():
+    """The single-attack runner shared by the cascade and the audit: batches of `todo` in order, seed(k)
+    for batch k, and a success counted only inside the ball (known answer: the exact linear worst case)."""
+    from tfrobust.evaluation import GroupResult, attack_batches
+
+    onehot = np.eye(CLASSES, dtype=np.float32)[Y]
+    todo = np.array([0, 2, 3, 4, 5, 7, 8, 9, 10, 12, 13])  # 11 points: batches of 4, 4 and 3
+    seen = []
+
+    def attack(images, labels, seed):
+        images, labels = images.numpy(), labels.numpy().argmax(-1)
+        seen.append((images, seed.numpy().tolist()))
+        out = _worst_linf_corner(images, labels, EPS)
+        out[1::2] = _worst_linf_corner(images[1::2], labels[1::2], 3 * EPS)  # outside the ball
+        assert np.all(np.abs(out[1::2] - images[1::2]).reshape(len(out[1::2]), -1).max(1) > 1.5 * EPS)
+        return tf.constant(out)
+
+    def run(**kwargs):
+        return list(attack_batches(attack, logits_fn, X, onehot, todo, batch_size=4, norm="linf", eps=EPS,
+                                   seed=lambda k: tf.constant([7, k], tf.int64), **kwargs))
+
+    results = run(keep_adversarial=True)
+    batches = [todo[:4], todo[4:8], todo[8:]]
+    assert [r.index.tolist() for r in results] == [b.tolist() for b in batches]
+    assert [s for _, s in seen] == [[7, 0], [7, 1], [7, 2]]
+    for (images, _), batch in zip(seen, batches):
+        np.testing.assert_array_equal(images, X[batch])
+    exact_broken = ~exact_linf_robust(X, Y, EPS)
+    for r, batch in zip(results, batches):
+        expected = exact_broken[batch] & (np.arange(len(batch)) % 2 == 0)  # odd rows were outside the ball
+        np.testing.assert_array_equal(r.broken, expected)
+        np.testing.assert_array_equal(r.adversarial, _worst_linf_corner(X[batch], Y[batch], EPS)[expected])
+    assert any(r.broken.any() for r in results)
+
+    # A batch saved by an interrupted run is taken as it is and not attacked; the others are stored.
+    saved = GroupResult(index=todo[4:8], broken=np.array([True, False, False, False]), seconds=2.0)
+    seen.clear()
+    stored = []
+    again = run(load=lambda k, batch: saved if k == 1 else None, store=lambda k, r: stored.append(k))
+    assert again[1] is saved and stored == [0, 2] and [s for _, s in seen] == [[7, 0], [7, 2]]
+    assert again[0].adversarial is None
+
 def shape_dependent_logits(images):
     """Two classes; the margin z_0 − z_1 of the first pixel's value minus 0.5, shifted by 1e-3 when the batch
     has an odd number of rows: a stand-in for kernels that round differently at different batch sizes."""
@@ -462,20 +523,19 @@ def test_run_eval_warns_for_probability_outputs(eval_files, tmp_path):
 def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, tmp_path, monkeypatch):
     """The first batch of stage 1 is saved, the run dies in its second batch; --resume loads the first and
     computes only the rest, and the report and per-example npz equal those of an uninterrupted run."""
-    from tfrobust import evaluation
-    from tfrobust.evaluation import resume_eval
+    from tfrobust.evaluation import engine, resume_eval
 
     _, _, model_dir = eval_files
     monkeypatch.setitem(CASCADES, "two-stage", ("pgd40", "apgd-ce"))  # two cheap stages: fast, same bookkeeping
     common = dict(model_path=model_dir, attack="two-stage", split="train", batch_size=BATCH)
-    real_verify = evaluation.verify
+    real_verify = engine.verify
     calls = []
 
     def counting_verify(*args, **kwargs):  # called once per attacked batch
         calls.append(len(args[1]))
         return real_verify(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "verify", counting_verify)
+    monkeypatch.setattr(engine, "verify", counting_verify)
     whole = run_eval(EvalSettings(**common, report=str(tmp_path / "whole.json"),
                                   save_examples=str(tmp_path / "whole.npz")))["report"]
     total = len(calls)
@@ -488,7 +548,7 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, 
         return real_verify(*args, **kwargs)
 
     calls.clear()
-    monkeypatch.setattr(evaluation, "verify", dies_in_second_batch)
+    monkeypatch.setattr(engine, "verify", dies_in_second_batch)
     path = str(tmp_path / "resumed.json")
     with pytest.raises(KeyboardInterrupt):
         run_eval(EvalSettings(**common, report=path, save_examples=str(tmp_path / "resumed.npz")))
@@ -499,7 +559,7 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, 
         run_eval(EvalSettings(**common, report=path, save_examples=str(tmp_path / "resumed.npz")))
 
     calls.clear()
-    monkeypatch.setattr(evaluation, "verify", counting_verify)
+    monkeypatch.setattr(engine, "verify", counting_verify)
     resumed = resume_eval(path)["report"]
     assert len(calls) == total - 1  # every batch but the saved one
     assert not os.path.exists(path + ".state")
@@ -514,7 +574,7 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, 
 
 
 def test_resume_refuses_a_saved_batch_of_other_points(tmp_path):
-    from tfrobust.evaluation_state import EvalState, GroupResult
+    from tfrobust.evaluation.state import EvalState, GroupResult
 
     state = EvalState.create(str(tmp_path / "r.json.state"), {"attack": "aa"})
     state.save_group((0, 1, 0), GroupResult(index=np.array([0, 2, 5]), broken=np.array([True, False, False]),

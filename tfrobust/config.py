@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tfrobust.errors import UserError
+from tfrobust.threat_model import DEFAULT_EPS, NORMS
 
-NORMS = ("linf", "l2")
-DEFAULT_EPS = {"linf": 8.0 / 255.0, "l2": 128.0 / 255.0}
 INNER_OPTIMIZERS = ("adam", "sign")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_bfloat16")

@@ -403,15 +403,11 @@ def import_checkpoint(checkpoint: str, *, arch: str, dataset: str, activation: s
     import tensorflow as tf
 
     import tfrobust
-    from tfrobust.config import DEFAULT_EPS, NORMS
     from tfrobust.export import export_network
+    from tfrobust.threat_model import resolve
 
     torch = _import_torch()  # first: a missing extra is the first thing to say
-    if norm not in NORMS:
-        raise UserError(f"unknown norm {norm!r}; choose from: {', '.join(NORMS)}")
-    eps = float(DEFAULT_EPS[norm] if eps is None else eps)
-    if not 0 < eps <= (1.0 if norm == "linf" else 64.0):
-        raise UserError(f"--eps {eps:g} is out of range for {norm} on [0, 1] images")
+    norm, eps = resolve(norm, eps)
     root, name, version = split_out(out)
     if version is not None and os.path.exists(os.path.join(root, name, str(version))):
         raise UserError(f"{os.path.join(root, name, str(version))} already exists; tfrobust never overwrites an export")

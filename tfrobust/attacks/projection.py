@@ -13,21 +13,11 @@ from typing import ClassVar, Protocol
 
 import tensorflow as tf
 
-from tfrobust.errors import UserError
+from tfrobust.threat_model import check_norm, check_radius
 
-NORMS = ("linf", "l2")
-
-
-def check_norm(norm: str) -> str:
-    """Returns `norm` when it names a supported threat model, else raises `UserError`."""
-    if norm not in NORMS:
-        raise UserError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    return norm
-
-
-def check_eps(eps: float) -> None:
-    if not eps >= 0:  # also rejects NaN
-        raise UserError(f"eps must be a non-negative number, got {eps!r}")
+# The attacks' argument check of eps (any non-negative radius; `tfrobust.threat_model.check_radius`), under
+# the name the attack modules import.
+check_eps = check_radius
 
 
 def _flat(t: tf.Tensor) -> tf.Tensor:

@@ -58,9 +58,10 @@ from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.attacks.square import Square
 from tfrobust.diagnostics.output import ReportDir, pyplot, text_table
 from tfrobust.errors import UserError
-from tfrobust.evaluation import (SQUARE_MASKING_THRESHOLD, check_randomized, fixed_layout_logits, misclassified,
-                                 resolve_threat_model, verify)
+from tfrobust.evaluation import (SQUARE_MASKING_THRESHOLD, attack_batches, check_randomized, fixed_layout_logits,
+                                 misclassified)
 from tfrobust.numerics import full_float32, numerics_record
+from tfrobust.threat_model import resolve_threat_model
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 CHECKS = ("eps", "steps", "square", "landscape")
@@ -118,8 +119,9 @@ class AuditConfig:
 
 
 class _Runner:
-    """Batched, traced attacks on fixed (images, labels), with every success re-verified
-    (`evaluation.verify`: inside the ball and [0, 1], misclassified on a fresh forward pass)."""
+    """Batched, traced attacks on fixed (images, labels), with every success re-verified: the evaluation
+    engine's single-attack runner (`evaluation.attack_batches`: batches in order, `evaluation.verify`,
+    inside the ball and [0, 1] and misclassified in the fixed layout on a fresh forward pass)."""
 
     def __init__(self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, num_classes: int,
                  batch_size: int, seed: int):
@@ -144,12 +146,11 @@ class _Runner:
         points already misclassified clean, which are never attacked.)"""
         fn = tf.function(lambda x, y, seed: attack(self.logits_fn, x, y, seed), reduce_retracing=True)
         out = np.zeros(len(self.images), bool)
-        todo_all = np.flatnonzero(self.correct)
-        for b, start in enumerate(range(0, len(todo_all), self.batch_size)):
-            todo = todo_all[start:start + self.batch_size]
-            seed = tf.constant([self.seed, stream * 100_003 + b], tf.int64)
-            adv = fn(tf.constant(self.images[todo]), tf.constant(self.onehot[todo]), seed).numpy()
-            out[todo] = verify(self.predict, self.images[todo], adv, self.labels[todo], norm, eps)
+        results = attack_batches(fn, self.predict, self.images, self.onehot, np.flatnonzero(self.correct),
+                                 batch_size=self.batch_size, norm=norm, eps=eps,
+                                 seed=lambda b: tf.constant([self.seed, stream * 100_003 + b], tf.int64))
+        for result in results:
+            out[result.index] = result.broken
         return out
 
 

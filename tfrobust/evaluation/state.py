@@ -2,13 +2,13 @@
 
 A state directory (`<report>.state/`) holds `settings.json` (what was asked: model, cascade, eps, data,
 seed, batch size, ...) and one `poolPPPP_stageSS_batchKKKKK.npz` per attacked batch: the evaluation runs
-stage by stage over pools of examples (`Evaluator.run`), and batch k of stage s holds the still-robust
-points it attacked, which of them were broken and, optionally, their adversarial examples. Each file is
-written to a temporary name and moved into place with `os.replace`, so a kill at any moment leaves whole
-batches only. Resuming recomputes nothing that was saved: the clean predictions are recomputed (one
-forward pass), which determines the points of every saved batch (checked against the file), and batch k
-of stage s in pool p is seeded by (seed, p, s, k) alone, so the resumed evaluation gives exactly the
-uninterrupted result. The directory is removed once the report is written.
+stage by stage over pools of examples (`engine.Evaluator.run`), and batch k of stage s holds the
+still-robust points it attacked, which of them were broken and, optionally, their adversarial examples. Each
+file is written through `tfrobust.fileio` (a temporary name moved into place with `os.replace`), so a kill
+at any moment leaves whole batches only. Resuming recomputes nothing that was saved: the clean predictions
+are recomputed (one forward pass), which determines the points of every saved batch (checked against the
+file), and batch k of stage s in pool p is seeded by (seed, p, s, k) alone, so the resumed evaluation gives
+exactly the uninterrupted result. The directory is removed once the report is written.
 
 A full AutoAttack evaluation of a WRN-70-16 on 10,000 CIFAR-10 images takes hours even on a GPU; the
 reference AutoAttack keeps nothing on interruption, RobustBench's runs restart from zero.
@@ -31,7 +31,7 @@ SETTINGS_NAME = "settings.json"
 
 @dataclasses.dataclass(frozen=True)
 class GroupResult:
-    """The outcome of one stage on one batch of still-robust points (`Evaluator._run_pool`)."""
+    """The outcome of one attack on one batch of still-robust points (`engine.attack_batches`)."""
 
     index: np.ndarray  # int64 [b]: positions in the pool of the points attacked
     broken: np.ndarray  # bool [b]: verified adversarial example found

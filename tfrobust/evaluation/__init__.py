@@ -1,0 +1,95 @@
+"""Robust accuracy of a model under a cascade of attacks, every success re-verified (`tfrobust eval`).
+
+One job per module, lowest first:
+
+- `cascades.py`: the stages (one configured attack each: AutoAttack's standard version, the paper's AA+MT)
+  and the cascades (stages in order, the CLI's --attack);
+- `checks.py`: AutoAttack's checks against a false sense of security (randomised outputs, Square breaking
+  what the gradient attacks missed) and the oneDNN probe;
+- `state.py`: the resumable state of a long evaluation, one file per attacked batch;
+- `engine.py`: the verdict rules (`verify`, `fixed_layout_logits`, `misclassified`), one attack over a set of
+  points (`attack_batches`) and the cascade (`Evaluator`, `EvalResult`);
+- `report.py`: the JSON report, its table, the npz of per-example results;
+- `run.py`: the command: settings, loading, threat model, resume (`run_eval`, `resume_eval`).
+
+The threat model (norms, default radii, checks, resolution from the model's metadata) is
+`tfrobust.threat_model`. Every public name of these modules is importable from `tfrobust.evaluation`.
+"""
+
+from tfrobust.evaluation.cascades import (
+    CASCADES,
+    GRADIENT_STAGES,
+    STAGES,
+    LogitsFn,
+    StageAttack,
+)
+from tfrobust.evaluation.checks import (
+    RANDOMNESS_TOLERANCE,
+    SQUARE_MASKING_THRESHOLD,
+    check_randomized,
+    check_square,
+    onednn_enabled,
+    onednn_warning,
+)
+from tfrobust.evaluation.engine import (
+    DEFAULT_POOL_SIZE,
+    TOLERANCE,
+    VERIFY_ROWS,
+    EvalResult,
+    Evaluator,
+    attack_batches,
+    fixed_layout_logits,
+    keras_logits_fn,
+    misclassified,
+    verify,
+)
+from tfrobust.evaluation.report import (
+    format_table,
+    make_report,
+    save_examples,
+    write_report,
+)
+from tfrobust.evaluation.run import (
+    EvalSettings,
+    model_fingerprint,
+    resume_eval,
+    run_eval,
+)
+from tfrobust.evaluation.state import EvalState, GroupResult, state_dir_for
+from tfrobust.threat_model import resolve_threat_model
+
+__all__ = [
+    "CASCADES",
+    "DEFAULT_POOL_SIZE",
+    "GRADIENT_STAGES",
+    "RANDOMNESS_TOLERANCE",
+    "SQUARE_MASKING_THRESHOLD",
+    "STAGES",
+    "TOLERANCE",
+    "VERIFY_ROWS",
+    "EvalResult",
+    "EvalSettings",
+    "EvalState",
+    "Evaluator",
+    "GroupResult",
+    "LogitsFn",
+    "StageAttack",
+    "attack_batches",
+    "check_randomized",
+    "check_square",
+    "fixed_layout_logits",
+    "format_table",
+    "keras_logits_fn",
+    "make_report",
+    "misclassified",
+    "model_fingerprint",
+    "onednn_enabled",
+    "onednn_warning",
+    "resolve_threat_model",
+    "resume_eval",
+    "run_eval",
+    "save_examples",
+    "state_dir_for",
+    "verify",
+    "write_report",
+]

@@ -1,0 +1,70 @@
+"""The evaluation's attack registry: stages (one configured attack each) and cascades (stages in order).
+
+Stages are named entries of `STAGES` (a plain dict: name -> factory(norm, eps) of a frozen attack);
+cascades (`CASCADES`, the CLI's --attack) are tuples of stage names: `aa` (AutoAttack standard), `aa+mt`
+(the paper's), `mt` and each single attack.
+
+The registry lives in the evaluation package, not in `tfrobust.attacks`: the attacks are building blocks
+with every knob open (iterations, restarts, targets, losses), while a stage is one evaluation's choice of
+those knobs (AutoAttack's standard version, the paper's AA+MT) and a cascade is an evaluation protocol;
+only the evaluation (`engine.Evaluator`, the gradient-masking check in `checks.py`) and the commands built
+on it use them, and training's attacks have their own registry (`tfrobust.attacks.pgd.ATTACKS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from tfrobust.attacks.apgd import APGD
+from tfrobust.attacks.fab import FABTargeted
+from tfrobust.attacks.multitargeted import MultiTargeted
+from tfrobust.attacks.pgd import pgd40_attack
+from tfrobust.attacks.square import Square
+
+# Images [B, H, W, C] in [0, 1] -> logits [B, classes], in inference mode.
+LogitsFn = Callable[[tf.Tensor], tf.Tensor]
+# An attack: (model_fn, images, one-hot labels, seed) -> adversarial images.
+StageAttack = Callable[[LogitsFn, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+
+# Stage name -> factory(norm, eps) returning a configured attack: a frozen dataclass, built once per
+# Evaluator and never mutated. The configurations are AutoAttack's standard version (Croce & Hein 2020;
+# github.com/fra31/auto-attack, `autoattack.py`, version="standard") and the paper's AA+MT (docs/method.md,
+# "Cascades").
+STAGES: dict[str, Callable[[str, float], StageAttack]] = {
+    # Model selection's attack (docs/method.md, "Model selection"): margin loss, Adam 0.1 (x0.1 at 20, x0.01
+    # at 30), 40 steps.
+    "pgd40": pgd40_attack,
+    # AutoAttack standard: APGD-CE 1 restart x 100; APGD-T 9 targets x 1 restart x 100; FAB-T 9 targets x 100;
+    # Square 5000 queries.
+    "apgd-ce": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=1),
+    "apgd-t": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1, n_target_classes=9),
+    "apgd-dlr": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1),
+    "fab-t": lambda norm, eps: FABTargeted(norm, eps, n_iter=100, n_target_classes=9, n_restarts=1),
+    "square": lambda norm, eps: Square(norm, eps, n_queries=5000, n_restarts=1),
+    # The paper's AA+MT: APGD-CE 5 x 100, APGD-DLR 5 x 100, MultiTargeted 10 restarts x 200 steps (top-9).
+    "apgd-ce-5x100": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=5),
+    "apgd-dlr-5x100": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=5),
+    "mt": lambda norm, eps: MultiTargeted(norm, eps, n_restarts=10, n_steps=200, n_target_classes=9),
+}
+
+# Stages that follow the model's gradient; Square breaking points they left robust suggests gradient
+# masking (AutoAttack's `check_square_sr`).
+GRADIENT_STAGES = frozenset(
+    {"pgd40", "apgd-ce", "apgd-t", "apgd-dlr", "fab-t", "apgd-ce-5x100", "apgd-dlr-5x100", "mt"})
+
+# A cascade name (the CLI's --attack) -> its stages, in order.
+CASCADES: dict[str, tuple[str, ...]] = {
+    # AutoAttack, standard version (docs/method.md, "Cascades"): robust accuracy after each of the four attacks.
+    "aa": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    # The paper's evaluation (Rebuffi et al. 2021, "AA+MT").
+    "aa+mt": ("apgd-ce-5x100", "apgd-dlr-5x100", "mt"),
+    "mt": ("mt",),
+    "apgd-ce": ("apgd-ce",),
+    "apgd-t": ("apgd-t",),
+    "apgd-dlr": ("apgd-dlr",),
+    "fab-t": ("fab-t",),
+    "square": ("square",),
+    "pgd40": ("pgd40",),
+}
