@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tfrobust.errors import UserError
-from tfrobust.threat_model import DEFAULT_EPS, NORMS
+from tfrobust.threat_model import DEFAULT_EPS, NORMS, check_eps
 
 INNER_OPTIMIZERS = ("adam", "sign")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
@@ -225,13 +225,7 @@ class TrainConfig:
         _choice("mix draws", self.mix_draws, MIX_DRAWS)
         if not isinstance(self.sync_batch_norm, bool):
             raise UserError(f"sync_batch_norm must be true or false, got {self.sync_batch_norm!r}")
-        eps = self.resolved_eps
-        limit = 1.0 if self.norm == "linf" else 64.0
-        if not 0.0 < eps <= limit:
-            raise UserError(
-                f"--eps {eps:g} is out of range for {self.norm}: images are in [0, 1], use 0 < eps <= {limit:g}"
-                + (" (did you mean a value like 8/255 = 0.0314?)" if self.norm == "linf" and eps > 1 else "")
-            )
+        check_eps(self.norm, self.resolved_eps)
         for field, value, low in (
             ("batch-size", self.batch_size, 1),
             ("epochs", self.epochs, 1),
