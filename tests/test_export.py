@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from conftest import randomize_weights
 from tfrobust.errors import UserError
-from tfrobust.export import METADATA_PATH, export_network, load_model, resolve_model_dir
+from tfrobust.export import METADATA_PATH, export_metadata, export_network, load_model, resolve_model_dir
 from tfrobust.models.batch_norm import frozen_batch_statistics
 from tfrobust.models.registry import build_model
 from tfrobust.models.standardize import Standardize
@@ -116,6 +116,37 @@ def test_metadata_round_trip(exported):
     assert loaded.metadata["input_shape"] == list(SHAPE)
     for key, value in METADATA.items():
         assert loaded.metadata[key] == value
+
+
+def test_export_metadata_fields_are_defined_once(tmp_path):
+    import tfrobust
+    from tfrobust.data.datasets import DatasetInfo
+
+    info = DatasetInfo(name="digits", num_classes=2, class_names=("zero", "one"), image_shape=(8, 8, 1), mean=(0.3,),
+                       std=(0.4,), allow_flip=False)
+    metadata = export_metadata(dataset=info, norm="l2", eps=0.5, weights="imported", arch="wrn-10-1",
+                               source={"sha256": None})
+    assert metadata == {
+        "tfrobust_version": tfrobust.__version__,
+        "tensorflow_version": tf.__version__,
+        "dataset": {"name": "digits", "num_classes": 2, "class_names": ("zero", "one"), "image_shape": (8, 8, 1),
+                    "mean": (0.3,), "std": (0.4,), "allow_flip": False},
+        "norm": "l2",
+        "eps": 0.5,
+        "weights": "imported",
+        "arch": "wrn-10-1",
+        "source": {"sha256": None},
+    }
+    for taken in ("tfrobust_version", "format", "input_shape", "features"):
+        with pytest.raises(ValueError, match=taken):
+            export_metadata(dataset=info, norm="l2", eps=0.5, weights="imported", **{taken: 1})
+    # Written by export_network as the JSON every export carries.
+    path = export_network(_linear_model(), root=str(tmp_path), name="lin", metadata=metadata)
+    with open(os.path.join(path, METADATA_PATH)) as handle:
+        text = handle.read()
+    assert text == json.dumps({**json.loads(json.dumps(metadata)), "format": "tfrobust-savedmodel-1",
+                               "input_shape": [4, 4, 1], "features": {"layer": "logits", "size": 16}},
+                              indent=2, sort_keys=True)
 
 
 def test_gradients_through_reloaded_logits_match_keras(exported):

@@ -48,8 +48,10 @@ def synthetic_run(path, *, epochs=6, eval_every=2, epoch_examples=160, ema_decay
             handle.write(",".join("nan" if isinstance(v, float) and math.isnan(v) else str(v) for v in row) + "\n")
     if checkpoint:
         save_arrays(os.path.join(path, "checkpoint.npz"),
-                    {"network": [np.zeros(3)], "averaging": [np.zeros(3), np.array(epochs * epoch_examples // 32)],
-                     "optimizer": [np.array(0)]}, {"epoch": epochs, "epoch_examples": epoch_examples})
+                    {"network": {"dense/kernel": np.zeros(3)},
+                     "averaging": {"dense/kernel": np.zeros(3), "num_updates": np.array(epochs * epoch_examples // 32)},
+                     "optimizer": {"trace_sgd/iteration": np.array(0)}},
+                    {"epoch": epochs, "epoch_examples": epoch_examples})
     return str(path)
 
 

@@ -42,7 +42,8 @@ def run(optimizer, variables, grads):
 
 def fresh_variables():
     rng = np.random.default_rng(1)
-    return [keras.Variable(rng.normal(size=(3, 2)).astype(np.float32)), keras.Variable(np.ones(2, np.float32))]
+    return [keras.Variable(rng.normal(size=(3, 2)).astype(np.float32), name="kernel"),
+            keras.Variable(np.ones(2, np.float32), name="bias")]
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -91,14 +92,14 @@ def test_checkpointed_state_resumes_the_same_trajectory(tmp_path):
     first = TraceSGD(learning_rate=schedule(), momentum=0.9)
     run(first, first_vars, grads[:2])
     path = str(tmp_path / "checkpoint.npz")
-    ckpt.save_arrays(path, {"network": [v.numpy() for v in first_vars],
-                            "optimizer": [v.numpy() for v in first.variables]}, {"epoch": 1})
+    ckpt.save_arrays(path, {"network": {v.path: v.numpy() for v in first_vars},
+                            "optimizer": {v.path: v.numpy() for v in first.variables}}, {"epoch": 1})
     groups, _ = ckpt.load_arrays(path)
     resumed_vars = fresh_variables()
     resumed = TraceSGD(learning_rate=schedule(), momentum=0.9)
     resumed.build(resumed_vars)
-    ckpt.assign_group(resumed_vars, groups["network"], "network", path)
-    ckpt.assign_group(resumed.variables, groups["optimizer"], "optimizer", path)
+    ckpt.assign_group(ckpt.by_path(resumed_vars, "network"), groups["network"], "network", path)
+    ckpt.assign_group(ckpt.by_path(resumed.variables, "optimizer"), groups["optimizer"], "optimizer", path)
     assert int(resumed.iterations.numpy()) == 2
     run(resumed, resumed_vars, grads[2:])
     for a, b in zip(straight_vars, resumed_vars):

@@ -10,9 +10,13 @@
   ending in a Dense layer (every tfrobust model), and named in the metadata's `features`.
 
 The metadata (dataset, class names, input shape, norm, eps, training config, validation metrics) is
-written to `assets.extra/tfrobust.json`, the directory TF Serving reserves for files beside a model.
+written to `assets.extra/tfrobust.json`, the directory TF Serving reserves for files beside a model. Its
+format, `tfrobust-savedmodel-1`, is defined here: `export_metadata` builds the fields every export
+carries (versions, dataset, threat model, where the weights come from) for training and `tfrobust import`
+alike, `export_network` adds those read off the network (input shape, `features`).
 The version directory appears atomically: it is written under a non-numeric temporary name (which TF
-Serving ignores) and renamed, and an existing version is never overwritten.
+Serving ignores) and published with `tfrobust.fileio.publish_directory`, and an existing version is never
+overwritten.
 
 `load_model(path)` accepts a tfrobust export (or its base directory: the highest version is used), any
 other SavedModel whose `serving_default` maps images to logits, or a `.keras` file. Its `features` is the
@@ -33,8 +37,35 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust.errors import UserError
+from tfrobust.fileio import publish_directory, write_json_atomic
 
 METADATA_PATH = os.path.join("assets.extra", "tfrobust.json")
+METADATA_FORMAT = "tfrobust-savedmodel-1"
+
+
+def export_metadata(*, dataset: Any, norm: str, eps: float, weights: str, **fields: Any) -> dict[str, Any]:
+    """The metadata of a tfrobust export (`tfrobust-savedmodel-1`), for `export_network`.
+
+    Every export carries `tfrobust_version`, `tensorflow_version`, `dataset` (the `DatasetInfo`: name,
+    class names, image shape, mean/std), the threat model `norm` / `eps` (`tfrobust eval`'s defaults) and
+    `weights` (where the weights come from, in words); `fields` adds the producer's own (training:
+    `validation`, `training_config`, `run_dir`; `tfrobust import`: `arch`, `source`, ...).
+    `export_network` adds `format`, `input_shape` and `features`.
+    """
+    import tfrobust
+
+    metadata = {
+        "tfrobust_version": tfrobust.__version__,
+        "tensorflow_version": tf.__version__,
+        "dataset": dataclasses.asdict(dataset),
+        "norm": norm,
+        "eps": eps,
+        "weights": weights,
+    }
+    reserved = sorted((set(metadata) | {"format", "input_shape", "features"}) & set(fields))
+    if reserved:
+        raise ValueError(f"export_metadata: {', '.join(reserved)} are set by tfrobust, not by the caller")
+    return {**metadata, **fields}
 
 
 def next_version(base_dir: str) -> int:
@@ -90,11 +121,10 @@ def export_network(
             warnings.simplefilter("ignore")  # Keras's export chatter about untracked resources
             archive.write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        full_metadata = {"format": "tfrobust-savedmodel-1", "input_shape": [height, width, channels], **features_info,
+        full_metadata = {"format": METADATA_FORMAT, "input_shape": [height, width, channels], **features_info,
                          **metadata}
-        with open(os.path.join(tmp, METADATA_PATH), "w") as handle:
-            json.dump(full_metadata, handle, indent=2, sort_keys=True)
-        os.rename(tmp, final)
+        write_json_atomic(os.path.join(tmp, METADATA_PATH), full_metadata, indent=2, sort_keys=True)
+        publish_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing half-written behind
         raise

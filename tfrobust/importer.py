@@ -400,10 +400,7 @@ def import_checkpoint(checkpoint: str, *, arch: str, dataset: str, activation: s
     `out` is `ROOT/NAME/VERSION` (or `ROOT/NAME`: the next free version). `norm`/`eps` (default Linf 8/255)
     are the threat model written to the metadata, which `tfrobust eval` uses as its defaults.
     """
-    import tensorflow as tf
-
-    import tfrobust
-    from tfrobust.export import export_network
+    from tfrobust.export import export_metadata, export_network
     from tfrobust.threat_model import resolve
 
     torch = _import_torch()  # first: a missing extra is the first thing to say
@@ -419,23 +416,18 @@ def import_checkpoint(checkpoint: str, *, arch: str, dataset: str, activation: s
     state = read_state_dict(checkpoint)
     network, normalization = build_imported_network(state, arch=arch, dataset=dataset, activation=activation,
                                                     path=checkpoint)
-    metadata = {
-        "tfrobust_version": tfrobust.__version__,
-        "tensorflow_version": tf.__version__,
-        "torch_version": str(torch.__version__),
-        "dataset": dataclasses.asdict(info),
-        "norm": norm,
-        "eps": eps,
-        "arch": arch,
-        "activation": activation,
-        "normalization": normalization,
-        "weights": "imported from a PyTorch state dict of the reference model_zoo",
-        "source": {
+    metadata = export_metadata(
+        dataset=info, norm=norm, eps=eps, weights="imported from a PyTorch state dict of the reference model_zoo",
+        torch_version=str(torch.__version__),
+        arch=arch,
+        activation=activation,
+        normalization=normalization,
+        source={
             "path": os.path.abspath(checkpoint),
             "sha256": digest,
             "tensors": len(state.tensors),
             "module_prefix_stripped": state.prefix_stripped,
             "nested_under": state.nested_under,
         },
-    }
+    )
     return export_network(network, root=root or ".", name=name, metadata=metadata, version=version)

@@ -7,7 +7,8 @@ Rules (the project's: never overwrite or lose user data):
   wrote there (`.tfrobust-report.json`, the list of files it created), only the files that manifest lists are
   deleted, and any other file in the folder is left alone; a file we are about to write whose name is
   taken by such a user file is refused, never replaced;
-- every file is written through `ReportDir.path(name)`, which records it; `finish()` writes the manifest.
+- every file is written through `ReportDir.path(name)`, which records it; `finish()` writes the manifest;
+- the writers write atomically (`tfrobust.fileio`): an interrupted report leaves whole files.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from typing import Any
 
 from tfrobust.errors import UserError
+from tfrobust.fileio import write_atomic, write_json_atomic, write_text_atomic
 
 MANIFEST = ".tfrobust-report.json"
 
@@ -70,15 +72,12 @@ class ReportDir:
 
     def write_json(self, name: str, data: Any) -> str:
         path = self.path(name)
-        with open(path, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, allow_nan=True)
-            handle.write("\n")
+        write_json_atomic(path, data, indent=2, sort_keys=True, trailing_newline=True)
         return path
 
     def write_text(self, name: str, text: str) -> str:
         path = self.path(name)
-        with open(path, "w") as handle:
-            handle.write(text)
+        write_text_atomic(path, text)
         return path
 
     def save_figure(self, name: str, figure) -> str:
@@ -86,7 +85,8 @@ class ReportDir:
         import matplotlib.pyplot as plt
 
         path = self.path(name)
-        figure.savefig(path, dpi=110)
+        extension = os.path.splitext(name)[1][1:] or "png"
+        write_atomic(path, lambda handle: figure.savefig(handle, format=extension, dpi=110))
         plt.close(figure)
         return path
 
@@ -96,8 +96,8 @@ class ReportDir:
 
     def finish(self) -> None:
         """Writes the manifest: the list of files this report owns (what a later --overwrite may delete)."""
-        with open(os.path.join(self.root, MANIFEST), "w") as handle:
-            json.dump({"command": self.command, "files": self._written}, handle, indent=2)
+        write_json_atomic(os.path.join(self.root, MANIFEST), {"command": self.command, "files": self._written},
+                          indent=2, sort_keys=False)
 
 
 def pyplot():

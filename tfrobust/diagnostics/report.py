@@ -31,6 +31,7 @@ import numpy as np
 
 from tfrobust.diagnostics.output import ReportDir, markdown_table, pyplot, text_table
 from tfrobust.errors import UserError
+from tfrobust.training.checkpoint import CHECKPOINT_NAME, read_state
 
 VAL_KEYS = ("val_raw_clean_accuracy", "val_raw_pgd40_accuracy", "val_avg_clean_accuracy", "val_avg_pgd40_accuracy")
 
@@ -70,16 +71,11 @@ def read_log(path: str) -> dict[str, np.ndarray]:
 
 
 def epoch_examples_from_checkpoint(path: str) -> int | None:
-    """Samples per epoch recorded in a training checkpoint's state (`TrainingCheckpoint`); only the
-    state member of the npz is read."""
+    """Samples per epoch recorded in a training checkpoint's state (`TrainingCheckpoint`), read with
+    `checkpoint.read_state` (the state only, not the arrays); None without a checkpoint."""
     if not os.path.isfile(path):
         return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            state = json.loads(str(data["state_json"]))
-    except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"unreadable checkpoint {path}: {type(error).__name__}: {error}") from None
-    examples = state.get("epoch_examples")
+    examples = read_state(path).get("epoch_examples")
     return int(examples) if isinstance(examples, int) and examples > 0 else None
 
 
@@ -103,7 +99,7 @@ def read_run(path: str, name: str | None = None) -> RunRecord:
     if os.path.isfile(summary_path):
         with open(summary_path) as handle:
             summary = json.load(handle)
-    examples = epoch_examples_from_checkpoint(os.path.join(path, "checkpoint.npz"))
+    examples = epoch_examples_from_checkpoint(os.path.join(path, CHECKPOINT_NAME))
     note = None if examples else "no checkpoint.npz with the samples per epoch: schedule curves left out"
     return RunRecord(name or os.path.basename(os.path.normpath(path)), path, config, columns, summary, examples,
                      note)

@@ -2,8 +2,8 @@
 
 Output layout (what `--extra-data DIR` reads, see `tfrobust.data.extra`):
     DIR/shard-00000.npz ...   uncompressed npz shards in the paper's format (`image` uint8 N x H x W x C,
-                              `label` int64; `pseudolabel` adds `score`), each written to a temporary
-                              name and renamed, so a shard is either complete or absent
+                              `label` int64; `pseudolabel` adds `score`), each written atomically
+                              (`tfrobust.fileio`), so a shard is either complete or absent
     DIR/tfrobust-output.json  the command and its settings; a second run with the same settings resumes
                               (skips finished shards), one with other settings is refused
     DIR/summary.json          written last, when the output is complete
@@ -25,12 +25,19 @@ from typing import Any
 import numpy as np
 
 from tfrobust.errors import UserError
+from tfrobust.fileio import save_npz_atomic, write_json_atomic
 
 SHARD_PATTERN = "shard-{:05d}.npz"
 STATE_NAME = "tfrobust-output.json"
 SUMMARY_NAME = "summary.json"
 WORK_NAME = ".work"
-_OURS = re.compile(r"^(shard-\d{5}\.npz|\.shard-\d{5}\.npz\.tmp-\d+|tfrobust-output\.json(\.tmp)?|summary\.json(\.tmp)?|\.work)$")
+# What tfrobust may leave in an output directory: its files, the `.work` folder, and the temporary name an
+# interrupted write leaves (`tfrobust.fileio`'s `.NAME.tmp-PID`; for the JSON files also a plain `NAME.tmp`,
+# which directories written by other tfrobust versions can hold).
+_OURS = re.compile(
+    r"^(shard-\d{5}\.npz|\.(shard-\d{5}\.npz|tfrobust-output\.json|summary\.json)\.tmp-\d+"
+    r"|tfrobust-output\.json(\.tmp)?|summary\.json(\.tmp)?|\.work)$"
+)
 
 
 class OutputDir:
@@ -85,23 +92,15 @@ class OutputDir:
         return os.path.isfile(self.shard_path(index))
 
     def write_shard(self, index: int, images: np.ndarray, labels: np.ndarray | None, **extra: np.ndarray) -> str:
-        """Writes shard `index` atomically (temporary name, then rename); returns its path.
+        """Writes shard `index` atomically (`tfrobust.fileio.save_npz_atomic`); returns its path.
 
         `labels` None writes an unlabelled shard (only `image`), for `tfrobust pseudolabel` to label.
         """
         final = self.shard_path(index)
-        tmp = os.path.join(self.path, f".{SHARD_PATTERN.format(index)}.tmp-{os.getpid()}")
         arrays = {"image": np.ascontiguousarray(images, dtype=np.uint8), **extra}
         if labels is not None:
             arrays["label"] = np.asarray(labels, dtype=np.int64)
-        try:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, final)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        save_npz_atomic(final, arrays)
         return final
 
     # Intermediate state and completion ------------------------------------------------------------
@@ -140,10 +139,7 @@ class OutputDir:
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(path, value, indent=2, sort_keys=True)
 
 
 def shard_counts(total: int, shard_size: int) -> list[int]:

@@ -75,6 +75,15 @@ class WeightAveraging(keras.callbacks.Callback):
     def state_variables(self) -> list:
         return [*self.averages, self.num_updates]
 
+    def state_by_key(self) -> dict[str, keras.Variable]:
+        """The averaging state keyed for a checkpoint: each average under the path of the network variable
+        it averages (the averages' own names, `ema_0`, ..., are positions), and the update count under
+        `num_updates`."""
+        keys = [*ckpt.by_path(self.network.trainable_weights, "network's trainable weights"), "num_updates"]
+        if len(set(keys)) != len(keys):
+            raise UserError("cannot checkpoint the weight averages: a network variable has the path 'num_updates'")
+        return dict(zip(keys, self.state_variables()))
+
 
 class ModelSelection(keras.callbacks.Callback):
     """Every `every` epochs (and at the last), clean and PGD-40 accuracy of raw and averaged weights.
@@ -128,8 +137,8 @@ class ModelSelection(keras.callbacks.Callback):
         self.latest = {"epoch": done, **metrics}
         if metrics[self.select_on] > self.best.get(self.select_on, -math.inf):
             self.best = {"epoch": done, **metrics}
-            weights = [w.value for w in self.averaging.averaged_network.weights]
-            ckpt.save_arrays(self.best_path, {"network": weights}, {"best": self.best})
+            weights = ckpt.by_path(self.averaging.averaged_network.weights, "network")
+            ckpt.save_arrays(self.best_path, {"network": _values(weights)}, {"best": self.best})
         print(
             f"\nepoch {done}: validation clean/PGD-40 raw {metrics['val_raw_clean_accuracy']:.4f}/"
             f"{metrics['val_raw_pgd40_accuracy']:.4f}, averaged {metrics['val_avg_clean_accuracy']:.4f}/"
@@ -154,13 +163,13 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.selection = selection
         self.epoch_examples = epoch_examples
 
+    def on_train_begin(self, logs=None):
+        checkpoint_groups(self.model, self.averaging)  # a model whose variables share a path fails now
+
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.model.optimizer
-        groups = {
-            "network": [w.value for w in self.averaging.network.weights],
-            "averaging": [v.value for v in self.averaging.state_variables()],
-            "optimizer": [v.value for v in optimizer.variables],
-        }
+        variables = checkpoint_groups(self.model, self.averaging)
+        groups = {group: _values(group_variables) for group, group_variables in variables.items()}
         state = {
             "epoch": epoch + 1, "best": _jsonable(self.selection.best), "latest": self.selection.latest,
             "steps": int(optimizer.iterations.numpy()), "optimizer": type(optimizer).__name__,
@@ -190,6 +199,21 @@ class SampleCounts(keras.callbacks.Callback):
             logs["generated_samples"] = self.generated_per_step * steps
 
 
+def checkpoint_groups(model: keras.Model, averaging: WeightAveraging) -> dict[str, dict[str, keras.Variable]]:
+    """The variables of a training checkpoint by group and key (`checkpoint.py`): the network's by path,
+    the weight averages by the path of the weight each averages, the optimizer's by path (a slot's path
+    names its network variable)."""
+    return {
+        "network": ckpt.by_path(averaging.network.weights, "network"),
+        "averaging": averaging.state_by_key(),
+        "optimizer": ckpt.by_path(model.optimizer.variables, "optimizer"),
+    }
+
+
+def _values(variables: dict[str, keras.Variable]) -> dict:
+    return {key: variable.value for key, variable in variables.items()}
+
+
 def _jsonable(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
@@ -210,9 +234,12 @@ def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection
     for group in ("network", "averaging", "optimizer"):
         if group not in groups:
             raise UserError(f"unreadable checkpoint {path}: no {group!r} arrays")
-    ckpt.assign_group(averaging.network.weights, groups["network"], "network", path)
-    ckpt.assign_group(averaging.state_variables(), groups["averaging"], "weight averages", path)
-    ckpt.assign_group(model.optimizer.variables, groups["optimizer"], "optimizer", path)
+    variables = checkpoint_groups(model, averaging)
+    names = {"network": "network", "averaging": "weight averages", "optimizer": "optimizer"}
+    for group, what in names.items():  # every group fits before any variable changes
+        ckpt.check_group(variables[group], groups[group], what, path)
+    for group, what in names.items():
+        ckpt.assign_group(variables[group], groups[group], what, path)
     best = state.get("best") or {}
     if best.get("epoch", -1) >= 0:
         selection.best = best
@@ -223,5 +250,5 @@ def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection
 def load_best_weights(path: str, network: keras.Model) -> dict:
     """Loads the best averaged weights saved by `ModelSelection` into `network`; returns their record."""
     groups, state = ckpt.load_arrays(path)
-    ckpt.assign_group(network.weights, groups.get("network", []), "network", path)
+    ckpt.assign_group(ckpt.by_path(network.weights, "network"), groups.get("network", {}), "network", path)
     return state.get("best", {})

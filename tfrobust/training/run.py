@@ -37,7 +37,6 @@ from typing import Any, Iterator
 import keras
 import tensorflow as tf
 
-import tfrobust
 from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
 from tfrobust.augment.registry import build_augmentation, mixing_options, parse_aug, produces_soft_labels
 from tfrobust.config import TrainConfig
@@ -47,7 +46,8 @@ from tfrobust.data.mixing import mix_plan, mixed_train_dataset, samples_per_epoc
 from tfrobust.data.pipeline import eval_dataset, train_dataset
 from tfrobust.errors import UserError
 from tfrobust.evaluation import Evaluator, keras_logits_fn
-from tfrobust.export import export_network
+from tfrobust.export import export_metadata, export_network
+from tfrobust.fileio import write_json_atomic, write_text_atomic
 from tfrobust.models.registry import build_model
 from tfrobust.training import callbacks as cb
 from tfrobust.training import distribute
@@ -212,8 +212,7 @@ def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, ver
     try:
         with locked_run_dir(run_dir):
             if not resume:
-                with open(os.path.join(run_dir, CONFIG_NAME), "w") as handle:
-                    handle.write(config.to_json())
+                write_text_atomic(os.path.join(run_dir, CONFIG_NAME), config.to_json())
             return _train_locked(config, run_dir, chief=chief, verbose=verbose, splits=splits, extra=extra)
     finally:
         if not chief:
@@ -316,8 +315,7 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     }
     if chief:
         summary["export"] = export_selected(run, run_dir)
-        with open(os.path.join(run_dir, "summary.json"), "w") as handle:
-            json.dump(summary, handle, indent=2, sort_keys=True)
+        write_json_atomic(os.path.join(run_dir, "summary.json"), summary, indent=2, sort_keys=True)
     return summary
 
 
@@ -388,10 +386,7 @@ def truncate_log(path: str, epochs_done: int) -> None:
     with open(path) as handle:
         lines = handle.read().splitlines()
     kept = lines[:1] + [line for line in lines[1:] if line and int(line.split(",", 1)[0]) < epochs_done]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write("\n".join(kept) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(kept) + "\n")
 
 
 def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
@@ -411,15 +406,11 @@ def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
         activation=config.activation,
     )
     network.set_weights([w.numpy() for w in averaged.weights])
-    metadata = {
-        "tfrobust_version": tfrobust.__version__,
-        "tensorflow_version": tf.__version__,
-        "dataset": dataclasses.asdict(info),
-        "norm": config.norm,
-        "eps": config.resolved_eps,
-        "weights": f"weight average (EMA tau {config.ema_decay}), {selected} by {run.selection.select_on}",
-        "validation": run.selection.best if selected == "best" else run.selection.latest,
-        "training_config": dataclasses.asdict(config),
-        "run_dir": os.path.abspath(run_dir),
-    }
+    metadata = export_metadata(
+        dataset=info, norm=config.norm, eps=config.resolved_eps,
+        weights=f"weight average (EMA tau {config.ema_decay}), {selected} by {run.selection.select_on}",
+        validation=run.selection.best if selected == "best" else run.selection.latest,
+        training_config=dataclasses.asdict(config),
+        run_dir=os.path.abspath(run_dir),
+    )
     return export_network(network, root=config.export_dir, name=config.export_name, metadata=metadata)
