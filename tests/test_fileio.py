@@ -141,3 +141,15 @@ def test_publish_directory(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError):
         fileio.publish_directory(str(other), str(final))
     assert (final / "saved_model.pb").read_bytes() == b"pb"
+
+
+def test_an_exclusive_write_never_replaces_a_file(tmp_path):
+    path = str(tmp_path / "report.json")
+    fileio.write_json_atomic(path, {"a": 1}, exclusive=True)
+    with open(path) as handle:
+        assert json.load(handle) == {"a": 1}
+    with pytest.raises(FileExistsError):
+        fileio.write_json_atomic(path, {"a": 2}, exclusive=True)
+    with open(path) as handle:
+        assert json.load(handle) == {"a": 1}
+    assert os.listdir(tmp_path) == ["report.json"]  # no temporary file left behind

@@ -37,11 +37,13 @@ def temporary_path(path: str) -> str:
     return os.path.join(directory, f".{name}.tmp-{os.getpid()}")
 
 
-def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> None:
+def write_atomic(path: str, write: Callable[[IO[bytes]], Any], *, exclusive: bool = False) -> None:
     """Calls `write(handle)` on a temporary binary file beside `path`, fsyncs it and renames it to `path`.
 
     On any exception (the write's, the fsync's, the rename's) the temporary file is removed and the
-    exception propagates: `path` keeps its previous content, or stays absent.
+    exception propagates: `path` keeps its previous content, or stays absent. With `exclusive` an existing
+    `path` is never replaced (`FileExistsError`): the finished file is hard-linked into place, which
+    fails when the name exists, instead of renamed over it.
     """
     tmp = temporary_path(path)
     try:
@@ -49,25 +51,30 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.remove(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` (UTF-8) to `path` atomically."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path: str, text: str, *, exclusive: bool = False) -> None:
+    """Writes `text` (UTF-8) to `path` atomically (never over an existing file with `exclusive`)."""
+    content = text.encode("utf-8")
+    write_atomic(path, lambda handle: handle.write(content), exclusive=exclusive)
 
 
 def write_json_atomic(path: str, value: Any, *, indent: int | None = 2, sort_keys: bool = True,
-                      trailing_newline: bool = False) -> None:
+                      trailing_newline: bool = False, exclusive: bool = False) -> None:
     """`json.dump(value, indent=indent, sort_keys=sort_keys)` (NaN and inf written as JavaScript's names,
     as `json.dump` does), plus a final newline where asked, to `path` atomically. The text is serialised
     first: a value JSON cannot hold (a `TypeError`) leaves the file untouched and no temporary file."""
     text = json.dumps(value, indent=indent, sort_keys=sort_keys) + ("\n" if trailing_newline else "")
-    write_text_atomic(path, text)
+    write_text_atomic(path, text, exclusive=exclusive)
 
 
 def publish_directory(tmp: str, final: str) -> None:

@@ -8,7 +8,6 @@ partial file.
 
 from __future__ import annotations
 
-import json
 import platform
 
 import keras
@@ -17,7 +16,7 @@ import tensorflow as tf
 
 from tfrobust.evaluation.checks import onednn_enabled
 from tfrobust.evaluation.engine import VERIFY_ROWS, EvalResult
-from tfrobust.fileio import save_npz_atomic
+from tfrobust.fileio import save_npz_atomic, write_json_atomic
 from tfrobust.numerics import numerics_record
 
 
@@ -51,10 +50,9 @@ def make_report(result: EvalResult, *, model: str, dataset: str, split: str, att
 
 
 def write_report(path: str, report: dict) -> None:
-    """Writes `report` as indented JSON with sorted keys; refuses an existing `path` ("x": tfrobust never
-    overwrites a report)."""
-    with open(path, "x") as handle:
-        json.dump(report, handle, indent=2, sort_keys=True)
+    """Writes `report` as indented JSON with sorted keys, atomically; refuses an existing `path`
+    (`FileExistsError`: tfrobust never overwrites a report)."""
+    write_json_atomic(path, report, exclusive=True)
 
 
 def format_table(report: dict) -> str:
