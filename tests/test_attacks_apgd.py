@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfrobust.attacks.apgd import APGD, apgd_ce, apgd_t, checkpoints, dlr_loss, targeted_dlr_loss
-from tfrobust.attacks.restarts import top_targets
+from tfrobust.attacks.common import top_targets
 from tfrobust.errors import UserError
 
 SEED = tf.constant([1, 2], tf.int32)

@@ -1,10 +1,13 @@
 """Adversarial attacks built from small composable parts (projection, init, optimizer, loss).
 
 `pgd.py` holds the one PGD implementation used both by training's inner maximisation and by evaluation;
-see its module docstring for usage. Conventions: images float32 NHWC in [0, 1]; `model_fn` maps images to
-logits; randomness is stateless (`seed`: int tensor of shape [2]).
+see its module docstring for usage. `common.py` holds what the attacks share (`ModelFn`, seeds, target
+classes, configuration checks, the loop of runs over target classes and restarts). Conventions: images
+float32 NHWC in [0, 1]; `model_fn` maps images to logits; randomness is stateless (`seed`: int tensor of
+shape [2]).
 """
 
+from tfrobust.attacks.common import ModelFn
 from tfrobust.attacks.init import Init, UniformInit, ZeroInit
 from tfrobust.attacks.losses import LOSSES, LossFn, cross_entropy, kl_to_target, margin
 from tfrobust.attacks.optimizers import (
@@ -16,7 +19,7 @@ from tfrobust.attacks.optimizers import (
     Schedule,
     SignGradient,
 )
-from tfrobust.attacks.pgd import ATTACKS, PGD, ModelFn, pgd40_attack, pgd_at_attack, trades_attack
+from tfrobust.attacks.pgd import ATTACKS, PGD, pgd40_attack, pgd_at_attack, trades_attack
 from tfrobust.attacks.projection import (
     PROJECTIONS,
     L2Projection,

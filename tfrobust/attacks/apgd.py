@@ -24,7 +24,7 @@ DLR needs K ≥ 3 and targeted DLR K ≥ 4; with fewer classes the attack runs n
 define and says so in `notes(K)` (AutoAttack's `check_n_classes` warns the same way).
 
 Restarts (and targets) run on the still-robust points only, from the clean image, with independent
-stateless random starts (`restarts.run_on_survivors`). Everything is graph-compatible: the iterations are
+stateless random starts (`common.run_targets`). Everything is graph-compatible: the iterations are
 a `tf.while_loop`, the runs another.
 
 Reference quirk kept on purpose: the first checkpoint's window compares the first iterate's loss with 0
@@ -35,19 +35,26 @@ Reference quirk kept on purpose: the first checkpoint's window compares the firs
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
 import tensorflow as tf
 
 from tfrobust.attacks import rng
+from tfrobust.attacks.common import (
+    ModelFn,
+    check_counts,
+    clean_pass,
+    correctly_classified,
+    flat_norm,
+    no_autograph,
+    run_targets,
+    target_count,
+    target_notes,
+    top_targets,
+)
 from tfrobust.attacks.projection import check_eps, check_norm, make_projection
-from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors, top_targets
 from tfrobust.errors import UserError
 
-ModelFn = Callable[[tf.Tensor], tf.Tensor]
-# The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
-# functions made tracing several times slower (seconds per attack).
-_no_autograph = tf.autograph.experimental.do_not_convert
 LOSS_NAMES = ("ce", "dlr", "dlr-targeted")
 
 
@@ -130,10 +137,7 @@ class APGD:
         check_eps(self.eps)
         if self.loss not in LOSS_NAMES:
             raise UserError(f"unknown APGD loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
-        for name in ("n_iter", "n_restarts", "n_target_classes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"APGD {name} must be a positive int, got {value!r}")
+        check_counts("APGD", n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes)
 
     @property
     def targeted(self) -> bool:
@@ -145,7 +149,7 @@ class APGD:
             return 0
         if not self.targeted:
             return 1
-        return 0 if num_classes < 4 else min(self.n_target_classes, num_classes - 1)
+        return 0 if num_classes < 4 else target_count(self.n_target_classes, num_classes)
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
         """Why this attack does less than configured on a K-class model (empty when it runs in full)."""
@@ -154,31 +158,24 @@ class APGD:
         if self.targeted and num_classes < 4:
             return (f"APGD-T skipped: the targeted DLR loss needs at least 4 classes, the model has "
                     f"{num_classes}",)
-        if self.targeted and self.num_targets(num_classes) < self.n_target_classes:
-            return (f"APGD-T uses {self.num_targets(num_classes)} target classes instead of "
-                    f"{self.n_target_classes}: the model has only {num_classes} classes",)
+        if self.targeted:
+            return target_notes("APGD-T", self.num_targets(num_classes), self.n_target_classes, num_classes)
         return ()
 
-    @_no_autograph
+    @no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        x = tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
-        y = class_ids(labels)
-        seed = as_seed(seed)
-        logits = tf.cast(model_fn(x), tf.float32)
-        num_classes = logits.shape[-1]
-        if num_classes is None:
-            raise UserError("APGD needs a model whose number of classes is known when tracing")
-        num_targets = self.num_targets(num_classes)
+        x, y, logits = clean_pass(model_fn, x, labels, "APGD")
+        num_targets = self.num_targets(logits.shape[-1])
         # Clean-misclassified points are never attacked (the reference's `acc = y_pred == y`).
-        robust = tf.equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
-        targets = top_targets(logits, y, num_targets if self.targeted else 0)
+        robust = correctly_classified(logits, y)
 
-        def run(r, xs, ys, ts, run_seed):
-            target = ts[:, r // self.n_restarts] if self.targeted else None
+        def run(xs, ys, target, restart, run_seed):
             return self.single_run(model_fn, xs, ys, target, run_seed)
 
-        adv, _ = run_on_survivors(x, y, targets, robust, num_targets * self.n_restarts, run, seed)
-        return adv
+        if num_targets == 0:
+            return x  # a loss the model's classes cannot define (see `notes`): nothing to run
+        targets = top_targets(logits, y, num_targets) if self.targeted else None
+        return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts, targets=targets)
 
     def _loss(self, logits: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor]) -> tf.Tensor:
         if self.loss == "ce":
@@ -187,7 +184,7 @@ class APGD:
             return dlr_loss(logits, y)
         return targeted_dlr_loss(logits, y, target)
 
-    @_no_autograph
+    @no_autograph
     def single_run(
         self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor], seed: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:

@@ -33,16 +33,20 @@ from typing import Callable
 import tensorflow as tf
 
 from tfrobust.attacks import rng
-from tfrobust.attacks.projection import check_eps, check_norm
-from tfrobust.attacks.restarts import (
-    as_seed, check_counts, class_ids, flat_norm, run_on_survivors, target_notes, top_targets
+from tfrobust.attacks.common import (
+    ModelFn,
+    as_seed,
+    check_counts,
+    clean_pass,
+    correctly_classified,
+    flat_norm,
+    no_autograph,
+    run_targets,
+    target_count,
+    target_notes,
+    top_targets,
 )
-from tfrobust.errors import UserError
-
-ModelFn = Callable[[tf.Tensor], tf.Tensor]
-# The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
-# functions made tracing several times slower (seconds per attack).
-_no_autograph = tf.autograph.experimental.do_not_convert
+from tfrobust.attacks.projection import check_eps, check_norm
 
 
 def _binary_search(num: int, test: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor) -> tf.Tensor:
@@ -175,32 +179,26 @@ class FABTargeted:
         check_counts("FAB", n_iter=self.n_iter, n_target_classes=self.n_target_classes, n_restarts=self.n_restarts)
 
     def num_targets(self, num_classes: int) -> int:
-        return max(0, min(self.n_target_classes, num_classes - 1))
+        return target_count(self.n_target_classes, num_classes)
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
         return target_notes("FAB-T", self.num_targets(num_classes), self.n_target_classes, num_classes)
 
-    @_no_autograph
+    @no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        x = tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
-        y = class_ids(labels)
-        logits = tf.cast(model_fn(x), tf.float32)
-        num_classes = logits.shape[-1]
-        if num_classes is None:
-            raise UserError("FAB needs a model whose number of classes is known when tracing")
-        num_targets = self.num_targets(num_classes)
-        robust = tf.equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
-        targets = top_targets(logits, y, num_targets)
+        x, y, logits = clean_pass(model_fn, x, labels, "FAB")
+        targets = top_targets(logits, y, self.num_targets(logits.shape[-1]))
 
-        def run(r, xs, ys, ts, run_seed):
-            adv, dist = self.single_run(model_fn, xs, ys, ts[:, r // self.n_restarts], run_seed,
-                                        random_start=tf.greater(r % self.n_restarts, 0), stop_at=self.eps)
+        def run(xs, ys, target, restart, run_seed):
+            # The reference's `use_rand_start=(counter > 0)`: the first restart of a target starts at x.
+            adv, dist = self.single_run(model_fn, xs, ys, target, run_seed, random_start=tf.greater(restart, 0),
+                                        stop_at=self.eps)
             return adv, dist <= self.eps
 
-        adv, _ = run_on_survivors(x, y, targets, robust, num_targets * self.n_restarts, run, as_seed(seed))
-        return adv
+        return run_targets(run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts,
+                           targets=targets)
 
-    @_no_autograph
+    @no_autograph
     def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor, seed: tf.Tensor,
                    random_start: tf.Tensor | bool = False,
                    stop_at: float | None = None) -> tuple[tf.Tensor, tf.Tensor]:

@@ -16,7 +16,7 @@ reference MultiTargeted is not public; the reading chosen here (docs/method.md, 
   target gets one run and the most likely wrong class two. `restarts_per_target=True` instead gives every
   target `n_restarts` runs (T × n_restarts runs; a stronger, T times slower reading);
 - each run keeps the iterate of highest margin (PGD's `keep_best`), which is adversarial when positive;
-  runs after the first attack only the points still robust (`restarts.run_on_survivors`).
+  runs after the first attack only the points still robust (`common.run_targets`).
 
 It reuses the one PGD implementation (`pgd.PGD`) with the loss Σ_k d_k z_k, d = onehot(t) − onehot(y).
 """
@@ -24,23 +24,26 @@ It reuses the one PGD implementation (`pgd.PGD`) with the loss Σ_k d_k z_k, d =
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import tensorflow as tf
 
+from tfrobust.attacks.common import (
+    CYCLE,
+    TARGET_MAJOR,
+    ModelFn,
+    check_counts,
+    clean_pass,
+    correctly_classified,
+    no_autograph,
+    run_targets,
+    target_count,
+    target_notes,
+    top_targets,
+)
 from tfrobust.attacks.init import UniformInit
 from tfrobust.attacks.optimizers import Adam, NormalizedGradient, Optimizer, PiecewiseConstant
 from tfrobust.attacks.pgd import PGD
 from tfrobust.attacks.projection import check_eps, check_norm, make_projection
-from tfrobust.attacks.restarts import (
-    as_seed, check_counts, class_ids, run_on_survivors, target_notes, top_targets
-)
-from tfrobust.errors import UserError
-
-ModelFn = Callable[[tf.Tensor], tf.Tensor]
-# The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
-# functions made tracing several times slower (seconds per attack).
-_no_autograph = tf.autograph.experimental.do_not_convert
 
 
 def targeted_margin(logits: tf.Tensor, direction: tf.Tensor) -> tf.Tensor:
@@ -75,7 +78,7 @@ class MultiTargeted:
         check_counts("MultiTargeted", n_restarts=self.n_restarts, n_steps=self.n_steps, n_target_classes=self.n_target_classes)
 
     def num_targets(self, num_classes: int) -> int:
-        return max(0, min(self.n_target_classes, num_classes - 1))
+        return target_count(self.n_target_classes, num_classes)
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
         return target_notes("MultiTargeted", self.num_targets(num_classes), self.n_target_classes, num_classes)
@@ -87,31 +90,18 @@ class MultiTargeted:
                    _optimizer(self.norm, self.eps, self.n_steps, self.lr), targeted_margin, self.n_steps,
                    keep_best=True)
 
-    @_no_autograph
+    @no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        x = tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
-        y = class_ids(labels)
-        logits = tf.cast(model_fn(x), tf.float32)
+        x, y, logits = clean_pass(model_fn, x, labels, "MultiTargeted")
         num_classes = logits.shape[-1]
-        if num_classes is None:
-            raise UserError("MultiTargeted needs a model whose number of classes is known when tracing")
-        num_targets = self.num_targets(num_classes)
-        robust = tf.equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y)
-        targets = top_targets(logits, y, num_targets)
+        targets = top_targets(logits, y, self.num_targets(num_classes))
         pgd = self.pgd
-        if self.restarts_per_target:
-            num_runs = num_targets * self.n_restarts
-            which = lambda r: r // self.n_restarts  # noqa: E731
-        else:
-            num_runs = self.n_restarts if num_targets else 0
-            which = lambda r: r % num_targets  # noqa: E731
 
-        def run(r, xs, ys, ts, run_seed):
-            t = ts[:, which(r)]
-            direction = tf.one_hot(t, num_classes) - tf.one_hot(ys, num_classes)
+        def run(xs, ys, target, restart, run_seed):
+            direction = tf.one_hot(target, num_classes) - tf.one_hot(ys, num_classes)
             adv = pgd(model_fn, xs, direction, run_seed)
             wrong = tf.not_equal(tf.cast(tf.argmax(model_fn(adv), axis=-1), tf.int32), ys)
             return adv, wrong
 
-        adv, _ = run_on_survivors(x, y, targets, robust, num_runs, run, as_seed(seed))
-        return adv
+        return run_targets(run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts,
+                           targets=targets, order=TARGET_MAJOR if self.restarts_per_target else CYCLE)

@@ -44,13 +44,12 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tfrobust.attacks import rng
+from tfrobust.attacks.common import ModelFn, as_seed, no_autograph
 from tfrobust.attacks.init import Init, UniformInit
 from tfrobust.attacks.losses import LossFn, cross_entropy, kl_to_target, margin
 from tfrobust.attacks.optimizers import Adam, NormalizedGradient, Optimizer, PiecewiseConstant, SignGradient
 from tfrobust.attacks.projection import Projection, check_norm, make_projection
 from tfrobust.errors import UserError
-
-ModelFn = Callable[[tf.Tensor], tf.Tensor]
 
 OPTIMIZERS = ("adam", "sign")
 
@@ -92,7 +91,7 @@ class PGD:
                 f"init ({init_norm}, eps={init_eps}) does not match the projection "
                 f"({self.projection.norm}, eps={self.projection.eps})")
 
-    @tf.autograph.experimental.do_not_convert  # explicit tf.while_loop; AutoGraph only slows tracing
+    @no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, target: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Adversarial images for clean images `x` ([B, H, W, C] float32 in [0, 1]).
 
@@ -105,9 +104,7 @@ class PGD:
         """
         x = tf.stop_gradient(tf.convert_to_tensor(x, tf.float32))
         target = tf.stop_gradient(tf.convert_to_tensor(target))
-        seed = tf.convert_to_tensor(seed)
-        if seed.dtype not in (tf.int32, tf.int64):
-            seed = tf.cast(seed, tf.int64)
+        seed = as_seed(seed)
         # A derived sub-seed, so the start is not the stream a caller gets from `seed` itself.
         init_seed = rng.split(seed, 1)[0]
         x_start = self.projection.project(self.init(x, init_seed), x)

@@ -40,21 +40,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from tfrobust.attacks import rng
+from tfrobust.attacks.common import (
+    ModelFn,
+    as_seed,
+    check_counts,
+    class_ids,
+    flat_norm,
+    no_autograph,
+    run_targets,
+)
 from tfrobust.attacks.losses import margin
 from tfrobust.attacks.projection import check_eps, check_norm, make_projection
-from tfrobust.attacks.restarts import as_seed, class_ids, flat_norm, run_on_survivors
 from tfrobust.errors import UserError
 
-ModelFn = Callable[[tf.Tensor], tf.Tensor]
-# The loops are explicit tf.while_loop/tf.cond: AutoGraph has nothing to convert, and converting these
-# functions made tracing several times slower (seconds per attack).
-_no_autograph = tf.autograph.experimental.do_not_convert
 # Iterations after which p halves (the reference's `p_selection`; with `rescale_schedule`, rescaled ones).
 P_BOUNDARIES = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -205,10 +208,7 @@ class Square:
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_eps(self.eps)
-        if not isinstance(self.n_queries, int) or self.n_queries < 1:
-            raise UserError(f"Square n_queries must be a positive int, got {self.n_queries!r}")
-        if not isinstance(self.n_restarts, int) or self.n_restarts < 1:
-            raise UserError(f"Square n_restarts must be a positive int, got {self.n_restarts!r}")
+        check_counts("Square", n_queries=self.n_queries, n_restarts=self.n_restarts)
         if not 0 < self.p_init <= 1:
             raise UserError(f"Square p_init must be in (0, 1], got {self.p_init!r}")
         if not isinstance(self.rescale_schedule, bool):
@@ -217,21 +217,20 @@ class Square:
     def notes(self, num_classes: int) -> tuple[str, ...]:
         return ()
 
-    @_no_autograph
+    @no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         x = tf.convert_to_tensor(x, tf.float32)
         y = class_ids(labels)
+        # Square's own test, as in its iterations: a margin of 0 (a tie) counts as broken.
         robust = tf.greater(margin_of(model_fn(x), y), 0.0)
 
-        def run(r, xs, ys, ts, run_seed):
+        def run(xs, ys, target, restart, run_seed):
             adv, margin, _ = self.single_run(model_fn, xs, ys, run_seed)
             return adv, margin <= 0.0
 
-        targets = tf.zeros([tf.shape(x)[0], 0], tf.int32)
-        adv, _ = run_on_survivors(x, y, targets, robust, self.n_restarts, run, as_seed(seed))
-        return adv
+        return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts)
 
-    @_no_autograph
+    @no_autograph
     def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor,
                    seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One run on every example: (best point, its margin, queries used per example)."""
