@@ -6,13 +6,13 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from support import REPO
 
 from tfrobust.benchmark import PEAK_TFLOPS, forward_equivalents, forward_flops
 from tfrobust.cli import cli
 from tfrobust.data.datasets import load_dataset
 from tfrobust.training.schedules import steps_after_epochs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 

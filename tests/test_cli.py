@@ -1,20 +1,20 @@
 """The command line end to end (train -> export -> eval) and every bad input: one line, non-zero exit."""
 
+import fcntl
 import json
 import os
 
-import fcntl
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support import tiny_train_args
 
-from conftest import tiny_train_args, write_digits_npz
 from tfrobust.cli import cli
 
 
 @pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    return write_digits_npz(tmp_path_factory.mktemp("data") / "digits.npz")
+def npz(digits_npz):
+    return digits_npz
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import os
 import keras
 import numpy as np
 from click.testing import CliRunner
+from support import tiny_train_args
 
-from conftest import tiny_train_args, write_digits_npz
 from tfrobust.cli import cli
 
 
@@ -24,8 +24,8 @@ def _one_line_error(result, fragment):
     assert len(lines) == 1 and fragment in lines[0], result.output
 
 
-def test_generate_pseudolabel_train_with_extra_data(tmp_path):
-    npz = write_digits_npz(tmp_path / "digits.npz")
+def test_generate_pseudolabel_train_with_extra_data(tmp_path, digits_npz):
+    npz = digits_npz
     generated = str(tmp_path / "generated")
     result = _invoke(["generate", "--generator", "gaussian", "--dataset", f"npz:{npz}", "--n", "300",
                       "--output", generated, "--shard-size", "100", "--val-size", "64"])
@@ -60,8 +60,8 @@ def test_generate_pseudolabel_train_with_extra_data(tmp_path):
     assert len(rows) == 1 and int(float(rows[0]["real_samples"])) == 192 and int(float(rows[0]["generated_samples"])) == 192
 
 
-def test_bad_extra_data_fails_before_anything_is_written(tmp_path):
-    npz = write_digits_npz(tmp_path / "digits.npz")
+def test_bad_extra_data_fails_before_anything_is_written(tmp_path, digits_npz):
+    npz = digits_npz
     np.savez(tmp_path / "rgb.npz", image=np.zeros((20, 8, 8, 3), np.uint8), label=np.zeros(20, np.int64))
     np.savez(tmp_path / "raw.npz", image=np.zeros((20, 8, 8, 1), np.uint8))
     out = str(tmp_path / "run")

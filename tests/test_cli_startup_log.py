@@ -8,7 +8,7 @@ import sys
 # CUDA probing, oneDNN and CPU-feature notices).
 NOISE = ("absl::InitializeLog", "cuda drivers", "cuInit", "oneDNN custom operations", "cpu_feature_guard",
          "port.cc", "cudart_stub")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as ROOT
 
 
 def run_cli(*args, cwd):

@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from support import REPO as ROOT
 
 from tfrobust.config import PRESETS, TrainConfig, make_config
 from tfrobust.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -8,10 +8,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import randomize_weights
 
-from conftest import randomize_weights
 from tfrobust.errors import UserError
-from tfrobust.export import METADATA_PATH, export_metadata, export_network, load_model, resolve_model_dir
+from tfrobust.export import (
+    METADATA_PATH,
+    export_metadata,
+    export_network,
+    load_model,
+    resolve_model_dir,
+)
 from tfrobust.models.batch_norm import frozen_batch_statistics
 from tfrobust.models.registry import build_model
 from tfrobust.models.standardize import Standardize

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch", reason="needs the [import] extra: pip install -e '.[import]'")
 import torch.nn as nn  # noqa: E402
+from torch_reference import CIFAR10, CIFAR100, RefPreActResNet18, RefWideResNet  # noqa: E402
 
 from tfrobust.cli import cli  # noqa: E402
 from tfrobust.errors import UserError  # noqa: E402
@@ -26,8 +27,6 @@ from tfrobust.importer import (  # noqa: E402
     read_state_dict,
     sha256,
 )
-
-from torch_reference import CIFAR10, CIFAR100, RefPreActResNet18, RefWideResNet  # noqa: E402
 
 LOGITS_ATOL = 1e-4
 

@@ -9,10 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from support import REPO, tiny_train_args
 
-from conftest import tiny_train_args, write_digits_npz
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4
 
 
@@ -37,8 +35,8 @@ def read_log(run_dir):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path):
-    npz = write_digits_npz(tmp_path / "digits.npz")
+def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, digits_npz):
+    npz = digits_npz
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
 
     # The uninterrupted run goes alongside the one to be killed: independent processes (deterministic ops),

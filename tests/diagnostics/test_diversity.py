@@ -16,7 +16,13 @@ from click.testing import CliRunner
 
 from tfrobust.cli import cli
 from tfrobust.data.datasets import load_split
-from tfrobust.diagnostics.diversity import Extractor, diversity, entropy, model_extractor, pixel_extractor
+from tfrobust.diagnostics.diversity import (
+    Extractor,
+    diversity,
+    entropy,
+    model_extractor,
+    pixel_extractor,
+)
 from tfrobust.errors import UserError
 from tfrobust.export import export_network
 
@@ -148,7 +154,7 @@ def test_cli_augmentation_set_and_bad_input(tmp_path):
 
 def test_npz_dataset_with_held_out_test_file(tmp_path):
     """An npz dataset has no test split: --test npz:PATH gives the held-out images (the CIFAR-10 copy's case)."""
-    from conftest import write_digits_npz
+    from support import write_digits_npz
 
     digits = np.load(write_digits_npz(tmp_path / "all.npz", n=600))
     np.savez(tmp_path / "train.npz", image=digits["image"][:400], label=digits["label"][:400])

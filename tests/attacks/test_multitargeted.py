@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import check_inside, images, linear, worst_linf_margin
 
 from tfrobust.attacks.multitargeted import MultiTargeted, targeted_margin
 from tfrobust.errors import UserError
-
-from test_attacks_apgd import check_inside, images, linear, worst_linf_margin
 
 SEED = tf.constant([7, 3], tf.int32)
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrobust.attacks.square import (Square, _side, eta, l2_window_update, linf_window_update, margin_of, p_schedule,
-                                     side_schedule)
+from tfrobust.attacks.square import (
+    Square,
+    _side,
+    eta,
+    l2_window_update,
+    linf_window_update,
+    margin_of,
+    p_schedule,
+    side_schedule,
+)
 from tfrobust.errors import UserError
 
 SEED = tf.constant([4, 2], tf.int32)

@@ -10,9 +10,13 @@ import pytest
 
 from tfrobust.config import PRESETS, make_config
 from tfrobust.errors import UserError
-from tfrobust.training.schedules import (WarmupSchedule, ema_decay, peak_learning_rate, steps_after_epochs,
-                                         training_schedule)
-
+from tfrobust.training.schedules import (
+    WarmupSchedule,
+    ema_decay,
+    peak_learning_rate,
+    steps_after_epochs,
+    training_schedule,
+)
 
 # ------------------------------------------------------------------ the reference, independently (float64)
 

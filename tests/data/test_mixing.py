@@ -8,7 +8,12 @@ import pytest
 from tfrobust.augment.pad_crop import PadCrop
 from tfrobust.data.datasets import Split
 from tfrobust.data.extra import open_extra_data
-from tfrobust.data.mixing import index_permutation, mix_plan, mixed_train_dataset, permutation_key
+from tfrobust.data.mixing import (
+    index_permutation,
+    mix_plan,
+    mixed_train_dataset,
+    permutation_key,
+)
 from tfrobust.errors import UserError
 
 K = 5

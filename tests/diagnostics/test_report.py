@@ -13,11 +13,16 @@ import matplotlib.image
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support import tiny_train_args
 
-from conftest import tiny_train_args, write_digits_npz
 from tfrobust.cli import cli
 from tfrobust.config import TrainConfig
-from tfrobust.diagnostics.report import build_report, read_run, run_numbers, schedule_curves
+from tfrobust.diagnostics.report import (
+    build_report,
+    read_run,
+    run_numbers,
+    schedule_curves,
+)
 from tfrobust.errors import UserError
 from tfrobust.training.checkpoint import save_arrays
 
@@ -128,8 +133,8 @@ def test_existing_report_needs_overwrite_and_user_files_survive(tmp_path):
     assert (other / "thesis.tex").read_text() == "precious"
 
 
-def test_cli_report_of_a_real_tiny_run(tmp_path):
-    npz = write_digits_npz(tmp_path / "digits.npz")
+def test_cli_report_of_a_real_tiny_run(tmp_path, digits_npz):
+    npz = digits_npz
     run_dir = str(tmp_path / "run")
     trained = CliRunner().invoke(cli, tiny_train_args(npz, run_dir, str(tmp_path / "saved_models"), epochs=1))
     assert trained.exit_code == 0, trained.output

@@ -8,7 +8,13 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from tfrobust.augment.ricap import Ricap, region_sizes, ricap_block_draws, ricap_draws, ricap_weights
+from tfrobust.augment.ricap import (
+    Ricap,
+    region_sizes,
+    ricap_block_draws,
+    ricap_draws,
+    ricap_weights,
+)
 
 SEED = tf.constant([4, 44], tf.int64)
 

@@ -7,11 +7,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import randomize_weights
 
-from conftest import randomize_weights
 from tfrobust.errors import UserError
 from tfrobust.models import wide_resnet as wrn_module
-from tfrobust.models.batch_norm import BatchNorm, batch_norm_layers, frozen_batch_statistics
+from tfrobust.models.batch_norm import (
+    BatchNorm,
+    batch_norm_layers,
+    frozen_batch_statistics,
+)
 from tfrobust.models.registry import MODELS, build_model
 from tfrobust.models.standardize import Standardize
 

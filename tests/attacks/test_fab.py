@@ -3,10 +3,9 @@ linear models, where the distance to the decision boundary is analytic."""
 
 import numpy as np
 import tensorflow as tf
+from support import check_inside, images, linear, worst_linf_margin
 
 from tfrobust.attacks.fab import FABTargeted, projection_l2, projection_linf
-
-from test_attacks_apgd import check_inside, images, linear, worst_linf_margin
 
 SEED = tf.constant([9, 9], tf.int32)
 

@@ -8,7 +8,12 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from tfrobust.augment.cutmix import CutMix, cutmix_block_boxes, cutmix_boxes, pasted_fraction
+from tfrobust.augment.cutmix import (
+    CutMix,
+    cutmix_block_boxes,
+    cutmix_boxes,
+    pasted_fraction,
+)
 
 SEED = tf.constant([5, 9], tf.int64)
 

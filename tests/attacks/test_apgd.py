@@ -9,51 +9,20 @@ left out so that float rounding cannot decide a case.
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import check_inside, images, linear, worst_linf_margin
 
-from tfrobust.attacks.apgd import APGD, apgd_ce, apgd_t, checkpoints, dlr_loss, targeted_dlr_loss
+from tfrobust.attacks.apgd import (
+    APGD,
+    apgd_ce,
+    apgd_t,
+    checkpoints,
+    dlr_loss,
+    targeted_dlr_loss,
+)
 from tfrobust.attacks.common import top_targets
 from tfrobust.errors import UserError
 
 SEED = tf.constant([1, 2], tf.int32)
-
-
-def linear(classes, seed=0, scale=1.0):
-    rng = np.random.default_rng(seed)
-    kernel = (scale * rng.normal(size=(16, classes))).astype(np.float32)
-    # Centred: the decision boundaries pass near the middle of the box, so points of both kinds (breakable
-    # and robust at small eps) exist.
-    bias = (-0.5 * kernel.sum(axis=0) + 0.1 * rng.normal(size=classes)).astype(np.float32)
-    k, b = tf.constant(kernel), tf.constant(bias)
-
-    def model_fn(images):
-        return tf.matmul(tf.reshape(images, [-1, 16]), k) + b
-
-    return model_fn, kernel.astype(np.float64), bias.astype(np.float64)
-
-
-def images(n, seed=1, low=0.0, high=1.0):
-    return np.random.default_rng(seed).uniform(low, high, size=(n, 4, 4, 1)).astype(np.float32)
-
-
-def worst_linf_margin(x, y, kernel, bias, eps):
-    """max over ball ∩ box of max_{j≠y} z_j − z_y, per example (exact for a linear model)."""
-    flat = x.reshape(len(x), -1).astype(np.float64)
-    low, high = np.maximum(flat - eps, 0.0), np.minimum(flat + eps, 1.0)
-    out = np.full(len(x), -np.inf)
-    for i in range(len(x)):
-        for j in range(kernel.shape[1]):
-            if j != y[i]:
-                w = kernel[:, j] - kernel[:, y[i]]
-                out[i] = max(out[i], np.sum(np.where(w > 0, w * high[i], w * low[i])) + bias[j] - bias[y[i]])
-    return out
-
-
-def check_inside(adv, x, norm, eps):
-    adv, x = np.asarray(adv), np.asarray(x)
-    assert adv.min() >= 0.0 and adv.max() <= 1.0
-    d = (adv - x).reshape(len(x), -1)
-    n = np.abs(d).max(1) if norm == "linf" else np.sqrt((d.astype(np.float64) ** 2).sum(1))
-    assert np.all(n <= eps * (1 + 1e-6) + 1e-6)
 
 
 def test_checkpoint_schedule_n100():

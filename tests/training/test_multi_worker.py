@@ -7,10 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import tiny_train_args, write_digits_npz
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO, tiny_train_args
 
 
 def free_port() -> int:
@@ -20,8 +17,8 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_workers_train_one_model(tmp_path):
-    npz = write_digits_npz(tmp_path / "digits.npz")
+def test_two_workers_train_one_model(tmp_path, digits_npz):
+    npz = digits_npz
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     processes = []
     for index in range(2):

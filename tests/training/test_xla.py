@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import REPO
 
 from tfrobust.attacks import rng
 from tfrobust.attacks.pgd import trades_attack
@@ -22,7 +23,6 @@ from tfrobust.models.registry import build_model
 from tfrobust.training.distribute import resolve_jit_compile
 from tfrobust.training.trainer import RobustTrainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 SEEDS = [[0, 0], [0, 7], [2**62, -(2**62)], [-1, -1], [123456789012, 987654321]]
@@ -140,7 +140,8 @@ def test_xla_step_under_mixed_bfloat16_is_close_to_the_graph_step():
 def test_xla_step_is_traced_once_across_steps_and_epochs(tmp_path, monkeypatch):
     """`tfrobust train --jit-compile on` traces (and so XLA-compiles) its step once for the whole run,
     although it calls `fit` once per epoch and its epochs differ in length."""
-    from conftest import write_digits_npz
+    from support import write_digits_npz
+
     from tfrobust.training.run import train
 
     traces = []
@@ -198,17 +199,15 @@ def test_hlo_of_the_step_runs_through_jax_and_equals_tensorflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_xla_step_under_mirrored_strategy_equals_the_graph_step(tmp_path):
+def test_xla_step_under_mirrored_strategy_equals_the_graph_step(tmp_path, digits_npz):
     """Two replicas: each compiles its own step (the optimizer update stays outside XLA); the result is
     the graph step's."""
-    from conftest import write_digits_npz
-
-    npz = write_digits_npz(tmp_path / "digits.npz")
+    npz = digits_npz
     reports, states = {}, {}
     for jit in ("off", "on"):
         out = str(tmp_path / f"{jit}.npz")
         result = subprocess.run(
-            [sys.executable, os.path.join(REPO, "tests", "xla_mirrored_check.py"), npz, jit, out],
+            [sys.executable, os.path.join(REPO, "tests", "training", "xla_mirrored_check.py"), npz, jit, out],
             env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]

@@ -8,11 +8,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import images, linear, worst_linf_margin
 
 from tfrobust.attacks.square import Square
-from tfrobust.evaluation import CASCADES, STAGES, Evaluator, check_randomized, check_square
-
-from test_attacks_apgd import images, linear, worst_linf_margin
+from tfrobust.evaluation import (
+    CASCADES,
+    STAGES,
+    Evaluator,
+    check_randomized,
+    check_square,
+)
 
 
 def _dataset(x, y, classes, batch=8):

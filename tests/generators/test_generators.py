@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from support import write_digits_npz
 
-from conftest import write_digits_npz
 from tfrobust.data.datasets import DatasetInfo, Split
 from tfrobust.data.extra import open_extra_data
 from tfrobust.errors import UserError

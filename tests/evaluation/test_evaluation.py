@@ -15,8 +15,17 @@ import tensorflow as tf
 
 from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.errors import UserError
-from tfrobust.evaluation import (CASCADES, STAGES, VERIFY_ROWS, EvalSettings, Evaluator, fixed_layout_logits,
-                                 misclassified, run_eval, verify)
+from tfrobust.evaluation import (
+    CASCADES,
+    STAGES,
+    VERIFY_ROWS,
+    EvalSettings,
+    Evaluator,
+    fixed_layout_logits,
+    misclassified,
+    run_eval,
+    verify,
+)
 from tfrobust.export import export_network
 
 EPS = 0.1

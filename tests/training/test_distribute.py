@@ -8,18 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-
-from conftest import write_digits_npz
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    npz = write_digits_npz(tmp_path_factory.mktemp("data") / "digits.npz")
+def report(digits_npz):
+    npz = digits_npz
     env = {**os.environ, "PYTHONPATH": REPO, "TF_DETERMINISTIC_OPS": "1"}
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tests", "distributed_check.py"), npz],
+        [sys.executable, os.path.join(REPO, "tests", "training", "distributed_check.py"), npz],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -30,7 +27,7 @@ def report(tmp_path_factory):
 def _check(*args):
     env = {**os.environ, "PYTHONPATH": REPO, "TF_DETERMINISTIC_OPS": "1"}
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tests", "batch_norm_replicas_check.py"), *args],
+        [sys.executable, os.path.join(REPO, "tests", "training", "batch_norm_replicas_check.py"), *args],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -79,8 +76,8 @@ def test_each_replica_trains_on_one_consecutive_device_batch(bn_report):
 
 
 @pytest.mark.slow
-def test_run_wires_sync_batch_norm_and_trains_per_replica(tmp_path):
-    r = _check("run", write_digits_npz(tmp_path / "digits.npz"))
+def test_run_wires_sync_batch_norm_and_trains_per_replica(digits_npz):
+    r = _check("run", digits_npz)
     assert r["per_replica_layers_synchronized"] == [False] and not r["per_replica_attack_unrolled"]
     assert r["sync_layers_synchronized"] == [True] and r["sync_attack_unrolled"]
     assert np.isfinite(r["per_replica_loss"])

@@ -31,8 +31,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from support import randomize_weights
 
-from conftest import randomize_weights
 from tfrobust.attacks.pgd import trades_attack
 from tfrobust.models.batch_norm import frozen_batch_statistics
 from tfrobust.models.wide_resnet import wide_resnet
