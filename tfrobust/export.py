@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tfrobust.errors import UserError
 from tfrobust.fileio import publish_directory, write_json_atomic
+from tfrobust.inspection import inspect_keras_file, inspect_saved_model
 
 METADATA_PATH = os.path.join("assets.extra", "tfrobust.json")
 METADATA_FORMAT = "tfrobust-savedmodel-1"
@@ -176,15 +177,25 @@ def resolve_model_dir(path: str) -> str:
     return path
 
 
-def load_model(path: str) -> LoadedModel:
-    """Loads a tfrobust export, another SavedModel, or a `.keras` model as a logits function."""
+def load_model(path: str, *, trust_model: bool = False) -> LoadedModel:
+    """Loads a tfrobust export, another SavedModel, or a `.keras` model as a logits function.
+
+    Nothing in the model runs before `tfrobust.inspection` has checked it (every op of every function of a
+    SavedModel; a `.keras` file's config); `trust_model=True` skips that check and loads a `.keras` file
+    with Keras's `safe_mode=False` (Python lambdas run).
+    """
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise UserError(f"no model at {path}")
+        if not trust_model:
+            inspect_keras_file(path)
         try:
-            model = keras.saving.load_model(path, safe_mode=True)
+            model = keras.saving.load_model(path, safe_mode=not trust_model)
         except Exception as error:  # Keras raises many types for a bad file; the user needs one line.
-            raise UserError(f"cannot load {path}: {type(error).__name__}: {error}") from None
+            # Keras wraps a layer's error in a long multi-line message; its cause follows the last marker.
+            cause = str(error).rsplit("Exception encountered:", 1)[-1].strip()
+            first_line = (cause.splitlines() or [""])[0][:300]
+            raise UserError(f"cannot load {path}: {type(error).__name__}: {first_line}") from None
         fn = tf.function(lambda images: tf.cast(model(images, training=False), tf.float32))
         features_network = penultimate_network(model)
         features = None
@@ -193,6 +204,8 @@ def load_model(path: str) -> LoadedModel:
         return LoadedModel(_warn_if_probabilities(fn, _keras_input_shape(model)), {}, path, features=features)
 
     directory = resolve_model_dir(path)
+    if not trust_model:
+        inspect_saved_model(directory)
     try:
         loaded = tf.saved_model.load(directory)
     except Exception as error:  # A corrupt SavedModel surfaces as assorted TF errors.
