@@ -259,7 +259,7 @@ def import_(checkpoint: str, arch: str, dataset: str, activation: str, out: str,
 def augment_preview(aug: str, dataset: str, data_dir: str | None, out: str, num_images: int, draws: int, seed: int,
                     overwrite: bool) -> None:
     """A PNG grid of original and augmented images with their (soft) labels."""
-    from tfrobust.augment.preview import preview_grid
+    from tfrobust.diagnostics.augment_preview import preview_grid
 
     path = preview_grid(aug=aug, dataset=dataset, out=out, num_images=num_images, draws=draws, seed=seed,
                         data_dir=data_dir, overwrite=overwrite)
