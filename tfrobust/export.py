@@ -21,6 +21,10 @@ overwritten.
 `load_model(path)` accepts a tfrobust export (or its base directory: the highest version is used), any
 other SavedModel whose `serving_default` maps images to logits, or a `.keras` file. Its `features` is the
 `features` endpoint (or, for a `.keras` file, the input of the final Dense layer), None where there is none.
+
+`export_model(model, "saved_models/name", norm=..., eps=...)` is the public export of any Keras classifier
+(a user's functional, Sequential or subclassed model, a `keras.applications` network): `export_network`
+with the metadata `tfrobust eval` reads, and the model's own input range converted from [0, 1].
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import keras
@@ -291,3 +296,134 @@ def _warn_if_probabilities(fn: Callable, input_shape: list[int] | None = None) -
         return out
 
     return checked
+
+
+# --------------------------------------------------------------------------------------------------
+# The public export of any Keras classifier (`export_model`).
+
+# Metadata keys `export_model` writes itself; the caller's `metadata` may not set them.
+EXPORT_MODEL_KEYS = ("format", "input_shape", "features", "norm", "eps", "dataset", "input_range", "weights",
+                     "tfrobust_version", "tensorflow_version")
+
+
+def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
+    """(low, high) as floats when both are finite and low < high, else `UserError`: what a model expects for
+    black and white, the [0, 1] image x reaching it as low + (high - low)·x."""
+    try:
+        low, high = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise UserError(f"input_range must be (low, high), e.g. (0, 255), got {input_range!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise UserError(f"input_range must be (low, high) with low < high, got {input_range!r}")
+    return low, high
+
+
+def split_export_path(path: str) -> tuple[str, str, int | None]:
+    """`saved_models/NAME` -> (root, NAME, None: the next version); `saved_models/NAME/VERSION` -> its version."""
+    normal = os.path.normpath(os.fspath(path))
+    last = os.path.basename(normal)
+    base, version = (os.path.dirname(normal), int(last)) if last.isdigit() else (normal, None)
+    name = os.path.basename(base)
+    if not name or name in (".", ".."):
+        raise UserError(f"export path {path!r}: give saved_models/NAME or saved_models/NAME/VERSION "
+                        "(TF Serving's layout)")
+    return os.path.dirname(base) or ".", name, version
+
+
+def export_model(
+    model: keras.Model,
+    path: str,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    norm: str = "linf",
+    eps: float | None = None,
+    class_names: Sequence[str] | None = None,
+    dataset: str | None = None,
+    input_range: Sequence[float] = (0.0, 1.0),
+    input_shape: Sequence[int | None] | None = None,
+) -> str:
+    """Exports any Keras classifier (images -> logits) for TF Serving, `tfrobust eval` and
+    `tfrobust.evaluate`; returns the version directory written.
+
+    `path`: `saved_models/NAME` (the next free version) or `saved_models/NAME/VERSION`; an existing version
+    is never overwritten. The export is `export_network`'s: endpoints `serving_default` (logits,
+    probabilities, classes), `logits` and, for a model ending in a Dense layer, `features`, all taking float32
+    images in [0, 1]; the model runs in inference mode. With `input_range=(low, high)` the export feeds the
+    model low + (high - low)·x (a `Rescaling` layer in front, e.g. (0, 255) for `keras.applications` models),
+    so that every consumer passes [0, 1] images and the radius stays in [0, 1] units.
+
+    The metadata (`assets.extra/tfrobust.json`) holds what `tfrobust eval` writes for its own exports and
+    reads back: `norm` and `eps` (the evaluation's default threat model; eps defaults to the norm's, Linf
+    8/255 or L2 128/255), `dataset` ({"name": `dataset`, "num_classes", "class_names"}; with a tfrobust
+    dataset name, `tfrobust eval` needs no --dataset), `input_shape`, `input_range`, the versions, and the
+    caller's `metadata` (JSON-serialisable; it may not set the keys above). `input_shape` ([H, W, C]) is
+    needed only for a subclassed model, whose input shape Keras does not record.
+
+    Example::
+
+        path = tfrobust.export_model(model, "saved_models/my-cnn", norm="linf", eps=8 / 255,
+                                     class_names=["cat", "dog"])     # saved_models/my-cnn/1
+        evaluation = tfrobust.evaluate(path, x_test, y_test)         # Linf 8/255, from the metadata
+    """
+    import tfrobust
+    from tfrobust.threat_model import resolve
+
+    if not isinstance(model, keras.Model):
+        raise UserError(f"export_model exports a keras.Model, got a {type(model).__name__}")
+    norm, eps = resolve(norm, eps)
+    low, high = check_input_range(input_range)
+    extra = dict(metadata or {})
+    reserved = sorted(set(extra) & set(EXPORT_MODEL_KEYS))
+    if reserved:
+        raise UserError(f"metadata keys {', '.join(reserved)} are written by export_model: pass them as its arguments")
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"metadata must be JSON-serialisable: {error}") from None
+    root, name, version = split_export_path(path)
+
+    known = _keras_input_shape(model)
+    if input_shape is not None:
+        input_shape = [None if d is None else int(d) for d in input_shape]
+        if known is not None and len(known) == len(input_shape) and any(
+                k is not None and d is not None and k != d for k, d in zip(known, input_shape)):
+            raise UserError(f"input_shape {input_shape} but the model takes {known}")
+    shape = input_shape or known
+    if shape is None or len(shape) != 3:
+        raise UserError(f"the model's input shape is {'unknown' if shape is None else shape}: give "
+                        "input_shape=(height, width, channels) (a subclassed model does not record it)")
+    network = model
+    if known is None or (low, high) != (0.0, 1.0):
+        # A functional model around `model`: it records the input shape and holds the input conversion.
+        inputs = keras.Input(tuple(shape), name="images")
+        x = inputs
+        if (low, high) != (0.0, 1.0):
+            x = keras.layers.Rescaling(high - low, offset=low, name="input_range")(inputs)
+        network = keras.Model(inputs, model(x), name=f"{model.name}_on_unit_images")
+
+    def logits(images: tf.Tensor) -> tf.Tensor:
+        return tf.cast(network(images, training=False), tf.float32)
+
+    # A forward pass where the shape is known: the model runs on [0, 1] images and returns [N, classes]
+    # (a warning if its outputs look like probabilities).
+    num_classes = None
+    if all(isinstance(d, int) for d in shape):
+        out = _warn_if_probabilities(logits, list(shape))(tf.zeros([1, *shape], tf.float32))
+        if len(out.shape) != 2:
+            raise UserError(f"the model's output has shape {list(out.shape)}: expected logits [N, classes]")
+        num_classes = int(out.shape[-1])
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if num_classes is not None and len(class_names) != num_classes:
+            raise UserError(f"{len(class_names)} class names but the model outputs {num_classes} logits")
+    full = {
+        "tfrobust_version": tfrobust.__version__,
+        "tensorflow_version": tf.__version__,
+        "dataset": {"name": dataset, "num_classes": num_classes, "class_names": class_names},
+        "norm": norm,
+        "eps": eps,
+        "input_range": [low, high],
+        "weights": f"the Keras model {model.name!r} (tfrobust.export.export_model)",
+        **extra,
+    }
+    return export_network(network, root=root, name=name, metadata=full, version=version)

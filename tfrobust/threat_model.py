@@ -81,7 +81,17 @@ def resolve_threat_model(meta: Mapping[str, Any], dataset: str | None, norm: str
     dataset = dataset or meta.get("dataset", {}).get("name")
     if dataset is None:
         raise UserError("this model carries no tfrobust metadata: give --dataset (and --norm/--eps)")
+    norm, eps = model_threat_model(meta, norm, eps)
+    return dataset, norm, eps, training
+
+
+def model_threat_model(meta: Mapping[str, Any], norm: str | None, eps: float | None) -> tuple[str, float]:
+    """(norm, eps) checked: the ones given, else the model's metadata ("norm", "eps"), else Linf 8/255.
+
+    A norm given without an eps takes that norm's default radius (the metadata's eps belongs to the
+    training norm). The threat model of `resolve_threat_model` and of `tfrobust.evaluation.evaluate`, which
+    takes its data from the caller rather than from the metadata's dataset.
+    """
     if eps is None and norm is None:
         eps = meta.get("eps")
-    norm, eps = resolve(norm or meta.get("norm", "linf"), eps)
-    return dataset, norm, eps, training
+    return resolve(norm or meta.get("norm", "linf"), eps)

@@ -10,12 +10,35 @@ One job per module, lowest first:
 - `engine.py`: the verdict rules (`verify`, `fixed_layout_logits`, `misclassified`), one attack over a set of
   points (`attack_batches`) and the cascade (`Evaluator`, `EvalResult`);
 - `report.py`: the JSON report, its table, the npz of per-example results;
-- `run.py`: the command: settings, loading, threat model, resume (`run_eval`, `resume_eval`).
+- `api.py`: the Python API (`evaluate`, `autoattack`, `Evaluation`) on any model and the caller's arrays, and
+  the steps it shares with the command (`check_options`, `check_data`, `evaluate_arrays`);
+- `run.py`: the command: settings, loading, threat model, resume (`run_eval`, `resume_eval`), a client of
+  `api.py`.
+
+Example::
+
+    from tfrobust.evaluation import evaluate
+
+    evaluation = evaluate(model, x_test, y_test, attack="aa", eps=8 / 255)  # a keras.Model, a path, a callable
+    print(evaluation.table)
 
 The threat model (norms, default radii, checks, resolution from the model's metadata) is
 `tfrobust.threat_model`. Every public name of these modules is importable from `tfrobust.evaluation`.
 """
 
+from tfrobust.evaluation.api import (
+    AUTOATTACK_VERSIONS,
+    Evaluation,
+    ModelLike,
+    as_logits_model,
+    autoattack,
+    check_data,
+    check_options,
+    class_labels,
+    evaluate,
+    evaluate_arrays,
+    warn_if_slow,
+)
 from tfrobust.evaluation.cascades import (
     CASCADES,
     GRADIENT_STAGES,
@@ -59,6 +82,7 @@ from tfrobust.evaluation.state import EvalState, GroupResult, state_dir_for
 from tfrobust.threat_model import resolve_threat_model
 
 __all__ = [
+    "AUTOATTACK_VERSIONS",
     "CASCADES",
     "DEFAULT_POOL_SIZE",
     "GRADIENT_STAGES",
@@ -70,13 +94,22 @@ __all__ = [
     "EvalResult",
     "EvalSettings",
     "EvalState",
+    "Evaluation",
     "Evaluator",
     "GroupResult",
     "LogitsFn",
+    "ModelLike",
     "StageAttack",
+    "as_logits_model",
     "attack_batches",
+    "autoattack",
+    "check_data",
+    "check_options",
     "check_randomized",
     "check_square",
+    "class_labels",
+    "evaluate",
+    "evaluate_arrays",
     "fixed_layout_logits",
     "format_table",
     "keras_logits_fn",
@@ -91,5 +124,6 @@ __all__ = [
     "save_examples",
     "state_dir_for",
     "verify",
+    "warn_if_slow",
     "write_report",
 ]

@@ -1,10 +1,12 @@
 """`tfrobust eval`: load an exported model and its data, run a cascade, write the report; resume one.
 
-`run_eval` checks the settings, loads the model (`tfrobust.export.load_model`) and the split, takes the
-threat model from the options or the model's metadata (`tfrobust.threat_model.resolve_threat_model`), runs
-the cascade (`engine.Evaluator`) with its progress saved batch by batch (`state.EvalState`), and writes
-the report (`report.py`). `resume_eval` continues an interrupted evaluation with its saved settings, after
-checking that the model is the same (`model_fingerprint`).
+`run_eval` is a client of the Python API (`api.py`): it checks the settings (`api.check_options`), loads
+the model (`tfrobust.export.load_model`) and the split, takes the threat model from the options or the
+model's metadata (`tfrobust.threat_model.resolve_threat_model`), checks the data against the model
+(`api.check_data`), and runs the cascade and writes the report (`api.evaluate_arrays`, as
+`tfrobust.evaluation.evaluate` does) with its progress saved batch by batch (`state.EvalState`).
+`resume_eval` continues an interrupted evaluation with its saved settings, after checking that the model is
+the same (`model_fingerprint`).
 """
 
 from __future__ import annotations
@@ -13,17 +15,13 @@ import dataclasses
 import hashlib
 import os
 import time
-import warnings
 
 from tfrobust.errors import UserError
-from tfrobust.evaluation.cascades import CASCADES
-from tfrobust.evaluation.checks import onednn_warning
-from tfrobust.evaluation.engine import Evaluator
-from tfrobust.evaluation.report import (
-    format_table,
-    make_report,
-    save_examples,
-    write_report,
+from tfrobust.evaluation.api import (
+    check_data,
+    check_options,
+    evaluate_arrays,
+    warn_if_slow,
 )
 from tfrobust.evaluation.state import EvalState, state_dir_for
 from tfrobust.numerics import full_float32
@@ -82,27 +80,19 @@ def run_eval(settings: EvalSettings, *, state: EvalState | None = None) -> dict:
         return _run_eval(settings, state=state)
 
 
+def _flag(name: str) -> str:
+    """The command line's name of a setting (`batch_size` -> `--batch-size`), for `api.check_options`."""
+    return "--" + name.replace("_", "-")
+
+
 def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     from tfrobust.data.datasets import default_split, load_split
-    from tfrobust.data.pipeline import eval_dataset
     from tfrobust.export import load_model
 
-    if settings.attack not in CASCADES:
-        raise UserError(f"unknown attack {settings.attack!r}; choose from: {', '.join(CASCADES)}")
-    if settings.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {settings.batch_size}")
-    if settings.n_examples is not None and settings.n_examples < 1:
-        raise UserError(f"--n-examples must be >= 1, got {settings.n_examples}")
-    if settings.report and os.path.exists(settings.report):
-        raise UserError(f"report {settings.report} exists; tfrobust does not overwrite reports")
-    if settings.save_examples and os.path.exists(settings.save_examples):
-        raise UserError(f"{settings.save_examples} exists; tfrobust does not overwrite it")
-    if settings.save_examples and not settings.save_examples.endswith(".npz"):
-        raise UserError(f"--save-examples {settings.save_examples}: give a path ending in .npz")
+    check_options(attack=settings.attack, batch_size=settings.batch_size, n_examples=settings.n_examples,
+                  report=settings.report, save_examples=settings.save_examples, flag=_flag)
     model = load_model(settings.model_path)
-    slow = onednn_warning()
-    if slow:
-        warnings.warn(slow, UserWarning, stacklevel=3)
+    warn_if_slow()
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
     split_name = settings.split or default_split(dataset)
     info, split = load_split(
@@ -110,12 +100,10 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
         val_size=settings.val_size if settings.val_size is not None else training.get("val_size", 1024), seed=training.get("seed", 0),
         data_dir=settings.data_dir or training.get("data_dir"),
     )
-    expected_shape = model.metadata.get("input_shape")
-    if expected_shape and list(info.image_shape) != list(expected_shape):
-        raise UserError(f"{dataset} images are {list(info.image_shape)} but the model takes {expected_shape}")
     n = len(split) if settings.n_examples is None else min(settings.n_examples, len(split))
-    data = eval_dataset(split, num_classes=info.num_classes, batch_size=settings.batch_size, limit=n)
-    evaluator = Evaluator(CASCADES[settings.attack], norm=norm, eps=eps)
+    images, labels, num_classes = check_data(model.logits, split.images[:n], split.labels[:n],
+                                             num_classes=info.num_classes,
+                                             input_shape=model.metadata.get("input_shape"), name=f"{dataset} images")
     path = settings.report
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -132,13 +120,9 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
               flush=True)
     elif state.settings.get("model_sha256") != fingerprint:
         raise UserError(f"the model at {model.path} changed since the interrupted evaluation: delete {state.directory}")
-    result = evaluator.run(model.logits, data, seed=settings.seed, progress=True,
-                           keep_adversarial=settings.save_examples is not None, state=state)
-    report = make_report(result, model=model.path, dataset=info.name, split=split_name, attack=settings.attack,
-                         norm=norm, eps=eps, seed=settings.seed)
-    if settings.save_examples:
-        report["examples"] = settings.save_examples
-        save_examples(settings.save_examples, result, labels=split.labels[:n], norm=norm, eps=eps)
-    write_report(path, report)
+    evaluation = evaluate_arrays(
+        model.logits, images, labels, num_classes=num_classes, attack=settings.attack, norm=norm, eps=eps,
+        batch_size=settings.batch_size, seed=settings.seed, model_name=model.path, dataset=info.name,
+        split=split_name, report_path=path, save_examples=settings.save_examples, state=state, verbose=True)
     state.remove()
-    return {"report": report, "table": format_table(report), "report_path": path}
+    return {"report": evaluation.report, "table": evaluation.table, "report_path": path}
