@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
+from support import REPO as ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "evaluate_any_model.py")
 
 
