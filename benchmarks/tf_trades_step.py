@@ -1,6 +1,6 @@
 """tfrobust's TRADES train-step throughput: images/s and model-FLOP utilisation (MFU).
 
-Times `RobustTrainer.train_step` (the step `tfrobust train` runs: clean pass with frozen BatchNorm
+Times `AdversarialTrainer.train_step` (the step `tfrobust train` runs: clean pass with frozen BatchNorm
 statistics, 10-step Adam attack on KL(clean || adv), adversarial pass updating the statistics, TRADES loss
 + coupled weight decay, SGD Nesterov) on synthetic CIFAR-shaped data, traced once with `tf.function` as
 `fit` does. The PyTorch equivalent is `torch_trades_step.py`; both count FLOPs with `flops.py`.
@@ -37,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 from tfrobust.attacks.pgd import trades_attack  # noqa: E402
 from tfrobust.models.registry import build_model  # noqa: E402
 from tfrobust.training.optimizers import TraceSGD  # noqa: E402
-from tfrobust.training.trainer import RobustTrainer  # noqa: E402
+from tfrobust.training.trainer import AdversarialTrainer  # noqa: E402
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
         args.model, input_shape=(args.image_size, args.image_size, 3), num_classes=10,
         mean=CIFAR10_MEAN, std=CIFAR10_STD,
     )
-    trainer = RobustTrainer(
+    trainer = AdversarialTrainer(
         network, loss="trades", attack=trades_attack("linf", 8 / 255, num_steps=args.attack_steps), seed=0
     )
     trainer.compile(optimizer=TraceSGD(0.1, momentum=0.9, nesterov=True))

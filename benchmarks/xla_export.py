@@ -1,6 +1,6 @@
 """Export tfrobust's XLA-compiled TRADES train step as an HLO program that runs without TensorFlow.
 
-XLA is the common ground between TensorFlow and JAX: the step `tfrobust train` runs (`RobustTrainer.
+XLA is the common ground between TensorFlow and JAX: the step `tfrobust train` runs (`AdversarialTrainer.
 train_step`: clean pass with frozen BatchNorm statistics, the 10-step Adam attack on KL(clean || adv),
 the adversarial pass that updates the statistics, TRADES loss + coupled weight decay, the optimizer
 update, the metric trackers), traced with `jit_compile=True`, is lowered by TensorFlow's tf2xla bridge to
@@ -44,7 +44,7 @@ from tfrobust.attacks.pgd import trades_attack  # noqa: E402
 from tfrobust.config import DEFAULT_EPS  # noqa: E402
 from tfrobust.models.registry import build_model  # noqa: E402
 from tfrobust.training.optimizers import TraceSGD  # noqa: E402
-from tfrobust.training.trainer import RobustTrainer  # noqa: E402
+from tfrobust.training.trainer import AdversarialTrainer  # noqa: E402
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 METRICS = ("loss", "ce", "clean_accuracy", "kl", "adv_accuracy")
@@ -59,7 +59,7 @@ def build_step(model: str, batch_size: int, precision: str, attack_steps: int = 
     keras.utils.set_random_seed(seed)
     network = build_model(model, input_shape=(image_size, image_size, 3), num_classes=num_classes,
                           mean=CIFAR10_MEAN, std=CIFAR10_STD)
-    trainer = RobustTrainer(network, loss="trades", attack=trades_attack(norm, DEFAULT_EPS[norm], num_steps=attack_steps),
+    trainer = AdversarialTrainer(network, loss="trades", attack=trades_attack(norm, DEFAULT_EPS[norm], num_steps=attack_steps),
                             seed=seed)
     trainer.compile(optimizer=TraceSGD(max(0.1 * batch_size / 256, 0.1), momentum=0.9, nesterov=True))
     trainer.optimizer.build(network.trainable_variables)

@@ -18,7 +18,7 @@ LAYERS = [
     ["export", "generators"],
     ["evaluation"],
     ["training", "importer", "pseudolabel"],
-    ["diagnostics", "benchmark"],
+    ["diagnostics", "benchmark", "callbacks", "layers"],
     ["cli"],
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

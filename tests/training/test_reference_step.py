@@ -39,7 +39,7 @@ from tfrobust.models.wide_resnet import wide_resnet
 from tfrobust.training.callbacks import WeightAveraging
 from tfrobust.training.optimizers import TraceSGD
 from tfrobust.training.schedules import WarmupSchedule
-from tfrobust.training.trainer import RobustTrainer
+from tfrobust.training.trainer import AdversarialTrainer
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -201,10 +201,10 @@ def setup(schedule, seed=0):
     network = wide_resnet(depth=10, width=2, input_shape=(SIZE, SIZE, 3), num_classes=CLASSES, mean=MEAN, std=STD)
     randomize_weights(network, seed)  # nonzero logits layer, and moving statistics the first update replaces
     attack = RecordingAttack(trades_attack("linf", EPS, num_steps=10))
-    trainer = RobustTrainer(network, loss="trades", attack=attack, beta=BETA, weight_decay=WD, seed=7)
+    trainer = AdversarialTrainer(network, loss="trades", attack=attack, beta=BETA, weight_decay=WD, seed=7)
     trainer.compile(optimizer=TraceSGD(learning_rate=schedule, momentum=MOMENTUM, nesterov=True))
     trainer.optimizer.build(network.trainable_variables)
-    averaging = WeightAveraging(network, tau=TAU)
+    averaging = WeightAveraging(network, decay=TAU)
     return network, trainer, attack, averaging
 
 

@@ -1,4 +1,4 @@
-"""RobustTrainer.train_step: BatchNorm rule, attack placement, losses; WeightAveraging (EMA)."""
+"""AdversarialTrainer.train_step: BatchNorm rule, attack placement, losses; WeightAveraging (EMA)."""
 
 import keras
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 
 from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
+from tfrobust.errors import UserError
 from tfrobust.models.batch_norm import BatchNorm, frozen_batch_statistics
 from tfrobust.training.callbacks import WeightAveraging
 from tfrobust.training.schedules import ema_decay
-from tfrobust.training.trainer import RobustTrainer
+from tfrobust.training.trainer import AdversarialTrainer
 
 EPS = 0.3
 
@@ -45,7 +46,7 @@ def batch():
 
 def make_trainer(loss, attack, lr=0.0):
     network = tiny_network()
-    trainer = RobustTrainer(network, loss=loss, attack=attack, beta=6.0, weight_decay=5e-4, seed=1)
+    trainer = AdversarialTrainer(network, loss=loss, attack=attack, beta=6.0, weight_decay=5e-4, seed=1)
     trainer.compile(optimizer=keras.optimizers.SGD(lr))
     return trainer, network
 
@@ -115,16 +116,21 @@ def test_same_seed_and_step_give_the_same_update():
         np.testing.assert_array_equal(a, b)
 
 
-def test_unknown_loss_and_missing_attack_are_refused():
-    with pytest.raises(ValueError, match="unknown loss"):
-        RobustTrainer(tiny_network(), loss="mart", attack=None)
-    with pytest.raises(ValueError, match="needs an attack"):
-        RobustTrainer(tiny_network(), loss="trades", attack=None)
+def test_unknown_loss_is_refused_and_a_missing_attack_is_the_papers():
+    with pytest.raises(UserError, match="unknown loss"):
+        AdversarialTrainer(tiny_network(), loss="mart", attack=None)
+    with pytest.raises(UserError, match="without an attack"):
+        AdversarialTrainer(tiny_network(), loss="standard", attack=trades_attack("linf", EPS))
+    # No attack: the one `tfrobust train` builds (10 Adam steps on the KL, Linf 8/255 by default).
+    assert AdversarialTrainer(tiny_network(), loss="trades", attack=None).attack == trades_attack("linf", 8 / 255)
+    assert AdversarialTrainer(tiny_network(), loss="pgd-at", norm="l2", eps=0.5, attack_steps=7).attack == (
+        pgd_at_attack("l2", 0.5, num_steps=7))
+    assert AdversarialTrainer(tiny_network(), loss="standard").attack is None
 
 
 def test_weight_averaging_follows_the_warmed_up_ema_formula():
     network = tiny_network()
-    averaging = WeightAveraging(network, tau=0.9)
+    averaging = WeightAveraging(network, decay=0.9)
     rng = np.random.default_rng(0)
     expected = [w.numpy().copy() for w in network.trainable_weights]
     for t in range(15):
@@ -141,7 +147,7 @@ def test_weight_averaging_follows_the_warmed_up_ema_formula():
 
 def test_averaged_network_has_averaged_weights_and_raw_batchnorm_statistics():
     network = tiny_network()
-    averaging = WeightAveraging(network, tau=0.5)
+    averaging = WeightAveraging(network, decay=0.5)
     bn = network.get_layer("bn")
     bn.moving_mean.assign([0.25])
     bn.moving_variance.assign([2.0])
@@ -176,7 +182,7 @@ def test_trades_attack_target_is_clean_softmax_or_mixed_labels(mixing):
     soft = tf.constant(np.random.default_rng(1).dirichlet([1, 1, 1], size=16), tf.float32)  # CutMix-like labels
     attack = TargetRecordingAttack(trades_attack("linf", EPS, num_steps=1), soft.shape)
     network = tiny_network()
-    trainer = RobustTrainer(network, loss="trades", attack=attack, seed=1, labels_as_attack_target=mixing)
+    trainer = AdversarialTrainer(network, loss="trades", attack=attack, seed=1, labels_as_attack_target=mixing)
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     with frozen_batch_statistics(network):
         clean_softmax = tf.nn.softmax(network(x, training=True)).numpy()

@@ -21,7 +21,7 @@ from tfrobust.config import TrainConfig, make_config
 from tfrobust.errors import UserError
 from tfrobust.models.registry import build_model
 from tfrobust.training.distribute import resolve_jit_compile
-from tfrobust.training.trainer import RobustTrainer
+from tfrobust.training.trainer import AdversarialTrainer
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
@@ -76,7 +76,7 @@ def _trainer(norm: str, precision: str = "float32", attack_steps: int = 3, batch
         keras.utils.set_random_seed(0)
         network = build_model("wrn-10-1", input_shape=(16, 16, 3), num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
         eps = 8 / 255 if norm == "linf" else 0.5
-        trainer = RobustTrainer(network, loss="trades", attack=trades_attack(norm, eps, num_steps=attack_steps), seed=3)
+        trainer = AdversarialTrainer(network, loss="trades", attack=trades_attack(norm, eps, num_steps=attack_steps), seed=3)
         trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
         trainer.optimizer.build(network.trainable_variables)
     finally:
@@ -145,13 +145,13 @@ def test_xla_step_is_traced_once_across_steps_and_epochs(tmp_path, monkeypatch):
     from tfrobust.training.run import train
 
     traces = []
-    original = RobustTrainer.train_step
+    original = AdversarialTrainer.train_step
 
     def counting(self, data):
         traces.append(1)  # Python runs only while TensorFlow traces
         return original(self, data)
 
-    monkeypatch.setattr(RobustTrainer, "train_step", counting)
+    monkeypatch.setattr(AdversarialTrainer, "train_step", counting)
     npz = write_digits_npz(tmp_path / "digits.npz", n=200)
     config = make_config(None, dict(dataset=f"npz:{npz}", model="wrn-10-1", batch_size=48, epochs=3, val_size=64,
                                     eval_every=0, attack_steps=2, warmup_epochs=1, eps=0.1, aug_repeats=1,

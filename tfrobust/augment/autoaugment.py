@@ -97,6 +97,11 @@ class AutoAugment(BatchAugmentation):
 
     `call(inputs, training=None, seed=None)`: as every `BatchAugmentation` (only `training=True`
     augments; integer [2] `seed`, else the layer's generator, never inside tf.data).
+
+    Example::
+
+        autoaugment = tfrobust.layers.AutoAugment(policy="cifar10")
+        batch = autoaugment({"images": images, "labels": one_hot}, training=True, seed=tf.stack([5, step]))
     """
 
     def __init__(self, policy: str = "cifar10", fill: float = 0.5, seed: int | None = None, **kwargs):

@@ -75,6 +75,12 @@ class CutMix(MixingAugmentation):
 
     `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
     [2] `seed`, else the layer's generator, never inside tf.data).
+
+    Example::
+
+        cutmix = tfrobust.layers.CutMix()            # the paper's best augmentation (alpha 1)
+        batch = cutmix({"images": images, "labels": one_hot}, training=True, seed=tf.stack([1, step]))
+        # with TRADES: AdversarialTrainer(model, labels_as_attack_target=True), as the reference
     """
 
     def __init__(self, alpha: float = 1.0, draws: str = "batch", devices: int = 1, sub_batches: int = 1,

@@ -47,6 +47,11 @@ class Cutout(BatchAugmentation):
     `PadCrop`); `seed` is an integer tensor of shape [2]; without it the layer's
     `keras.random.SeedGenerator` (from the constructor's `seed`) is used, which must not happen inside
     tf.data.
+
+    Example::
+
+        cutout = tfrobust.layers.Cutout(window=18)   # 18 x 18 grey squares on 32 x 32 images
+        batch = cutout({"images": images, "labels": one_hot}, training=True, seed=tf.stack([3, step]))
     """
 
     def __init__(self, window: int = 18, fill: float | Sequence[float] = 0.5, seed: int | None = None, **kwargs):

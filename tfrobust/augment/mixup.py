@@ -51,6 +51,11 @@ class MixUp(MixingAugmentation):
 
     `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
     [2] `seed`, else the layer's generator, never inside tf.data).
+
+    Example::
+
+        mixup = tfrobust.layers.MixUp(alpha=1.0)
+        batch = mixup({"images": images, "labels": one_hot}, training=True, seed=tf.stack([2, step]))
     """
 
     def __init__(self, alpha: float = 1.0, draws: str = "batch", devices: int = 1, sub_batches: int = 1,

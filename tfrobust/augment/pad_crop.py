@@ -36,6 +36,11 @@ class PadCrop(BatchAugmentation):
         output eagerly, inside `tf.function` and inside a `tf.data` map. When `None`, a seed is drawn
         from the layer's `keras.random.SeedGenerator` (initialised from the constructor's `seed`).
         Inside `tf.data`, always pass a seed: the generator's state is a variable.
+
+    Example::
+
+        layer = tfrobust.layers.PadCrop(padding=4)   # the paper's baseline: 4-pixel pad, crop, flip
+        batch = layer({"images": images, "labels": one_hot}, training=True, seed=tf.stack([0, step]))
     """
 
     def __init__(self, padding: int = 4, flip: bool = True, seed: int | None = None, **kwargs):

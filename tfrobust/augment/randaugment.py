@@ -41,6 +41,11 @@ class RandAugment(BatchAugmentation):
 
     `call(inputs, training=None, seed=None)`: as every `BatchAugmentation` (only `training=True`
     augments; integer [2] `seed`, else the layer's generator, never inside tf.data).
+
+    Example::
+
+        randaugment = tfrobust.layers.RandAugment(num_ops=3, magnitude=5)
+        batch = randaugment({"images": images, "labels": one_hot}, training=True, seed=tf.stack([6, step]))
     """
 
     def __init__(self, num_ops: int = 3, magnitude: float = 5.0, fill: float = 0.5, seed: int | None = None, **kwargs):

@@ -54,6 +54,11 @@ class Ricap(MixingAugmentation):
 
     `call(inputs, training=None, seed=None)`: as `PadCrop` (only `training=True` augments; integer
     [2] `seed`, else the layer's generator, never inside tf.data).
+
+    Example::
+
+        ricap = tfrobust.layers.Ricap(beta=0.3)
+        batch = ricap({"images": images, "labels": one_hot}, training=True, seed=tf.stack([4, step]))
     """
 
     def __init__(self, beta: float = 0.3, draws: str = "batch", devices: int = 1, sub_batches: int = 1,

@@ -3,7 +3,9 @@
 docs/method.md ("BatchNorm during a step"): in the reference TRADES step the attack and the clean forward pass
 use the current batch's statistics *without* updating the moving averages; only the adversarial forward
 pass of the training loss updates them. Keras's `BatchNormalization(training=True)` always assigns the
-moving statistics, so tfrobust uses this subclass and the `frozen_batch_statistics` context manager.
+moving statistics. `AdversarialTrainer` runs those passes in a `keras.StatelessScope` (training/trainer.py),
+which holds for any layer; `frozen_batch_statistics` is the same rule for this layer alone, for code that
+calls a tfrobust model directly (a training-mode forward pass that changes no statistics).
 
 The switch is read while a `tf.function` is traced, so each call site in a traced `train_step` bakes
 in the behaviour of the context it was traced in; no graph-level condition is needed. The context is

@@ -23,20 +23,36 @@ from tfrobust.training.schedules import ema_decay
 class WeightAveraging(keras.callbacks.Callback):
     """Exponential moving average of the network's trainable weights (Rebuffi, Gowal et al. 2021, Sec. 4).
 
-    After update t (t = 0, 1, ...): avg <- d_t * avg + (1 - d_t) * w with d_t = min(tau, (1+t)/(10+t)),
-    the reference's warm-up (docs/method.md, "Weight averaging"). Only trainable weights are averaged; the
-    averaged model uses the raw model's BatchNorm statistics, as the reference evaluates it.
+    After update t (t = 0, 1, ...): avg <- d_t * avg + (1 - d_t) * w with d_t = min(decay, (1+t)/(10+t)),
+    the reference's warm-up (docs/method.md, "Weight averaging"; `utils.py` `ema_update`). `decay` is the
+    paper's tau: 0.999 without added data (default), 0.995 with generated data. Only trainable weights are
+    averaged; the averaged model uses the raw model's BatchNorm statistics, as the reference evaluates it.
     Keras's optimizer `use_ema` differs (no warm-up), hence this callback.
 
-    Create it under the distribution strategy's scope: its variables must be mirrored like the model's.
+    `network`: the model to average. Without it the callback averages the model that `fit` trains (the
+    wrapped model of an `AdversarialTrainer`), from the first `fit` on; later `fit` calls continue the same
+    average. Given, create the callback under the distribution strategy's scope: its variables must be
+    mirrored like the model's (without it, the callback enters the model's strategy scope itself).
+
+    Example::
+
+        averaging = tfrobust.callbacks.WeightAveraging(decay=0.999)
+        trainer.fit(dataset, epochs=10, callbacks=[averaging])
+        averaged = averaging.sync_averaged_network()   # averaged weights + raw BatchNorm statistics
     """
 
-    def __init__(self, network: keras.Model, tau: float):
+    def __init__(self, network: keras.Model | None = None, decay: float = 0.999):
         super().__init__()
-        if not 0.0 <= tau < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {tau}")
+        if not 0.0 <= decay < 1.0:
+            raise UserError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.network: keras.Model | None = None
+        if network is not None:
+            self._attach(network)
+
+    def _attach(self, network: keras.Model) -> None:
+        """Creates the averages (from the current weights) and the averaged network for `network`."""
         self.network = network
-        self.tau = float(tau)
         # Initialise from a numpy copy: a keras.Variable built from another variable's `.value` would
         # share its storage (the "average" would silently be the raw weight).
         self.averages = [
@@ -49,6 +65,19 @@ class WeightAveraging(keras.callbacks.Callback):
         self._check_alignment()
         self._update = tf.function(self._update_averages)
 
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        if self.network is None:
+            from tfrobust.training.trainer import AdversarialTrainer
+
+            network = model.network if isinstance(model, AdversarialTrainer) else model
+            with model.distribute_strategy.scope():
+                self._attach(network)
+
+    def _check_attached(self) -> None:
+        if self.network is None:
+            raise UserError("WeightAveraging has no network yet: pass it to fit(callbacks=[...]) or give network=")
+
     def _check_alignment(self) -> None:
         pairs = zip(self.averaged_network.weights, self.network.weights)
         if len(self.averaged_network.weights) != len(self.network.weights) or any(
@@ -57,7 +86,7 @@ class WeightAveraging(keras.callbacks.Callback):
             raise RuntimeError("clone_model did not reproduce the network's weights in order")
 
     def _update_averages(self) -> None:
-        decay = ema_decay(self.num_updates, self.tau)
+        decay = ema_decay(self.num_updates, self.decay)
         for average, weight in zip(self.averages, self.network.trainable_weights):
             average.assign(decay * average + (1.0 - decay) * tf.cast(weight.value, average.dtype))
         self.num_updates.assign_add(1)
@@ -67,12 +96,14 @@ class WeightAveraging(keras.callbacks.Callback):
 
     def sync_averaged_network(self) -> keras.Model:
         """Copies averages (trainable) and raw BatchNorm statistics into `averaged_network`; returns it."""
+        self._check_attached()
         averages = iter(self.averages)
         for target, source in zip(self.averaged_network.weights, self.network.weights):
             target.assign(next(averages).value if source.trainable else source.value)
         return self.averaged_network
 
     def state_variables(self) -> list:
+        self._check_attached()
         return [*self.averages, self.num_updates]
 
     def state_by_key(self) -> dict[str, keras.Variable]:
@@ -91,37 +122,82 @@ class ModelSelection(keras.callbacks.Callback):
     docs/method.md, "Model selection": robust accuracy on held-out *training* images picks the best averaged
     model, never the test set (`select_on`; a non-robust `--loss standard` run selects on clean accuracy,
     since its PGD-40 accuracy is ~0 and would pick an arbitrary early epoch). Adds `val_{raw,avg}_{clean,pgd40}_accuracy` to every epoch's logs (NaN on
-    epochs without evaluation, so CSV columns stay fixed) and saves the best averaged weights.
+    epochs without evaluation, so CSV columns stay fixed) and keeps the best averaged weights: in `best_path`
+    (an npz) when given, else in memory; `restore_best` loads them.
+
+    What it measures: `evaluate(model) -> {"clean_accuracy", "robust_accuracy"}`, or, with `validation_data`
+    (a `tf.data.Dataset` of (images in [0, 1], labels) batches, labels integer or one-hot), the reference's
+    PGD-40 (`tfrobust.attacks.pgd40_attack`: margin loss, 40 Adam steps) at `norm` / `eps` (default: those of
+    the `AdversarialTrainer` being fitted, through its `input_range` / `preprocess`), seeded by `seed`.
+    `total_epochs` defaults to `fit`'s `epochs`. Put it after the `WeightAveraging` it reads.
+
+    Example::
+
+        averaging = tfrobust.callbacks.WeightAveraging(decay=0.999)
+        selection = tfrobust.callbacks.ModelSelection(averaging, validation_data=held_out.batch(256))
+        trainer.fit(dataset, epochs=10, callbacks=[averaging, selection])
+        best = selection.restore_best()   # the averaged network with the best PGD-40 weights
     """
 
     def __init__(
         self,
         averaging: WeightAveraging,
-        evaluate: Callable[[keras.Model], dict[str, float]],
+        evaluate: Callable[[keras.Model], dict[str, float]] | None = None,
         *,
-        every: int,
-        total_epochs: int,
-        best_path: str,
+        validation_data: tf.data.Dataset | None = None,
+        norm: str | None = None,
+        eps: float | None = None,
+        seed: int = 0,
+        every: int = 1,
+        total_epochs: int | None = None,
+        best_path: str | None = None,
         select_on: str = "val_avg_pgd40_accuracy",
     ):
         super().__init__()
         if select_on not in self.KEYS:
-            raise ValueError(f"select_on must be one of {self.KEYS}, got {select_on!r}")
+            raise UserError(f"select_on must be one of {self.KEYS}, got {select_on!r}")
+        if (evaluate is None) == (validation_data is None):
+            raise UserError("ModelSelection needs exactly one of evaluate= and validation_data=")
         self.select_on = select_on
         self.averaging = averaging
-        self.evaluate = evaluate
+        self.evaluate = evaluate if evaluate is not None else self._pgd40_accuracy
+        self.validation_data = validation_data
+        self.norm, self.eps, self.seed = norm, eps, int(seed)
+        self._evaluator = None
+        self._logits_fns: dict[int, Callable] = {}
         self.every = int(every)
-        self.total_epochs = int(total_epochs)
+        self.total_epochs = None if total_epochs is None else int(total_epochs)
         self.best_path = best_path
         self.best = {"epoch": -1, select_on: -math.inf}
+        self.best_weights: list[np.ndarray] | None = None
         self.latest: dict[str, float] = {}
 
     KEYS = ("val_raw_clean_accuracy", "val_raw_pgd40_accuracy", "val_avg_clean_accuracy", "val_avg_pgd40_accuracy")
 
+    def _pgd40_accuracy(self, model: keras.Model) -> dict[str, float]:
+        """Clean and PGD-40 accuracy of `model` on `validation_data` (tfrobust.evaluation's `Evaluator`)."""
+        from tfrobust.evaluation import Evaluator, keras_logits_fn
+        from tfrobust.training.trainer import AdversarialTrainer
+
+        trainer = self.model if isinstance(self.model, AdversarialTrainer) else None
+        if self._evaluator is None:
+            norm = self.norm or (trainer.norm if trainer is not None else None)
+            eps = self.eps if self.eps is not None else (trainer.eps if trainer is not None else None)
+            if norm is None or eps is None:
+                raise UserError("ModelSelection(validation_data=...) outside an AdversarialTrainer needs norm= and eps=")
+            self._evaluator = Evaluator(["pgd40"], norm=norm, eps=eps)
+            self.validation_data = _one_hot_batches(self.validation_data, model)
+        if id(model) not in self._logits_fns:
+            # One logits function per model, so the evaluator traces its attack once per model.
+            self._logits_fns[id(model)] = keras_logits_fn(trainer.inference_model(model) if trainer else model)
+        result = self._evaluator.run(self._logits_fns[id(model)], self.validation_data, seed=self.seed)
+        return {"clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy}
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         done = epoch + 1
-        if self.every <= 0 or (done % self.every != 0 and done != self.total_epochs):
+        total = self.total_epochs if self.total_epochs is not None else self.params.get("epochs")
+        if self.every <= 0 or (done % self.every != 0 and done != total):
             logs.update({key: float("nan") for key in self.KEYS})
             return
         with full_float32():  # PGD-40 and its verdicts in full float32, TF32 off (tfrobust.numerics)
@@ -137,14 +213,46 @@ class ModelSelection(keras.callbacks.Callback):
         self.latest = {"epoch": done, **metrics}
         if metrics[self.select_on] > self.best.get(self.select_on, -math.inf):
             self.best = {"epoch": done, **metrics}
-            weights = ckpt.by_path(self.averaging.averaged_network.weights, "network")
-            ckpt.save_arrays(self.best_path, {"network": _values(weights)}, {"best": self.best})
+            if self.best_path is not None:
+                weights = ckpt.by_path(self.averaging.averaged_network.weights, "network")
+                ckpt.save_arrays(self.best_path, {"network": _values(weights)}, {"best": self.best})
+            else:
+                self.best_weights = [np.array(w.numpy()) for w in self.averaging.averaged_network.weights]
         print(
             f"\nepoch {done}: validation clean/PGD-40 raw {metrics['val_raw_clean_accuracy']:.4f}/"
             f"{metrics['val_raw_pgd40_accuracy']:.4f}, averaged {metrics['val_avg_clean_accuracy']:.4f}/"
             f"{metrics['val_avg_pgd40_accuracy']:.4f} (best averaged at epoch {self.best['epoch']})",
             flush=True,
         )
+
+    def restore_best(self, network: keras.Model | None = None) -> keras.Model:
+        """Loads the best averaged weights into `network` (default: the averaged network); returns it."""
+        network = self.averaging.averaged_network if network is None else network
+        if self.best["epoch"] < 0:
+            raise UserError("ModelSelection has not evaluated an epoch yet: no best weights")
+        if self.best_path is not None:
+            load_best_weights(self.best_path, network)
+        else:
+            for variable, value in zip(network.weights, self.best_weights):
+                variable.assign(value)
+        return network
+
+
+def _one_hot_batches(dataset: tf.data.Dataset, model: keras.Model) -> tf.data.Dataset:
+    """(images float32 in [0, 1], one-hot float labels) batches, as the evaluator takes them."""
+    classes = int(model.output_shape[-1])
+
+    def convert(images, labels):
+        images = tf.cast(images, tf.float32) / 255.0 if images.dtype.is_integer else tf.cast(images, tf.float32)
+        if labels.shape.rank == 2 and labels.shape[-1] == 1 and labels.dtype.is_integer:
+            labels = tf.squeeze(labels, -1)
+        if labels.shape.rank == 1:
+            labels = tf.one_hot(tf.cast(labels, tf.int32), classes)
+        elif labels.shape[-1] != classes:
+            raise UserError(f"validation labels have {labels.shape[-1]} classes but the model's logits have {classes}")
+        return images, tf.cast(labels, tf.float32)
+
+    return dataset.map(convert)
 
 
 class TrainingCheckpoint(keras.callbacks.Callback):

@@ -105,7 +105,7 @@ def resolve_jit_compile(mode: str, *, replicas: int = 1, synchronized_bn: bool =
     XLA fuses the step's elementwise work (BatchNorm, Swish, the attack's Adam and projection) into the
     convolutions' neighbours, which pays on GPUs and TPUs; on CPUs its backend does not call oneDNN's
     convolutions and the step runs several times slower (docs/xla.md has the measurements). With several
-    replicas each compiles its own step (`RobustTrainer(xla_per_replica=True)`), which rules out
+    replicas each compiles its own step (`AdversarialTrainer(xla_per_replica=True)`), which rules out
     synchronised BatchNorm: its all-reduce would sit inside the per-device program.
     """
     if mode == "off":

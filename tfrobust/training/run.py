@@ -37,7 +37,6 @@ from typing import Any, Iterator
 import keras
 import tensorflow as tf
 
-from tfrobust.attacks.pgd import pgd_at_attack, trades_attack
 from tfrobust.augment.registry import build_augmentation, mixing_options, parse_aug, produces_soft_labels
 from tfrobust.config import TrainConfig
 from tfrobust.data.datasets import DEFAULT_VAL_SIZE, Splits, load_dataset
@@ -45,7 +44,6 @@ from tfrobust.data.extra import ExtraData, open_extra_data
 from tfrobust.data.mixing import mix_plan, mixed_train_dataset, samples_per_epoch
 from tfrobust.data.pipeline import eval_dataset, train_dataset
 from tfrobust.errors import UserError
-from tfrobust.evaluation import Evaluator, keras_logits_fn
 from tfrobust.export import export_metadata, export_network
 from tfrobust.fileio import write_json_atomic, write_text_atomic
 from tfrobust.models.registry import build_model
@@ -54,7 +52,7 @@ from tfrobust.training import distribute
 from tfrobust.training.checkpoint import CHECKPOINT_NAME
 from tfrobust.training.optimizers import TraceSGD
 from tfrobust.training.schedules import steps_after_epochs, training_schedule
-from tfrobust.training.trainer import RobustTrainer
+from tfrobust.training.trainer import AdversarialTrainer
 
 CONFIG_NAME = "config.json"
 BEST_NAME = "best.npz"
@@ -104,7 +102,7 @@ class Run:
     config: TrainConfig
     splits: Splits
     strategy: tf.distribute.Strategy
-    trainer: RobustTrainer
+    trainer: AdversarialTrainer
     averaging: cb.WeightAveraging
     selection: cb.ModelSelection
     epoch_examples: int  # samples per epoch: the whole original training set, validation images included
@@ -147,20 +145,13 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
             activation=config.activation,
             synchronized_bn=synchronized_bn,
         )
-        attack = None
-        if config.loss != "standard":
-            factory = trades_attack if config.loss == "trades" else pgd_at_attack
-            attack = factory(config.norm, eps, num_steps=config.attack_steps, optimizer=config.inner_optimizer)
-            if replicas > 1:
-                # Synchronised BatchNorm all-reduces inside the attack: unrolled steps, not a while loop.
-                attack = dataclasses.replace(
-                    attack, init=distribute.ReplicaShardedInit(attack.init, replicas), unroll=synchronized_bn
-                )
         jit = distribute.resolve_jit_compile(config.jit_compile, replicas=replicas, synchronized_bn=synchronized_bn)
-        trainer = RobustTrainer(
-            network, loss=config.loss, attack=attack, beta=config.beta, weight_decay=config.weight_decay,
-            seed=config.seed, labels_as_attack_target=produces_soft_labels(parse_aug(config.aug)),
-            xla_per_replica=jit and replicas > 1,
+        # The attack is the trainer's default (`trainer.training_attack`), built for this strategy's replicas.
+        trainer = AdversarialTrainer(
+            network, loss=config.loss, eps=eps, norm=config.norm, beta=config.beta,
+            attack_steps=config.attack_steps, attack_optimizer=config.inner_optimizer,
+            weight_decay=config.weight_decay, seed=config.seed,
+            labels_as_attack_target=produces_soft_labels(parse_aug(config.aug)), xla_per_replica=jit and replicas > 1,
         )
         schedule = training_schedule(
             peak=config.learning_rate, warmup_epochs=config.warmup_epochs, epochs=config.epochs,
@@ -173,17 +164,11 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
         optimizer.build(network.trainable_variables)
         averaging = cb.WeightAveraging(network, config.ema_decay)
 
-    evaluator = Evaluator(["pgd40"], norm=config.norm, eps=eps)
     val_data = eval_dataset(splits.val, num_classes=info.num_classes, batch_size=min(config.batch_size, 256))
-    logits_fns = {id(network): keras_logits_fn(network), id(averaging.averaged_network): keras_logits_fn(averaging.averaged_network)}
-
-    def evaluate(model: keras.Model) -> dict[str, float]:
-        result = evaluator.run(logits_fns[id(model)], val_data, seed=config.seed)
-        return {"clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy}
-
     every = config.eval_every if len(splits.val) else 0
     selection = cb.ModelSelection(
-        averaging, evaluate, every=every, total_epochs=config.epochs, best_path=os.path.join(run_dir, BEST_NAME),
+        averaging, validation_data=val_data, norm=config.norm, eps=eps, seed=config.seed, every=every,
+        total_epochs=config.epochs, best_path=os.path.join(run_dir, BEST_NAME),
         select_on="val_avg_clean_accuracy" if config.loss == "standard" else "val_avg_pgd40_accuracy",
     )
     return Run(config, splits, strategy, trainer, averaging, selection, epoch_examples, data_pass_steps)
