@@ -1,4 +1,4 @@
-"""Evaluate any Keras model or SavedModel with AutoAttack from Python (docs/api-evaluation.md).
+"""Evaluate any Keras model or SavedModel with AutoAttack from Python (docs/api.md, "Evaluation and export").
 
     python examples/evaluate_any_model.py --tiny
     python examples/evaluate_any_model.py --model saved_models/my-cnn --data test.npz --n-examples 1000

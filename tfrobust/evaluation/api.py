@@ -13,7 +13,7 @@ that the command line has no evaluation logic of its own: `check_options` (the s
 `check_data` (images, labels and model agree: one clear `UserError` otherwise) and `evaluate_arrays` (the
 cascade, the report, the files).
 
-Input conventions (docs/api-evaluation.md): images NHWC, float in [0, 1] or uint8 0..255 (converted as
+Input conventions (docs/api.md, "Evaluation and export"): images NHWC, float in [0, 1] or uint8 0..255 (converted as
 x / 255, as `tfrobust eval` converts its datasets); labels class indices [N] (or [N, 1]) or one-hot rows
 [N, classes] (converted to indices; soft labels are refused: an evaluation needs one true class per image).
 The radius eps is in [0, 1] image units whatever the model expects; `input_range=(low, high)` serves a
