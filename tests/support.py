@@ -68,6 +68,25 @@ def linear(classes, seed=0, scale=1.0):
     return model_fn, kernel.astype(np.float64), bias.astype(np.float64)
 
 
+def linear_one_direction(classes, seed=0):
+    """A linear model of 4x4x1 images whose logits all depend on x through u = ⟨s, x⟩ alone, s ∈ {±1}^16:
+    z_j = c_j·u + b_j. Every logit difference has coefficients of equal magnitude, so each unit of L1 mass
+    is worth the same on every coordinate it may move (the knapsack of `worst_l1_margin` has no order to
+    find), and every loss's input gradient is ±s: sign steps are steepest ascent, the case in which
+    APGD-L1's equal steps over its top-k coordinates reach the exact worst case."""
+    rng = np.random.default_rng(seed)
+    s = rng.choice([-1.0, 1.0], size=16)
+    c = 2.0 * rng.normal(size=classes)
+    kernel = s[:, None] * c[None, :]
+    bias = -0.5 * kernel.sum(axis=0) + 0.3 * rng.normal(size=classes)
+    k, b = tf.constant(kernel, tf.float32), tf.constant(bias, tf.float32)
+
+    def model_fn(images):
+        return tf.matmul(tf.reshape(images, [-1, 16]), k) + b
+
+    return model_fn, kernel.astype(np.float32).astype(np.float64), bias.astype(np.float32).astype(np.float64)
+
+
 def images(n, seed=1, low=0.0, high=1.0):
     return np.random.default_rng(seed).uniform(low, high, size=(n, 4, 4, 1)).astype(np.float32)
 
@@ -85,9 +104,42 @@ def worst_linf_margin(x, y, kernel, bias, eps):
     return out
 
 
+def knapsack_l1_gain(w, x, eps):
+    """max ⟨w, d⟩ over ‖d‖₁ <= eps, x + d ∈ [0, 1]^D: a fractional knapsack (every unit of L1 mass is
+    worth |w_i| on coordinate i, which holds room_i = 1 − x_i (w_i > 0) or x_i (w_i < 0) of it), solved
+    greedily by decreasing |w_i|."""
+    w, x = np.asarray(w, np.float64).ravel(), np.asarray(x, np.float64).ravel()
+    room = np.where(w > 0, 1.0 - x, x)
+    gain, left = 0.0, eps
+    for i in np.argsort(-np.abs(w), kind="stable"):
+        if left <= 0 or w[i] == 0:
+            break
+        take = min(room[i], left)
+        gain += abs(w[i]) * take
+        left -= take
+    return gain
+
+
+def worst_l1_margin(x, y, kernel, bias, eps):
+    """max over L1 ball ∩ box of max_{j≠y} z_j − z_y, per example (exact for a linear model)."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    out = np.full(len(x), -np.inf)
+    for i in range(len(x)):
+        for j in range(kernel.shape[1]):
+            if j != y[i]:
+                w = kernel[:, j] - kernel[:, y[i]]
+                out[i] = max(out[i], flat[i] @ w + bias[j] - bias[y[i]] + knapsack_l1_gain(w, flat[i], eps))
+    return out
+
+
 def check_inside(adv, x, norm, eps):
     adv, x = np.asarray(adv), np.asarray(x)
     assert adv.min() >= 0.0 and adv.max() <= 1.0
-    d = (adv - x).reshape(len(x), -1)
-    n = np.abs(d).max(1) if norm == "linf" else np.sqrt((d.astype(np.float64) ** 2).sum(1))
+    d = (adv - x).reshape(len(x), -1).astype(np.float64)
+    if norm == "linf":
+        n = np.abs(d).max(1)
+    elif norm == "l1":
+        n = np.abs(d).sum(1)
+    else:
+        n = np.sqrt((d ** 2).sum(1))
     assert np.all(n <= eps * (1 + 1e-6) + 1e-6)

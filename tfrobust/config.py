@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tfrobust.errors import UserError
-from tfrobust.threat_model import DEFAULT_EPS, NORMS, check_eps
+from tfrobust.threat_model import DEFAULT_EPS, TRAIN_NORMS, check_eps
 
 INNER_OPTIMIZERS = ("adam", "sign")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
@@ -154,7 +154,7 @@ class TrainConfig:
     # Objective and inner maximisation (docs/method.md, "TRADES step", "Inner maximisation")
     loss: str = _option("trades", "{choices}", LOSSES)
     beta: float = _option(6.0, "TRADES beta [{default}].")
-    norm: str = _option("linf", "{choices}", NORMS)
+    norm: str = _option("linf", "{choices}", TRAIN_NORMS)
     eps: float | None = _option(None, "Perturbation radius in [0,1] pixel units [8/255 linf, 128/255 l2].")
     attack_steps: int = _option(10, "Inner maximisation steps [{default}].")
     inner_optimizer: str | None = _option(
@@ -214,7 +214,7 @@ class TrainConfig:
         parse_aug(self.aug)
         _choice("model", self.model, MODEL_NAMES)
         _choice("loss", self.loss, LOSSES)
-        _choice("norm", self.norm, NORMS)
+        _choice("norm", self.norm, TRAIN_NORMS)
         if self.inner_optimizer is not None:
             _choice("inner optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)

@@ -4,7 +4,12 @@ evaluation picks its threat model from the options given and the model's metadat
 A threat model is a norm and a radius eps on images in [0, 1]: the adversary may move an image anywhere in
 {x' : ‖x' − x‖_p ≤ eps} ∩ [0, 1]^d (Rebuffi et al. 2021, Section 2: S_p = {δ : ‖δ‖_p ≤ ε}; Madry et al.
 2018). The default radii are the paper's (its abstract: Linf 8/255 and L2 128/255 on CIFAR-10;
-docs/method.md, "Inner maximisation", row eps).
+docs/method.md, "Inner maximisation", row eps) and, for L1, the radius 12 of Croce & Hein 2021 ("Mind the
+box: l1-APGD for sparse adversarial attacks on image classifiers", CIFAR-10), the one AutoAttack's L1
+version is run at (docs/method.md, "Evaluation").
+
+L1 is a threat model of the evaluation only: training's inner maximisation implements Linf and L2
+(`TRAIN_NORMS`).
 
 This module is the lowest layer of tfrobust next to `tfrobust.errors`: it imports no TensorFlow, so the
 configuration (`tfrobust.config`), the importer, the attacks and the evaluation all take their norms,
@@ -18,13 +23,16 @@ from typing import Any
 
 from tfrobust.errors import UserError
 
-NORMS = ("linf", "l2")
-# The paper's radii (Rebuffi et al. 2021, abstract).
-DEFAULT_EPS = {"linf": 8.0 / 255.0, "l2": 128.0 / 255.0}
+NORMS = ("linf", "l2", "l1")
+# The norms training can use (config.TrainConfig.norm): the inner maximisation has no L1 step rule.
+TRAIN_NORMS = ("linf", "l2")
+# The paper's radii (Rebuffi et al. 2021, abstract); L1: Croce & Hein 2021's CIFAR-10 radius.
+DEFAULT_EPS = {"linf": 8.0 / 255.0, "l2": 128.0 / 255.0, "l1": 12.0}
 # Largest radius an option may ask for. Linf: at 1 the ball already holds the whole [0, 1] box. L2: 64 is
 # past the diagonal of a 32x32x3 box (sqrt(3072) = 55.4), so it admits every meaningful CIFAR radius while
-# catching a radius given in pixel units by mistake.
-MAX_EPS = {"linf": 1.0, "l2": 64.0}
+# catching a radius given in pixel units by mistake. L1: 3072 is the L1 diameter of a 32x32x3 box (every
+# coordinate moved by 1); a larger radius holds the whole box of any 32x32 colour image.
+MAX_EPS = {"linf": 1.0, "l2": 64.0, "l1": 3072.0}
 
 
 def check_norm(norm: str) -> str:

@@ -61,7 +61,7 @@ def test_fewer_classes_fewer_targets_with_note():
     with pytest.raises(UserError):
         APGD("linf", 0.1, "hinge")
     with pytest.raises(UserError):
-        APGD("l1", 0.1)
+        APGD("l0", 0.1)
 
 
 def _labels_and_keep(model_fn, x, kernel, bias, eps):

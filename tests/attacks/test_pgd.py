@@ -76,9 +76,10 @@ def test_norm_of():
     delta = tf.constant([[3.0, -4.0], [0.0, -0.5]])
     np.testing.assert_allclose(A.norm_of(delta, "linf"), [4.0, 0.5])
     np.testing.assert_allclose(A.norm_of(delta, "l2"), [5.0, 0.5])
+    np.testing.assert_allclose(A.norm_of(delta, "l1"), [7.0, 0.5])
     with pytest.raises(UserError):
-        A.norm_of(delta, "l1")
-    assert set(A.PROJECTIONS) == {"linf", "l2"}
+        A.norm_of(delta, "l0")
+    assert set(A.PROJECTIONS) == {"linf", "l2", "l1"}
 
 
 # ---------------------------------------------------------------- inits
@@ -302,8 +303,10 @@ def test_factories_and_validation():
     assert pgd40.keep_best and pgd40.num_steps == 40 and pgd40.loss is A.margin
     assert pgd40.optimizer.learning_rate_schedule == A.PiecewiseConstant((20, 30), (0.1, 0.01, 0.001))
     hash(pgd40)  # frozen and hashable: usable as a static tf.function argument
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="APGD-L1"):  # L1 has no PGD step rule
         A.trades_attack("l1", 0.1)
+    with pytest.raises(UserError, match="APGD-L1"):
+        A.pgd40_attack("l1", 12.0)
     with pytest.raises(UserError):
         A.trades_attack("linf", 0.1, optimizer="sgd")
     with pytest.raises(UserError):

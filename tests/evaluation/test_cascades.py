@@ -8,9 +8,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import images, linear, worst_linf_margin
+from support import (
+    images,
+    linear,
+    linear_one_direction,
+    worst_l1_margin,
+    worst_linf_margin,
+)
 
 from tfrobust.attacks.square import Square
+from tfrobust.errors import UserError
 from tfrobust.evaluation import (
     CASCADES,
     STAGES,
@@ -37,6 +44,53 @@ def test_cascade_table():
     assert STAGES["apgd-ce"]("l2", 0.5).n_iter == 100 and STAGES["apgd-ce-5x100"]("l2", 0.5).n_restarts == 5
     assert STAGES["apgd-t"]("l2", 0.5).n_target_classes == 9 and STAGES["square"]("l2", 0.5).n_queries == 5000
     assert (STAGES["mt"]("linf", 0.1).n_restarts, STAGES["mt"]("linf", 0.1).n_steps) == (10, 200)
+
+
+def test_l1_stages_are_the_references_l1_standard_version():
+    """fra31/auto-attack `autoattack.py` `set_version("standard")` with norm "L1": APGD-CE with 5 restarts
+    and APGD-T with 5 target classes, both with `use_largereps`; FAB-T and Square as for Linf and L2."""
+    ce, t = STAGES["apgd-ce"]("l1", 12.0), STAGES["apgd-t"]("l1", 12.0)
+    assert (ce.norm, ce.loss, ce.n_iter, ce.n_restarts, ce.use_largereps) == ("l1", "ce", 100, 5, True)
+    assert (t.loss, t.n_iter, t.n_restarts, t.n_target_classes, t.use_largereps) == ("dlr-targeted", 100, 1, 5, True)
+    fab, square = STAGES["fab-t"]("l1", 12.0), STAGES["square"]("l1", 12.0)
+    assert (fab.norm, fab.n_target_classes, square.norm, square.n_queries) == ("l1", 9, "l1", 5000)
+    # Linf and L2 keep the standard version's 1 restart and 9 targets, without the L1 schedule.
+    for norm in ("linf", "l2"):
+        assert STAGES["apgd-ce"](norm, 0.1).n_restarts == 1 and not STAGES["apgd-ce"](norm, 0.1).use_largereps
+        assert STAGES["apgd-t"](norm, 0.1).n_target_classes == 9
+    # The paper's MultiTargeted and model selection's PGD-40 have no L1 version: one clear error.
+    for cascade in ("aa+mt", "pgd40", "mt"):
+        with pytest.raises(UserError, match="APGD-L1"):
+            Evaluator(CASCADES[cascade], norm="l1", eps=12.0)
+
+
+def test_aa_l1_on_a_linear_model(monkeypatch):
+    """`aa` with norm l1 on a linear model whose worst case over the L1 ball ∩ box is known exactly
+    (`support.linear_one_direction`, `worst_l1_margin`): sound, and exact away from the threshold. The
+    stages keep their L1 configuration with fewer iterations (30 for APGD, 20 for FAB, 300 Square
+    queries), which this model needs, to keep the test short."""
+    shorter = {"apgd-ce": {"n_iter": 30}, "apgd-t": {"n_iter": 30}, "fab-t": {"n_iter": 20},
+               "square": {"n_queries": 300}}
+    for name, changes in shorter.items():
+        factory = STAGES[name]
+        monkeypatch.setitem(STAGES, name, lambda norm, eps, f=factory, c=changes: dataclasses.replace(f(norm, eps), **c))
+    classes, eps = 5, 1.0
+    model_fn, kernel, bias = linear_one_direction(classes, seed=1)
+    x = images(16, seed=45)
+    y = np.asarray(model_fn(x)).argmax(-1)
+    y[0] = (y[0] + 1) % classes  # one clean mistake
+    worst = worst_l1_margin(x, y, kernel, bias, eps)
+    with pytest.warns(UserWarning, match="4 target classes"):  # 5 classes: 4 targets for APGD-T and FAB-T
+        result = Evaluator(CASCADES["aa"], norm="l1", eps=eps).run(model_fn, _dataset(x, y, classes), seed=0,
+                                                                   keep_adversarial=True)
+    keep = np.abs(worst) > 0.02
+    keep[0] = False
+    assert (worst[keep] > 0).any() and (worst[keep] < 0).any()
+    np.testing.assert_array_equal(result.robust[keep], worst[keep] < 0)
+    assert not result.robust[0]
+    broken = ~result.robust & result.clean_correct
+    delta = (result.adversarial[broken] - x[broken]).reshape(broken.sum(), -1).astype(np.float64)
+    assert np.all(np.abs(delta).sum(1) <= eps * (1 + 1e-6) + 1e-6)
 
 
 @pytest.mark.parametrize("cascade", ["aa", "aa+mt"])

@@ -289,6 +289,9 @@ def test_verify_accepts_and_rejects():
     # L2: 16 pixels moved by c have norm 4c.
     assert check(clean + 0.03, norm="l2", eps=0.125)
     assert not check(clean + 0.03, norm="l2", eps=0.115)
+    # L1: the same 16 pixels have norm 16c = 0.48 (inside every L2 radius above, outside these L1 ones).
+    assert check(clean + 0.03, norm="l1", eps=0.49)
+    assert not check(clean + 0.03, norm="l1", eps=0.47)
     # Empty batches.
     assert verify(fn, clean[:0], clean[:0], label[:0], "linf", 0.05).shape == (0,)
 

@@ -30,6 +30,7 @@ from tfrobust.attacks.optimizers import (
 from tfrobust.attacks.pgd import ATTACKS, PGD, pgd40_attack, pgd_at_attack, trades_attack
 from tfrobust.attacks.projection import (
     PROJECTIONS,
+    L1Projection,
     L2Projection,
     LinfProjection,
     Projection,
@@ -45,7 +46,7 @@ from tfrobust.attacks.square import Square
 __all__ = [
     "ATTACKS", "LOSSES", "PROJECTIONS",
     "PGD", "pgd40_attack", "pgd_at_attack", "trades_attack", "ModelFn",
-    "LinfProjection", "L2Projection", "Projection", "make_projection", "norm_of", "clip_to_box",
+    "LinfProjection", "L2Projection", "L1Projection", "Projection", "make_projection", "norm_of", "clip_to_box",
     "Init", "UniformInit", "ZeroInit",
     "Optimizer", "SignGradient", "NormalizedGradient", "Adam", "Schedule", "Constant", "PiecewiseConstant",
     "LossFn", "kl_to_target", "cross_entropy", "margin",

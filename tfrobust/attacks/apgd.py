@@ -27,6 +27,15 @@ Restarts (and targets) run on the still-robust points only, from the clean image
 stateless random starts (`common.run_targets`). Everything is graph-compatible: the iterations are
 a `tf.while_loop`, the runs another.
 
+L1 (Croce & Hein 2021, "Mind the box: l1-APGD for sparse adversarial attacks on image classifiers", ICML;
+the reference's L1 branches of the same functions, `single_run_l1` and `l1_stage`): start x + P(t), t ~
+N(0, I); sparse sign steps of L1 size η over the top-k gradient coordinates (k adapted to the sparsity of
+the best point), projected exactly onto the L1 ball ∩ [0, 1] (`projection.l1_box_projection`); no
+momentum; every max(int(0.04·N), 1) iterations η resets to eps (the best point got sparser) or shrinks
+by 1.5, within [eps/10, eps]. `use_largereps` (AutoAttack's standard L1 version) runs the N iterations as
+three stages at radii 3·eps, 2·eps, eps (30, 30, 40 for N = 100), each from the previous stage's
+highest-loss point projected onto the smaller ball.
+
 Reference quirk kept on purpose: the first checkpoint's window compares the first iterate's loss with 0
 (the reference reads `loss_steps[-1]` of a zero-initialised buffer), so that window's count includes
 "loss(x_1) > 0"; this only decides whether the first checkpoint halves.
@@ -35,6 +44,7 @@ Reference quirk kept on purpose: the first checkpoint's window compares the firs
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import tensorflow as tf
@@ -52,7 +62,12 @@ from tfrobust.attacks.common import (
     target_notes,
     top_targets,
 )
-from tfrobust.attacks.projection import check_eps, check_norm, make_projection
+from tfrobust.attacks.projection import (
+    check_eps,
+    check_norm,
+    l1_box_projection,
+    make_projection,
+)
 from tfrobust.errors import UserError
 
 LOSS_NAMES = ("ce", "dlr", "dlr-targeted")
@@ -76,6 +91,23 @@ def checkpoints(n_iter: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         k = max(k - size_decr, k_min)
         i += k
     return tuple(at), tuple(windows)
+
+
+def largereps_schedule(n_iter: int) -> tuple[tuple[float, int], ...]:
+    """(radius as a multiple of eps, iterations) of each stage of APGD-L1's `use_largereps` schedule.
+
+    The reference's `perturb` (fra31/auto-attack, `autoattack/autopgd_base.py`): radii 3·eps, 2·eps, eps;
+    iterations ceil(0.3·N), ceil(0.3·N) and the rest (30, 30, 40 for N = 100), computed in Python floating
+    point as there.
+    """
+    first = math.ceil(0.3 * n_iter)
+    return (3.0, first), (2.0, first), (1.0, n_iter - 2 * first)
+
+
+def l1_check_interval(n_iter: int) -> int:
+    """Iterations between APGD-L1's sparsity and step-size checks: max(int(0.04·N), 1) for a run (or a
+    `use_largereps` stage) of N iterations (the reference's `attack_single_run`, L1 branch)."""
+    return max(int(0.04 * n_iter), 1)
 
 
 def _sorted_desc(logits: tf.Tensor, n: int) -> tf.Tensor:
@@ -131,6 +163,9 @@ class APGD:
     n_restarts: int = 1
     n_target_classes: int = 9
     rho: float = 0.75
+    # L1 only: the reference's `use_largereps` (radii 3·eps, 2·eps, eps; `largereps_schedule`). The
+    # reference class's default is False; AutoAttack's standard L1 version sets it for APGD-CE and APGD-T.
+    use_largereps: bool = False
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
@@ -138,6 +173,14 @@ class APGD:
         if self.loss not in LOSS_NAMES:
             raise UserError(f"unknown APGD loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
         check_counts("APGD", n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes)
+        if not isinstance(self.use_largereps, bool):
+            raise UserError(f"APGD use_largereps must be True or False, got {self.use_largereps!r}")
+        if self.use_largereps and self.norm != "l1":
+            raise UserError(f"APGD use_largereps is the L1 schedule (the reference's); norm is {self.norm!r}")
+        if self.use_largereps and largereps_schedule(self.n_iter)[-1][1] < 1:
+            iterations = ", ".join(str(n) for _, n in largereps_schedule(self.n_iter))
+            raise UserError(f"APGD use_largereps with n_iter={self.n_iter} leaves no iteration at eps (stages of "
+                            f"{iterations} iterations at 3·eps, 2·eps, eps): use n_iter = 3 or at least 5")
 
     @property
     def targeted(self) -> bool:
@@ -177,6 +220,18 @@ class APGD:
         targets = top_targets(logits, y, num_targets) if self.targeted else None
         return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts, targets=targets)
 
+    def _evaluate(self, model_fn: ModelFn, x_k: tf.Tensor, y_k: tf.Tensor,
+                  target_k: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(misclassified [b] bool, per-example losses [b], input gradient of the summed loss) at x_k."""
+        with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
+            tape.watch(x_k)
+            logits = tf.cast(model_fn(x_k), tf.float32)
+            losses = self._loss(logits, y_k, target_k)
+            total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
+        grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y_k)
+        return misclassified, losses, grad
+
     def _loss(self, logits: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor]) -> tf.Tensor:
         if self.loss == "ce":
             return ce_loss(logits, y)
@@ -196,7 +251,11 @@ class APGD:
         (the model is applied in inference mode, so examples do not interact), and the run's success flags
         are the same. Dropping them is what makes the first stage of a cascade cheap: on most models the
         bulk of the points fall within a few iterations, and the reference pays 100 for each.
+
+        L1 runs `single_run_l1` (with `use_largereps`, every stage of the schedule).
         """
+        if self.norm == "l1":
+            return self.single_run_l1(model_fn, x, y, target, seed)
         projection = make_projection(self.norm, self.eps)
         eps = tf.constant(self.eps, tf.float32)
         rank = x.shape.rank
@@ -213,14 +272,7 @@ class APGD:
         x_adv = tf.clip_by_value(x + eps * direction(t), 0.0, 1.0)
 
         def evaluate(x_k, y_k, target_k):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
-                tape.watch(x_k)
-                logits = tf.cast(model_fn(x_k), tf.float32)
-                losses = self._loss(logits, y_k, target_k)
-                total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
-            grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y_k)
-            return misclassified, losses, grad
+            return self._evaluate(model_fn, x_k, y_k, target_k)
 
         batch = tf.shape(x)[0]
         wrong, losses, grad = evaluate(x_adv, y, target)
@@ -319,6 +371,173 @@ class APGD:
             shape_invariants=(tf.TensorShape([]), out_adv.shape, wrong.shape, invariants),
             maximum_iterations=self.n_iter)
         return out_adv, out_wrong
+
+    @no_autograph
+    def single_run_l1(
+        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """One APGD-L1 run on every example of `x`: (x_adv, misclassified), as `single_run`.
+
+        Without `use_largereps`: one `l1_stage` of N iterations at eps from the reference's random start,
+        x + t + (P(t) − t) with t ~ N(0, I) and P the L1 ∩ box projection at eps (`l1_box_projection`).
+        With it (the reference's `decr_eps_pgd`): the start x + t projected at 3·eps, then one stage per
+        radius of `largereps_schedule`, each starting from the previous stage's highest-loss point
+        projected onto its own ball; only the last stage, at eps, can break a point (the points the larger
+        radii misclassify lie outside the threat model), and only it drops a broken example early.
+
+        The start is computed in float32 as the reference computes it, x + t + (P(t) − t), not as x + P(t):
+        the rounding of x + t leaves about half the coordinates that P sets to 0 a few ulp away from x, and
+        the reference's sparsity count ‖x_start − x‖₀ (the first stage's `topk` and `sp_old`) counts them.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        t = rng.normal(tf.shape(x), seed)
+        if not self.use_largereps:
+            start = x + t + (l1_box_projection(t, x, self.eps) - t)  # `attack_single_run` without x_init
+            return self.l1_stage(model_fn, x, y, target, start, self.eps, self.n_iter, from_start=False, last=True)
+        stages = largereps_schedule(self.n_iter)
+        start = _l1_step_to_ball(x, x + t, stages[0][0] * self.eps)  # `decr_eps_pgd`'s x_init
+        for number, (multiple, n_iter) in enumerate(stages):
+            last = number == len(stages) - 1
+            radius = multiple * self.eps
+            start = _l1_step_to_ball(x, start, radius)
+            result = self.l1_stage(model_fn, x, y, target, start, radius, n_iter, from_start=True, last=last)
+            if not last:
+                start = result[0]
+        return result
+
+    @no_autograph
+    def l1_stage(
+        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, start: tf.Tensor,
+        eps: float, n_iter: int, *, from_start: bool, last: bool,
+    ) -> tuple[tf.Tensor, ...]:
+        """n_iter APGD-L1 iterations at radius `eps` from `start` (the reference's `attack_single_run`, L1).
+
+        Per example, with η the step size (η₀ = eps) and k the sparsity (`topk`, a fraction of the D
+        coordinates):
+
+        - step: keep the gradient's coordinates with |g_i| ≥ the value at position int((1 − k)·D) of |g|
+          sorted ascending (the largest ones, ties included), s = sign of those, then
+          x' = x_k + η·s/(‖s‖₁ + 1e-10), projected onto the L1 ball ∩ box (no momentum: the L1 branch has
+          none);
+        - the best-loss point and its gradient are tracked as for Linf/L2;
+        - every `l1_check_interval(n_iter)` iterations: m = ‖x_best − x‖₀; if m/m_prev < 0.95 (the best
+          point got sparser) η resets to eps and the run continues from the best point and its gradient,
+          else η /= 1.5; η stays in [eps/10, eps]; k = m/D/1.5 and m_prev = m.
+
+        k₀ = 0.2 and m_prev = D from the random start (`from_start=False`); from a given start (`use_largereps`
+        stages) k₀ = ‖start − x‖₀/D/1.5 and m_prev = ‖start − x‖₀.
+
+        Returns (x_adv, misclassified) when `last` (the run's result; examples leave at their first
+        misclassified iterate, as in `single_run`), else (x_best,) for the next stage: every example runs
+        all n_iter iterations, a misclassification counting for nothing at a radius above the threat
+        model's.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        rank = x.shape.rank
+        per_example = [-1] + [1] * (rank - 1)
+        dim = 1
+        for size in x.shape[1:]:
+            dim *= int(size)  # static: the sparsity works on counts of coordinates
+        batch = tf.shape(x)[0]
+        eps_t = tf.constant(eps, tf.float32)
+        check_every = l1_check_interval(n_iter)
+
+        def l0(t: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(tf.cast(tf.not_equal(tf.reshape(t, [tf.shape(t)[0], -1]), 0.0), tf.float32), axis=1)
+
+        x_adv = tf.clip_by_value(start, 0.0, 1.0)
+        wrong, losses, grad = self._evaluate(model_fn, x_adv, y, target)
+        if from_start:
+            sparsity = l0(x_adv - x)
+            topk = sparsity / dim / 1.5
+        else:
+            topk = tf.fill([batch], 0.2)
+            sparsity = tf.fill([batch], float(dim))
+        active = {
+            "index": tf.range(batch),
+            "x": x,
+            "y": y,
+            "x_adv": x_adv,
+            "grad": grad,
+            "step": tf.fill([batch], eps_t),
+            "x_best": x_adv,
+            "grad_best": grad,
+            "loss_best": losses,
+            "topk": topk,
+            "sp_old": sparsity,
+        }
+        if target is not None:
+            active["target"] = target
+        out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
+        if last:
+            active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
+
+        def body(i, out_adv, out_wrong, s):
+            g = s["grad"]
+            n = tf.shape(g)[0]
+            magnitude = tf.reshape(tf.abs(g), [n, dim])
+            position = tf.cast(tf.clip_by_value((1.0 - s["topk"]) * dim, 0.0, dim - 1.0), tf.int32)
+            threshold = tf.gather(tf.sort(magnitude, axis=1), position[:, None], batch_dims=1)
+            sparse = tf.sign(g) * tf.reshape(tf.cast(magnitude >= threshold, tf.float32), tf.shape(g))
+            count = tf.reduce_sum(tf.reshape(tf.abs(sparse), [n, dim]), axis=1)
+            moved = s["x_adv"] + tf.reshape(s["step"], per_example) * sparse / tf.reshape(count + 1e-10, per_example)
+            x_new = _l1_step_to_ball(s["x"], moved, eps)
+
+            misclassified, losses, grad = self._evaluate(model_fn, x_new, s["y"], s.get("target"))
+            if last:
+                broken = tf.boolean_mask(s["index"], misclassified)[:, None]
+                out_adv = tf.tensor_scatter_nd_update(out_adv, broken, tf.boolean_mask(x_new, misclassified))
+                out_wrong = tf.tensor_scatter_nd_update(out_wrong, broken, tf.ones_like(broken[:, 0], tf.bool))
+
+            improved = losses > s["loss_best"]
+            improved_b = tf.reshape(improved, per_example)
+            x_best = tf.where(improved_b, x_new, s["x_best"])
+            grad_best = tf.where(improved_b, grad, s["grad_best"])
+            loss_best = tf.where(improved, losses, s["loss_best"])
+
+            def check():
+                sp_curr = l0(x_best - s["x"])
+                sparser = sp_curr / s["sp_old"] < 0.95  # 0/0 and m/0 compare False, as in the reference
+                sparser_b = tf.reshape(sparser, per_example)
+                step = tf.clip_by_value(tf.where(sparser, eps_t, s["step"] / 1.5), eps / 10.0, eps)
+                return (step, sp_curr / dim / 1.5, sp_curr, tf.where(sparser_b, x_best, x_new),
+                        tf.where(sparser_b, grad_best, grad))
+
+            def no_check():
+                return s["step"], s["topk"], s["sp_old"], x_new, grad
+
+            step, topk, sp_old, x_next, grad_next = tf.cond(tf.equal((i + 1) % check_every, 0), check, no_check)
+            s = dict(s, x_adv=x_next, grad=grad_next, step=step, x_best=x_best, grad_best=grad_best,
+                     loss_best=loss_best, topk=topk, sp_old=sp_old)
+            if last:
+                s = {k: tf.boolean_mask(v, tf.logical_not(misclassified)) for k, v in s.items()}
+            return i + 1, out_adv, out_wrong, s
+
+        def cond(i, out_adv, out_wrong, s):
+            return tf.logical_and(i < n_iter, tf.size(s["index"]) > 0)
+
+        invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
+        _, out_adv, out_wrong, s = tf.while_loop(
+            cond, body, (tf.constant(0, tf.int32), out_adv, wrong, active),
+            shape_invariants=(tf.TensorShape([]), out_adv.shape, wrong.shape, invariants),
+            maximum_iterations=max(n_iter, 1))
+        if last:
+            return out_adv, out_wrong
+        return (s["x_best"],)
+
+
+def _l1_step_to_ball(x: tf.Tensor, point: tf.Tensor, eps: float) -> tf.Tensor:
+    """`point` moved onto the L1 ball of radius eps around x ∩ [0, 1], in the reference's arithmetic:
+    δ = point − x, then x + δ + (P(δ) − δ) in float32 (`autopgd_base.py`: `x + delta_u + delta_p` with
+    `delta_p = L1_projection(x, delta_u, eps)`), clipped to [0, 1].
+
+    Where P sets a coordinate to 0 the correction is −δ_i exactly, so the coordinate returns to x_i up to
+    the rounding of x + δ (exactly when δ_i = point_i − x_i is exact, as for an iterate near x). The final
+    clip only removes the ulp by which the sum can leave the box; the reference leaves it.
+    """
+    delta = point - x
+    correction = l1_box_projection(delta, x, eps) - delta
+    return tf.clip_by_value(x + delta + correction, 0.0, 1.0)
 
 
 def apgd_ce(norm: str, eps: float, n_restarts: int = 1, n_iter: int = 100) -> APGD:

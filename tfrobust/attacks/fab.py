@@ -3,16 +3,16 @@
 Croce & Hein 2020, "Minimally distorted adversarial examples with a fast adaptive boundary attack" (ICML),
 Algorithm 1 and sec. 3.1-3.3; the targeted version and every constant below follow the reference code
 in AutoAttack (github.com/fra31/auto-attack, `autoattack/fab_base.py` `FABAttack.attack_single_run` and
-`autoattack/fab_projections.py` `projection_linf` / `projection_l2`), configured as AutoAttack's standard
-version runs it: 9 target classes (the k-th largest clean logit after the true class) × 1 restart × 100
-iterations, no random start on the first restart.
+`autoattack/fab_projections.py` `projection_linf` / `projection_l2` / `projection_l1`), configured as
+AutoAttack's standard version runs it: 9 target classes (the k-th largest clean logit after the true
+class) × 1 restart × 100 iterations, no random start on the first restart.
 
 One iteration at the current point x_k, for the original point x and target t:
 
 - linearise g = f_t − f_y at x_k: the hyperplane π = {z : ⟨∇g(x_k), z − x_k⟩ + g(x_k) = 0};
 - d₁, d₂: the minimum-norm steps that move x_k and x respectively onto π inside the box [0, 1]^d (the
-  box-constrained projections, exact for Linf and L2: a sort plus a binary search over the coordinates,
-  sec. 3.3 of the paper);
+  box-constrained projections, exact for Linf, L2 and L1: a sort plus a binary search over the coordinates,
+  sec. 3.3 of the paper; for L1 a fractional knapsack, `projection_l1`);
 - α = clamp(‖d₁‖ / (‖d₁‖ + ‖d₂‖), 0, α_max = 0.1); x_{k+1} = clip((1 − α)(x_k + η d₁) + α(x + η d₂))
   with overshoot η = 1.05 — the bias towards x keeps the point close to the original;
 - if x_{k+1} is misclassified: remember it when its norm ‖x_{k+1} − x‖ is the smallest so far, then step
@@ -152,7 +152,46 @@ def projection_l2(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return d * keep
 
 
-PROJECTIONS = {"linf": projection_linf, "l2": projection_l2}
+def projection_l1(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Minimum-L1-norm step d with ⟨w, t + d⟩ = b and t + d ∈ [0, 1]^D, per row of t [n, D].
+
+    The reference's `projection_l1` (fra31/auto-attack, `autoattack/fab_projections.py`; Croce & Hein 2020,
+    FAB, sec. 3.3): a fractional knapsack. With c = ⟨w, t⟩ − b ≥ 0 (w and c negated where c < 0), moving
+    coordinate i towards the box face w points away from changes ⟨w, d⟩ at the rate |w_i| per unit of L1
+    norm, by at most −min(w_i t_i, −w_i (1 − t_i)); the cheapest solution takes the coordinates in order
+    of decreasing |w_i| (a stable sort of 1/|w_i|), moves each to its face while c stays positive, and the
+    next one only as far as it takes to reach the hyperplane. When even every coordinate at its face does
+    not reach it, d moves every coordinate with w_i ≠ 0 to its face (the box corner); coordinates with
+    |w_i| ≤ 1e-8 never move.
+
+    The reference finds the coordinate that stops short by ceil(log2 D) halvings of the D + 1 cumulative
+    sums, one halving short of converging when D is a power of 2; counting the positive sums finds it
+    exactly, which is the reference's result whenever its bisection converges (D = 3072 for CIFAR).
+    """
+    c = tf.reduce_sum(w * t, axis=1) - b
+    flip = c < 0
+    w = tf.where(flip[:, None], -w, w)
+    c = tf.where(flip, -c, c)
+    order = tf.argsort(tf.minimum(1.0 / tf.abs(w), 1e12), axis=1, stable=True)
+    corner = (tf.cast(w < 0, tf.float32) - t) * tf.cast(tf.not_equal(w, 0.0), tf.float32)
+    reach = tf.gather(tf.minimum(-w * t, w * (1.0 - t)), order, batch_dims=1)
+    sums = tf.cumsum(tf.concat([c[:, None], reach], axis=1), axis=1)  # c left after the first j coordinates
+    reachable = sums[:, -1] < 0
+    # Position (in the order) of the coordinate that stops short: the last j whose sum is still positive.
+    # (Clamped to D − 1 for the unreachable rows, whose sums are all positive and which take the corner.)
+    stop = tf.clip_by_value(tf.reduce_sum(tf.cast(sums > 0, tf.int32), axis=1) - 1, 0, int(t.shape[1]) - 1)
+    stop_index = tf.gather(order, stop[:, None], batch_dims=1)[:, 0]
+    partial = -tf.math.divide_no_nan(tf.gather(sums, stop[:, None], batch_dims=1)[:, 0],
+                                     tf.gather(w, stop_index[:, None], batch_dims=1)[:, 0])
+    rank = tf.argsort(order, axis=1, stable=True)  # position of each coordinate in the order
+    full = tf.cast(rank < stop[:, None], tf.float32)
+    is_stop = tf.cast(tf.equal(rank, stop[:, None]), tf.float32)
+    d_reachable = corner * full + partial[:, None] * is_stop
+    d = tf.where(reachable[:, None], d_reachable, corner)
+    return d * tf.cast(tf.abs(w) > 1e-8, tf.float32)
+
+
+PROJECTIONS = {"linf": projection_linf, "l2": projection_l2, "l1": projection_l1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +260,7 @@ class FABTargeted:
 
         if self.norm == "linf":
             t = rng.uniform(tf.shape(x), as_seed(seed), -1.0, 1.0)
-        else:
+        else:  # L2 and L1: a Gaussian direction, scaled to its norm (the reference's `use_rand_start`)
             t = rng.normal(tf.shape(x), as_seed(seed))
         x_rand = tf.clip_by_value(x + eps * t / flat_norm(t, self.norm) * 0.5, 0.0, 1.0)
         x1 = tf.where(tf.convert_to_tensor(random_start), x_rand, x)

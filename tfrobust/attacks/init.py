@@ -17,7 +17,12 @@ from typing import Protocol
 import tensorflow as tf
 
 from tfrobust.attacks import rng
-from tfrobust.attacks.projection import check_eps, check_norm, clip_to_box
+from tfrobust.attacks.projection import (
+    check_eps,
+    check_norm,
+    clip_to_box,
+    l1_box_projection,
+)
 
 
 class Init(Protocol):
@@ -44,6 +49,9 @@ class UniformInit:
       r = eps · U^(1/d) with U ~ U[0, 1] (the ball's volume grows like r^d, so this inverse-CDF radius makes
       the density uniform; Muller 1959 / standard "uniform in a ball" sampling). For image-sized d nearly all
       samples lie close to the sphere.
+    - l1: uniform in the L1 ball: direction u = l/‖l‖₁ with l_i i.i.d. Laplace(0, 1) (|l|/‖l‖₁ is
+      Dirichlet(1, ..., 1), uniform on the simplex, and the signs pick the orthant), radius eps · U^(1/d)
+      as for L2.
 
     Clipping to [0, 1] keeps the point inside the ball because x ∈ [0, 1] (it only shrinks |δ_i|).
     """
@@ -62,11 +70,28 @@ class UniformInit:
             return clip_to_box(x + delta)
         direction_seed, radius_seed = tf.unstack(rng.split(seed, 2))
         batch = tf.shape(x)[0]
-        g = rng.normal([batch, tf.size(x) // batch], direction_seed, dtype=x.dtype)
-        # A Gaussian vector is 0 with probability 0; the floor only guards the division.
-        direction = g / tf.maximum(tf.norm(g, axis=1, keepdims=True), 1e-12)
+        if self.norm == "l1":
+            magnitude_seed, sign_seed = tf.unstack(rng.split(direction_seed, 2))
+            shape = [batch, tf.size(x) // batch]
+            # Laplace: a random sign times Exp(1) by inversion, −log(1 − v) finite because v ∈ [0, 1).
+            g = -tf.math.log1p(-rng.uniform(shape, magnitude_seed, dtype=x.dtype))
+            g = tf.where(rng.uniform(shape, sign_seed, dtype=x.dtype) < 0.5, -g, g)
+            direction = g / tf.maximum(tf.reduce_sum(tf.abs(g), axis=1, keepdims=True), 1e-12)
+        else:
+            g = rng.normal([batch, tf.size(x) // batch], direction_seed, dtype=x.dtype)
+            # A Gaussian vector is 0 with probability 0; the floor only guards the division.
+            direction = g / tf.maximum(tf.norm(g, axis=1, keepdims=True), 1e-12)
         dim = tf.cast(tf.shape(g)[1], x.dtype)
         u = rng.uniform([batch, 1], radius_seed, dtype=x.dtype)
         radius = eps * tf.pow(u, 1.0 / dim)
         delta = tf.reshape(direction * radius, tf.shape(x))
         return clip_to_box(x + delta)
+
+
+def l1_normal_start(x: tf.Tensor, eps: float | tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """APGD-L1's random start: x + P(t) with t ~ N(0, I) and P the projection onto the L1 ball of radius
+    eps ∩ [0, 1]^d (fra31/auto-attack, `autoattack/autopgd_base.py`: `attack_single_run` without an initial
+    point, and `decr_eps_pgd` at 3·eps). With ‖t‖₁ ≈ 0.8·d far above eps, the projection soft-thresholds t
+    to its largest coordinates: a sparse start on the ball's surface."""
+    t = rng.normal(tf.shape(x), seed, dtype=x.dtype)
+    return clip_to_box(x + l1_box_projection(t, x, eps))

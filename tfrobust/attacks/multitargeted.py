@@ -42,8 +42,8 @@ from tfrobust.attacks.common import (
 )
 from tfrobust.attacks.init import UniformInit
 from tfrobust.attacks.optimizers import Adam, NormalizedGradient, Optimizer, PiecewiseConstant
-from tfrobust.attacks.pgd import PGD
-from tfrobust.attacks.projection import check_eps, check_norm, make_projection
+from tfrobust.attacks.pgd import PGD, check_pgd_norm
+from tfrobust.attacks.projection import check_eps, make_projection
 
 
 def targeted_margin(logits: tf.Tensor, direction: tf.Tensor) -> tf.Tensor:
@@ -73,7 +73,7 @@ class MultiTargeted:
     restarts_per_target: bool = False
 
     def __post_init__(self) -> None:
-        check_norm(self.norm)
+        check_pgd_norm(self.norm, "MultiTargeted")
         check_eps(self.eps)
         check_counts("MultiTargeted", n_restarts=self.n_restarts, n_steps=self.n_steps, n_target_classes=self.n_target_classes)
 

@@ -50,6 +50,7 @@ from tfrobust.attacks.losses import LossFn, cross_entropy, kl_to_target, margin
 from tfrobust.attacks.optimizers import Adam, NormalizedGradient, Optimizer, PiecewiseConstant, SignGradient
 from tfrobust.attacks.projection import Projection, check_norm, make_projection
 from tfrobust.errors import UserError
+from tfrobust.threat_model import TRAIN_NORMS
 
 OPTIMIZERS = ("adam", "sign")
 
@@ -156,6 +157,18 @@ class PGD:
         return best_x
 
 
+def check_pgd_norm(norm: str, owner: str = "PGD") -> str:
+    """`norm` when the PGD step rules cover it (Linf, L2: `TRAIN_NORMS`), else `UserError`.
+
+    L1 has no step rule here: its attack is APGD-L1 (`apgd.py`), with sparse sign steps the L1 geometry
+    needs; an L2-normalised step projected onto the L1 ball would be a silently weak attack.
+    """
+    if check_norm(norm) not in TRAIN_NORMS:
+        raise UserError(f"{owner} implements {', '.join(TRAIN_NORMS)}, not {norm}: the L1 threat model is "
+                        "attacked by APGD-L1 (tfrobust eval --attack aa, or apgd-ce)")
+    return norm
+
+
 def _check_steps(num_steps: int) -> None:
     if not isinstance(num_steps, int) or num_steps < 1:
         raise UserError(f"num_steps must be a positive int, got {num_steps!r}")
@@ -193,7 +206,7 @@ def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optiona
     stop-gradient clean softmax (or the CutMix soft labels). `optimizer` is "adam" (default for linf) or
     "sign" (default for l2; means normalised-gradient steps for l2). Returns the last iterate.
     """
-    check_norm(norm)
+    check_pgd_norm(norm, "TRADES' inner maximisation")
     _check_steps(num_steps)
     return PGD(make_projection(norm, eps), UniformInit(norm, eps),
                _training_optimizer(norm, eps, num_steps, optimizer), kl_to_target, num_steps)
@@ -202,7 +215,7 @@ def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optiona
 def pgd_at_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optional[str] = None) -> PGD:
     """PGD adversarial training's inner maximisation (Madry et al. 2018): cross-entropy against the (hard or
     soft) labels, otherwise as `trades_attack`."""
-    check_norm(norm)
+    check_pgd_norm(norm, "PGD-AT's inner maximisation")
     _check_steps(num_steps)
     return PGD(make_projection(norm, eps), UniformInit(norm, eps),
                _training_optimizer(norm, eps, num_steps, optimizer), cross_entropy, num_steps)
@@ -221,7 +234,7 @@ def pgd40_attack(norm: str, eps: float, optimizer: Optional[str] = None) -> PGD:
     model it stops a few percent short of the worst case. Normalised-gradient steps converge to g/‖g‖₂, and
     the large first step (eps/4, rather than Madry's constant 2.5·eps/40) lets 20 steps get there.
     """
-    check_norm(norm)
+    check_pgd_norm(norm, "PGD-40")
     num_steps = 40
     if _default_optimizer(norm, optimizer) == "adam":
         opt = Adam(PiecewiseConstant((20, 30), (0.1, 0.01, 0.001)))

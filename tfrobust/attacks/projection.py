@@ -26,10 +26,14 @@ def _flat(t: tf.Tensor) -> tf.Tensor:
 
 
 def norm_of(delta: tf.Tensor, norm: str) -> tf.Tensor:
-    """Per-example norm of a perturbation: `linf` = max_i |δ_i|, `l2` = sqrt(Σ_i δ_i²). Shape [B]."""
+    """Per-example norm of a perturbation: `linf` = max_i |δ_i|, `l2` = sqrt(Σ_i δ_i²), `l1` = Σ_i |δ_i|.
+    Shape [B]."""
     flat = _flat(delta)
-    if check_norm(norm) == "linf":
+    norm = check_norm(norm)
+    if norm == "linf":
         return tf.reduce_max(tf.abs(flat), axis=1)
+    if norm == "l1":
+        return tf.reduce_sum(tf.abs(flat), axis=1)
     return tf.norm(flat, ord=2, axis=1)
 
 
@@ -95,10 +99,75 @@ class L2Projection:
         return clip_to_box(x + delta)
 
 
+def l1_box_projection(delta: tf.Tensor, x: tf.Tensor, eps: float | tf.Tensor) -> tf.Tensor:
+    """The exact Euclidean projection of the perturbation δ onto {d : ‖d‖₁ ≤ eps, x + d ∈ [0, 1]^D}.
+
+    What the reference's `L1_projection` (fra31/auto-attack, `autoattack/autopgd_base.py`; Croce & Hein
+    2021, "Mind the box: l1-APGD for sparse adversarial attacks on image classifiers", sec. 3.1) computes:
+    the problem separates per coordinate once the ball's constraint gets a multiplier α ≥ 0, and the
+    solution is soft-thresholding followed by clipping to the box,
+
+        d_i = sign(δ_i) · min(max(|δ_i| − α, 0), b_i),   b_i = 1 − x_i if δ_i ≥ 0 else x_i,
+
+    with α = 0 when the box-clipped δ already lies in the ball, else the α at which ‖d‖₁ = eps. g(α) = Σ_i
+    min(max(|δ_i| − α, 0), b_i) is piecewise linear and non-increasing, with knots at max(|δ_i| − b_i, 0)
+    (the coordinate leaves the box face) and |δ_i| (it reaches 0); sorting the 2D knots gives g at every
+    knot by a cumulative sum, and α is interpolated on the segment where g crosses eps. The reference
+    finds the same segment by bisection; here a count of the knots with g > eps finds it directly.
+
+    `delta`, `x`: tensors of the same shape [B, ...] (x in [0, 1]); `eps` a scalar or a [B] tensor. The
+    knots, sums and α are computed in float64: the reference's float32 result exceeds eps by up to 4e-4
+    on 3x32x32 images, beyond the evaluation's 1e-6 tolerance on the radius, this one by about 2e-7
+    (docs/method.md, "APGD"). Returns the projected perturbation in δ's dtype and shape.
+    """
+    shape, dtype = tf.shape(delta), delta.dtype
+    y = tf.cast(_flat(delta), tf.float64)
+    xf = tf.cast(_flat(x), tf.float64)
+    eps = tf.cast(eps, tf.float64)
+    eps = tf.reshape(eps, [-1, 1]) if eps.shape.rank else eps
+    a = tf.abs(y)
+    room = tf.maximum(tf.where(y >= 0.0, 1.0 - xf, xf), 0.0)  # how far coordinate i may move in δ_i's direction
+    start = tf.maximum(a - room, 0.0)  # α where coordinate i starts to shrink below its box face
+    knots = tf.concat([start, a], axis=1)  # [B, 2D]
+    kinds = tf.concat([tf.ones_like(a), -tf.ones_like(a)], axis=1)  # +1: starts shrinking, -1: reaches 0
+    order = tf.argsort(knots, axis=1, stable=True)
+    t = tf.gather(knots, order, batch_dims=1)
+    slope = tf.cumsum(tf.gather(kinds, order, batch_dims=1), axis=1)  # shrinking coordinates on [t_k, t_k+1]
+    g0 = tf.reduce_sum(tf.minimum(a, room), axis=1, keepdims=True)  # g(0) = g(t_0): the box-clipped δ
+    steps = slope[:, :-1] * (t[:, 1:] - t[:, :-1])
+    g = g0 - tf.concat([tf.zeros_like(g0), tf.cumsum(steps, axis=1)], axis=1)  # g(t_k)
+    # The last knot with g(t_k) > eps (g is non-increasing); k = 0 when g(0) <= eps (then α = 0 below).
+    k = tf.maximum(tf.reduce_sum(tf.cast(g > eps, tf.int32), axis=1, keepdims=True) - 1, 0)
+    t_k = tf.gather(t, k, batch_dims=1)
+    alpha = t_k + tf.math.divide_no_nan(tf.gather(g, k, batch_dims=1) - eps, tf.gather(slope, k, batch_dims=1))
+    alpha = tf.where(g0 > eps, tf.maximum(alpha, 0.0), 0.0)
+    d = tf.sign(y) * tf.minimum(tf.maximum(a - alpha, 0.0), room)
+    return tf.reshape(tf.cast(d, dtype), shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class L1Projection:
+    """The exact projection onto {‖x' − x‖₁ ≤ eps} ∩ [0, 1]^d (`l1_box_projection`).
+
+    Unlike the L2 case, clipping to the box after scaling into the ball would not be the projection (nor
+    the reference's): the L1 projection onto the intersection soft-thresholds with the box bounds taken
+    into account, so the mass the box cuts off is spent on the other coordinates.
+    """
+
+    eps: float
+    norm: ClassVar[str] = "l1"
+
+    def __post_init__(self) -> None:
+        check_eps(self.eps)
+
+    def project(self, x_adv: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+        return clip_to_box(x + l1_box_projection(x_adv - x, x, self.eps))
+
+
 # name -> projection type; build with PROJECTIONS[norm](eps).
-PROJECTIONS: dict[str, type] = {"linf": LinfProjection, "l2": L2Projection}
+PROJECTIONS: dict[str, type] = {"linf": LinfProjection, "l2": L2Projection, "l1": L1Projection}
 
 
 def make_projection(norm: str, eps: float) -> Projection:
-    """The projection for a threat model named by `norm` ("linf" or "l2")."""
+    """The projection for a threat model named by `norm` ("linf", "l2" or "l1")."""
     return PROJECTIONS[check_norm(norm)](eps)

@@ -10,8 +10,10 @@ Per example, minimising the margin m(x') = z_y − max_{i≠y} z_i:
 
 - start: Linf x + eps·s with s ∈ {−1, +1} constant along each image column and channel (vertical
   stripes); L2 a 5×5 grid of the "eta" squares with random signs, scaled to ‖δ‖₂ = eps; clipped to [0, 1];
+  L1 the same grid of the L1 pattern (`eta_l1`: ring weights 1/(ring+1)⁴, unit L1 norm) projected onto the
+  L1 ball of radius eps·(1 − 1e-6) ∩ [0, 1] (the reference's `L1_projection`);
 - iteration i (0-based, the reference's `i_iter`): the square side is s_i = round(sqrt(p_i·h·w)) (Linf at
-  least 1; L2 at least 3 and odd), computed as the reference does, sqrt(p_i·n_features/c) with
+  least 1; L2 and L1 at least 3 and odd), computed as the reference does, sqrt(p_i·n_features/c) with
   n_features = c·h·w; p_i = `p_selection(i)`: p_init (0.8) halved after iterations 10, 50, 200, 500,
   1000, 2000, 4000, 6000 and 8000, i.e. p_init / 2^k with k the number of those boundaries that i
   exceeds. AutoAttack builds Square with `resc_schedule=False` (`autoattack.py`, standard and plus
@@ -22,7 +24,9 @@ Per example, minimising the margin m(x') = z_y − max_{i≠y} z_i:
 - Linf candidate: the current best point with one s×s window set to ±2·eps per channel, projected onto
   ball ∩ [0, 1]; L2 candidate: the reference's mass-moving update between two windows, on the sphere
   (`l2_window_update`: window norms per channel, over height and width, as the reference's
-  `attack_single_run` L2 branch);
+  `attack_single_run` L2 branch); L1 candidate: the same update with L1 window sums, projected onto the
+  L1 ball ∩ [0, 1] instead of rescaled (`l1_window_update`, the reference's L1 branch, which only its
+  newer versions have);
 - a candidate replaces the current point only when its margin is lower (strictly); a point stops being
   queried once its margin is ≤ 0 (misclassified).
 
@@ -55,7 +59,12 @@ from tfrobust.attacks.common import (
     run_targets,
 )
 from tfrobust.attacks.losses import margin
-from tfrobust.attacks.projection import check_eps, check_norm, make_projection
+from tfrobust.attacks.projection import (
+    check_eps,
+    check_norm,
+    l1_box_projection,
+    make_projection,
+)
 from tfrobust.errors import UserError
 
 # Iterations after which p halves (the reference's `p_selection`; with `rescale_schedule`, rescaled ones).
@@ -78,17 +87,19 @@ def margin_of(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     return -margin(logits, y)
 
 
-def _eta_rectangles(x: int, y: int) -> np.ndarray:
+def _eta_rectangles(x: int, y: int, power: int = 2) -> np.ndarray:
+    """Concentric rings of an x×y rectangle with weights 1/(ring+1)^power, unit L2 norm (power 2, the L2
+    pattern) or unit L1 norm (power 4, the L1 pattern): the reference's `eta_rectangles`."""
     delta = np.zeros([x, y])
     x_c, y_c = x // 2 + 1, y // 2 + 1
     c0, c1 = x_c - 1, y_c - 1
     for counter in range(max(x_c, y_c)):
         rows = slice(max(c0, 0), min(c0 + 2 * counter + 1, x))
         cols = slice(max(0, c1), min(c1 + 2 * counter + 1, y))
-        delta[rows, cols] += 1.0 / (counter + 1) ** 2
+        delta[rows, cols] += 1.0 / (counter + 1) ** power
         c0 -= 1
         c1 -= 1
-    norm = np.sqrt((delta ** 2).sum())
+    norm = np.sqrt((delta ** 2).sum()) if power == 2 else np.abs(delta).sum()
     return delta / norm if norm > 0 else delta
 
 
@@ -101,9 +112,23 @@ def eta(s: int) -> np.ndarray:
     return delta / np.sqrt((delta ** 2).sum())
 
 
+def eta_l1(s: int) -> np.ndarray:
+    """The reference's L1 square pattern of side s (`eta` with norm 'L1', before its random transposition):
+    two stacked rectangles of concentric rings with weights 1/(ring+1)⁴, each of unit L1 norm, opposite
+    signs, unit L1 norm in all."""
+    delta = np.zeros([s, s])
+    delta[: s // 2] = _eta_rectangles(s // 2, s, power=4)
+    delta[s // 2:] = -_eta_rectangles(s - s // 2, s, power=4)
+    return delta / np.abs(delta).sum()
+
+
+# The window pattern of each norm with windows (Linf moves whole windows by ±2·eps instead).
+PATTERNS = {"l2": eta, "l1": eta_l1}
+
+
 def _side(p: float, h: int, w: int, c: int, norm: str) -> int:
     """The window side for fraction p, the reference's arithmetic: round(sqrt(p · n_features / c)) with
-    n_features = c·h·w (Python's round: half to even), at least 1 (Linf) or at least 3 and odd (L2)."""
+    n_features = c·h·w (Python's round: half to even), at least 1 (Linf) or at least 3 and odd (L2, L1)."""
     s = int(round(math.sqrt(p * (c * h * w) / c)))
     limit = min(h, w)
     if norm == "linf":
@@ -161,17 +186,9 @@ def l2_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tenso
     """
     h, w, c = (int(d) for d in x.shape[1:])
     vh, vw, vh2, vw2 = corners
-    b = tf.shape(x)[0]
-    s_max = int(pattern.shape[0])
     m1 = window_mask(vh, vw, side, h, w)
     m2 = window_mask(vh2, vw2, side, h, w)
-    # The eta pattern placed in window 1, transposed where `transpose`.
-    li = tf.clip_by_value(tf.range(h)[None, :] - vh[:, None], 0, s_max - 1)  # [b, h]
-    lj = tf.clip_by_value(tf.range(w)[None, :] - vw[:, None], 0, s_max - 1)  # [b, w]
-    li_g = tf.broadcast_to(li[:, :, None], [b, h, w])
-    lj_g = tf.broadcast_to(lj[:, None, :], [b, h, w])
-    idx = tf.where(transpose[:, None, None, None], tf.stack([lj_g, li_g], -1), tf.stack([li_g, lj_g], -1))
-    eta_img = tf.gather_nd(pattern, idx)[..., None] * m1  # [b, h, w, 1]
+    eta_img = _place(pattern, vh, vw, transpose, h, w) * m1  # the eta pattern in window 1, [b, h, w, 1]
 
     eps = tf.constant(eps, tf.float32)
     delta = x_best - x
@@ -186,6 +203,57 @@ def l2_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tenso
     delta = delta * (1.0 - m2)
     delta = delta * (1.0 - m1) + new * m1
     return tf.clip_by_value(x + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
+
+
+def l1_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tensor, corners: tuple[tf.Tensor, ...],
+                     signs: tf.Tensor, transpose: tf.Tensor, pattern: tf.Tensor) -> tf.Tensor:
+    """The L1 candidate, the reference's arithmetic (fra31/auto-attack `square.py`, `attack_single_run`, L1
+    branch), per example with its own draws; arguments as `l2_window_update`, `pattern` holding eta_l1.
+
+    With δ = x_best − x, all window sums per channel over height and width:
+
+        n1 = Σ|δ[window 1]|;  ‖δ‖₁ over everything;  n12 = Σ|δ·max(mask1, mask2)|
+        new = eta·sign + δ[window 1] / (1e-12 + n1)
+        new = new / (1e-12 + Σ|new|) · (max(eps − ‖δ‖₁, 0) / c + n12) · c
+        δ[window 2] = 0;  δ[window 1] = new;  x_new = x + δ + (P(δ) − δ)
+
+    with P the projection onto the L1 ball of radius eps·(1 − 1e-6) ∩ [0, 1] (`l1_box_projection`; the
+    reference's margin below eps absorbs the rounding of x + δ), clipped to [0, 1] against that rounding.
+    """
+    h, w, c = (int(d) for d in x.shape[1:])
+    vh, vw, vh2, vw2 = corners
+    m1 = window_mask(vh, vw, side, h, w)
+    m2 = window_mask(vh2, vw2, side, h, w)
+    eta_img = _place(pattern, vh, vw, transpose, h, w) * m1
+    delta = x_best - x
+    norms_window_1 = tf.reduce_sum(tf.abs(delta * m1), axis=[1, 2], keepdims=True)
+    norms_image = flat_norm(delta, "l1")
+    norms_windows = tf.reduce_sum(tf.abs(delta * tf.maximum(m1, m2)), axis=[1, 2], keepdims=True)
+    new = eta_img * signs + delta * m1 / (1e-12 + norms_window_1)
+    new_norm = tf.reduce_sum(tf.abs(new), axis=[1, 2], keepdims=True)
+    new = new / (1e-12 + new_norm) * (tf.maximum(eps - norms_image, 0.0) / c + norms_windows) * c
+    delta = delta * (1.0 - m2)
+    delta = delta * (1.0 - m1) + new * m1
+    return _onto_l1_ball(x, delta, eps)
+
+
+def _onto_l1_ball(x: tf.Tensor, delta: tf.Tensor, eps: float) -> tf.Tensor:
+    """x + δ + (P(δ) − δ), P onto the L1 ball of radius eps·(1 − 1e-6) ∩ [0, 1], clipped to [0, 1]."""
+    correction = l1_box_projection(delta, x, eps * (1.0 - 1e-6)) - delta
+    return tf.clip_by_value(x + delta + correction, 0.0, 1.0)
+
+
+def _place(pattern: tf.Tensor, vh: tf.Tensor, vw: tf.Tensor, transpose: tf.Tensor, h: int, w: int) -> tf.Tensor:
+    """[b, h, w, 1]: `pattern`'s top-left corner placed at (vh, vw), transposed where `transpose` (to be
+    masked by the window)."""
+    b = tf.shape(vh)[0]
+    s_max = int(pattern.shape[0])
+    li = tf.clip_by_value(tf.range(h)[None, :] - vh[:, None], 0, s_max - 1)  # [b, h]
+    lj = tf.clip_by_value(tf.range(w)[None, :] - vw[:, None], 0, s_max - 1)  # [b, w]
+    li_g = tf.broadcast_to(li[:, :, None], [b, h, w])
+    lj_g = tf.broadcast_to(lj[:, None, :], [b, h, w])
+    idx = tf.where(transpose[:, None, None, None], tf.stack([lj_g, li_g], -1), tf.stack([li_g, lj_g], -1))
+    return tf.gather_nd(pattern, idx)[..., None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,8 +318,10 @@ class Square:
         if self.norm == "linf":
             stripes = tf.sign(rng.uniform([batch, 1, w, c], init_seed, -1.0, 1.0))
             x_best = tf.clip_by_value(x + eps * stripes, 0.0, 1.0)
-        else:
+        elif self.norm == "l2":
             x_best = self._l2_init(x, init_seed, h, w, c)
+        else:
+            x_best = _onto_l1_ball(x, self._grid(x, init_seed, h, w, c, eta_l1), self.eps)
         margin = margin_of(model_fn(x_best), y)
         queries = tf.ones([batch], tf.int32)
 
@@ -259,12 +329,12 @@ class Square:
             # The reference's random_int(0, size − s): floor(U·(size − s)) ∈ [0, size − s).
             return tf.cast(tf.floor(u * tf.cast(size - s, tf.float32)), tf.int32)
 
-        if self.norm == "l2":
+        if self.norm != "linf":
             eta_sides = sorted(set(sides)) or [1]
             s_max = max(eta_sides)
             table = np.zeros([s_max + 1, s_max, s_max], np.float32)
             for s in eta_sides:
-                table[s, :s, :s] = eta(s)
+                table[s, :s, :s] = PATTERNS[self.norm](s)
             eta_table = tf.constant(table)
 
         def candidate(xs, xb, i, it_seed):
@@ -277,7 +347,8 @@ class Square:
             if self.norm == "linf":
                 return linf_window_update(xs, xb, self.eps, s, vh, vw, signs)
             corners = (vh, vw, corner(u[:, 2], h, s), corner(u[:, 3], w, s))
-            return l2_window_update(xs, xb, self.eps, s, corners, signs, u[:, 4] > 0.5, tf.gather(eta_table, s))
+            update = l2_window_update if self.norm == "l2" else l1_window_update
+            return update(xs, xb, self.eps, s, corners, signs, u[:, 4] > 0.5, tf.gather(eta_table, s))
 
         def body(i, x_best, margin, queries):
             idx = tf.where(margin > 0.0)[:, 0]
@@ -302,11 +373,19 @@ class Square:
     def _l2_init(self, x: tf.Tensor, seed: tf.Tensor, h: int, w: int, c: int) -> tf.Tensor:
         """The reference's L2 start: a grid of eta(s) squares, s = h // 5, with random signs per example,
         channel and square (and a random transposition each), normalised to ‖δ‖₂ = eps, clipped."""
+        delta = self._grid(x, seed, h, w, c, eta)
+        eps = tf.constant(self.eps, tf.float32)
+        return tf.clip_by_value(x + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
+
+    def _grid(self, x: tf.Tensor, seed: tf.Tensor, h: int, w: int, c: int, pattern_of) -> tf.Tensor:
+        """The reference's L2 and L1 starting perturbation δ: a grid of `pattern_of(s)` squares (eta or
+        eta_l1), s = h // 5, with random signs per example, channel and square and a random transposition
+        each. The L1 start is then x + δ projected onto the ball (`_onto_l1_ball`), not rescaled."""
         s = max(h // 5, 1)
         n_h = 5 if h >= 5 else h
         n_w = 5 if w >= 5 else w
         start_h, start_w = (h - s * n_h) // 2, (w - s * n_w) // 2
-        pattern = eta(s)
+        pattern = pattern_of(s)
         blocks, blocks_t = [], []
         for bh in range(n_h):
             for bw in range(n_w):
@@ -324,7 +403,5 @@ class Square:
         sign_seed, flip_seed = tf.unstack(rng.split(seed, 2))
         signs = tf.sign(rng.uniform([batch, n, c], sign_seed, -1.0, 1.0))
         flip = tf.cast(rng.uniform([batch, n], flip_seed) > 0.5, tf.float32)
-        delta = (tf.einsum("nhw,bnc->bhwc", blocks, signs * (1.0 - flip)[..., None])
-                 + tf.einsum("nhw,bnc->bhwc", blocks_t, signs * flip[..., None]))
-        eps = tf.constant(self.eps, tf.float32)
-        return tf.clip_by_value(x + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
+        return (tf.einsum("nhw,bnc->bhwc", blocks, signs * (1.0 - flip)[..., None])
+                + tf.einsum("nhw,bnc->bhwc", blocks_t, signs * flip[..., None]))

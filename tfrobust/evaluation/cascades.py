@@ -37,10 +37,13 @@ STAGES: dict[str, Callable[[str, float], StageAttack]] = {
     # at 30), 40 steps.
     "pgd40": pgd40_attack,
     # AutoAttack standard: APGD-CE 1 restart x 100; APGD-T 9 targets x 1 restart x 100; FAB-T 9 targets x 100;
-    # Square 5000 queries.
-    "apgd-ce": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=1),
-    "apgd-t": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1, n_target_classes=9),
-    "apgd-dlr": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1),
+    # Square 5000 queries. L1 (`set_version("standard")` with norm "L1"): APGD-CE 5 restarts and APGD-T 5
+    # targets, both with the 3·eps, 2·eps, eps schedule (`use_largereps`); FAB-T and Square as above.
+    "apgd-ce": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=5 if norm == "l1" else 1,
+                                      use_largereps=norm == "l1"),
+    "apgd-t": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1,
+                                     n_target_classes=5 if norm == "l1" else 9, use_largereps=norm == "l1"),
+    "apgd-dlr": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1, use_largereps=norm == "l1"),
     "fab-t": lambda norm, eps: FABTargeted(norm, eps, n_iter=100, n_target_classes=9, n_restarts=1),
     "square": lambda norm, eps: Square(norm, eps, n_queries=5000, n_restarts=1),
     # The paper's AA+MT: APGD-CE 5 x 100, APGD-DLR 5 x 100, MultiTargeted 10 restarts x 200 steps (top-9).
@@ -56,7 +59,8 @@ GRADIENT_STAGES = frozenset(
 
 # A cascade name (the CLI's --attack) -> its stages, in order.
 CASCADES: dict[str, tuple[str, ...]] = {
-    # AutoAttack, standard version (docs/method.md, "Cascades"): robust accuracy after each of the four attacks.
+    # AutoAttack, standard version (docs/method.md, "Cascades"): robust accuracy after each of the four attacks;
+    # with norm "l1" the reference's L1 standard version (the "apgd-ce" and "apgd-t" stages above).
     "aa": ("apgd-ce", "apgd-t", "fab-t", "square"),
     # The paper's evaluation (Rebuffi et al. 2021, "AA+MT").
     "aa+mt": ("apgd-ce-5x100", "apgd-dlr-5x100", "mt"),

@@ -76,7 +76,11 @@ class EvalResult:
 
 def _norm(delta: np.ndarray, norm: str) -> np.ndarray:
     flat = delta.reshape(delta.shape[0], -1)
-    return np.abs(flat).max(axis=1) if norm == "linf" else np.sqrt((flat.astype(np.float64) ** 2).sum(axis=1))
+    if norm == "linf":
+        return np.abs(flat).max(axis=1)
+    if norm == "l1":
+        return np.abs(flat.astype(np.float64)).sum(axis=1)
+    return np.sqrt((flat.astype(np.float64) ** 2).sum(axis=1))
 
 
 def fixed_layout_logits(logits_fn: LogitsFn, images: np.ndarray, rows: int = VERIFY_ROWS) -> np.ndarray:
