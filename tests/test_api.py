@@ -2,10 +2,12 @@
 input and label conventions, serialisation, `tfrobust.callbacks` in a plain `fit`, `tfrobust.layers` in a
 `tf.data` map, and the public names themselves (lazy, documented)."""
 
+import ast
 import inspect
 import os
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -437,15 +439,43 @@ def _public_objects():
                 yield f"tfrobust.{name}.{inner}", getattr(value, inner)
 
 
+def _example_code(doc):
+    """The literal block after `Example::`: its indented lines, dedented."""
+    lines = doc.split("Example::", 1)[1].splitlines()[1:]
+    block = []
+    for line in lines:
+        if line.strip() and not line.startswith((" ", "\t")):
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block)).strip()
+
+
 def test_every_public_symbol_has_a_docstring_with_an_example():
+    """Every class, function and module among the public names has an `Example::` block of Python that uses
+    the name; a registry or typing alias (no docstring of its own) is documented in its module's docstring."""
     names = [name for name, _ in _public_objects()]
     assert names[0] == "tfrobust.AdversarialTrainer" and "tfrobust.layers.CutMix" in names
     assert "tfrobust.callbacks.WeightAveraging" in names and "tfrobust.callbacks.ModelSelection" in names
+    assert "tfrobust.attacks.PGD" in names and "tfrobust.attacks.apgd_t" in names
+    aliases = []
     for name, value in [("tfrobust", tfrobust), *_public_objects()]:
+        short = name.rsplit(".", 1)[-1]
+        if not (inspect.isclass(value) or inspect.isroutine(value) or inspect.ismodule(value)):
+            module = name.rsplit(".", 1)[0]
+            assert f"`{short}`" in (inspect.getdoc(sys.modules[module]) or ""), (
+                f"{name} is neither a class, a function nor a module: {module}'s docstring must document it")
+            aliases.append(name)
+            continue
         doc = inspect.getdoc(value) or ""
         assert "Example::" in doc, f"{name} has no docstring with an example (an 'Example::' block)"
-        example = doc.split("Example::", 1)[1]
-        assert any(line.strip() for line in example.splitlines()), f"{name}: empty example"
+        code = _example_code(doc)
+        assert code, f"{name}: empty example"
+        try:
+            ast.parse(code)
+        except SyntaxError as error:
+            raise AssertionError(f"{name}: the example is not Python: {error}") from None
+        assert short.lower() in code.lower(), f"{name}: the example does not use {short}"
+    assert {"tfrobust.attacks.ATTACKS", "tfrobust.attacks.ModelFn", "tfrobust.attacks.LossFn"} <= set(aliases)
     for name, value in _public_objects():
         if inspect.isclass(value) and value.__module__.startswith("tfrobust"):
             assert value.__module__ not in ("tfrobust.layers", "tfrobust.callbacks"), f"{name} has one home"

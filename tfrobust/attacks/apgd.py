@@ -154,6 +154,12 @@ class APGD:
     Call: `attack(model_fn, x, labels, seed) -> x_adv`, labels one-hot [B, K] or class ids [B], seed an
     int [2] tensor. Per example, x_adv is a misclassified point of ball ∩ [0, 1] when one was found,
     else the clean image.
+
+    Example::
+
+        attack = attacks.APGD("linf", 8 / 255, loss="dlr", n_restarts=5)   # the paper's AA+MT APGD-DLR stage
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 0]))
+        attack.notes(num_classes=2)      # ("APGD-DLR skipped: the DLR loss needs at least 3 classes, ...",)
     """
 
     norm: str
@@ -541,15 +547,35 @@ def _l1_step_to_ball(x: tf.Tensor, point: tf.Tensor, eps: float) -> tf.Tensor:
 
 
 def apgd_ce(norm: str, eps: float, n_restarts: int = 1, n_iter: int = 100) -> APGD:
-    """AutoAttack's first attack: APGD on cross-entropy (1 restart × 100 iterations)."""
+    """AutoAttack's first attack: APGD on cross-entropy (1 restart × 100 iterations).
+
+    Example::
+
+        attack = attacks.apgd_ce("linf", 8 / 255)      # APGD("linf", 8 / 255, "ce")
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 0]))
+    """
     return APGD(norm, eps, "ce", n_iter=n_iter, n_restarts=n_restarts)
 
 
 def apgd_dlr(norm: str, eps: float, n_restarts: int = 1, n_iter: int = 100) -> APGD:
-    """Untargeted APGD on the DLR loss (the paper's AA+MT uses 5 restarts × 100)."""
+    """Untargeted APGD on the DLR loss (the paper's AA+MT uses 5 restarts × 100).
+
+    Example::
+
+        attack = attacks.apgd_dlr("linf", 8 / 255, n_restarts=5)    # needs at least 3 classes
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 0]))
+    """
     return APGD(norm, eps, "dlr", n_iter=n_iter, n_restarts=n_restarts)
 
 
 def apgd_t(norm: str, eps: float, n_target_classes: int = 9, n_restarts: int = 1, n_iter: int = 100) -> APGD:
-    """AutoAttack's APGD-T: targeted DLR towards each of the top-9 clean-logit classes (1 restart × 100)."""
+    """AutoAttack's APGD-T: targeted DLR towards each of the top-9 clean-logit classes (1 restart × 100).
+
+    Example::
+
+        attack = attacks.apgd_t("l2", 128 / 255)       # 9 target classes x 1 restart x 100 iterations
+        model_fn = lambda x: model(x, training=False)
+        x_adv = tf.function(attack)(model_fn, images, labels, tf.constant([0, 1]))   # as one graph
+        attack.num_targets(num_classes=5)               # 4: min(9, K - 1) targets on a 5-class model
+    """
     return APGD(norm, eps, "dlr-targeted", n_iter=n_iter, n_restarts=n_restarts, n_target_classes=n_target_classes)

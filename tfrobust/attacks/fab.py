@@ -201,6 +201,11 @@ class FABTargeted:
     Call: `attack(model_fn, x, labels, seed) -> x_adv`; per example a misclassified point within eps, or
     the clean image. `n_restarts > 1` adds restarts from a random point at half the eps radius (the
     reference's `use_rand_start` for restarts after the first).
+
+    Example::
+
+        attack = attacks.FABTargeted("linf", 8 / 255)   # 9 target classes x 1 restart x 100 iterations
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 2]))
     """
 
     norm: str

@@ -26,14 +26,36 @@ from tfrobust.attacks.projection import (
 
 
 class Init(Protocol):
-    """`init(x, seed) -> x_start`: a point inside the threat model around `x`, already clipped to [0, 1]."""
+    """`init(x, seed) -> x_start`: a point inside the threat model around `x`, already clipped to [0, 1].
+
+    `seed` is an int tensor of shape [2]; the same seed gives the same start.
+
+    Example::
+
+        class RandomCorner:                   # an Init: a random corner of the Linf ball, in [0, 1]
+            def __init__(self, eps: float):
+                self.eps = eps
+
+            def __call__(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+                signs = tf.sign(tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0))
+                return tf.clip_by_value(x + self.eps * signs, 0.0, 1.0)
+
+        attack = attacks.PGD(attacks.LinfProjection(8 / 255), RandomCorner(8 / 255),
+                             attacks.SignGradient(2 / 255), attacks.cross_entropy, num_steps=10)
+    """
 
     def __call__(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class ZeroInit:
-    """Starts at the clean image (Kurakin et al. 2017's basic iterative method; also FAB and APGD restarts)."""
+    """Starts at the clean image (Kurakin et al. 2017's basic iterative method; also FAB and APGD restarts).
+
+    Example::
+
+        basic_iterative = attacks.PGD(attacks.LinfProjection(8 / 255), attacks.ZeroInit(),
+                                      attacks.SignGradient(1 / 255), attacks.cross_entropy, num_steps=10)
+    """
 
     def __call__(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         del seed  # deterministic
@@ -54,6 +76,11 @@ class UniformInit:
       as for L2.
 
     Clipping to [0, 1] keeps the point inside the ball because x ∈ [0, 1] (it only shrinks |δ_i|).
+
+    Example::
+
+        init = attacks.UniformInit("l2", 128 / 255)
+        x_start = init(images, tf.constant([0, 1]))   # uniform in the L2 ball around images, clipped to [0, 1]
     """
 
     norm: str

@@ -32,6 +32,11 @@ def kl_to_target(logits: tf.Tensor, target_probs: tf.Tensor) -> tf.Tensor:
     the attack maximises KL(f(x) ‖ f(x')) with f(x) the clean softmax held fixed; under CutMix the reference
     uses the mixed soft labels as the target instead (docs/method.md, "CutMix with TRADES"). 0·log 0 = 0
     via `xlogy`, so one-hot targets are fine.
+
+    Example::
+
+        clean_probs = tf.nn.softmax(model(images, training=False))
+        kl = attacks.kl_to_target(model(x_adv, training=False), clean_probs)   # [B], 0 where x_adv == images
     """
     logits = tf.cast(logits, tf.float32)
     t = as_distribution(target_probs, logits)
@@ -40,7 +45,12 @@ def kl_to_target(logits: tf.Tensor, target_probs: tf.Tensor) -> tf.Tensor:
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """−Σ_k y_k log softmax(z)_k per example, for one-hot or soft labels: the PGD-AT inner loss (Madry et
-    al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks")."""
+    al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks").
+
+    Example::
+
+        losses = attacks.cross_entropy(model(images, training=False), labels)   # [B]; ids [B] or one-hot [B, K]
+    """
     logits = tf.cast(logits, tf.float32)
     y = as_distribution(labels, logits)
     return -tf.reduce_sum(y * tf.nn.log_softmax(logits, axis=-1), axis=-1)
@@ -52,6 +62,11 @@ def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     The logit-margin loss of Carlini & Wagner 2017 ("Towards Evaluating the Robustness of Neural Networks",
     f_6 with κ = 0, sign flipped for maximisation); the reference PGD-40 model-selection attack maximises
     it (docs/method.md, "Model selection"). y is the argmax of `labels` (exactly the class for one-hot labels).
+
+    Example::
+
+        margins = attacks.margin(model(x_adv, training=False), labels)   # [B]
+        fooled = margins > 0                                             # exactly the misclassified points
     """
     logits = tf.cast(logits, tf.float32)
     y = as_distribution(labels, logits)

@@ -62,7 +62,17 @@ def _optimizer(norm: str, eps: float, n_steps: int, lr: float) -> Optimizer:
 @dataclasses.dataclass(frozen=True)
 class MultiTargeted:
     """MultiTargeted (see the module docstring). The paper's AA+MT stage: `MultiTargeted(norm, eps)`
-    (10 restarts × 200 steps, top-9 targets)."""
+    (10 restarts × 200 steps, top-9 targets).
+
+    Call: `attack(model_fn, x, labels, seed) -> x_adv`, as the other attacks; per example a misclassified
+    point of ball ∩ [0, 1] when one was found, else the clean image.
+
+    Example::
+
+        attack = attacks.MultiTargeted("linf", 8 / 255)   # 10 restarts x 200 steps over the top-9 targets
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 4]))
+        thorough = attacks.MultiTargeted("linf", 8 / 255, n_restarts=2, restarts_per_target=True)  # 18 runs
+    """
 
     norm: str
     eps: float

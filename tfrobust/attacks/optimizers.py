@@ -27,7 +27,14 @@ OptState = tuple
 
 @dataclasses.dataclass(frozen=True)
 class Constant:
-    """The schedule that is `value` at every step."""
+    """The schedule that is `value` at every step.
+
+    Example::
+
+        schedule = attacks.Constant(2 / 255)
+        float(schedule(tf.constant(7)))                         # 2/255 at every step
+        optimizer = attacks.SignGradient(schedule)              # the same steps as SignGradient(2 / 255)
+    """
 
     value: float
 
@@ -43,6 +50,12 @@ class PiecewiseConstant:
     `PiecewiseConstant((5,), (0.1, 0.01))` is 0.1 for steps 0–4 and 0.01 from step 5 on: the reference's
     `optax.piecewise_constant_schedule(0.1, {5: 0.1})` (a scale applies once the step count reaches the
     boundary). Note that Keras' `PiecewiseConstantDecay` switches one step later (`step <= boundary`).
+
+    Example::
+
+        schedule = attacks.PiecewiseConstant(boundaries=(20, 30), values=(0.1, 0.01, 0.001))
+        [float(schedule(tf.constant(step))) for step in (0, 19, 20, 30)]   # 0.1, 0.1, 0.01, 0.001
+        optimizer = attacks.Adam(schedule)                                 # pgd40_attack's Linf optimizer
     """
 
     boundaries: tuple[int, ...]
@@ -71,7 +84,28 @@ def schedule_value(schedule: ScheduleLike, step: tf.Tensor) -> tf.Tensor:
 
 
 class Optimizer(Protocol):
-    """Ascent update rule; see the module docstring."""
+    """Ascent update rule; see the module docstring.
+
+    `init(x_start)` gives the state (a tuple of tensors, carried through the attack's `tf.while_loop`);
+    `update(x, grad, state, step)` gives the next, not yet projected, iterate and state.
+
+    Example::
+
+        class MomentumSign:                   # an Optimizer: MI-FGSM's step (Dong et al. 2018)
+            def __init__(self, step_size: float, decay: float = 1.0):
+                self.step_size, self.decay = step_size, decay
+
+            def init(self, x: tf.Tensor) -> tuple:
+                return (tf.zeros_like(x),)
+
+            def update(self, x: tf.Tensor, grad: tf.Tensor, state: tuple, step: tf.Tensor) -> tuple:
+                l1 = tf.reduce_sum(tf.abs(grad), axis=[1, 2, 3], keepdims=True)
+                momentum = self.decay * state[0] + grad / tf.maximum(l1, 1e-12)
+                return x + self.step_size * tf.sign(momentum), (momentum,)
+
+        attack = attacks.PGD(attacks.LinfProjection(8 / 255), attacks.UniformInit("linf", 8 / 255),
+                             MomentumSign(2 / 255), attacks.cross_entropy, num_steps=10)
+    """
 
     def init(self, x: tf.Tensor) -> OptState: ...
 
@@ -88,7 +122,14 @@ def _per_example_l2(t: tf.Tensor) -> tf.Tensor:
 @dataclasses.dataclass(frozen=True)
 class SignGradient:
     """x ← x + α_t · sign(g): steepest ascent for the Linf norm (FGSM, Goodfellow et al. 2015; PGD, Madry
-    et al. 2018). sign(0) = 0, so pixels without gradient stay put."""
+    et al. 2018). sign(0) = 0, so pixels without gradient stay put.
+
+    Example::
+
+        optimizer = attacks.SignGradient(attacks.PiecewiseConstant((20,), (2 / 255, 0.5 / 255)))
+        attack = attacks.PGD(attacks.LinfProjection(8 / 255), attacks.UniformInit("linf", 8 / 255), optimizer,
+                             attacks.margin, num_steps=40, keep_best=True)
+    """
 
     step_size: ScheduleLike
 
@@ -108,6 +149,13 @@ class NormalizedGradient:
 
     The 1e-12 floor (as in AutoAttack's L2 APGD, Croce & Hein 2020) leaves an example with zero gradient
     where it is instead of producing NaN.
+
+    Example::
+
+        eps, num_steps = 128 / 255, 20
+        optimizer = attacks.NormalizedGradient(2.5 * eps / num_steps)   # Madry et al. 2018's L2 step
+        attack = attacks.PGD(attacks.L2Projection(eps), attacks.UniformInit("l2", eps), optimizer,
+                             attacks.cross_entropy, num_steps=num_steps)
     """
 
     step_size: ScheduleLike
@@ -138,6 +186,12 @@ class Adam:
     eps is 1e-9, the reference's `attacks.Adam(epsilon=1e-9)` (DeepMind's `adversarial_robustness/jax`
     attacks.py, on optax `scale_by_adam`), not Keras's or optax's default 1e-8: the two give different
     steps wherever |g| is below about 1e-5.
+
+    Example::
+
+        optimizer = attacks.Adam(attacks.PiecewiseConstant((5,), (0.1, 0.01)))   # trades_attack's, Linf
+        attack = attacks.PGD(attacks.LinfProjection(8 / 255), attacks.UniformInit("linf", 8 / 255), optimizer,
+                             attacks.kl_to_target, num_steps=10)
     """
 
     learning_rate_schedule: ScheduleLike

@@ -70,6 +70,21 @@ class PGD:
       x_0 … x_num_steps: the losses of x_0 … x_{N−1} come free with their gradients, x_N costs one extra
       forward pass. `keep_best=False` (training) returns x_N.
     - The loop is a `tf.while_loop`, so the traced graph does not grow with `num_steps`.
+
+    Example::
+
+        import tensorflow as tf
+        from tfrobust import attacks
+
+        attack = attacks.PGD(
+            projection=attacks.LinfProjection(8 / 255),
+            init=attacks.UniformInit("linf", 8 / 255),
+            optimizer=attacks.SignGradient(attacks.PiecewiseConstant((10,), (2 / 255, 0.5 / 255))),
+            loss=attacks.margin,
+            num_steps=20,
+            keep_best=True)
+        model_fn = lambda x: model(x, training=False)          # [0, 1] images -> logits
+        x_adv = attack(model_fn, images, labels, tf.constant([0, 0]))  # labels: class ids or one-hot
     """
 
     projection: Projection
@@ -205,6 +220,13 @@ def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optiona
     Maximises KL(target ‖ softmax(model(x'))) from a uniform random start; the caller passes as target the
     stop-gradient clean softmax (or the CutMix soft labels). `optimizer` is "adam" (default for linf) or
     "sign" (default for l2; means normalised-gradient steps for l2). Returns the last iterate.
+
+    Example::
+
+        attack = attacks.trades_attack("linf", 8 / 255)        # 10 Adam steps on the KL
+        model_fn = lambda x: model(x, training=False)
+        clean_probs = tf.nn.softmax(model_fn(images))          # the target: the clean softmax
+        x_adv = attack(model_fn, images, clean_probs, tf.constant([0, 0]))
     """
     check_pgd_norm(norm, "TRADES' inner maximisation")
     _check_steps(num_steps)
@@ -214,7 +236,13 @@ def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optiona
 
 def pgd_at_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optional[str] = None) -> PGD:
     """PGD adversarial training's inner maximisation (Madry et al. 2018): cross-entropy against the (hard or
-    soft) labels, otherwise as `trades_attack`."""
+    soft) labels, otherwise as `trades_attack`.
+
+    Example::
+
+        attack = attacks.pgd_at_attack("l2", 128 / 255, num_steps=10)   # normalised-gradient steps for L2
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 0]))
+    """
     check_pgd_norm(norm, "PGD-AT's inner maximisation")
     _check_steps(num_steps)
     return PGD(make_projection(norm, eps), UniformInit(norm, eps),
@@ -233,6 +261,12 @@ def pgd40_attack(norm: str, eps: float, optimizer: Optional[str] = None) -> PGD:
     sphere it settles on the direction sign(g), not g/‖g‖₂ (the L2 steepest-ascent direction); on a linear
     model it stops a few percent short of the worst case. Normalised-gradient steps converge to g/‖g‖₂, and
     the large first step (eps/4, rather than Madry's constant 2.5·eps/40) lets 20 steps get there.
+
+    Example::
+
+        attack = attacks.pgd40_attack("linf", 8 / 255)
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 0]))
+        robust = tf.argmax(model(x_adv, training=False), axis=-1).numpy() == labels   # labels: class ids
     """
     check_pgd_norm(norm, "PGD-40")
     num_steps = 40

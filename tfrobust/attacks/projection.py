@@ -27,7 +27,13 @@ def _flat(t: tf.Tensor) -> tf.Tensor:
 
 def norm_of(delta: tf.Tensor, norm: str) -> tf.Tensor:
     """Per-example norm of a perturbation: `linf` = max_i |δ_i|, `l2` = sqrt(Σ_i δ_i²), `l1` = Σ_i |δ_i|.
-    Shape [B]."""
+    Shape [B].
+
+    Example::
+
+        distances = attacks.norm_of(x_adv - images, "l2")       # [B]
+        assert float(tf.reduce_max(distances)) <= 128 / 255 + 1e-5
+    """
     flat = _flat(delta)
     norm = check_norm(norm)
     if norm == "linf":
@@ -43,7 +49,25 @@ def clip_to_box(x: tf.Tensor) -> tf.Tensor:
 
 
 class Projection(Protocol):
-    """Maps any point to a point of the threat model's feasible set around the clean image `x`."""
+    """Maps any point to a point of the threat model's feasible set around the clean image `x`.
+
+    `norm` names the threat model and `eps` its radius; `PGD` checks that its init agrees with them.
+
+    Example::
+
+        class MaskedLinf:                     # a Projection: the Linf ball on the pixels of `mask` only
+            norm = "linf"
+
+            def __init__(self, eps: float, mask: tf.Tensor):   # mask: [1, H, W, 1] of 0/1
+                self.eps, self.mask = eps, mask
+
+            def project(self, x_adv: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+                delta = tf.clip_by_value(x_adv - x, -self.eps, self.eps) * self.mask
+                return tf.clip_by_value(x + delta, 0.0, 1.0)
+
+        attack = attacks.PGD(MaskedLinf(8 / 255, mask), attacks.UniformInit("linf", 8 / 255),
+                             attacks.SignGradient(2 / 255), attacks.cross_entropy, num_steps=10)
+    """
 
     norm: ClassVar[str]
     eps: float
@@ -58,6 +82,11 @@ class LinfProjection:
     For the Linf ball the box and the ball are both coordinate-wise intervals, so clipping to one and then
     the other is the exact Euclidean projection onto their intersection. Implemented as clips of `x_adv`
     itself (not `x + clip(x_adv − x)`) so that a coordinate that is already feasible is returned bit-exact.
+
+    Example::
+
+        projection = attacks.LinfProjection(8 / 255)
+        x_feasible = projection.project(x_adv, images)   # within 8/255 of images, in [0, 1]
     """
 
     eps: float
@@ -80,6 +109,11 @@ class L2Projection:
     only shrinks each |δ_i|, so the result stays inside the ball. This is the usual PGD approximation of the
     projection onto ball ∩ box (Madry et al. 2018; Croce & Hein 2020, AutoAttack), not the exact Euclidean
     projection onto the intersection (which needs an iterative solver); it is idempotent up to rounding.
+
+    Example::
+
+        projection = attacks.L2Projection(128 / 255)
+        x_feasible = projection.project(x_adv, images)   # L2 distance to images at most 128/255, in [0, 1]
     """
 
     eps: float
@@ -169,5 +203,11 @@ PROJECTIONS: dict[str, type] = {"linf": LinfProjection, "l2": L2Projection, "l1"
 
 
 def make_projection(norm: str, eps: float) -> Projection:
-    """The projection for a threat model named by `norm` ("linf", "l2" or "l1")."""
+    """The projection for a threat model named by `norm` ("linf", "l2" or "l1").
+
+    Example::
+
+        projection = attacks.make_projection("l2", 128 / 255)   # attacks.L2Projection(128 / 255)
+        x_feasible = projection.project(x_adv, images)
+    """
     return PROJECTIONS[check_norm(norm)](eps)

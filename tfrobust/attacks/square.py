@@ -261,8 +261,16 @@ class Square:
     """The Square attack (see the module docstring); AutoAttack standard: `Square(norm, eps, 5000)`.
 
     Call: `attack(model_fn, x, labels, seed) -> x_adv` (labels one-hot [B, K] or ids [B]); per example the
-    point of lowest margin found (misclassified when the attack succeeded). `run_with_stats` also returns
+    point of lowest margin found (misclassified when the attack succeeded). `single_run` also returns
     the final margins and the queries used.
+
+    Example::
+
+        square = attacks.Square("linf", 8 / 255, n_queries=5000)   # no gradients: any scoring model_fn
+        model_fn = lambda x: model(x, training=False)
+        x_adv = tf.function(square)(model_fn, images, labels, tf.constant([0, 3]))   # one graph
+        one_run = tf.function(square.single_run)                  # every example, with its statistics
+        x_best, margins, queries = one_run(model_fn, images, tf.constant(labels, tf.int32), tf.constant([0, 3]))
     """
 
     norm: str
