@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfrobust.models.batch_norm import frozen_batch_statistics
 from tfrobust.training import losses
+from tfrobust.training.faults import NONFINITE_KEY, nonfinite_code
 
 LOSSES = ("trades", "pgd-at", "standard")
 
@@ -191,7 +192,16 @@ class RobustTrainer(keras.Model):
         self.clean_accuracy.update_state(_accuracy(clean_logits, labels))
         if adv_logits is not None:
             self.adv_accuracy.update_state(_accuracy(adv_logits, labels))
-        return self._results({m.name: m.result() for m in self.metrics})
+        # Whether this step's loss and gradients are finite, read by `faults.FaultGuard` after the step.
+        nonfinite = nonfinite_code(step["total"], step["gradients"])
+        return self._results({**{m.name: m.result() for m in self.metrics}, NONFINITE_KEY: nonfinite})
+
+    def _get_metrics_result_or_logs(self, logs):
+        # `fit` logs an epoch with the metrics' results when the step's outputs have the metrics' names,
+        # else with the last step's outputs; the non-finite flag is not a metric, so it is left out here.
+        if isinstance(logs, dict):
+            logs = {key: value for key, value in logs.items() if key != NONFINITE_KEY}
+        return super()._get_metrics_result_or_logs(logs)
 
     @staticmethod
     def _results(results: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
