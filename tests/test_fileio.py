@@ -1,6 +1,7 @@
 """tfrobust.fileio: atomic writes. The contents round-trip; a failure at any point of a write (the write
 itself, the fsync, the rename) leaves the previous file as it was and no temporary file behind."""
 
+import errno
 import json
 import os
 
@@ -100,6 +101,52 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
     monkeypatch.undo()
     assert _entries(tmp_path) == ["state"]
     assert (tmp_path / "state").read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES])
+def test_a_refused_write_is_one_line_naming_the_file(tmp_path, monkeypatch, code):
+    """A write the system refuses is a `WriteError` (a `UserError`, and still an `OSError`): "cannot write
+    WHAT PATH: REASON", one line; the previous file stays and no temporary file is left."""
+    from tfrobust.errors import UserError, WriteError
+
+    path = str(tmp_path / "checkpoint.npz")
+    fileio.write_bytes_atomic(path, b"previous")
+
+    def refuse(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(WriteError) as raised:
+        fileio.save_npz_atomic(path, {"a": np.zeros(3)}, what="checkpoint")
+    monkeypatch.undo()
+    error = raised.value
+    assert str(error) == f"cannot write checkpoint {path}: {os.strerror(code)}"
+    assert isinstance(error, UserError) and isinstance(error, OSError) and error.errno == code
+    assert (error.what, error.path, error.reason) == ("checkpoint", path, os.strerror(code))
+    assert _entries(tmp_path) == ["checkpoint.npz"] and (tmp_path / "checkpoint.npz").read_bytes() == b"previous"
+    # Without `what` the line names the file only; an exclusive write keeps its FileExistsError.
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(WriteError, match=rf"^cannot write {path}: "):
+        fileio.write_text_atomic(path, "x")
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError) as exists:
+        fileio.write_text_atomic(path, "x", exclusive=True)
+    assert not isinstance(exists.value, WriteError)
+
+
+def test_a_directory_that_cannot_be_published_is_one_line(tmp_path, monkeypatch):
+    from tfrobust.errors import WriteError
+
+    tmp = tmp_path / ".tmp-1"
+    tmp.mkdir()
+    (tmp / "saved_model.pb").write_bytes(b"pb")
+
+    def refuse(a, b):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(WriteError, match=rf"^cannot write export {tmp_path / '1'}: Read-only file system$"):
+        fileio.publish_directory(str(tmp), str(tmp_path / "1"), what="export")
 
 
 def test_a_value_json_cannot_hold_leaves_the_file_untouched(tmp_path):

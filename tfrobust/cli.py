@@ -13,8 +13,9 @@
     tfrobust train --preset cifar10-wrn-28-10-ddpm-cutmix --extra-data data/1m --out runs/c10-extra
 
 Options are parsed once into a frozen `TrainConfig`/evaluation settings; each command calls one function.
-Bad input (`UserError`) prints one line and exits with status 1; TensorFlow is imported only when a
-command runs, so `--help` is instant.
+Bad input (`UserError`) prints one line and exits with status 1; a run stopped by SIGTERM (`Interrupted`)
+prints how to continue and exits with status 143; TensorFlow is imported only when a command runs, so
+`--help` is instant.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 import click
 
-from tfrobust.errors import UserError
+from tfrobust.errors import Interrupted, UserError
 
 
 def _quiet_tensorflow() -> None:
@@ -73,7 +74,8 @@ class _Command(click.Command):
 
 
 class _Group(click.Group):
-    """Turns a `UserError` anywhere below into click's one-line "Error: ..." and exit status 1."""
+    """Turns a `UserError` anywhere below into click's one-line "Error: ..." and exit status 1, and an
+    `Interrupted` command (SIGTERM) into its line and `Interrupted.exit_code`."""
 
     command_class = _Command
 
@@ -82,6 +84,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as error:
             raise click.ClickException(str(error)) from None
+        except Interrupted as interrupted:
+            click.echo(str(interrupted), err=True)
+            ctx.exit(interrupted.exit_code)
 
 
 @click.group(cls=_Group)
@@ -130,20 +135,26 @@ def _train_options(function):
 @click.option("--out", default=None, help="Run directory [runs/<name>-<time>]; must be new or empty.")
 @click.option("--resume", "resume_dir", default=None, help="Continue the run in this directory from its last checkpoint.")
 def train(out: str | None, resume_dir: str | None, preset: str | None, **options: Any) -> None:
-    """Adversarial training (TRADES by default) with weight averaging; exports the selected model."""
+    """Adversarial training (TRADES by default) with weight averaging; exports the selected model.
+
+    SIGTERM writes a checkpoint at the next step boundary and exits with status 143, naming the
+    `--resume` command that continues the run.
+    """
     from tfrobust.config import check_resume_alone, default_run_dir, new_run_config
+    from tfrobust.training.faults import stop_on_sigterm
     from tfrobust.training.run import train as run_train
 
-    if resume_dir is not None:
-        check_resume_alone({"preset": preset, "out": out, **options})
-        summary = run_train(None, resume_dir, resume=True)
-    else:
-        config = new_run_config(preset, options)
-        if config.warmup_warning():
-            click.echo(config.warmup_warning(), err=True)
-        out = out or default_run_dir(config)
-        click.echo(f"run directory: {out}")
-        summary = run_train(config, out)
+    with stop_on_sigterm() as stop:
+        if resume_dir is not None:
+            check_resume_alone({"preset": preset, "out": out, **options})
+            summary = run_train(None, resume_dir, resume=True, stop=stop)
+        else:
+            config = new_run_config(preset, options)
+            if config.warmup_warning():
+                click.echo(config.warmup_warning(), err=True)
+            out = out or default_run_dir(config)
+            click.echo(f"run directory: {out}")
+            summary = run_train(config, out, stop=stop)
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
     if summary.get("export"):
         click.echo(f"exported: {summary['export']}")

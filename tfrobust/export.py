@@ -16,7 +16,9 @@ carries (versions, dataset, threat model, where the weights come from) for train
 alike, `export_network` adds those read off the network (input shape, `features`).
 The version directory appears atomically: it is written under a non-numeric temporary name (which TF
 Serving ignores) and published with `tfrobust.fileio.publish_directory`, and an existing version is never
-overwritten.
+overwritten. A network with a NaN or infinite weight is refused before anything is written, and a write
+the system refuses (no space left, a read-only directory; TensorFlow's own writer included) is one
+`WriteError` line naming the export; nothing of it stays behind.
 
 `load_model(path)` accepts a tfrobust export (or its base directory: the highest version is used), any
 other SavedModel whose `serving_default` maps images to logits, or a `.keras` file. Its `features` is the
@@ -30,6 +32,7 @@ with the metadata `tfrobust eval` reads, and the model's own input range convert
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -41,8 +44,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrobust.errors import UserError
-from tfrobust.fileio import publish_directory, write_json_atomic
+from tfrobust.errors import NonFiniteError, UserError, WriteError
+from tfrobust.fileio import publish_directory, write_error, write_json_atomic
 from tfrobust.inspection import inspect_keras_file, inspect_saved_model
 
 METADATA_PATH = os.path.join("assets.extra", "tfrobust.json")
@@ -82,12 +85,40 @@ def next_version(base_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
+# The operating system's reasons TensorFlow's file writer reports for a write it could not make: its
+# errors carry them as text ("...; No space left on device"), not as an errno.
+_WRITE_REASONS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                                        errno.EPERM, errno.EIO, errno.EFBIG))
+
+
+def _tensorflow_write_reason(error: BaseException) -> str | None:
+    """The system's reason of a TensorFlow write error (`ResourceExhaustedError` for ENOSPC,
+    `PermissionDeniedError` for EROFS/EACCES, ...), None for any other error."""
+    if isinstance(error, tf.errors.OpError):
+        return next((reason for reason in _WRITE_REASONS if reason in error.message), None)
+    return None
+
+
+def check_finite_weights(network: keras.Model) -> None:
+    """Refuses (`NonFiniteError`) a network with a NaN or infinite weight, naming the first."""
+    for weight in network.weights:
+        value = np.asarray(weight.numpy())
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            kind = "NaN" if np.isnan(value).any() else "infinite"
+            raise NonFiniteError(f"cannot export a network with non-finite weights: {weight.path} holds a {kind} value")
+
+
 def export_network(
     network: keras.Model, *, root: str, name: str, metadata: dict[str, Any], version: int | None = None
 ) -> str:
-    """Exports `network` (images in [0,1] -> logits) as `<root>/<name>/<version>`; returns that path."""
+    """Exports `network` (images in [0,1] -> logits) as `<root>/<name>/<version>`; returns that path.
+    Refuses non-finite weights; a refused write is a `WriteError` (module docstring)."""
+    check_finite_weights(network)
     base = os.path.join(root, name)
-    os.makedirs(base, exist_ok=True)
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError as error:
+        raise write_error(error, base, "export") from error
     version = next_version(base) if version is None else int(version)
     final = os.path.join(base, str(version))
     if os.path.exists(final):
@@ -131,8 +162,15 @@ def export_network(
                          **metadata}
         write_json_atomic(os.path.join(tmp, METADATA_PATH), full_metadata, indent=2, sort_keys=True)
         publish_directory(tmp, final)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing half-written behind
+        reason = _tensorflow_write_reason(error)
+        if isinstance(error, WriteError):  # named after the export, not its temporary files
+            raise WriteError("export", final, error.reason, error.errno) from error
+        if reason is not None:
+            raise WriteError("export", final, reason) from error
+        if isinstance(error, OSError) and not isinstance(error, FileExistsError):
+            raise write_error(error, final, "export") from error
         raise
     return final
 
@@ -206,7 +244,7 @@ def load_model(path: str, *, trust_model: bool = False) -> LoadedModel:
         features = None
         if features_network is not None:
             features = tf.function(lambda images: tf.cast(features_network(images, training=False), tf.float32))
-        return LoadedModel(_warn_if_probabilities(fn, _keras_input_shape(model)), {}, path, features=features)
+        return LoadedModel(warn_if_probabilities(fn, _keras_input_shape(model)), {}, path, features=features)
 
     directory = resolve_model_dir(path)
     if not trust_model:
@@ -237,7 +275,7 @@ def load_model(path: str, *, trust_model: bool = False) -> LoadedModel:
             return tf.cast(signature(**{input_name: images})[key], tf.float32)
 
         input_shape = _spec_shape([signature.structured_input_signature[1][input_name]])
-    fn = _warn_if_probabilities(fn, input_shape)
+    fn = warn_if_probabilities(fn, input_shape)
     features = loaded.features if hasattr(loaded, "features") else None
     return LoadedModel(fn, metadata, directory, keepalive=loaded, features=features)
 
@@ -260,7 +298,7 @@ def _spec_shape(signature) -> list[int] | None:
     return list(spec.shape[1:])
 
 
-def _warn_if_probabilities(fn: Callable, input_shape: list[int] | None = None) -> Callable:
+def warn_if_probabilities(fn: Callable, input_shape: list[int] | None = None) -> Callable:
     """Wraps `fn` to warn once if its outputs look like probabilities (attacks need logits).
 
     With a fully known `input_shape` the check runs now, on two random images: `tfrobust eval` calls the
@@ -408,7 +446,7 @@ def export_model(
     # (a warning if its outputs look like probabilities).
     num_classes = None
     if all(isinstance(d, int) for d in shape):
-        out = _warn_if_probabilities(logits, list(shape))(tf.zeros([1, *shape], tf.float32))
+        out = warn_if_probabilities(logits, list(shape))(tf.zeros([1, *shape], tf.float32))
         if len(out.shape) != 2:
             raise UserError(f"the model's output has shape {list(out.shape)}: expected logits [N, classes]")
         num_classes = int(out.shape[-1])

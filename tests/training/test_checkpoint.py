@@ -90,6 +90,34 @@ def test_keys_are_variable_paths(tmp_path):
         np.testing.assert_array_equal(got["optimizer"][key], want["optimizer"][key], err_msg=key)
 
 
+def test_a_mid_epoch_checkpoint_round_trips_its_step_and_metrics(tmp_path):
+    """`TrainingCheckpoint.save(epoch_step=...)` (a stop request, training/faults.py) records the step within
+    the epoch and the metrics' running sums; `restore_position` gives them back; an epoch's end has step 0."""
+    import keras
+
+    network, averaging, selection = training_state()
+    path = str(tmp_path / "checkpoint.npz")
+    callback = cb.TrainingCheckpoint(path, averaging, selection, epoch_examples=400)
+    callback.set_model(network)
+    loss = keras.metrics.Mean(name="loss")
+    loss.update_state(2.0)
+    loss.update_state(4.0)
+    callback.save(3, epoch_step=5, extra_groups={"metrics": ckpt.by_path(loss.variables, "metrics")})
+    assert ckpt.read_state(path)["epoch_step"] == 5
+    network2, averaging2, selection2 = training_state(seed=1)
+    epochs, step, metrics = cb.restore_position(path, network2, averaging2, selection2, epoch_examples=400)
+    assert (epochs, step) == (3, 5)
+    assert {key: float(value) for key, value in metrics.items()} == {"loss/total": 6.0, "loss/count": 2.0}
+    np.testing.assert_array_equal(network2.weights[0].numpy(), network.weights[0].numpy())
+
+    callback.save(4)  # an epoch's end
+    assert cb.restore_position(path, network2, averaging2, selection2)[:2] == (4, 0)
+    groups, state = ckpt.load_arrays(path)  # a mid-epoch state without its metrics cannot continue exactly
+    ckpt.save_arrays(path, {k: v for k, v in groups.items() if k != "metrics"}, {**state, "epoch_step": 2})
+    with pytest.raises(UserError, match="a mid-epoch checkpoint without its 'metrics' arrays"):
+        cb.restore_position(path, network2, averaging2, selection2)
+
+
 def test_a_checkpoint_of_another_width_or_depth_is_one_clear_line(tmp_path):
     network, averaging, selection = training_state("wrn-10-1")
     path = str(tmp_path / "checkpoint.npz")

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL resumes from its last checkpoint and ends where an uninterrupted run ends."""
+"""A run killed with SIGKILL resumes from its last checkpoint, and one stopped by SIGTERM mid-epoch from the
+checkpoint of that step; both end where an uninterrupted run ends."""
 
 import csv
 import os
@@ -12,11 +13,81 @@ import pytest
 from support import REPO, tiny_train_args
 
 EPOCHS = 4
+# `tfrobust train` in a process that sends itself SIGTERM once the weight averages have seen optimizer step
+# argv[1] (1-based): a real signal through the CLI's handler, at a step known in advance.
+SIGTERM_AT_STEP = """
+import os, signal, sys
+from tfrobust.training import callbacks
+step, update = int(sys.argv[1]), callbacks.WeightAveraging.on_train_batch_end
+
+def on_train_batch_end(self, batch, logs=None):
+    update(self, batch, logs)
+    if int(self.num_updates.numpy()) == step:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+callbacks.WeightAveraging.on_train_batch_end = on_train_batch_end
+from tfrobust.cli import main
+sys.argv = ["tfrobust", *sys.argv[2:]]
+main()
+"""
 
 
 def tfrobust(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": REPO, "TF_DETERMINISTIC_OPS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     return [sys.executable, "-m", "tfrobust.cli", *args], env
+
+
+def state(run_dir):
+    import json
+
+    with np.load(os.path.join(run_dir, "checkpoint.npz")) as data:
+        return json.loads(str(data["state_json"]))
+
+
+@pytest.fixture(scope="module")
+def straight(digits_npz, tmp_path_factory):
+    """The uninterrupted run, started once for the module's tests: it runs alongside each test's interrupted
+    run (independent processes, deterministic ops; tiny runs leave a core idle)."""
+    root = tmp_path_factory.mktemp("straight")
+    run_dir = str(root / "run")
+    command, env = tfrobust(*tiny_train_args(digits_npz, run_dir, str(root / "sm"), epochs=EPOCHS))
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = {}
+
+    def finished():
+        if "dir" not in done:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-2000:]
+            done["dir"] = run_dir
+        return done["dir"]
+
+    yield finished
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def assert_same_run(straight_dir, resumed_dir, *, exact=False):
+    """Same epochs logged once each, same metrics, same final state (weights, averages, optimizer)."""
+    log_straight, log_resumed = read_log(straight_dir), read_log(resumed_dir)
+    assert [row["epoch"] for row in log_resumed] == [str(e) for e in range(EPOCHS)]
+    for a, b in zip(log_straight, log_resumed):
+        if exact:
+            assert a == b, a["epoch"]
+        for key in ("loss", "clean_accuracy", "val_avg_pgd40_accuracy"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4), (a["epoch"], key)
+    with np.load(os.path.join(straight_dir, "checkpoint.npz")) as a, np.load(os.path.join(resumed_dir, "checkpoint.npz")) as b:
+        # Epochs of 400 samples (the digits file, validation images included) at batch 32 alternate 12 and
+        # 13 steps; the run ends after floor(4 * 400 / 32) = 50, resumed or not.
+        import json
+
+        assert json.loads(str(a["state_json"]))["steps"] == json.loads(str(b["state_json"]))["steps"] == 50
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            if key != "state_json":
+                if exact:
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+                np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
 
 
 def checkpoint_epoch(run_dir):
@@ -35,14 +106,9 @@ def read_log(run_dir):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, digits_npz):
+def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, digits_npz, straight):
     npz = digits_npz
-    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-
-    # The uninterrupted run goes alongside the one to be killed: independent processes (deterministic ops),
-    # and tiny runs leave a core idle, so running them together saves a run's worth of suite time.
-    command, env = tfrobust(*tiny_train_args(npz, straight, str(tmp_path / "sm1"), epochs=EPOCHS))
-    straight_run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = str(tmp_path / "killed")
 
     command, env = tfrobust(*tiny_train_args(npz, killed, str(tmp_path / "sm2"), epochs=EPOCHS))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -54,27 +120,35 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, digits_npz
     done_at_kill = checkpoint_epoch(killed)
     assert 1 <= done_at_kill < EPOCHS, "the kill must land mid-run"
     assert not os.path.exists(os.path.join(killed, "summary.json"))
-    _, straight_err = straight_run.communicate(timeout=300)
-    assert straight_run.returncode == 0, straight_err[-2000:]
 
     command, env = tfrobust("train", "--resume", killed)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming {killed} after epoch {done_at_kill}" in result.stdout
+    assert_same_run(straight(), killed)
 
-    # Same epochs logged once each, same metrics, same final state.
-    log_straight, log_killed = read_log(straight), read_log(killed)
-    assert [row["epoch"] for row in log_killed] == [str(e) for e in range(EPOCHS)]
-    for a, b in zip(log_straight, log_killed):
-        for key in ("loss", "clean_accuracy", "val_avg_pgd40_accuracy"):
-            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4), (a["epoch"], key)
-    with np.load(os.path.join(straight, "checkpoint.npz")) as a, np.load(os.path.join(killed, "checkpoint.npz")) as b:
-        # Epochs of 400 samples (the digits file, validation images included) at batch 32 alternate 12 and
-        # 13 steps; the run ends after floor(4 * 400 / 32) = 50, resumed or not.
-        import json
 
-        assert json.loads(str(a["state_json"]))["steps"] == json.loads(str(b["state_json"]))["steps"] == 50
-        assert sorted(a.files) == sorted(b.files)
-        for key in a.files:
-            if key != "state_json":
-                np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
+@pytest.mark.slow
+def test_resume_after_sigterm_mid_epoch_matches_the_uninterrupted_run(tmp_path, digits_npz, straight):
+    """SIGTERM after optimizer step 18 (step 6 of the 13 of epoch 2): the checkpoint of that step, exit status
+    143 and the --resume command; resumed, the run ends as the uninterrupted one, the CSV log included."""
+    stopped = str(tmp_path / "stopped")
+    _, env = tfrobust()
+    command = [sys.executable, "-c", SIGTERM_AT_STEP, "18",
+               *tiny_train_args(digits_npz, stopped, str(tmp_path / "sm"), epochs=EPOCHS)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 143, result.stderr[-2000:]
+    checkpoint = os.path.join(stopped, "checkpoint.npz")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"training stopped on request (SIGTERM) at epoch 2, step 6 of 13: the run is saved in {checkpoint} "
+        f"(epoch 2, step 6); continue with: tfrobust train --resume {stopped}")
+    saved = state(stopped)
+    assert (saved["epoch"], saved["epoch_step"], saved["steps"]) == (1, 6, 18)
+    assert [row["epoch"] for row in read_log(stopped)] == ["0"]
+    assert not os.path.exists(os.path.join(stopped, "summary.json"))
+
+    command, env = tfrobust("train", "--resume", stopped)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming {stopped} after epoch 1 of {EPOCHS}, step 6 of 13 of epoch 2" in result.stdout
+    assert_same_run(straight(), stopped, exact=True)

@@ -186,6 +186,11 @@ class L1Projection:
     Unlike the L2 case, clipping to the box after scaling into the ball would not be the projection (nor
     the reference's): the L1 projection onto the intersection soft-thresholds with the box bounds taken
     into account, so the mass the box cuts off is spent on the other coordinates.
+
+    Example::
+
+        projection = attacks.L1Projection(12.0)            # AutoAttack's CIFAR-10 L1 radius
+        x_feasible = projection.project(x_adv, images)     # L1 distance to images at most 12, in [0, 1]
     """
 
     eps: float

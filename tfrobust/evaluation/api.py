@@ -41,7 +41,7 @@ from tfrobust.evaluation.report import save_examples as write_examples
 from tfrobust.evaluation.state import EvalState
 from tfrobust.export import (
     LoadedModel,
-    _warn_if_probabilities,
+    warn_if_probabilities,
     check_input_range,
     load_model,
 )
@@ -134,14 +134,14 @@ def as_logits_model(model: ModelLike, input_range: Sequence[float] = (0.0, 1.0))
     if isinstance(model, (str, os.PathLike)):
         loaded = load_model(os.fspath(model))
     elif isinstance(model, keras.Model):
-        logits = _warn_if_probabilities(keras_logits_fn(model), None)
+        logits = warn_if_probabilities(keras_logits_fn(model), None)
         loaded = LoadedModel(logits, {}, model.name, keepalive=model)
     elif callable(model):
         def logits(images: tf.Tensor) -> tf.Tensor:
             return tf.cast(model(images), tf.float32)
 
         name = getattr(model, "__name__", type(model).__name__)
-        loaded = LoadedModel(_warn_if_probabilities(logits, None), {}, name, keepalive=model)
+        loaded = LoadedModel(warn_if_probabilities(logits, None), {}, name, keepalive=model)
     else:
         raise UserError(f"cannot evaluate a {type(model).__name__}: give a keras.Model, the path of a .keras file "
                         "or SavedModel directory, or a callable mapping images to logits")

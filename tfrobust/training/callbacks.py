@@ -215,7 +215,7 @@ class ModelSelection(keras.callbacks.Callback):
             self.best = {"epoch": done, **metrics}
             if self.best_path is not None:
                 weights = ckpt.by_path(self.averaging.averaged_network.weights, "network")
-                ckpt.save_arrays(self.best_path, {"network": _values(weights)}, {"best": self.best})
+                ckpt.save_arrays(self.best_path, {"network": _values(weights)}, {"best": self.best}, what="best weights")
             else:
                 self.best_weights = [np.array(w.numpy()) for w in self.averaging.averaged_network.weights]
         print(
@@ -261,6 +261,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     Besides the variables, the state records the optimizer steps done, the samples per epoch
     (`epoch_examples`, which with the batch size gives every epoch's boundary) and the optimizer's class,
     which `restore` checks: a checkpoint of another update rule or epoch length cannot continue this run.
+    `save` with `epoch_step` > 0 writes a mid-epoch checkpoint (`tfrobust.training.faults.Preemption`):
+    `epoch` epochs and `epoch_step` steps of the next one done.
     """
 
     def __init__(self, path: str, averaging: WeightAveraging, selection: ModelSelection, *,
@@ -275,15 +277,21 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         checkpoint_groups(self.model, self.averaging)  # a model whose variables share a path fails now
 
     def on_epoch_end(self, epoch, logs=None):
+        self.save(epoch + 1)
+
+    def save(self, epochs_done: int, *, epoch_step: int = 0,
+             extra_groups: dict[str, dict[str, keras.Variable]] | None = None) -> None:
+        """Writes the state after `epochs_done` epochs and `epoch_step` steps of the next, with
+        `extra_groups` (a mid-epoch checkpoint's training metrics) beside the usual groups."""
         optimizer = self.model.optimizer
-        variables = checkpoint_groups(self.model, self.averaging)
+        variables = {**checkpoint_groups(self.model, self.averaging), **(extra_groups or {})}
         groups = {group: _values(group_variables) for group, group_variables in variables.items()}
         state = {
-            "epoch": epoch + 1, "best": _jsonable(self.selection.best), "latest": self.selection.latest,
-            "steps": int(optimizer.iterations.numpy()), "optimizer": type(optimizer).__name__,
-            "epoch_examples": self.epoch_examples,
+            "epoch": int(epochs_done), "epoch_step": int(epoch_step), "best": _jsonable(self.selection.best),
+            "latest": self.selection.latest, "steps": int(optimizer.iterations.numpy()),
+            "optimizer": type(optimizer).__name__, "epoch_examples": self.epoch_examples,
         }
-        ckpt.save_arrays(self.path, groups, state)
+        ckpt.save_arrays(self.path, groups, state, what="checkpoint")
 
 
 class SampleCounts(keras.callbacks.Callback):
@@ -331,6 +339,14 @@ def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection
     """Loads a `TrainingCheckpoint` into a run from `run.build_run` (optimizer already built); returns the
     number of epochs done. Refuses a checkpoint of another optimizer class or (when `epoch_examples` is
     given) another epoch length: its momenta or its step count would not mean the same thing here."""
+    return restore_position(path, model, averaging, selection, epoch_examples=epoch_examples)[0]
+
+
+def restore_position(path: str, model: keras.Model, averaging: WeightAveraging, selection: ModelSelection, *,
+                     epoch_examples: int | None = None) -> tuple[int, int, dict[str, np.ndarray]]:
+    """`restore`, returning (epochs done, steps done of the next epoch, the training metrics' saved state):
+    a mid-epoch checkpoint (`TrainingCheckpoint.save` with `epoch_step`) continues at that step, its
+    metrics restored by `tfrobust.training.faults.Preemption` once `fit` has reset them."""
     groups, state = ckpt.load_arrays(path)
     optimizer = type(model.optimizer).__name__
     if state.get("optimizer") != optimizer:
@@ -352,7 +368,11 @@ def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection
     if best.get("epoch", -1) >= 0:
         selection.best = best
     selection.latest = state.get("latest") or {}
-    return int(state["epoch"])
+    epoch_step = int(state.get("epoch_step") or 0)
+    metrics = groups.get("metrics", {})
+    if epoch_step and not metrics:
+        raise UserError(f"unreadable checkpoint {path}: a mid-epoch checkpoint without its 'metrics' arrays")
+    return int(state["epoch"]), epoch_step, metrics
 
 
 def load_best_weights(path: str, network: keras.Model) -> dict:

@@ -5,6 +5,9 @@ the optimizer's variables (step count, momenta) and a JSON document (epoch reach
 state). It is written through `tfrobust.fileio` (a temporary file, fsynced, moved into place with
 `os.replace`), so a run killed at any moment (SIGKILL included) leaves either the previous or the new
 checkpoint, never a torn one. The data position needs no storage: epoch e's order is a function of (seed, e).
+A checkpoint written mid-epoch on a stop request (`tfrobust.training.faults`) records `epoch_step`, the
+steps done of epoch `epoch` (the data position is then that step), and a `metrics` group: the running sums
+of the epoch's training metrics, so the resumed epoch logs the means an uninterrupted one does.
 
 Layout: the npz member `GROUP/KEY` is one array, GROUP a part of the state (`network`, `averaging`,
 `optimizer`) and KEY a name stable across processes that is unique within its group: the variable's Keras
@@ -58,8 +61,10 @@ def by_path(variables: Iterable[Any], what: str) -> dict[str, Any]:
     return keyed
 
 
-def save_arrays(path: str, groups: Mapping[str, Mapping[str, Any]], state: dict[str, Any]) -> None:
-    """Writes `{group: {key: array or variable}}` and a JSON `state` to `path` atomically."""
+def save_arrays(path: str, groups: Mapping[str, Mapping[str, Any]], state: dict[str, Any], *,
+                what: str = "checkpoint") -> None:
+    """Writes `{group: {key: array or variable}}` and a JSON `state` to `path` atomically; a write the
+    system refuses is the `WriteError` line "cannot write {what} {path}: {reason}" (`tfrobust.fileio`)."""
     if FORMAT_KEY in state:
         raise ValueError(f"{FORMAT_KEY!r} is reserved in a checkpoint's state")
     arrays = {STATE_MEMBER: np.array(json.dumps({**state, FORMAT_KEY: CHECKPOINT_FORMAT}))}
@@ -68,7 +73,7 @@ def save_arrays(path: str, groups: Mapping[str, Mapping[str, Any]], state: dict[
             raise ValueError(f"checkpoint group {group!r}: a name without '/' and a mapping key -> array")
         for key, value in values.items():
             arrays[f"{group}/{key}"] = np.asarray(value)
-    save_npz_atomic(path, arrays)
+    save_npz_atomic(path, arrays, what=what)
 
 
 def _read_state(data: Any) -> dict[str, Any]:

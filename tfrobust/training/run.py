@@ -2,7 +2,8 @@
 
 Run directory (`--out`):
     config.json        the fully resolved TrainConfig (what `--resume` rebuilds the run from)
-    checkpoint.npz     whole training state after the last finished epoch (atomic; see checkpoint.py)
+    checkpoint.npz     whole training state after the last finished epoch, or after the step where a stop
+                       request (SIGTERM) arrived (atomic; see checkpoint.py and faults.py)
     best.npz           the best averaged weights by validation PGD-40 accuracy (model selection)
     log.csv            per-epoch training and validation metrics (appended on resume); with --extra-data
                        also real_samples / generated_samples (rows of each kind consumed that epoch)
@@ -12,6 +13,11 @@ Run directory (`--out`):
 
 The data order, the augmentation and the attack's random starts are functions of (seed, epoch, step),
 so a run resumed from its checkpoint continues exactly where the uninterrupted run would be.
+
+Faults (faults.py): a non-finite loss, gradient or weight stops the run with one line and writes nothing
+of that state; a stop request (`train(stop=...)`, set by SIGTERM under the CLI) writes a checkpoint at the
+next step boundary and raises `tfrobust.errors.Interrupted`; a file that cannot be written (a full disk, a
+read-only directory) is one `WriteError` line naming it, and the previous checkpoint stays as it was.
 
 Epochs (docs/method.md, "Epoch length"; the reference's experiment.py `steps_from_epochs`): an epoch is the
 whole original training set, the validation hold-out included (50,000 CIFAR-10 images), over the batch
@@ -25,12 +31,14 @@ passes of len(train) // batch batches (`Run.data_pass_steps`), independently of 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import fcntl
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any, Iterator
 
@@ -43,12 +51,12 @@ from tfrobust.data.datasets import DEFAULT_VAL_SIZE, Splits, load_dataset
 from tfrobust.data.extra import ExtraData, open_extra_data
 from tfrobust.data.mixing import mix_plan, mixed_train_dataset, samples_per_epoch
 from tfrobust.data.pipeline import eval_dataset, train_dataset
-from tfrobust.errors import UserError
+from tfrobust.errors import UserError, WriteError
 from tfrobust.export import export_metadata, export_network
-from tfrobust.fileio import write_json_atomic, write_text_atomic
+from tfrobust.fileio import write_error, write_json_atomic, write_text_atomic
 from tfrobust.models.registry import build_model
 from tfrobust.training import callbacks as cb
-from tfrobust.training import distribute
+from tfrobust.training import distribute, faults
 from tfrobust.training.checkpoint import CHECKPOINT_NAME
 from tfrobust.training.optimizers import TraceSGD
 from tfrobust.training.schedules import steps_after_epochs, training_schedule
@@ -62,7 +70,10 @@ LOCK_NAME = ".lock"
 @contextlib.contextmanager
 def locked_run_dir(path: str) -> Iterator[None]:
     """Holds an exclusive flock on `path/.lock`; a second process gets one clear error line."""
-    handle = open(os.path.join(path, LOCK_NAME), "a+")
+    try:
+        handle = open(os.path.join(path, LOCK_NAME), "a+")
+    except OSError as error:
+        raise write_error(error, os.path.join(path, LOCK_NAME), "run directory lock") from error
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -174,8 +185,13 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
     return Run(config, splits, strategy, trainer, averaging, selection, epoch_examples, data_pass_steps)
 
 
-def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, verbose: Any = "auto") -> dict[str, Any]:
-    """Trains (or resumes) the run in `out_dir`, exports the selected averaged model, returns the summary."""
+def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, verbose: Any = "auto",
+          stop: threading.Event | None = None) -> dict[str, Any]:
+    """Trains (or resumes) the run in `out_dir`, exports the selected averaged model, returns the summary.
+
+    `stop` (`faults.stop_on_sigterm` gives one that SIGTERM sets): once set, the run writes a checkpoint at
+    the next step boundary and raises `tfrobust.errors.Interrupted` naming the `--resume` command.
+    """
     if resume:
         if config is not None:
             raise UserError("--resume rebuilds the run from RUN_DIR/config.json: give no other training options")
@@ -193,15 +209,32 @@ def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, ver
     run_dir = out_dir if chief else tempfile.mkdtemp(prefix="tfrobust-worker-")
     if not resume and chief:
         check_new_run_dir(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
+    created = not os.path.exists(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise write_error(error, run_dir, "run directory") from error
     try:
         with locked_run_dir(run_dir):
             if not resume:
-                write_text_atomic(os.path.join(run_dir, CONFIG_NAME), config.to_json())
-            return _train_locked(config, run_dir, chief=chief, verbose=verbose, splits=splits, extra=extra)
+                try:
+                    write_text_atomic(os.path.join(run_dir, CONFIG_NAME), config.to_json(), what="run config")
+                except WriteError:
+                    _undo_start(run_dir, created)  # the same command can start the run again
+                    raise
+            return _train_locked(config, run_dir, chief=chief, verbose=verbose, splits=splits, extra=extra,
+                                 stop=stop)
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _undo_start(run_dir: str, created: bool) -> None:
+    """Removes what a new run wrote before its config (the lock file, the directory it created)."""
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(run_dir, LOCK_NAME))
+        if created:
+            os.rmdir(run_dir)
 
 
 def _resolve_val_size(config: TrainConfig) -> tuple[Splits, TrainConfig]:
@@ -226,19 +259,25 @@ def _open_extra_data(config: TrainConfig, splits: Splits | None = None) -> tuple
 
 
 def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: Any, splits: Splits | None = None,
-                  extra: ExtraData | None = None) -> dict[str, Any]:
+                  extra: ExtraData | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     run = build_run(config, run_dir, splits)
     checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
-    initial_epoch = 0
+    initial_epoch, initial_step, saved_metrics = 0, 0, {}
     if os.path.exists(checkpoint_path):
-        initial_epoch = cb.restore(checkpoint_path, run.trainer, run.averaging, run.selection,
-                                   epoch_examples=run.epoch_examples)
-        print(f"resuming {run_dir} after epoch {initial_epoch} of {config.epochs}", flush=True)
+        initial_epoch, initial_step, saved_metrics = cb.restore_position(
+            checkpoint_path, run.trainer, run.averaging, run.selection, epoch_examples=run.epoch_examples)
+        if initial_step and not (initial_epoch < config.epochs and initial_step < run.epoch_steps(initial_epoch)):
+            raise UserError(f"unreadable checkpoint {checkpoint_path}: step {initial_step} of epoch "
+                            f"{initial_epoch + 1} is not inside this run's epochs")
+        within = (f", step {initial_step} of {run.epoch_steps(initial_epoch)} of epoch {initial_epoch + 1}"
+                  if initial_step else "")
+        print(f"resuming {run_dir} after epoch {initial_epoch} of {config.epochs}{within}", flush=True)
     replicas = run.strategy.num_replicas_in_sync
 
-    def epoch_data(epoch: int) -> tf.data.Dataset:
-        """The batches of epoch `epoch`: the data streams from optimizer step `run.epoch_start(epoch)` on."""
-        first_pass, first_step = divmod(run.epoch_start(epoch), run.data_pass_steps)
+    def epoch_data(epoch: int, skip: int = 0) -> tf.data.Dataset:
+        """The batches of epoch `epoch` after its first `skip`: the data streams from optimizer step
+        `run.epoch_start(epoch) + skip` on."""
+        first_pass, first_step = divmod(run.epoch_start(epoch) + skip, run.data_pass_steps)
         data, _ = training_stream(config, run.splits, extra, replicas=replicas, first_epoch=first_pass,
                                   first_step=first_step, steps_per_epoch=run.data_pass_steps)
         return data
@@ -253,17 +292,24 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
         truncate_log(log_path, initial_epoch)
     # The CSV row of an epoch is written before its checkpoint: a kill in between leaves a row that the
     # resumed run drops (truncate_log) and writes again, never a missing one.
+    checkpoint = cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection, epoch_examples=run.epoch_examples)
+    resumed_at = {"resume_epoch": initial_epoch, "resume_step": initial_step}
+    guard = faults.FaultGuard(run.averaging, checkpoint_path, run.epoch_steps, **resumed_at)
+    preemption = faults.Preemption(stop, checkpoint, guard, run.epoch_steps, run_dir, resume_metrics=saved_metrics,
+                                   **resumed_at)
     callbacks = _OneTrainingRun(
         [
+            guard,  # first: a non-finite step or state stops the run before any other callback acts on it
             run.averaging,
             run.selection,
             *([counts] if counts is not None else []),  # adds the sample counts before the loggers read logs
-            keras.callbacks.CSVLogger(log_path, append=initial_epoch > 0),
-            cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection, epoch_examples=run.epoch_examples),
+            faults.CSVLog(log_path, append=initial_epoch > 0),
+            checkpoint,
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
+            preemption,  # last: at an epoch's end the checkpoint and the logs are written before it stops
         ],
         add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=config.epochs,
-        steps=run.epoch_steps(initial_epoch), model=run.trainer,
+        steps=run.epoch_steps(initial_epoch) - initial_step, model=run.trainer,
     )
     start = time.time()
     # One `fit` per epoch: Keras epochs have a fixed number of steps, the reference's alternate between two
@@ -272,24 +318,33 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     if initial_epoch < config.epochs:
         callbacks.begin()
         logs = None
-        for epoch in range(initial_epoch, config.epochs):
-            steps = run.epoch_steps(epoch)
-            callbacks.set_params({**callbacks.params, "steps": steps})
-            history = run.trainer.fit(
-                epoch_data(epoch),
-                epochs=epoch + 1,
-                initial_epoch=epoch,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the pipeline already orders the data by (seed, pass)
-            )
-            logs = {key: values[-1] for key, values in history.history.items() if values}
-            if run.trainer.stop_training:
-                break
+        try:
+            for epoch in range(initial_epoch, config.epochs):
+                preemption.stop_if_requested(epoch, first=epoch == initial_epoch)
+                skip = initial_step if epoch == initial_epoch else 0
+                steps = run.epoch_steps(epoch) - skip
+                callbacks.set_params({**callbacks.params, "steps": steps})
+                history = run.trainer.fit(
+                    epoch_data(epoch, skip),
+                    epochs=epoch + 1,
+                    initial_epoch=epoch,
+                    steps_per_epoch=steps,
+                    callbacks=callbacks,
+                    verbose=verbose,
+                    shuffle=False,  # the pipeline already orders the data by (seed, pass)
+                )
+                logs = {key: values[-1] for key, values in history.history.items() if values}
+                if run.trainer.stop_training:
+                    break
+        except BaseException:
+            with contextlib.suppress(Exception):  # closes the loggers' files; the first error is the one to see
+                callbacks.end(None)
+            if verbose != 0:
+                print(flush=True)  # ends the progress bar's line: the message that follows gets its own
+            raise
         callbacks.end(logs)
     seconds = time.time() - start
-    images = (run.epoch_start(config.epochs) - run.epoch_start(initial_epoch)) * config.batch_size
+    images = (run.epoch_start(config.epochs) - run.epoch_start(initial_epoch) - initial_step) * config.batch_size
     summary: dict[str, Any] = {
         "epochs": config.epochs,
         "resumed_from_epoch": initial_epoch,
@@ -300,7 +355,7 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     }
     if chief:
         summary["export"] = export_selected(run, run_dir)
-        write_json_atomic(os.path.join(run_dir, "summary.json"), summary, indent=2, sort_keys=True)
+        write_json_atomic(os.path.join(run_dir, "summary.json"), summary, indent=2, sort_keys=True, what="run summary")
     return summary
 
 
@@ -365,13 +420,22 @@ class _OneTrainingRun(keras.callbacks.CallbackList):
 
 
 def truncate_log(path: str, epochs_done: int) -> None:
-    """Keeps the CSV header and the rows of epochs < `epochs_done` (0-based `epoch` column)."""
+    """Keeps the CSV header and the whole rows of epochs < `epochs_done` (0-based `epoch` column): a row
+    cut short by a failed write (fewer fields than the header, or an epoch that is not a number) goes."""
     if not os.path.isfile(path):
         return
     with open(path) as handle:
         lines = handle.read().splitlines()
-    kept = lines[:1] + [line for line in lines[1:] if line and int(line.split(",", 1)[0]) < epochs_done]
-    write_text_atomic(path, "\n".join(kept) + "\n")
+    if not lines:
+        return
+    width = len(next(csv.reader(lines[:1])))
+
+    def whole_and_done(line: str) -> bool:
+        fields = next(csv.reader([line]), [])
+        return len(fields) == width and fields[0].isdigit() and int(fields[0]) < epochs_done
+
+    kept = lines[:1] + [line for line in lines[1:] if whole_and_done(line)]
+    write_text_atomic(path, "\n".join(kept) + "\n", what="training log")
 
 
 def export_selected(run: Run, run_dir: str, which: str = "best") -> str:

@@ -47,10 +47,11 @@ import keras
 import tensorflow as tf
 
 from tfrobust.attacks.pgd import PGD, pgd_at_attack, trades_attack
-from tfrobust.attacks.projection import check_norm
 from tfrobust.errors import UserError
+from tfrobust.threat_model import TRAIN_NORMS
 from tfrobust.training import losses
 from tfrobust.training.distribute import ReplicaShardedInit
+from tfrobust.training.faults import NONFINITE_KEY, nonfinite_code
 
 LOSSES = ("trades", "pgd-at", "standard")
 
@@ -178,7 +179,9 @@ class AdversarialTrainer(keras.Model):
             raise UserError(f"AdversarialTrainer wraps a keras.Model, got {type(model).__name__}")
         if loss not in LOSSES:
             raise UserError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
-        self.norm = check_norm(norm)
+        if norm not in TRAIN_NORMS:
+            raise UserError(f"adversarial training supports the norms {', '.join(TRAIN_NORMS)}, not {norm!r}")
+        self.norm = norm
         self.eps = float(eps)
         if not self.eps > 0 or (self.norm == "linf" and self.eps > 1):
             raise UserError(f"eps is in [0, 1] pixel units (8/255 = {8 / 255:.4f} for Linf), got {eps!r}")
@@ -465,7 +468,16 @@ class AdversarialTrainer(keras.Model):
         self.clean_accuracy.update_state(_accuracy(clean_logits, labels))
         if adv_logits is not None:
             self.adv_accuracy.update_state(_accuracy(adv_logits, labels))
-        return self._results({m.name: m.result() for m in self.metrics})
+        # Whether this step's loss and gradients are finite, read by `faults.FaultGuard` after the step.
+        nonfinite = nonfinite_code(step["total"], step["gradients"])
+        return self._results({**{m.name: m.result() for m in self.metrics}, NONFINITE_KEY: nonfinite})
+
+    def _get_metrics_result_or_logs(self, logs):
+        # `fit` logs an epoch with the metrics' results when the step's outputs have the metrics' names,
+        # else with the last step's outputs; the non-finite flag is not a metric, so it is left out here.
+        if isinstance(logs, dict):
+            logs = {key: value for key, value in logs.items() if key != NONFINITE_KEY}
+        return super()._get_metrics_result_or_logs(logs)
 
     @staticmethod
     def _results(results: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
