@@ -27,6 +27,17 @@ Restarts (and targets) run on the still-robust points only, from the clean image
 stateless random starts (`common.run_targets`). Everything is graph-compatible: the iterations are
 a `tf.while_loop`, the runs another.
 
+Expectation over transformation (EOT, for randomised models; the reference's `eot_iter`, used by
+AutoAttack's `rand` version with 20): each evaluation of an iterate calls the model `eot_iter` times, each
+call a fresh forward pass of the randomised model, and averages the input gradients,
+g = (1/N) Σ_j ∇ℓ(f_j(x)). As in the reference (`attack_single_run`: `grad += ...; grad /= eot_iter`, while
+`logits` and `loss_indiv` are overwritten by each call), the loss that drives the step-size checks and the
+prediction that marks the iterate misclassified are those of the last call (`eot_loss="last"`);
+`eot_loss="mean"` averages the loss over the N calls as well, which makes the step-size decisions less
+noisy (tfrobust's option, not the reference's). With EOT an example is not dropped at its first
+misclassified iterate (one random call may be a lucky draw): it keeps iterating and returns its last
+misclassified iterate, as the reference does (`exit_on_success`).
+
 Reference quirk kept on purpose: the first checkpoint's window compares the first iterate's loss with 0
 (the reference reads `loss_steps[-1]` of a zero-initialised buffer), so that window's count includes
 "loss(x_1) > 0"; this only decides whether the first checkpoint halves.
@@ -56,6 +67,8 @@ from tfrobust.attacks.projection import check_eps, check_norm, make_projection
 from tfrobust.errors import UserError
 
 LOSS_NAMES = ("ce", "dlr", "dlr-targeted")
+# The loss of an EOT evaluation: the last call's (the reference's) or the mean over the calls.
+EOT_LOSSES = ("last", "mean")
 
 
 def checkpoints(n_iter: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -117,7 +130,8 @@ class APGD:
 
     AutoAttack standard: `APGD(norm, eps, "ce")` (1 restart × 100) and `APGD(norm, eps, "dlr-targeted")`
     (9 targets × 1 restart × 100). The paper's AA+MT: `APGD(norm, eps, "ce", n_restarts=5)` and
-    `APGD(norm, eps, "dlr", n_restarts=5)`.
+    `APGD(norm, eps, "dlr", n_restarts=5)`. AutoAttack rand (a randomised model): `APGD(norm, eps, "ce",
+    eot_iter=20)` and `APGD(norm, eps, "dlr", eot_iter=20)`.
 
     Call: `attack(model_fn, x, labels, seed) -> x_adv`, labels one-hot [B, K] or class ids [B], seed an
     int [2] tensor. Per example, x_adv is a misclassified point of ball ∩ [0, 1] when one was found,
@@ -131,13 +145,30 @@ class APGD:
     n_restarts: int = 1
     n_target_classes: int = 9
     rho: float = 0.75
+    # Model calls averaged per gradient (EOT, see the module docstring): 1 for a deterministic model,
+    # 20 in AutoAttack's `rand` version.
+    eot_iter: int = 1
+    eot_loss: str = "last"  # "last" (the reference's) or "mean" (the loss averaged over the eot_iter calls)
+    # Drop an example from the run at its first misclassified iterate (None: when eot_iter == 1).
+    exit_on_success: bool | None = None
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_eps(self.eps)
         if self.loss not in LOSS_NAMES:
             raise UserError(f"unknown APGD loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
-        check_counts("APGD", n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes)
+        check_counts("APGD", n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes,
+                     eot_iter=self.eot_iter)
+        if self.eot_loss not in EOT_LOSSES:
+            raise UserError(f"unknown APGD eot_loss {self.eot_loss!r}; choose one of {', '.join(EOT_LOSSES)}")
+        if self.exit_on_success is not None and not isinstance(self.exit_on_success, bool):
+            raise UserError(f"APGD exit_on_success must be None, True or False, got {self.exit_on_success!r}")
+
+    @property
+    def exits_on_success(self) -> bool:
+        """Whether an example leaves a run at its first misclassified iterate (`exit_on_success`, by default
+        for a deterministic model only: eot_iter == 1)."""
+        return self.eot_iter == 1 if self.exit_on_success is None else self.exit_on_success
 
     @property
     def targeted(self) -> bool:
@@ -177,6 +208,42 @@ class APGD:
         targets = top_targets(logits, y, num_targets) if self.targeted else None
         return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts, targets=targets)
 
+    def _evaluate(self, model_fn: ModelFn, x_k: tf.Tensor, y_k: tf.Tensor,
+                  target_k: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(misclassified [b] bool, per-example losses [b], input gradient of the summed loss) at x_k.
+
+        With `eot_iter` N > 1 (EOT, the reference's `attack_single_run`): N model calls, the gradient the
+        mean of their gradients (summed in call order, then divided by N, as the reference), the loss and
+        the prediction the last call's (`eot_loss="mean"`: the loss the mean of the N losses). The calls
+        run in a `tf.while_loop`, so each executes the model's random operations afresh.
+        """
+        def call(x_k):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
+                tape.watch(x_k)
+                logits = tf.cast(model_fn(x_k), tf.float32)
+                losses = self._loss(logits, y_k, target_k)
+                total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
+            grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y_k)
+            return misclassified, losses, grad
+
+        if self.eot_iter == 1:
+            return call(x_k)
+
+        def body(j, wrong, losses, loss_sum, grad_sum):
+            wrong, losses, grad = call(x_k)
+            return j + 1, wrong, losses, loss_sum + losses, grad_sum + grad
+
+        batch = tf.shape(x_k)[0]
+        zeros = tf.zeros([batch])
+        _, wrong, losses, loss_sum, grad_sum = tf.while_loop(
+            lambda j, *_: j < self.eot_iter, body,
+            (tf.constant(0), tf.zeros([batch], tf.bool), zeros, zeros, tf.zeros_like(x_k)),
+            maximum_iterations=self.eot_iter)
+        if self.eot_loss == "mean":
+            losses = loss_sum / float(self.eot_iter)
+        return wrong, losses, grad_sum / float(self.eot_iter)
+
     def _loss(self, logits: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor]) -> tf.Tensor:
         if self.loss == "ce":
             return ce_loss(logits, y)
@@ -196,6 +263,9 @@ class APGD:
         (the model is applied in inference mode, so examples do not interact), and the run's success flags
         are the same. Dropping them is what makes the first stage of a cascade cheap: on most models the
         bulk of the points fall within a few iterations, and the reference pays 100 for each.
+
+        With `exits_on_success` False (EOT on a randomised model, by default), every example runs all
+        iterations and returns its last misclassified iterate, the reference's `x_best_adv`.
         """
         projection = make_projection(self.norm, self.eps)
         eps = tf.constant(self.eps, tf.float32)
@@ -213,14 +283,7 @@ class APGD:
         x_adv = tf.clip_by_value(x + eps * direction(t), 0.0, 1.0)
 
         def evaluate(x_k, y_k, target_k):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
-                tape.watch(x_k)
-                logits = tf.cast(model_fn(x_k), tf.float32)
-                losses = self._loss(logits, y_k, target_k)
-                total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
-            grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y_k)
-            return misclassified, losses, grad
+            return self._evaluate(model_fn, x_k, y_k, target_k)
 
         batch = tf.shape(x)[0]
         wrong, losses, grad = evaluate(x_adv, y, target)
@@ -250,7 +313,8 @@ class APGD:
         # A start that is already misclassified is the example's adversarial point (the reference's
         # x_best_adv before the first step).
         out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
-        active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
+        if self.exits_on_success:
+            active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
 
         def body(i, out_adv, out_wrong, s):
             a = tf.where(i > 0, 0.75, 1.0)
@@ -307,6 +371,8 @@ class APGD:
                 loss_best_last_check=loss_best_last_check,
                 reduced_last_check=reduced,
             )
+            if not self.exits_on_success:
+                return i + 1, out_adv, out_wrong, s  # the last misclassified iterate wins (the reference's)
             keep = tf.logical_not(misclassified)
             return i + 1, out_adv, out_wrong, {k: tf.boolean_mask(v, keep) for k, v in s.items()}
 
