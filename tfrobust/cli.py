@@ -211,7 +211,7 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 
 @cli.command(name="eval")
 @click.option("--model", "model_path", default=None, help="SavedModel dir, TF Serving base dir, or .keras file.")
-@click.option("--attack", default="pgd40", help="Attack cascade: aa (AutoAttack: APGD-CE, APGD-T, FAB-T, Square) | aa+mt (the paper's: APGD-CE 5x100, APGD-DLR 5x100, MultiTargeted 10x200) | mt | apgd-ce | apgd-t | apgd-dlr | fab-t | square | pgd40 [pgd40].")
+@click.option("--attack", default="pgd40", help="Attack cascade: aa (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square) | aa-plus (AutoAttack plus) | aa-rand (AutoAttack rand, EOT: randomised models) | aa+mt (the paper's: APGD-CE 5x100, APGD-DLR 5x100, MultiTargeted 10x200) | mt | pgd40 | one attack or a comma list in order, e.g. apgd-ce,apgd-dlr,square (apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square as AutoAttack standard configures them; NAME@plus, NAME@rand as that version does) [pgd40].")
 @click.option("--dataset", default=None, help="Dataset [the model's]; npz:PATH for your own arrays.")
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
 @click.option("--split", default=None, help="test | val | train | all (train and val) [test; npz:PATH: all, every image of the file]")
@@ -223,6 +223,8 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 @click.option("--report", default=None, help="JSON report path [eval_reports/<model>-<attack>-<split>-<time>.json].")
 @click.option("--val-size", type=int, default=None, help="Validation images held out of train (split val/train) [the run's, else 1024].")
 @click.option("--save-examples", default=None, help="Also write an npz of per-example flags (clean correct, robust, stage that broke it) and adversarial examples.")
+@click.option("--eot-iter", type=int, default=None, help="Model calls averaged per APGD gradient step (expectation over transformation, randomised models) [aa-rand: 20; otherwise 1].")
+@click.option("--format", "report_format", type=click.Choice(["json", "robustbench"]), default="json", help="robustbench: also write <report>.robustbench.json, the fields of a RobustBench leaderboard entry [json].")
 @click.option("--resume", "resume_report", default=None, help="Continue the interrupted evaluation that was writing this report (its settings are reused).")
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: str | None, resume_report: str | None, **options: Any) -> None:
@@ -240,6 +242,11 @@ def evaluate(ctx: click.Context, model_path: str | None, resume_report: str | No
         result = run_eval(EvalSettings(model_path=model_path, **options))
     click.echo(result["table"])
     click.echo(f"report: {result['report_path']}")
+    robustbench = result["report"].get("robustbench")
+    if robustbench:
+        click.echo(f"RobustBench entry: {robustbench['entry']} (fill in by hand: {', '.join(robustbench['empty_fields'])})")
+        for note in robustbench["notes"]:
+            click.echo(f"  note: {note}")
 
 
 @cli.command(name="import")

@@ -484,7 +484,9 @@ def test_run_eval_end_to_end(eval_files, result):
     assert [(s["attack"], s["robust_accuracy"]) for s in report["stages"]] == [("pgd40", report["robust_accuracy"])]
     assert report["stages"][0]["seconds"] >= 0
     assert not os.path.exists(report_path + ".state")  # the saved progress is removed once the report is written
-    assert report["counts"] == {"clean_correct": 13, "robust": int(result.robust.sum())}
+    robust = int(result.robust.sum())
+    assert report["counts"] == {"clean_correct": 13, "robust": robust, "misclassified_clean": N - 13,
+                                "broken_by_stage": [13 - robust]}
     assert "pgd40" in out["table"] and "clean" in out["table"]
     # Whether TF ran its oneDNN kernels decides CPU timings; None would mean TF's private query moved.
     assert isinstance(report["versions"]["onednn"], bool)

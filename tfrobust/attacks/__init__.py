@@ -1,9 +1,10 @@
 """Adversarial attacks built from small composable parts (projection, init, optimizer, loss).
 
 The evaluation's attacks run as plain functions on a Keras model or any differentiable callable: AutoAttack's
-`apgd_ce`, `apgd_t` (`APGD`), `FABTargeted`, `Square`, and the paper's `apgd_dlr` and `MultiTargeted`, each a
-frozen value called as `attack(model_fn, images, labels, seed)` (labels: class ids or one-hot). The whole
-cascade, every success re-verified: `tfrobust.evaluation.evaluate` and `autoattack`.
+`apgd_ce`, `apgd_t` (`APGD`), `FABTargeted`, `Square`, untargeted `FAB` (AutoAttack plus), and the paper's
+`apgd_dlr` and `MultiTargeted`, each a frozen value called as `attack(model_fn, images, labels, seed)`
+(labels: class ids or one-hot). The whole cascade, every success re-verified: `tfrobust.evaluation.evaluate`
+and `autoattack`.
 
 `PGD` is the one PGD implementation used both by training's inner maximisation (`trades_attack`,
 `pgd_at_attack`) and by model selection (`pgd40_attack`); it is assembled from parts, as the attacks of
@@ -78,7 +79,7 @@ from tfrobust.attacks.projection import (
     norm_of,
 )
 from tfrobust.attacks.apgd import APGD, apgd_ce, apgd_dlr, apgd_t
-from tfrobust.attacks.fab import FABTargeted
+from tfrobust.attacks.fab import FAB, FABTargeted
 from tfrobust.attacks.multitargeted import MultiTargeted
 from tfrobust.attacks.square import Square
 
@@ -89,5 +90,5 @@ __all__ = [
     "Init", "UniformInit", "ZeroInit",
     "Optimizer", "SignGradient", "NormalizedGradient", "Adam", "Schedule", "Constant", "PiecewiseConstant",
     "LossFn", "kl_to_target", "cross_entropy", "margin",
-    "APGD", "apgd_ce", "apgd_dlr", "apgd_t", "FABTargeted", "MultiTargeted", "Square",
+    "APGD", "apgd_ce", "apgd_dlr", "apgd_t", "FAB", "FABTargeted", "MultiTargeted", "Square",
 ]

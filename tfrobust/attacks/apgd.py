@@ -36,6 +36,17 @@ by 1.5, within [eps/10, eps]. `use_largereps` (AutoAttack's standard L1 version)
 three stages at radii 3·eps, 2·eps, eps (30, 30, 40 for N = 100), each from the previous stage's
 highest-loss point projected onto the smaller ball.
 
+Expectation over transformation (EOT, for randomised models; the reference's `eot_iter`, used by
+AutoAttack's `rand` version with 20): each evaluation of an iterate calls the model `eot_iter` times, each
+call a fresh forward pass of the randomised model, and averages the input gradients,
+g = (1/N) Σ_j ∇ℓ(f_j(x)). As in the reference (`attack_single_run`: `grad += ...; grad /= eot_iter`, while
+`logits` and `loss_indiv` are overwritten by each call), the loss that drives the step-size checks and the
+prediction that marks the iterate misclassified are those of the last call (`eot_loss="last"`);
+`eot_loss="mean"` averages the loss over the N calls as well, which makes the step-size decisions less
+noisy (tfrobust's option, not the reference's). With EOT an example is not dropped at its first
+misclassified iterate (one random call may be a lucky draw): it keeps iterating and returns its last
+misclassified iterate, as the reference does (`exit_on_success`).
+
 Reference quirk kept on purpose: the first checkpoint's window compares the first iterate's loss with 0
 (the reference reads `loss_steps[-1]` of a zero-initialised buffer), so that window's count includes
 "loss(x_1) > 0"; this only decides whether the first checkpoint halves.
@@ -71,6 +82,8 @@ from tfrobust.attacks.projection import (
 from tfrobust.errors import UserError
 
 LOSS_NAMES = ("ce", "dlr", "dlr-targeted")
+# The loss of an EOT evaluation: the last call's (the reference's) or the mean over the calls.
+EOT_LOSSES = ("last", "mean")
 
 
 def checkpoints(n_iter: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -149,7 +162,8 @@ class APGD:
 
     AutoAttack standard: `APGD(norm, eps, "ce")` (1 restart × 100) and `APGD(norm, eps, "dlr-targeted")`
     (9 targets × 1 restart × 100). The paper's AA+MT: `APGD(norm, eps, "ce", n_restarts=5)` and
-    `APGD(norm, eps, "dlr", n_restarts=5)`.
+    `APGD(norm, eps, "dlr", n_restarts=5)`. AutoAttack rand (a randomised model): `APGD(norm, eps, "ce",
+    eot_iter=20)` and `APGD(norm, eps, "dlr", eot_iter=20)`.
 
     Call: `attack(model_fn, x, labels, seed) -> x_adv`, labels one-hot [B, K] or class ids [B], seed an
     int [2] tensor. Per example, x_adv is a misclassified point of ball ∩ [0, 1] when one was found,
@@ -172,13 +186,20 @@ class APGD:
     # L1 only: the reference's `use_largereps` (radii 3·eps, 2·eps, eps; `largereps_schedule`). The
     # reference class's default is False; AutoAttack's standard L1 version sets it for APGD-CE and APGD-T.
     use_largereps: bool = False
+    # Model calls averaged per gradient (EOT, see the module docstring): 1 for a deterministic model,
+    # 20 in AutoAttack's `rand` version.
+    eot_iter: int = 1
+    eot_loss: str = "last"  # "last" (the reference's) or "mean" (the loss averaged over the eot_iter calls)
+    # Drop an example from the run at its first misclassified iterate (None: when eot_iter == 1).
+    exit_on_success: bool | None = None
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_eps(self.eps)
         if self.loss not in LOSS_NAMES:
             raise UserError(f"unknown APGD loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
-        check_counts("APGD", n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes)
+        check_counts("APGD", n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes,
+                     eot_iter=self.eot_iter)
         if not isinstance(self.use_largereps, bool):
             raise UserError(f"APGD use_largereps must be True or False, got {self.use_largereps!r}")
         if self.use_largereps and self.norm != "l1":
@@ -187,6 +208,16 @@ class APGD:
             iterations = ", ".join(str(n) for _, n in largereps_schedule(self.n_iter))
             raise UserError(f"APGD use_largereps with n_iter={self.n_iter} leaves no iteration at eps (stages of "
                             f"{iterations} iterations at 3·eps, 2·eps, eps): use n_iter = 3 or at least 5")
+        if self.eot_loss not in EOT_LOSSES:
+            raise UserError(f"unknown APGD eot_loss {self.eot_loss!r}; choose one of {', '.join(EOT_LOSSES)}")
+        if self.exit_on_success is not None and not isinstance(self.exit_on_success, bool):
+            raise UserError(f"APGD exit_on_success must be None, True or False, got {self.exit_on_success!r}")
+
+    @property
+    def exits_on_success(self) -> bool:
+        """Whether an example leaves a run at its first misclassified iterate (`exit_on_success`, by default
+        for a deterministic model only: eot_iter == 1)."""
+        return self.eot_iter == 1 if self.exit_on_success is None else self.exit_on_success
 
     @property
     def targeted(self) -> bool:
@@ -228,15 +259,39 @@ class APGD:
 
     def _evaluate(self, model_fn: ModelFn, x_k: tf.Tensor, y_k: tf.Tensor,
                   target_k: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(misclassified [b] bool, per-example losses [b], input gradient of the summed loss) at x_k."""
-        with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
-            tape.watch(x_k)
-            logits = tf.cast(model_fn(x_k), tf.float32)
-            losses = self._loss(logits, y_k, target_k)
-            total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
-        grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y_k)
-        return misclassified, losses, grad
+        """(misclassified [b] bool, per-example losses [b], input gradient of the summed loss) at x_k.
+
+        With `eot_iter` N > 1 (EOT, the reference's `attack_single_run`): N model calls, the gradient the
+        mean of their gradients (summed in call order, then divided by N, as the reference), the loss and
+        the prediction the last call's (`eot_loss="mean"`: the loss the mean of the N losses). The calls
+        run in a `tf.while_loop`, so each executes the model's random operations afresh.
+        """
+        def call(x_k):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
+                tape.watch(x_k)
+                logits = tf.cast(model_fn(x_k), tf.float32)
+                losses = self._loss(logits, y_k, target_k)
+                total = tf.reduce_sum(losses)  # summed: each example's gradient is its own
+            grad = tape.gradient(total, x_k, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            misclassified = tf.not_equal(tf.cast(tf.argmax(logits, axis=-1), tf.int32), y_k)
+            return misclassified, losses, grad
+
+        if self.eot_iter == 1:
+            return call(x_k)
+
+        def body(j, wrong, losses, loss_sum, grad_sum):
+            wrong, losses, grad = call(x_k)
+            return j + 1, wrong, losses, loss_sum + losses, grad_sum + grad
+
+        batch = tf.shape(x_k)[0]
+        zeros = tf.zeros([batch])
+        _, wrong, losses, loss_sum, grad_sum = tf.while_loop(
+            lambda j, *_: j < self.eot_iter, body,
+            (tf.constant(0), tf.zeros([batch], tf.bool), zeros, zeros, tf.zeros_like(x_k)),
+            maximum_iterations=self.eot_iter)
+        if self.eot_loss == "mean":
+            losses = loss_sum / float(self.eot_iter)
+        return wrong, losses, grad_sum / float(self.eot_iter)
 
     def _loss(self, logits: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor]) -> tf.Tensor:
         if self.loss == "ce":
@@ -259,6 +314,9 @@ class APGD:
         bulk of the points fall within a few iterations, and the reference pays 100 for each.
 
         L1 runs `single_run_l1` (with `use_largereps`, every stage of the schedule).
+
+        With `exits_on_success` False (EOT on a randomised model, by default), every example runs all
+        iterations and returns its last misclassified iterate, the reference's `x_best_adv`.
         """
         if self.norm == "l1":
             return self.single_run_l1(model_fn, x, y, target, seed)
@@ -308,7 +366,8 @@ class APGD:
         # A start that is already misclassified is the example's adversarial point (the reference's
         # x_best_adv before the first step).
         out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
-        active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
+        if self.exits_on_success:
+            active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
 
         def body(i, out_adv, out_wrong, s):
             a = tf.where(i > 0, 0.75, 1.0)
@@ -365,6 +424,8 @@ class APGD:
                 loss_best_last_check=loss_best_last_check,
                 reduced_last_check=reduced,
             )
+            if not self.exits_on_success:
+                return i + 1, out_adv, out_wrong, s  # the last misclassified iterate wins (the reference's)
             keep = tf.logical_not(misclassified)
             return i + 1, out_adv, out_wrong, {k: tf.boolean_mask(v, keep) for k, v in s.items()}
 

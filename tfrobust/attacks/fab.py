@@ -1,4 +1,5 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack (minimum-norm), the third attack of AutoAttack.
+"""FAB-T: the targeted Fast Adaptive Boundary attack (minimum-norm), the third attack of AutoAttack; and
+FAB, its untargeted version (AutoAttack's `plus` version).
 
 Croce & Hein 2020, "Minimally distorted adversarial examples with a fast adaptive boundary attack" (ICML),
 Algorithm 1 and sec. 3.1-3.3; the targeted version and every constant below follow the reference code
@@ -17,6 +18,10 @@ One iteration at the current point x_k, for the original point x and target t:
   with overshoot η = 1.05 — the bias towards x keeps the point close to the original;
 - if x_{k+1} is misclassified: remember it when its norm ‖x_{k+1} − x‖ is the smallest so far, then step
   back towards x: x_{k+1} ← x + β(x_{k+1} − x), β = 0.9.
+
+Untargeted FAB (`FAB`; the reference's `FABAttack.attack_single_run` with `targeted=False`) linearises,
+at every iteration, the boundary of the class k ≠ y closest in the linear approximation, k = argmin_k
+|f_k − f_y| / ‖∇f_k − ∇f_y‖_q (q the dual norm: L1 for Linf, L2 for L2), and then steps exactly as above.
 
 A run succeeds for an example only when the smallest misclassified point found has norm ≤ eps; FAB is a
 minimum-norm attack, so a success further away does not count. Returned: that point, else the clean image.
@@ -194,6 +199,45 @@ def projection_l1(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 PROJECTIONS = {"linf": projection_linf, "l2": projection_l2, "l1": projection_l1}
 
 
+# ---- Untargeted FAB (AutoAttack's `plus` version: `fab`) ----------------------------------------------------
+
+# The dual norm ‖·‖_q (1/p + 1/q = 1) that measures a gradient in the distance to a linearised boundary,
+# |f_k − f_y| / ‖∇f_k − ∇f_y‖_q (the reference's `dist1` in `fab_base.py` `attack_single_run`), per norm.
+DUAL_NORMS = {
+    "linf": lambda g: tf.reduce_sum(tf.abs(g), axis=-1),
+    "l2": lambda g: tf.sqrt(tf.reduce_sum(tf.square(g), axis=-1)),
+    "l1": lambda g: tf.reduce_max(tf.abs(g), axis=-1),
+}
+
+
+def closest_boundary(model_fn: ModelFn, x1: tf.Tensor, y: tf.Tensor, norm: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """(f_k − f_y [n], ∇(f_k − f_y) [n, D]) at x1 for the class k ≠ y whose linearised decision boundary is
+    closest in `norm`: the untargeted FAB step's hyperplane.
+
+    The reference (fra31/auto-attack, `fab_pt.py` `get_diff_logits_grads_batch` and `fab_base.py`
+    `attack_single_run`; Croce & Hein 2020, FAB, eq. 4): the Jacobian of every logit, df_k = f_k − f_y and
+    dg_k = ∇f_k − ∇f_y, df_y set to 1e10 so that y is never chosen, k = argmin_k |df_k| / (1e-12 +
+    ‖dg_k‖_q) with q the dual norm (`DUAL_NORMS`), the first on a tie. The Jacobian is one
+    `batch_jacobian` ([n, K, D] floats); the examples do not interact in inference mode.
+    """
+    n = tf.shape(x1)[0]
+    dim = 1
+    for size in x1.shape[1:]:
+        dim *= int(size)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradients only
+        tape.watch(x1)
+        logits = tf.cast(model_fn(x1), tf.float32)
+    classes = int(logits.shape[-1])
+    jacobian = tf.reshape(tape.batch_jacobian(logits, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+                          [n, classes, dim])
+    df = logits - tf.gather(logits, y, batch_dims=1)[:, None]
+    dg = jacobian - tf.gather(jacobian, y, batch_dims=1)[:, None, :]
+    df = tf.where(tf.one_hot(y, classes) > 0, 1e10, df)
+    distance = tf.abs(df) / (1e-12 + DUAL_NORMS[norm](dg))
+    closest = tf.argmin(distance, axis=1, output_type=tf.int32)
+    return tf.gather(df, closest, batch_dims=1), tf.gather(dg, closest, batch_dims=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class FABTargeted:
     """FAB-T (see the module docstring). AutoAttack standard: `FABTargeted(norm, eps)`.
@@ -243,11 +287,12 @@ class FABTargeted:
                            targets=targets)
 
     @no_autograph
-    def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor, seed: tf.Tensor,
+    def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, seed: tf.Tensor,
                    random_start: tf.Tensor | bool = False,
                    stop_at: float | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """One FAB-T run towards `target` on every example: (smallest misclassified point found or the
-        clean image, its norm or +inf).
+        clean image, its norm or +inf). `target` None: untargeted FAB (`FAB`), each step towards the
+        closest linearised decision boundary among all classes (`closest_boundary`).
 
         `stop_at`: an example leaves the run as soon as it has a misclassified point within this norm (the
         cascade passes eps: further iterations could only shrink a norm that already counts as a
@@ -271,15 +316,18 @@ class FABTargeted:
         x1 = tf.where(tf.convert_to_tensor(random_start), x_rand, x)
 
         def body(i, out_adv, out_best, s):
-            x_c, x1, y_s, t_s = s["x"], s["x1"], s["y"], s["target"]
+            x_c, x1, y_s, t_s = s["x"], s["x1"], s["y"], s.get("target")
             n = tf.shape(x_c)[0]
-            with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
-                tape.watch(x1)
-                logits = tf.cast(model_fn(x1), tf.float32)
-                df = tf.gather(logits, t_s, batch_dims=1) - tf.gather(logits, y_s, batch_dims=1)
-                total = tf.reduce_sum(df)
-            dg = tape.gradient(total, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            w = tf.reshape(dg, [n, dim])
+            if t_s is None:
+                df, w = closest_boundary(model_fn, x1, y_s, self.norm)
+            else:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
+                    tape.watch(x1)
+                    logits = tf.cast(model_fn(x1), tf.float32)
+                    df = tf.gather(logits, t_s, batch_dims=1) - tf.gather(logits, y_s, batch_dims=1)
+                    total = tf.reduce_sum(df)
+                dg = tape.gradient(total, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                w = tf.reshape(dg, [n, dim])
             x1_flat = tf.reshape(x1, [n, dim])
             b = -df + tf.reduce_sum(w * x1_flat, axis=1)
             # Both projections in one batched call, as the reference does.
@@ -309,7 +357,9 @@ class FABTargeted:
         def cond(i, out_adv, out_best, s):
             return tf.logical_and(i < self.n_iter, tf.size(s["index"]) > 0)
 
-        active = dict(index=tf.range(batch), x=x, x1=x1, y=y, target=target, best=tf.fill([batch], float("inf")))
+        active = dict(index=tf.range(batch), x=x, x1=x1, y=y, best=tf.fill([batch], float("inf")))
+        if target is not None:
+            active["target"] = target
         invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
         out_best = tf.fill([batch], float("inf"))
         _, adv, best, _ = tf.while_loop(
@@ -317,3 +367,51 @@ class FABTargeted:
             shape_invariants=(tf.TensorShape([]), x.shape, out_best.shape, invariants),
             maximum_iterations=self.n_iter)
         return adv, best
+
+
+@dataclasses.dataclass(frozen=True)
+class FAB:
+    """Untargeted FAB: each step towards the closest linearised decision boundary among all classes
+    (`closest_boundary`), otherwise FAB-T's run (`FABTargeted.single_run` with no target).
+
+    AutoAttack's `plus` version runs it as `fab` with 5 restarts × 100 iterations (`set_version("plus")`:
+    `fab.n_restarts = 5`, `targeted = False`); its standard configuration of the attack (a `custom` list
+    naming `fab`) has 1 restart. Restarts after the first start at a random point of radius eps/2. A run
+    succeeds for an example when its smallest misclassified point has norm ≤ eps (the reference's
+    `perturb`: `acc_curr = max(acc_curr, res > eps)`).
+
+    Call: `attack(model_fn, x, labels, seed) -> x_adv`; per example a misclassified point within eps, or
+    the clean image.
+    """
+
+    norm: str
+    eps: float
+    n_iter: int = 100
+    n_restarts: int = 1
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+        check_eps(self.eps)
+        check_counts("FAB", n_iter=self.n_iter, n_restarts=self.n_restarts)
+
+    def notes(self, num_classes: int) -> tuple[str, ...]:
+        """Untargeted FAB runs on any model of two or more classes: nothing to say."""
+        return ()
+
+    # FAB-T's run, shared: with target None it attacks the closest boundary.
+    single_run = FABTargeted.single_run
+
+    @no_autograph
+    def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        x, y, logits = clean_pass(model_fn, x, labels, "FAB")
+
+        def run(xs, ys, target, restart, run_seed):
+            # The reference's `use_rand_start=(counter > 0)`: the first restart starts at x.
+            adv, dist = self.single_run(model_fn, xs, ys, None, run_seed, random_start=tf.greater(restart, 0),
+                                        stop_at=self.eps)
+            return adv, dist <= self.eps
+
+        return run_targets(run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts)

@@ -2,8 +2,10 @@
 
 One job per module, lowest first:
 
-- `cascades.py`: the stages (one configured attack each: AutoAttack's standard version, the paper's AA+MT)
-  and the cascades (stages in order, the CLI's --attack);
+- `cascades.py`: the stages (one configured attack each: AutoAttack's standard, plus and rand versions, the
+  paper's AA+MT) and the cascades (stages in order, the CLI's --attack);
+- `versions.py`: AutoAttack's versions, the custom `--attack` lists (`resolve_attack`), what a report records
+  about the reference it follows, and the eps checks against common radii;
 - `checks.py`: AutoAttack's checks against a false sense of security (randomised outputs, Square breaking
   what the gradient attacks missed) and the oneDNN probe;
 - `state.py`: the resumable state of a long evaluation, one file per attacked batch;
@@ -67,9 +69,13 @@ from tfrobust.evaluation.engine import (
     verify,
 )
 from tfrobust.evaluation.report import (
+    ROBUSTBENCH_FIELDS,
     format_table,
     make_report,
+    robustbench_entry,
+    robustbench_path,
     save_examples,
+    worst_case,
     write_report,
 )
 from tfrobust.evaluation.run import (
@@ -79,14 +85,24 @@ from tfrobust.evaluation.run import (
     run_eval,
 )
 from tfrobust.evaluation.state import EvalState, GroupResult, state_dir_for
+from tfrobust.evaluation.versions import (
+    COMMON_EPS,
+    autoattack_version,
+    eps_record,
+    eps_warning,
+    reference_record,
+    resolve_attack,
+)
 from tfrobust.threat_model import resolve_threat_model
 
 __all__ = [
     "AUTOATTACK_VERSIONS",
     "CASCADES",
+    "COMMON_EPS",
     "DEFAULT_POOL_SIZE",
     "GRADIENT_STAGES",
     "RANDOMNESS_TOLERANCE",
+    "ROBUSTBENCH_FIELDS",
     "SQUARE_MASKING_THRESHOLD",
     "STAGES",
     "TOLERANCE",
@@ -103,12 +119,15 @@ __all__ = [
     "as_logits_model",
     "attack_batches",
     "autoattack",
+    "autoattack_version",
     "check_data",
     "check_options",
     "check_randomized",
     "check_square",
     "class_labels",
     "evaluate",
+    "eps_record",
+    "eps_warning",
     "evaluate_arrays",
     "fixed_layout_logits",
     "format_table",
@@ -116,14 +135,19 @@ __all__ = [
     "make_report",
     "misclassified",
     "model_fingerprint",
+    "reference_record",
     "onednn_enabled",
     "onednn_warning",
+    "resolve_attack",
     "resolve_threat_model",
     "resume_eval",
+    "robustbench_entry",
+    "robustbench_path",
     "run_eval",
     "save_examples",
     "state_dir_for",
     "verify",
     "warn_if_slow",
+    "worst_case",
     "write_report",
 ]

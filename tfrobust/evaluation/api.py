@@ -1,11 +1,12 @@
 """The evaluation as Python functions: robust accuracy of any model on the caller's arrays.
 
 `evaluate(model, images, labels, attack="aa")` runs a cascade of attacks (`cascades.CASCADES`, AutoAttack's
-standard version by default) on a `keras.Model`, a `.keras` file, a SavedModel directory (a tfrobust export
-or any other) or a differentiable callable, and returns an `Evaluation`: its `report` is the JSON report
-`tfrobust eval` writes, its `result` the per-example outcome (`engine.EvalResult`). `autoattack(...)`
-returns AutoAttack's adversarial examples, as the reference's `AutoAttack.run_standard_evaluation`
-(github.com/fra31/auto-attack, `autoattack/autoattack.py`) does. The rules (which points are attacked, what
+standard version by default; "aa-plus", "aa-rand" and custom lists too: `versions.py`) on a `keras.Model`,
+a `.keras` file, a SavedModel directory (a tfrobust export or any other) or a differentiable callable, and
+returns an `Evaluation`: its `report` is the JSON report `tfrobust eval` writes, its `result` the
+per-example outcome (`engine.EvalResult`). `autoattack(...)` returns AutoAttack's adversarial examples, as
+the reference's `AutoAttack.run_standard_evaluation` (github.com/fra31/auto-attack,
+`autoattack/autoattack.py`) does. The rules (which points are attacked, what
 counts as broken) are the engine's, AutoAttack's (docs/method.md, "Evaluation"; `engine.py`).
 
 Both run three shared steps, which `tfrobust eval` (`run.run_eval`) also runs after loading its dataset, so
@@ -33,12 +34,26 @@ import numpy as np
 import tensorflow as tf
 
 from tfrobust.errors import UserError
-from tfrobust.evaluation.cascades import CASCADES, LogitsFn
+from tfrobust.evaluation.cascades import LogitsFn
 from tfrobust.evaluation.checks import onednn_warning
 from tfrobust.evaluation.engine import EvalResult, Evaluator, keras_logits_fn
-from tfrobust.evaluation.report import format_table, make_report, write_report
+from tfrobust.evaluation.report import (
+    format_table,
+    make_report,
+    robustbench_entry,
+    robustbench_path,
+    write_report,
+    write_robustbench_entry,
+)
 from tfrobust.evaluation.report import save_examples as write_examples
 from tfrobust.evaluation.state import EvalState
+from tfrobust.evaluation.versions import (
+    AUTOATTACK_VERSIONS,
+    attack_label,
+    eps_warning,
+    resolve_attack,
+    version_notes,
+)
 from tfrobust.export import (
     LoadedModel,
     warn_if_probabilities,
@@ -52,8 +67,11 @@ from tfrobust.threat_model import model_threat_model
 # or a differentiable callable mapping float32 images [N, H, W, C] in [0, 1] to logits [N, classes].
 ModelLike = keras.Model | str | os.PathLike | Callable[[tf.Tensor], tf.Tensor]
 
-# `autoattack`'s versions: the reference's version name -> tfrobust's cascade (`cascades.CASCADES`).
-AUTOATTACK_VERSIONS = {"standard": "aa"}
+# What `evaluate(attack=...)` accepts: a cascade name ("aa", "aa-plus", "aa-rand", "aa+mt", ...), a comma list
+# of attacks ("apgd-ce,apgd-dlr,square") or a sequence of attack names (`versions.resolve_attack`).
+AttackLike = str | Sequence[str]
+# The report formats: "json" (the report) and "robustbench" (the report and a RobustBench entry).
+REPORT_FORMATS = ("json", "robustbench")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +89,8 @@ class Evaluation:
     report: dict[str, Any]  # the JSON report (`report.make_report`), key for key what `tfrobust eval` writes
     result: EvalResult  # per example: clean_correct, robust, broken_at, adversarial (if kept)
     report_path: str | None = None  # the report's file, when one is written (`report=`)
+    # The RobustBench entry (`report_format="robustbench"`: `report.robustbench_entry`), else None.
+    robustbench: dict[str, Any] | None = None
 
     @property
     def table(self) -> str:
@@ -94,13 +114,21 @@ class Evaluation:
         return self.result.adversarial
 
 
-def check_options(*, attack: str, batch_size: int, report: str | None = None, save_examples: str | None = None,
-                  n_examples: int | None = None, flag: Callable[[str], str] = str) -> None:
-    """Raises `UserError` for an unknown cascade, a batch size or example count below 1, an existing report or
-    examples file (never overwritten), or an examples path not ending in .npz. `flag` names an option in the
+def check_options(*, attack: AttackLike, batch_size: int, report: str | None = None, save_examples: str | None = None,
+                  n_examples: int | None = None, eot_iter: int | None = None, report_format: str = "json",
+                  flag: Callable[[str], str] = str) -> None:
+    """Raises `UserError` for an unknown cascade or attack (`versions.resolve_attack`), a batch size, example
+    count or EOT count below 1, an unknown report format, an existing report, examples file or RobustBench
+    entry (never overwritten), or an examples path not ending in .npz. `flag` names an option in the
     messages (the command line's `--batch-size`, the API's `batch_size`)."""
-    if attack not in CASCADES:
-        raise UserError(f"unknown attack {attack!r}; choose from: {', '.join(CASCADES)}")
+    resolve_attack(attack)
+    if eot_iter is not None and (isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer))
+                                 or eot_iter < 1):
+        raise UserError(f"{flag('eot_iter')} must be an integer >= 1, got {eot_iter!r}")
+    if report_format not in REPORT_FORMATS:
+        raise UserError(f"unknown report format {report_format!r}; choose from: {', '.join(REPORT_FORMATS)}")
+    if report_format == "robustbench" and report and os.path.exists(robustbench_path(report)):
+        raise UserError(f"{robustbench_path(report)} exists; tfrobust does not overwrite it")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise UserError(f"{flag('batch_size')} must be an integer >= 1, got {batch_size!r}")
     if batch_size < 1:
@@ -264,7 +292,7 @@ def evaluate_arrays(
     labels: np.ndarray,
     *,
     num_classes: int,
-    attack: str,
+    attack: AttackLike,
     norm: str,
     eps: float,
     batch_size: int,
@@ -277,27 +305,43 @@ def evaluate_arrays(
     save_examples: str | None = None,
     state: EvalState | None = None,
     verbose: bool = True,
+    eot_iter: int | None = None,
+    report_format: str = "json",
+    metadata: dict[str, Any] | None = None,
 ) -> Evaluation:
     """The cascade `attack` on checked data (`check_data`), its report, and the files asked for.
 
-    Runs `engine.Evaluator` (batches of `batch_size`, seed `seed`, progress bars with `verbose`, saved
-    batch by batch in `state` if given), builds the report (`report.make_report`: `model_name`, `dataset` and
-    `split` are what it records), writes the per-example npz (`save_examples`) and the report
-    (`report_path`; neither overwrites a file).
+    Runs `engine.Evaluator` (batches of `batch_size`, seed `seed`, `eot_iter` model calls per APGD
+    gradient if given, progress bars with `verbose`, saved batch by batch in `state` if given), builds the
+    report (`report.make_report`: `model_name`, `dataset` and `split` are what it records), writes the
+    per-example npz (`save_examples`) and the report (`report_path`; neither overwrites a file). The eps
+    warning (`versions.eps_warning`) and the version's caveats for the norm are issued before the attacks
+    run and lead the report's warnings. `report_format="robustbench"` also builds the RobustBench entry
+    (`report.robustbench_entry`, with the model's `metadata`) and writes it next to the report
+    (`report.robustbench_path`).
     """
+    notes = [note for note in (eps_warning(norm, eps), *version_notes(attack, norm)) if note]
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     data = _batches(images, labels, num_classes, batch_size)
-    evaluator = Evaluator(CASCADES[attack], norm=norm, eps=eps)
+    evaluator = Evaluator(resolve_attack(attack), norm=norm, eps=eps, eot_iter=eot_iter)
     result = evaluator.run(logits_fn, data, seed=seed, progress=verbose,
                            keep_adversarial=keep_adversarial or save_examples is not None, state=state)
-    report = make_report(result, model=model_name, dataset=dataset, split=split, attack=attack, norm=norm, eps=eps,
-                         seed=seed)
+    report = make_report(result, model=model_name, dataset=dataset, split=split, attack=attack_label(attack),
+                         norm=norm, eps=eps, seed=seed, eot_iter=eot_iter, notes=notes)
     if save_examples:
         report["examples"] = save_examples
         write_examples(save_examples, result, labels=labels, norm=norm, eps=eps)
+    entry = None
+    if report_format == "robustbench":
+        entry, about = robustbench_entry(report, metadata)
+        report["robustbench"] = {"entry": robustbench_path(report_path) if report_path else None, **about}
     if report_path:
         os.makedirs(os.path.dirname(report_path) or ".", exist_ok=True)
         write_report(report_path, report)
-    return Evaluation(report=report, result=result, report_path=report_path)
+        if entry is not None:
+            write_robustbench_entry(robustbench_path(report_path), entry)
+    return Evaluation(report=report, result=result, report_path=report_path, robustbench=entry)
 
 
 def evaluate(
@@ -305,7 +349,7 @@ def evaluate(
     images: Any,
     labels: Any,
     *,
-    attack: str = "aa",
+    attack: AttackLike = "aa",
     norm: str | None = None,
     eps: float | None = None,
     batch_size: int = 256,
@@ -317,6 +361,8 @@ def evaluate(
     dataset: str = "arrays",
     split: str = "all",
     verbose: bool = True,
+    eot_iter: int | None = None,
+    report_format: str = "json",
 ) -> Evaluation:
     """Clean and robust accuracy of `model` on `images`, `labels` under the cascade `attack`.
 
@@ -327,14 +373,20 @@ def evaluate(
     `images`: NHWC floats in [0, 1], or uint8 0..255 (divided by 255). `labels`: class indices [N] or
     one-hot rows [N, classes]. A mismatch (counts, shapes, ranges, classes) raises one `UserError`.
     `attack`: a cascade of `tfrobust.evaluation.CASCADES`: "aa" (AutoAttack standard: APGD-CE, APGD-T,
-    FAB-T, Square; the reference's `version="standard"`), "aa+mt" (the paper's AA+MT), or one attack.
+    FAB-T, Square; the reference's `version="standard"`), "aa-plus" (`version="plus"`), "aa-rand"
+    (`version="rand"`, for randomised models), "aa+mt" (the paper's AA+MT), one attack, or a custom list
+    of attacks as a comma string ("apgd-ce,apgd-dlr,square") or a sequence (docs/method.md, "AutoAttack
+    versions"). `eot_iter`: model calls averaged per APGD gradient (EOT; default each stage's own: 20 in
+    "aa-rand", 1 otherwise).
     `norm`, `eps`: the threat model, in [0, 1] image units; by default a tfrobust export's metadata, else
     Linf 8/255 (a norm alone takes its default radius: Linf 8/255, L2 128/255; `tfrobust.threat_model`).
     `input_range=(low, high)`: the model receives low + (high - low)·x, e.g. (0, 255) for
     `keras.applications` models; eps stays in [0, 1] units.
     `keep_adversarial`: keep the adversarial examples (`Evaluation.adversarial`). `report`, `save_examples`:
-    write the JSON report and the per-example npz there (never overwritten). `dataset`, `split`: the names
-    the report records for the data. `verbose`: progress bars.
+    write the JSON report and the per-example npz there (never overwritten). `report_format="robustbench"`:
+    also the RobustBench entry (`Evaluation.robustbench`, written next to `report` as
+    `<report>.robustbench.json` when a report is written). `dataset`, `split`: the names the report records
+    for the data. `verbose`: progress bars.
 
     Returns an `Evaluation`; its `report` is what `tfrobust eval` writes for the same model and images.
     Attacks and verdicts run in full float32 (TensorFloat-32 off, `tfrobust.numerics`).
@@ -347,7 +399,8 @@ def evaluate(
         print(evaluation.table)
         evaluation = tfrobust.evaluate("saved_models/cifar10-wrn-28-10-trades", x_test, y_test)  # its metadata's eps
     """
-    check_options(attack=attack, batch_size=batch_size, report=report, save_examples=save_examples)
+    check_options(attack=attack, batch_size=batch_size, report=report, save_examples=save_examples,
+                  eot_iter=eot_iter, report_format=report_format)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UserError(f"seed must be an integer, got {seed!r}")
     with full_float32():
@@ -361,7 +414,8 @@ def evaluate(
         return evaluate_arrays(
             loaded.logits, images, labels, num_classes=num_classes, attack=attack, norm=norm, eps=eps,
             batch_size=batch_size, seed=seed, model_name=loaded.path, dataset=dataset, split=split,
-            keep_adversarial=keep_adversarial, report_path=report, save_examples=save_examples, verbose=verbose)
+            keep_adversarial=keep_adversarial, report_path=report, save_examples=save_examples, verbose=verbose,
+            eot_iter=eot_iter, report_format=report_format, metadata=loaded.metadata)
 
 
 def autoattack(
@@ -372,6 +426,8 @@ def autoattack(
     norm: str | None = None,
     eps: float | None = None,
     version: str = "standard",
+    attacks_to_run: Sequence[str] | None = None,
+    eot_iter: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
     input_range: Sequence[float] = (0.0, 1.0),
@@ -379,21 +435,37 @@ def autoattack(
 ) -> np.ndarray:
     """AutoAttack's adversarial examples of `images`: float32 [N, H, W, C] in [0, 1].
 
-    The reference's `AutoAttack(model, norm, eps, version="standard").run_standard_evaluation(x, y)`
-    (fra31/auto-attack, `autoattack/autoattack.py`): APGD-CE, APGD-T, FAB-T and Square in turn, each on
-    the images still robust; an image keeps the first verified adversarial example found, and stays clean
-    where none was (or where it is misclassified already). `evaluate(..., attack="aa")` with
-    `keep_adversarial=True`; arguments as `evaluate`'s (norm and eps default to the model's metadata, else
-    Linf 8/255). Only `version="standard"` is implemented (the reference's "plus" and "rand" are not).
+    The reference's `AutoAttack(model, norm, eps, version=version, attacks_to_run=attacks_to_run)
+    .run_standard_evaluation(x, y)` (fra31/auto-attack, `autoattack/autoattack.py`): the version's attacks
+    in turn, each on the images still robust; an image keeps the first verified adversarial example found,
+    and stays clean where none was (or where it is misclassified already). `version`: "standard" (APGD-CE,
+    APGD-T, FAB-T, Square), "plus" (APGD-CE and APGD-DLR 5 restarts, FAB 5 restarts, Square, APGD-T,
+    FAB-T), "rand" (APGD-CE and APGD-DLR with EOT over `eot_iter` = 20 calls, for randomised models), or
+    "custom" with `attacks_to_run` (attack names as `evaluate`'s lists: "apgd-ce", "apgd-dlr", "fab",
+    "square", "apgd-t", "fab-t", or a version's configuration such as "apgd-ce@plus"); as the reference,
+    `attacks_to_run` with another version is refused. `evaluate(..., attack=...)` with
+    `keep_adversarial=True`; other arguments as `evaluate`'s (norm and eps default to the model's metadata,
+    else Linf 8/255).
 
     Example::
 
         x_adv = tfrobust.autoattack(model, x_test[:500], y_test[:500], norm="linf", eps=8 / 255)
         robust_accuracy = (model.predict(x_adv).argmax(-1) == y_test[:500]).mean()
+        x_adv = tfrobust.autoattack(model, x_test[:500], y_test[:500], version="custom",
+                                    attacks_to_run=["apgd-ce", "square"])
     """
-    if version not in AUTOATTACK_VERSIONS:
-        raise UserError(f"unknown AutoAttack version {version!r}; implemented: {', '.join(AUTOATTACK_VERSIONS)}")
-    evaluation = evaluate(model, images, labels, attack=AUTOATTACK_VERSIONS[version], norm=norm, eps=eps,
-                          batch_size=batch_size, seed=seed, input_range=input_range, keep_adversarial=True,
-                          verbose=verbose)
+    if version == "custom":
+        if not attacks_to_run:
+            raise UserError('version="custom" runs the attacks of attacks_to_run: give at least one')
+        attack: AttackLike = list(attacks_to_run)
+    elif version in AUTOATTACK_VERSIONS:
+        if attacks_to_run:
+            raise UserError(f'attacks_to_run is for version="custom"; version={version!r} runs its own attacks')
+        attack = AUTOATTACK_VERSIONS[version]
+    else:
+        raise UserError(f"unknown AutoAttack version {version!r}; choose from: "
+                        f"{', '.join([*AUTOATTACK_VERSIONS, 'custom'])}")
+    evaluation = evaluate(model, images, labels, attack=attack, norm=norm, eps=eps, batch_size=batch_size,
+                          seed=seed, input_range=input_range, keep_adversarial=True, verbose=verbose,
+                          eot_iter=eot_iter)
     return evaluation.adversarial

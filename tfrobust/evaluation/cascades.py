@@ -2,7 +2,8 @@
 
 Stages are named entries of `STAGES` (a plain dict: name -> factory(norm, eps) of a frozen attack);
 cascades (`CASCADES`, the CLI's --attack) are tuples of stage names: `aa` (AutoAttack standard), `aa+mt`
-(the paper's), `mt` and each single attack.
+(the paper's), `mt` and each single attack; AutoAttack's `aa-plus` and `aa-rand` and the stages they
+configure their own way are the block at the end (the custom lists: `versions.resolve_attack`).
 
 The registry lives in the evaluation package, not in `tfrobust.attacks`: the attacks are building blocks
 with every knob open (iterations, restarts, targets, losses), while a stage is one evaluation's choice of
@@ -18,7 +19,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from tfrobust.attacks.apgd import APGD
-from tfrobust.attacks.fab import FABTargeted
+from tfrobust.attacks.fab import FAB, FABTargeted
 from tfrobust.attacks.multitargeted import MultiTargeted
 from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.attacks.square import Square
@@ -72,3 +73,41 @@ CASCADES: dict[str, tuple[str, ...]] = {
     "square": ("square",),
     "pgd40": ("pgd40",),
 }
+
+
+# ---- AutoAttack's versions: plus, rand, and the attacks a custom list names ----------------------------------
+# The reference's `set_version` (fra31/auto-attack, `autoattack/autoattack.py`) configures each attack per
+# version; a stage named plainly ("apgd-ce", "fab", ...) is the attack as the standard version configures it,
+# a stage "NAME@VERSION" the attack as VERSION configures it (docs/method.md, "AutoAttack versions").
+# None of these depends on the norm: plus and rand set the same counts for Linf, L2 and L1 (and never the L1
+# `use_largereps` schedule); the reference warns that plus with L1 is untested (`VERSION_NORM_NOTES`).
+STAGES.update({
+    # Untargeted FAB; standard's configuration (`fab.n_restarts = 1`), 100 iterations.
+    "fab": lambda norm, eps: FAB(norm, eps, n_iter=100, n_restarts=1),
+    # plus: `apgd.n_restarts = 5` (APGD-CE and APGD-DLR), `fab.n_restarts = 5`, APGD-T 9 targets x 1 restart.
+    "apgd-ce@plus": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=5),
+    "apgd-dlr@plus": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=5),
+    "fab@plus": lambda norm, eps: FAB(norm, eps, n_iter=100, n_restarts=5),
+    "apgd-t@plus": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1, n_target_classes=9),
+    # rand: `apgd.n_restarts = 1`, `apgd.eot_iter = 20` (APGD-CE and APGD-DLR).
+    "apgd-ce@rand": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=1, eot_iter=20),
+    "apgd-dlr@rand": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1, eot_iter=20),
+})
+GRADIENT_STAGES = GRADIENT_STAGES | {"fab", "apgd-ce@plus", "apgd-dlr@plus", "fab@plus", "apgd-t@plus",
+                                     "apgd-ce@rand", "apgd-dlr@rand"}
+CASCADES.update({
+    # plus: APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T, in the reference's order (`attacks_to_run`).
+    # Square and FAB-T are configured as in the standard version (5000 queries; 9 targets x 1 restart: the
+    # reference's `fab-t` branch sets `fab.n_restarts = 1`).
+    "aa-plus": ("apgd-ce@plus", "apgd-dlr@plus", "fab@plus", "square", "apgd-t@plus", "fab-t"),
+    # rand: APGD-CE and APGD-DLR, 1 restart x 100 iterations, each gradient averaged over 20 calls (EOT).
+    "aa-rand": ("apgd-ce@rand", "apgd-dlr@rand"),
+    "fab": ("fab",),
+})
+# The reference's name of each stage's attack (its `attacks_to_run` entries), for the report.
+REFERENCE_ATTACKS = {
+    "apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "apgd-dlr": "apgd-dlr", "fab": "fab", "fab-t": "fab-t",
+    "square": "square", "apgd-ce@plus": "apgd-ce", "apgd-dlr@plus": "apgd-dlr", "fab@plus": "fab",
+    "apgd-t@plus": "apgd-t", "apgd-ce@rand": "apgd-ce", "apgd-dlr@rand": "apgd-dlr",
+}
+# ---- end of AutoAttack's versions ----------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def check_randomized(predict: LogitsFn, images: tf.Tensor, first: np.ndarray, ca
     after L2 normalisation (so the check ignores the logits' scale), against `RANDOMNESS_TOLERANCE`; any
     change of the predicted classes counts too. `first` is the output of one call already made; `calls`
     more are made (the reference makes 5 in all). A randomised defence (dropout or noise at inference)
-    makes a deterministic attack evaluation meaningless: its robustness must be evaluated with EOT.
+    makes a deterministic attack evaluation meaningless: its robustness must be evaluated with EOT, and
+    the warning names AutoAttack's version for it, `--attack aa-rand` (the reference's message says
+    `version="rand"`).
     """
     def normalised(out: np.ndarray) -> np.ndarray:
         out = out.astype(np.float64)
@@ -47,8 +49,9 @@ def check_randomized(predict: LogitsFn, images: tf.Tensor, first: np.ndarray, ca
     if differ > RANDOMNESS_TOLERANCE or classes_change:
         return (f"the model's outputs differ between identical calls (largest difference of normalised outputs "
                 f"{differ:.3g}): it looks like a randomised defence (dropout/noise at inference?); this "
-                "deterministic evaluation is not reliable for it, evaluate it with expectation over "
-                "transformation")
+                "deterministic evaluation is not reliable for it: evaluate it with `--attack aa-rand` "
+                "(AutoAttack's rand version: APGD-CE and APGD-DLR with expectation over transformation, 20 "
+                "calls per step; Python: attack=\"aa-rand\")")
     return None
 
 

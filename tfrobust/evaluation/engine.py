@@ -64,6 +64,7 @@ class EvalResult:
     # Per example: -1 robust, 0 misclassified clean, s + 1 first broken by stage s.
     broken_at: np.ndarray | None = None  # int16 [N]
     stage_seconds: tuple[float, ...] = ()  # wall time of each stage, summed over batches
+    stage_eot_iter: tuple[int | None, ...] = ()  # model calls per gradient of each APGD stage (EOT), None else
 
     @property
     def clean_accuracy(self) -> float:
@@ -173,16 +174,28 @@ def attack_batches(
 
 
 class Evaluator:
-    """Runs a fixed cascade of attacks; configured once, never mutated between runs."""
+    """Runs a fixed cascade of attacks; configured once, never mutated between runs.
 
-    def __init__(self, stages: Sequence[str], *, norm: str, eps: float):
+    `eot_iter`: model calls averaged per gradient step (EOT) by every APGD stage; None keeps each stage's
+    own (20 for AutoAttack rand's stages, 1 otherwise). FAB and Square have no EOT (nor in the reference).
+    """
+
+    def __init__(self, stages: Sequence[str], *, norm: str, eps: float, eot_iter: int | None = None):
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise UserError(f"unknown attack {unknown[0]!r}; choose from: {', '.join(STAGES)}")
+        if eot_iter is not None and (isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer))
+                                     or eot_iter < 1):
+            raise UserError(f"eot_iter must be an integer >= 1, got {eot_iter!r}")
         self.stage_names = tuple(stages)
         self.norm = norm
         self.eps = float(eps)
-        self._attacks = tuple(STAGES[s](norm, self.eps) for s in self.stage_names)
+        attacks = tuple(STAGES[s](norm, self.eps) for s in self.stage_names)
+        if eot_iter is not None:
+            attacks = tuple(dataclasses.replace(a, eot_iter=int(eot_iter)) if hasattr(a, "eot_iter") else a
+                            for a in attacks)
+        self._attacks = attacks
+        self.stage_eot_iter = tuple(getattr(a, "eot_iter", None) for a in attacks)
         self._compiled: dict[tuple, tuple[Callable, tuple[Callable, ...]]] = {}
 
     def _functions(self, logits_fn: LogitsFn, image_shape: tuple, num_classes: int) -> tuple[Callable, tuple[Callable, ...]]:
@@ -269,9 +282,12 @@ class Evaluator:
                 logits = np.asarray(predict(first))
                 for attack in self._attacks:
                     findings.extend(getattr(attack, "notes", lambda k: ())(int(logits.shape[-1])))
-                randomised = check_randomized(predict, first, logits)
-                if randomised:
-                    findings.append(randomised)
+                # An EOT evaluation expects a randomised model: the check would only repeat it (the
+                # reference skips it for its rand version).
+                if not any((e or 1) > 1 for e in self.stage_eot_iter):
+                    randomised = check_randomized(predict, first, logits)
+                    if randomised:
+                        findings.append(randomised)
             correct, broken_at, adv, seconds = self._run_pool(
                 predict, attacks, x, labels, seed=seed, pool_index=pool_index, batch_size=batch_size,
                 keep_adversarial=keep_adversarial, state=state, progress=progress)
@@ -303,6 +319,7 @@ class Evaluator:
             warnings=tuple(findings),
             broken_at=broken_at,
             stage_seconds=tuple(float(t) for t in stage_seconds),
+            stage_eot_iter=self.stage_eot_iter,
         )
 
     def _run_pool(self, predict: Callable, attacks: tuple[Callable, ...], x: np.ndarray, labels: np.ndarray, *,

@@ -4,7 +4,8 @@
 the model (`tfrobust.export.load_model`) and the split, takes the threat model from the options or the
 model's metadata (`tfrobust.threat_model.resolve_threat_model`), checks the data against the model
 (`api.check_data`), and runs the cascade and writes the report (`api.evaluate_arrays`, as
-`tfrobust.evaluation.evaluate` does) with its progress saved batch by batch (`state.EvalState`).
+`tfrobust.evaluation.evaluate` does; with `report_format="robustbench"` also the RobustBench entry) with its
+progress saved batch by batch (`state.EvalState`).
 `resume_eval` continues an interrupted evaluation with its saved settings, after checking that the model is
 the same (`model_fingerprint`).
 """
@@ -45,6 +46,8 @@ class EvalSettings:
     report: str | None = None
     val_size: int | None = None  # None: the training run's (metadata), else 1024
     save_examples: str | None = None  # npz of per-example flags and adversarial examples
+    eot_iter: int | None = None  # model calls per APGD gradient (EOT); None: each stage's own (aa-rand: 20)
+    report_format: str = "json"  # "robustbench": also <report>.robustbench.json, a RobustBench entry
 
 
 def model_fingerprint(path: str) -> str:
@@ -90,7 +93,8 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     from tfrobust.export import load_model
 
     check_options(attack=settings.attack, batch_size=settings.batch_size, n_examples=settings.n_examples,
-                  report=settings.report, save_examples=settings.save_examples, flag=_flag)
+                  report=settings.report, save_examples=settings.save_examples, eot_iter=settings.eot_iter,
+                  report_format=settings.report_format, flag=_flag)
     model = load_model(settings.model_path)
     warn_if_slow()
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
@@ -123,6 +127,7 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     evaluation = evaluate_arrays(
         model.logits, images, labels, num_classes=num_classes, attack=settings.attack, norm=norm, eps=eps,
         batch_size=settings.batch_size, seed=settings.seed, model_name=model.path, dataset=info.name,
-        split=split_name, report_path=path, save_examples=settings.save_examples, state=state, verbose=True)
+        split=split_name, report_path=path, save_examples=settings.save_examples, state=state, verbose=True,
+        eot_iter=settings.eot_iter, report_format=settings.report_format, metadata=model.metadata)
     state.remove()
     return {"report": evaluation.report, "table": evaluation.table, "report_path": path}
