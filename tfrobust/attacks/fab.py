@@ -382,6 +382,11 @@ class FAB:
 
     Call: `attack(model_fn, x, labels, seed) -> x_adv`; per example a misclassified point within eps, or
     the clean image.
+
+    Example::
+
+        attack = attacks.FAB("l2", 0.5, n_restarts=5)   # AutoAttack plus's untargeted FAB
+        x_adv = attack(lambda x: model(x, training=False), images, labels, tf.constant([0, 3]))
     """
 
     norm: str
