@@ -143,3 +143,16 @@ def check_inside(adv, x, norm, eps):
     else:
         n = np.sqrt((d ** 2).sum(1))
     assert np.all(n <= eps * (1 + 1e-6) + 1e-6)
+
+
+def exact_linf_distance(x, y, kernel, bias):
+    """Minimum Linf distance inside [0, 1] to misclassification (any class) of a linear model, by bisection
+    on `worst_linf_margin`."""
+    out = []
+    for i in range(len(x)):
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if worst_linf_margin(x[i : i + 1], y[i : i + 1], kernel, bias, mid)[0] < 0 else (lo, mid)
+        out.append(hi)
+    return np.array(out)

@@ -3,7 +3,7 @@ linear models, where the distance to the decision boundary is analytic."""
 
 import numpy as np
 import tensorflow as tf
-from support import check_inside, images, linear, worst_linf_margin
+from support import check_inside, exact_linf_distance, images, linear, worst_linf_margin
 
 from tfrobust.attacks.fab import FABTargeted, projection_l2, projection_linf
 
@@ -59,23 +59,11 @@ def test_l2_projection_inside_the_box_is_the_orthogonal_projection():
     assert np.all(np.linalg.norm(d2, axis=1) <= np.linalg.norm(target - t2, axis=1) + 1e-5)
 
 
-def _distance_linf(x, y, kernel, bias):
-    """Exact minimum Linf distance (within the box) to misclassification of a 2-class linear model."""
-    out = []
-    for i in range(len(x)):
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if worst_linf_margin(x[i:i + 1], y[i:i + 1], kernel, bias, mid)[0] < 0 else (lo, mid)
-        out.append(hi)
-    return np.array(out)
-
-
 def test_fab_t_linf_norm_matches_analytic_distance():
     model_fn, kernel, bias = linear(2, seed=31)
     x = images(12, seed=32)
     y = np.asarray(model_fn(x)).argmax(-1)
-    exact = _distance_linf(x, y, kernel, bias)
+    exact = exact_linf_distance(x, y, kernel, bias)
     attack = FABTargeted("linf", 0.3, n_iter=100)
     adv, found = tf.function(attack.single_run)(model_fn, tf.constant(x), tf.constant(y, tf.int32),
                                                 tf.constant(1 - y, tf.int32), SEED)
@@ -123,7 +111,7 @@ def test_stop_at_eps_keeps_the_success_flags():
     model_fn, kernel, bias = linear(2, seed=37)
     x = images(24, seed=38)
     y = np.asarray(model_fn(x)).argmax(-1)
-    exact = _distance_linf(x, y, kernel, bias)
+    exact = exact_linf_distance(x, y, kernel, bias)
     eps = float(np.median(exact))
     attack = FABTargeted("linf", eps, n_iter=100)
     run = tf.function(attack.single_run)

@@ -10,23 +10,11 @@ point-to-hyperplane distance |z_y − z_k| / ‖w_y − w_k‖₂).
 
 import numpy as np
 import tensorflow as tf
-from support import check_inside, images, linear, worst_linf_margin
+from support import check_inside, exact_linf_distance, images, linear, worst_linf_margin
 
 from tfrobust.attacks.fab import FAB, closest_boundary
 
 SEED = tf.constant([5, 6], tf.int32)
-
-
-def _exact_linf(x, y, kernel, bias):
-    """Minimum Linf distance inside [0, 1] to misclassification (any class) of a linear model, by bisection."""
-    out = []
-    for i in range(len(x)):
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if worst_linf_margin(x[i:i + 1], y[i:i + 1], kernel, bias, mid)[0] < 0 else (lo, mid)
-        out.append(hi)
-    return np.array(out)
 
 
 def test_the_step_takes_the_closest_linearised_boundary_in_the_dual_norm():
@@ -51,7 +39,7 @@ def test_untargeted_fab_finds_the_minimal_linf_perturbation_of_a_linear_model():
     model_fn, kernel, bias = linear(classes, seed=53)
     x = images(12, seed=54)
     y = np.asarray(model_fn(x)).argmax(-1)
-    exact = _exact_linf(x, y, kernel, bias)
+    exact = exact_linf_distance(x, y, kernel, bias)
     attack = FAB("linf", 0.3, n_iter=100)
     adv, found = tf.function(attack.single_run)(model_fn, tf.constant(x), tf.constant(y, tf.int32), None, SEED)
     found = found.numpy()
