@@ -12,7 +12,7 @@ import tfrobust
 # Lowest first. The package root `tfrobust` (its version and lazy public names) is importable by anyone.
 LAYERS = [
     ["errors"],
-    ["threat_model", "fileio", "numerics", "inspection", "config"],
+    ["threat_model", "fileio", "numerics", "inspection", "integrity", "config"],
     ["models", "attacks", "augment"],
     ["data"],
     ["export", "generators"],

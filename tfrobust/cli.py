@@ -64,10 +64,29 @@ def _quiet_tensorflow() -> None:
             os.close(saved)
 
 
+_INT64_MAX = 2**63 - 1
+# A seed of numpy's generators (np.random.default_rng refuses a negative one).
+_SEED = click.IntRange(min=0)
+
+
 class _Command(click.Command):
-    """A command that quiets TensorFlow (unless --verbose) once its options are parsed, so --help stays instant."""
+    """A command that quiets TensorFlow (unless --verbose) once its options are parsed, so --help stays instant.
+
+    An option or argument given an empty value (`--dataset ""`) is a usage error (exit status 2): no option
+    takes one, and an empty value would otherwise read as "not given" and fall back to the default. So is an
+    integer past what 64 bits hold: numpy's and TensorFlow's integers are 64-bit.
+    """
 
     def invoke(self, ctx):
+        for param in self.params:
+            if ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+                continue
+            value = ctx.params.get(param.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if "" in values:
+                raise click.BadParameter("an empty value: give one, or leave the option out", ctx=ctx, param=param)
+            if any(isinstance(v, int) and not -_INT64_MAX - 1 <= v <= _INT64_MAX for v in values):
+                raise click.BadParameter(f"{value} is past what a 64-bit integer holds", ctx=ctx, param=param)
         if not ctx.find_root().params.get("verbose"):
             _quiet_tensorflow()
         return super().invoke(ctx)
@@ -99,6 +118,15 @@ def cli(verbose: bool) -> None:
 def _given_paths(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
     """A repeatable option's paths; None when not given (click gives ())."""
     return tuple(value) or None
+
+
+def _trust_model_option(function):
+    """--trust-model: load the model without `tfrobust.inspection` (passed to `tfrobust.export.load_model`)."""
+    return click.option(
+        "--trust-model", is_flag=True,
+        help="Run the model without inspecting it first (a SavedModel's ops, a .keras file's layers; a .keras file "
+             "loads with Keras's safe_mode off). Its graph may then read or write files or run Python: only for "
+             "models you trust. The report records it.")(function)
 
 
 def _field_option(field: dataclasses.Field, hint: Any):
@@ -226,6 +254,7 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 @click.option("--eot-iter", type=int, default=None, help="Model calls averaged per APGD gradient step (expectation over transformation, randomised models) [aa-rand: 20; otherwise 1].")
 @click.option("--format", "report_format", type=click.Choice(["json", "robustbench"]), default="json", help="robustbench: also write <report>.robustbench.json, the fields of a RobustBench leaderboard entry [json].")
 @click.option("--resume", "resume_report", default=None, help="Continue the interrupted evaluation that was writing this report (its settings are reused).")
+@_trust_model_option
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: str | None, resume_report: str | None, **options: Any) -> None:
     """Clean and robust accuracy of an exported model; prints a table, writes a JSON report."""
@@ -272,7 +301,7 @@ def import_(checkpoint: str, arch: str, dataset: str, activation: str, out: str,
 @click.option("--out", required=True, help="PNG file to write.")
 @click.option("--n", "num_images", type=int, default=8, help="Images per row [8].")
 @click.option("--draws", type=int, default=2, help="Augmented rows (different seeds) [2].")
-@click.option("--seed", type=int, default=0, help="Seed [0].")
+@click.option("--seed", type=_SEED, default=0, help="Seed [0].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def augment_preview(aug: str, dataset: str, data_dir: str | None, out: str, num_images: int, draws: int, seed: int,
                     overwrite: bool) -> None:
@@ -335,11 +364,12 @@ def report(run_dirs: tuple[str, ...], out: str, overwrite: bool) -> None:
 @click.option("--landscape-images", type=int, default=2, help="Loss landscapes of the first N examples [2].")
 @click.option("--grid", "grid_size", type=int, default=21, help="Landscape grid points per axis [21].")
 @click.option("--batch-size", type=int, default=256, help="Attack batch size [256].")
-@click.option("--seed", type=int, default=0, help="Seed of the attacks' random starts and the Rademacher direction [0].")
+@click.option("--seed", type=_SEED, default=0, help="Seed of the attacks' random starts and the Rademacher direction [0].")
+@_trust_model_option
 def audit(model_path: str, out: str, overwrite: bool, dataset: str | None, data_dir: str | None, split: str,
           norm: str | None, eps: float | None, n_examples: int, checks: tuple[str, ...], eps_multiples: tuple[float, ...],
           steps: tuple[int, ...], square_queries: int, landscape_images: int, grid_size: int, batch_size: int,
-          seed: int) -> None:
+          seed: int, trust_model: bool) -> None:
     """Gradient-masking checks of the paper's appendix C: eps and steps sweeps, Square vs APGD, loss landscapes."""
     from tfrobust.diagnostics.audit import AuditConfig, AuditSettings, run_audit
 
@@ -347,7 +377,8 @@ def audit(model_path: str, out: str, overwrite: bool, dataset: str | None, data_
                          landscape_images=landscape_images, grid_size=grid_size, batch_size=batch_size, seed=seed,
                          checks=checks)
     result = run_audit(AuditSettings(model_path=model_path, out=out, config=config, dataset=dataset, data_dir=data_dir,
-                                     split=split, norm=norm, eps=eps, n_examples=n_examples, overwrite=overwrite))
+                                     split=split, norm=norm, eps=eps, n_examples=n_examples, overwrite=overwrite,
+                                     trust_model=trust_model))
     click.echo(result["table"])
     click.echo(f"overall: {'no check flagged' if result['report']['passed'] else 'FLAGGED'}")
     click.echo(f"report: {os.path.join(out, 'audit.json')}")
@@ -366,16 +397,18 @@ def audit(model_path: str, out: str, overwrite: bool, dataset: str | None, data_
 @click.option("--classifier", default=None, help="A classifier for the label-agreement numbers.")
 @click.option("--pca-dims", type=int, default=100, help="PCA components, fitted on train+test [100].")
 @click.option("--batch-size", type=int, default=256, help="Batch size of feature extraction and augmentation [256].")
-@click.option("--seed", type=int, default=0, help="Seed of the samples and the augmentation [0].")
+@click.option("--seed", type=_SEED, default=0, help="Seed of the samples and the augmentation [0].")
+@_trust_model_option
 def diversity(out: str, overwrite: bool, dataset: str | None, data_dir: str | None, aug: str | None,
               set_path: str | None, test_path: str | None, n: int, extractor: str, classifier: str | None, pca_dims: int, batch_size: int,
-              seed: int) -> None:
+              seed: int, trust_model: bool) -> None:
     """Nearest-neighbour diversity of an augmentation or generated set (the paper's Tables 1 and 7)."""
     from tfrobust.diagnostics.diversity import DiversitySettings, run_diversity
 
     result = run_diversity(DiversitySettings(out=out, overwrite=overwrite, dataset=dataset, data_dir=data_dir, aug=aug,
                                              set_path=set_path, test_path=test_path, n=n, extractor=extractor, classifier=classifier,
-                                             pca_dims=pca_dims, batch_size=batch_size, seed=seed))
+                                             pca_dims=pca_dims, batch_size=batch_size, seed=seed,
+                                             trust_model=trust_model))
     click.echo(result["table"])
     click.echo(f"report: {os.path.join(out, 'diversity.json')}")
 
@@ -387,7 +420,7 @@ def diversity(out: str, overwrite: bool, dataset: str | None, data_dir: str | No
 @click.option("--n", "n", type=int, required=True, help="Number of images to generate.")
 @click.option("--output", required=True, help="Directory of npz shards to write (new, empty, or an unfinished output to resume).")
 @click.option("--shard-size", type=int, default=100_000, help="Images per shard [100000].")
-@click.option("--seed", type=int, default=0, help="Seed of sampling and of the held-out validation images [0].")
+@click.option("--seed", type=_SEED, default=0, help="Seed of sampling and of the held-out validation images [0].")
 @click.option("--val-size", type=int, default=1024, help="Training images held out (not fitted), as tfrobust train does [1024].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")
 def generate(generator: str, dataset: str, data_dir: str | None, n: int, output: str, shard_size: int, seed: int,
@@ -409,14 +442,15 @@ def generate(generator: str, dataset: str, data_dir: str | None, n: int, output:
 @click.option("--batch-size", type=int, default=512, help="Images per classifier call [512].")
 @click.option("--shard-size", type=int, default=100_000, help="Images per output shard [100000].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")
+@_trust_model_option
 def pseudolabel(classifier: str, inputs: tuple[str, ...], output: str, top_k: int | None, batch_size: int,
-                shard_size: int, overwrite: bool) -> None:
+                shard_size: int, overwrite: bool, trust_model: bool) -> None:
     """Labels images with a classifier and keeps the top-K scoring images per class (the paper: 100K of 5M)."""
     from tfrobust.pseudolabel import format_summary
     from tfrobust.pseudolabel import pseudolabel as run_pseudolabel
 
     summary = run_pseudolabel(classifier, list(inputs), output, top_k=top_k, batch_size=batch_size,
-                              shard_size=shard_size, overwrite=overwrite)
+                              shard_size=shard_size, overwrite=overwrite, trust_model=trust_model)
     click.echo(format_summary(summary))
     click.echo(f"summary: {os.path.join(output, 'summary.json')}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -241,8 +242,12 @@ class TrainConfig:
             raise UserError(f"--aug-repeats {self.aug_repeats} must divide --batch-size {self.batch_size}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.beta < 0 or self.weight_decay < 0:
-            raise UserError("--beta and --weight-decay must be >= 0")
+        if not (0 <= self.beta < math.inf and 0 <= self.weight_decay < math.inf):  # NaN fails both comparisons
+            raise UserError("--beta and --weight-decay must be finite and >= 0")
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise UserError(f"--learning-rate must be finite and > 0, got {self.learning_rate}")
+        if not 0 <= self.seed < 2**32:  # keras.utils.set_random_seed seeds numpy's legacy generator: 32 bits
+            raise UserError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         if not 0.0 <= self.momentum <= 1.0:  # tfrobust.training.optimizers.TraceSGD's range
             raise UserError(f"--momentum must be in [0, 1], got {self.momentum}")
         if not isinstance(self.extra_data, tuple) or not all(isinstance(p, str) and p for p in self.extra_data):

@@ -47,6 +47,7 @@ import tensorflow as tf
 from tfrobust.errors import NonFiniteError, UserError, WriteError
 from tfrobust.fileio import publish_directory, write_error, write_json_atomic
 from tfrobust.inspection import inspect_keras_file, inspect_saved_model
+from tfrobust.integrity import check_saved_model_files, check_zip_archive, one_line
 
 METADATA_PATH = os.path.join("assets.extra", "tfrobust.json")
 METADATA_FORMAT = "tfrobust-savedmodel-1"
@@ -225,11 +226,13 @@ def load_model(path: str, *, trust_model: bool = False) -> LoadedModel:
 
     Nothing in the model runs before `tfrobust.inspection` has checked it (every op of every function of a
     SavedModel; a `.keras` file's config); `trust_model=True` skips that check and loads a `.keras` file
-    with Keras's `safe_mode=False` (Python lambdas run).
+    with Keras's `safe_mode=False` (Python lambdas run). Damaged files are refused first, trusted or not
+    (`tfrobust.integrity`: a zip archive's CRCs, a SavedModel's fingerprint.pb).
     """
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise UserError(f"no model at {path}")
+        check_zip_archive(path, "a .keras file")
         if not trust_model:
             inspect_keras_file(path)
         try:
@@ -247,17 +250,23 @@ def load_model(path: str, *, trust_model: bool = False) -> LoadedModel:
         return LoadedModel(warn_if_probabilities(fn, _keras_input_shape(model)), {}, path, features=features)
 
     directory = resolve_model_dir(path)
+    check_saved_model_files(directory)
+    metadata: dict[str, Any] = {}
+    metadata_file = os.path.join(directory, METADATA_PATH)
+    if os.path.isfile(metadata_file):
+        try:
+            with open(metadata_file) as handle:
+                metadata = json.load(handle)
+        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
+            raise UserError(f"cannot read {metadata_file}: it is damaged ({one_line(error)})") from None
+        if not isinstance(metadata, dict):
+            raise UserError(f"cannot read {metadata_file}: expected a JSON object, got {type(metadata).__name__}")
     if not trust_model:
         inspect_saved_model(directory)
     try:
         loaded = tf.saved_model.load(directory)
     except Exception as error:  # A corrupt SavedModel surfaces as assorted TF errors.
-        raise UserError(f"cannot load SavedModel {directory}: {type(error).__name__}: {str(error)[:200]}") from None
-    metadata: dict[str, Any] = {}
-    metadata_file = os.path.join(directory, METADATA_PATH)
-    if os.path.isfile(metadata_file):
-        with open(metadata_file) as handle:
-            metadata = json.load(handle)
+        raise UserError(f"cannot load SavedModel {directory}: {type(error).__name__}: {one_line(error)}") from None
     if hasattr(loaded, "logits"):
         fn = loaded.logits
         input_shape = metadata.get("input_shape") or _spec_shape(getattr(fn, "input_signature", None))

@@ -38,11 +38,13 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
 
 from tfrobust.errors import UserError
+from tfrobust.integrity import check_zip_archive
 
 INSTALL_HINT = "pip install -e '.[import]'"
 DATASETS = ("cifar10", "cifar100")
@@ -120,6 +122,9 @@ def read_state_dict(path: str) -> StateDict:
     torch = _import_torch()
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    if zipfile.is_zipfile(path):
+        # torch.save's format (PyTorch >= 1.6) is a zip archive; torch.load does not check its CRCs.
+        check_zip_archive(path, "a PyTorch checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - the restricted unpickler and torch's readers raise many types
@@ -406,6 +411,8 @@ def import_checkpoint(checkpoint: str, *, arch: str, dataset: str, activation: s
     torch = _import_torch()  # first: a missing extra is the first thing to say
     norm, eps = resolve(norm, eps)
     root, name, version = split_out(out)
+    if os.path.exists(os.path.join(root, name)) and not os.path.isdir(os.path.join(root, name)):
+        raise UserError(f"--out {out}: {os.path.join(root, name)} is a file, not a directory of model versions")
     if version is not None and os.path.exists(os.path.join(root, name, str(version))):
         raise UserError(f"{os.path.join(root, name, str(version))} already exists; tfrobust never overwrites an export")
     info = dataset_info(dataset)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from tfrobust.errors import UserError
 from tfrobust.fileio import save_npz_atomic
 from tfrobust.generators.writer import OutputDir, shard_counts
+from tfrobust.integrity import check_zip_archive
 
 
 def pseudolabel(
@@ -39,12 +41,14 @@ def pseudolabel(
     block_size: int = 50_000,
     overwrite: bool = False,
     progress: bool = True,
+    trust_model: bool = False,
 ) -> dict[str, Any]:
     """Labels the images of `inputs` with `classifier`, keeps the top `top_k` per class (all if None).
 
     `classifier` is anything `tfrobust.export.load_model` loads (a `tfrobust train --loss standard`
-    export, another SavedModel, a .keras file) mapping [0, 1] images to logits. Returns the summary
-    (also written to OUTPUT/summary.json).
+    export, another SavedModel, a .keras file) mapping [0, 1] images to logits; it is inspected before
+    anything in it runs (`tfrobust.inspection`) unless `trust_model` (only for a model you trust). Returns
+    the summary (also written to OUTPUT/summary.json; its "trust_model" records the choice).
     """
     import keras
     import tensorflow as tf
@@ -57,7 +61,11 @@ def pseudolabel(
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
             raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
     data = open_extra_data(list(inputs), require_labels=False)
-    model = load_model(classifier)
+    # Every image is read, memory-mapped (which checks nothing): an npz input's CRCs are checked first.
+    for shard in data.shards:
+        if zipfile.is_zipfile(shard.path):
+            check_zip_archive(shard.path, "an npz file")
+    model = load_model(classifier, trust_model=trust_model)
     expected = model.metadata.get("input_shape")
     if expected and tuple(int(d) for d in expected) != tuple(data.image_shape):
         raise UserError(
@@ -183,6 +191,7 @@ def pseudolabel(
         "scored": int(n),
         "kept": int(sel_index.shape[0]),
         "top_k_per_class": top_k,
+        "trust_model": bool(trust_model),
         "num_classes": num_classes,
         "per_class": per_class,
         "agreement_with_input_labels": round(agree / n, 6) if data.labelled else None,

@@ -464,6 +464,7 @@ class AuditSettings:
     eps: float | None = None
     n_examples: int = 200
     overwrite: bool = False
+    trust_model: bool = False  # run the model without `tfrobust.inspection` (`export.load_model`); audit.json records it
 
 
 def run_audit(settings: AuditSettings) -> dict[str, Any]:
@@ -480,7 +481,7 @@ def _run_audit(settings: AuditSettings) -> dict[str, Any]:
 
     if settings.n_examples < 1:
         raise UserError(f"--n-examples must be >= 1, got {settings.n_examples}")
-    model = load_model(settings.model_path)
+    model = load_model(settings.model_path, trust_model=settings.trust_model)
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
     info, split = load_split(dataset, settings.split, val_size=training.get("val_size", 1024),
                              seed=training.get("seed", 0), data_dir=settings.data_dir or training.get("data_dir"))
@@ -507,6 +508,7 @@ def _run_audit(settings: AuditSettings) -> dict[str, Any]:
         "norm": norm,
         "eps": eps,
         "seed": settings.config.seed,
+        "trust_model": settings.trust_model,
         "passed": all(r.passed for r in results),
         "checks": [dataclasses.asdict(r) for r in results],
         "notes": notes,

@@ -64,13 +64,14 @@ def pixel_extractor() -> Extractor:
     return Extractor("pixels", lambda images: images.reshape(len(images), -1).astype(np.float32))
 
 
-def model_extractor(path: str) -> Extractor:
-    """The penultimate activations of a classifier (see `export.penultimate_network`)."""
+def model_extractor(path: str, *, trust_model: bool = False) -> Extractor:
+    """The penultimate activations of a classifier (see `export.penultimate_network`); the model is inspected
+    before anything in it runs (`tfrobust.inspection`) unless `trust_model`."""
     import tensorflow as tf
 
     from tfrobust.export import load_model
 
-    model = load_model(path)
+    model = load_model(path, trust_model=trust_model)
     if model.features is None:
         raise UserError(f"{path} exposes no penultimate features (no 'features' endpoint, or no final Dense layer): "
                         "re-export it with this tfrobust version (tfrobust export RUN_DIR), or give a .keras "
@@ -198,6 +199,8 @@ class DiversitySettings:
     batch_size: int = 256
     seed: int = 0
     overwrite: bool = False
+    # Load --extractor and --classifier without `tfrobust.inspection` (`export.load_model`); diversity.json records it
+    trust_model: bool = False
 
 
 def _percent(value: float) -> str:
@@ -253,8 +256,9 @@ def run_diversity(settings: DiversitySettings) -> dict[str, Any]:
         raise UserError(f"--set takes npz:PATH, got {settings.set_path!r}")
     if settings.n < 2 or settings.pca_dims < 1 or settings.batch_size < 1:
         raise UserError("--n must be >= 2, --pca-dims and --batch-size >= 1")
-    extractor = pixel_extractor() if settings.extractor == PIXELS else model_extractor(settings.extractor)
-    classifier = load_model(settings.classifier) if settings.classifier else None
+    extractor = (pixel_extractor() if settings.extractor == PIXELS
+                 else model_extractor(settings.extractor, trust_model=settings.trust_model))
+    classifier = load_model(settings.classifier, trust_model=settings.trust_model) if settings.classifier else None
     dataset = (settings.dataset or (classifier.metadata if classifier else {}).get("dataset", {}).get("name")
                or extractor.metadata.get("dataset", {}).get("name"))
     if dataset is None:
@@ -316,7 +320,8 @@ def run_diversity(settings: DiversitySettings) -> dict[str, Any]:
             "classifier_test_accuracy": float((predict(test) == test_split.labels[test_index]).mean()),
             "classifier_class_counts": class_counts(predicted, info.num_classes),
         })
-    result = {"dataset": info.name, "set": set_name, "seed": settings.seed, **result, "quality": quality,
+    result = {"dataset": info.name, "set": set_name, "seed": settings.seed, "trust_model": settings.trust_model,
+              **result, "quality": quality,
               "entropy_unit": "nats (natural logarithm, as Table 1); maximum ln 3 = 1.099"}
     folder.write_json("diversity.json", result)
     folder.save_figure("diversity.png", plot_diversity(result, set_name, list(info.class_names)))

@@ -62,9 +62,16 @@ def _float(text: str) -> float:
 
 
 def read_log(path: str) -> dict[str, np.ndarray]:
-    """log.csv as float columns (empty or unparsable cells are NaN)."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    """log.csv as float columns (empty or unparsable cells are NaN). Keras's CSVLogger writes whole lines, so
+    a file whose last line has no line end is truncated: refused, as is one that is not UTF-8 text."""
+    try:
+        with open(path, newline="") as handle:
+            text = handle.read()
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8 text (a flipped bit)
+        raise UserError(f"unreadable {path}: {error}") from None
+    if text and not text.endswith("\n"):
+        raise UserError(f"{path} ends in an incomplete line: the file is truncated")
+    rows = list(csv.DictReader(text.splitlines()))
     if not rows:
         return {}
     return {key: np.array([_float(row.get(key) or "") for row in rows]) for key in rows[0]}
@@ -91,14 +98,21 @@ def read_run(path: str, name: str | None = None) -> RunRecord:
             config = json.load(handle)
     except (OSError, ValueError) as error:
         raise UserError(f"unreadable {config_path}: {error}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"unreadable {config_path}: expected a JSON object, got {type(config).__name__}")
     columns = read_log(log_path)
     if "epoch" not in columns:
         raise UserError(f"{log_path} has no 'epoch' column: not a tfrobust training log")
     summary = None
     summary_path = os.path.join(path, "summary.json")
     if os.path.isfile(summary_path):
-        with open(summary_path) as handle:
-            summary = json.load(handle)
+        try:
+            with open(summary_path) as handle:
+                summary = json.load(handle)
+        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
+            raise UserError(f"unreadable {summary_path}: {error}") from None
+        if not isinstance(summary, dict):
+            raise UserError(f"unreadable {summary_path}: expected a JSON object, got {type(summary).__name__}")
     examples = epoch_examples_from_checkpoint(os.path.join(path, CHECKPOINT_NAME))
     note = None if examples else "no checkpoint.npz with the samples per epoch: schedule curves left out"
     return RunRecord(name or os.path.basename(os.path.normpath(path)), path, config, columns, summary, examples,

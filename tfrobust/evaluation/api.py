@@ -133,6 +133,8 @@ def check_options(*, attack: AttackLike, batch_size: int, report: str | None = N
         raise UserError(f"{flag('batch_size')} must be an integer >= 1, got {batch_size!r}")
     if batch_size < 1:
         raise UserError(f"{flag('batch_size')} must be >= 1, got {batch_size}")
+    if batch_size > np.iinfo(np.int64).max:  # a tensor's sizes are 64-bit integers
+        raise UserError(f"{flag('batch_size')} must be at most {np.iinfo(np.int64).max}, got {batch_size}")
     if n_examples is not None and n_examples < 1:
         raise UserError(f"{flag('n_examples')} must be >= 1, got {n_examples}")
     if report and os.path.exists(report):
@@ -150,17 +152,19 @@ def warn_if_slow() -> None:
         warnings.warn(slow, UserWarning, stacklevel=3)
 
 
-def as_logits_model(model: ModelLike, input_range: Sequence[float] = (0.0, 1.0)) -> LoadedModel:
+def as_logits_model(model: ModelLike, input_range: Sequence[float] = (0.0, 1.0), *,
+                    trust_model: bool = False) -> LoadedModel:
     """`model` as a `tfrobust.export.LoadedModel`: `logits(images in [0, 1])` -> float32 logits, with its
     metadata (a tfrobust export's; empty for anything else) and a name for the report.
 
     A path loads with `tfrobust.export.load_model` (a `.keras` file, a SavedModel directory or TF Serving base
     directory); a `keras.Model` runs in inference mode (`training=False`: BatchNorm's moving statistics); any
     other callable is called as it is. With `input_range=(low, high)` the model receives low + (high - low)·x.
+    A path's model is inspected before anything in it runs (`tfrobust.inspection`) unless `trust_model`.
     """
     low, high = check_input_range(input_range)
     if isinstance(model, (str, os.PathLike)):
-        loaded = load_model(os.fspath(model))
+        loaded = load_model(os.fspath(model), trust_model=trust_model)
     elif isinstance(model, keras.Model):
         logits = warn_if_probabilities(keras_logits_fn(model), None)
         loaded = LoadedModel(logits, {}, model.name, keepalive=model)
@@ -308,12 +312,14 @@ def evaluate_arrays(
     eot_iter: int | None = None,
     report_format: str = "json",
     metadata: dict[str, Any] | None = None,
+    trust_model: bool = False,
 ) -> Evaluation:
     """The cascade `attack` on checked data (`check_data`), its report, and the files asked for.
 
     Runs `engine.Evaluator` (batches of `batch_size`, seed `seed`, `eot_iter` model calls per APGD
     gradient if given, progress bars with `verbose`, saved batch by batch in `state` if given), builds the
-    report (`report.make_report`: `model_name`, `dataset` and `split` are what it records), writes the
+    report (`report.make_report`: `model_name`, `dataset` and `split` are what it records; `trust_model`, whether the model ran uninspected, is its "trust_model"),
+    writes the
     per-example npz (`save_examples`) and the report (`report_path`; neither overwrites a file). The eps
     warning (`versions.eps_warning`) and the version's caveats for the norm are issued before the attacks
     run and lead the report's warnings. `report_format="robustbench"` also builds the RobustBench entry
@@ -329,6 +335,7 @@ def evaluate_arrays(
                            keep_adversarial=keep_adversarial or save_examples is not None, state=state)
     report = make_report(result, model=model_name, dataset=dataset, split=split, attack=attack_label(attack),
                          norm=norm, eps=eps, seed=seed, eot_iter=eot_iter, notes=notes)
+    report["trust_model"] = bool(trust_model)
     if save_examples:
         report["examples"] = save_examples
         write_examples(save_examples, result, labels=labels, norm=norm, eps=eps)
@@ -363,6 +370,7 @@ def evaluate(
     verbose: bool = True,
     eot_iter: int | None = None,
     report_format: str = "json",
+    trust_model: bool = False,
 ) -> Evaluation:
     """Clean and robust accuracy of `model` on `images`, `labels` under the cascade `attack`.
 
@@ -387,6 +395,9 @@ def evaluate(
     also the RobustBench entry (`Evaluation.robustbench`, written next to `report` as
     `<report>.robustbench.json` when a report is written). `dataset`, `split`: the names the report records
     for the data. `verbose`: progress bars.
+    `trust_model`: load a model path without inspecting it first (`tfrobust.inspection`: a SavedModel's ops,
+    a `.keras` file's layers; a `.keras` file then loads with Keras's `safe_mode=False`). Only for a model
+    you trust: its graph may read or write files or run Python. The report records it.
 
     Returns an `Evaluation`; its `report` is what `tfrobust eval` writes for the same model and images.
     Attacks and verdicts run in full float32 (TensorFloat-32 off, `tfrobust.numerics`).
@@ -404,7 +415,7 @@ def evaluate(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UserError(f"seed must be an integer, got {seed!r}")
     with full_float32():
-        loaded = as_logits_model(model, input_range)
+        loaded = as_logits_model(model, input_range, trust_model=trust_model)
         warn_if_slow()
         norm, eps = model_threat_model(loaded.metadata, norm, eps)
         dataset_info = loaded.metadata.get("dataset") or {}
@@ -415,7 +426,8 @@ def evaluate(
             loaded.logits, images, labels, num_classes=num_classes, attack=attack, norm=norm, eps=eps,
             batch_size=batch_size, seed=seed, model_name=loaded.path, dataset=dataset, split=split,
             keep_adversarial=keep_adversarial, report_path=report, save_examples=save_examples, verbose=verbose,
-            eot_iter=eot_iter, report_format=report_format, metadata=loaded.metadata)
+            eot_iter=eot_iter, report_format=report_format, metadata=loaded.metadata,
+            trust_model=trust_model)
 
 
 def autoattack(
@@ -432,6 +444,7 @@ def autoattack(
     seed: int = 0,
     input_range: Sequence[float] = (0.0, 1.0),
     verbose: bool = True,
+    trust_model: bool = False,
 ) -> np.ndarray:
     """AutoAttack's adversarial examples of `images`: float32 [N, H, W, C] in [0, 1].
 
@@ -467,5 +480,5 @@ def autoattack(
                         f"{', '.join([*AUTOATTACK_VERSIONS, 'custom'])}")
     evaluation = evaluate(model, images, labels, attack=attack, norm=norm, eps=eps, batch_size=batch_size,
                           seed=seed, input_range=input_range, keep_adversarial=True, verbose=verbose,
-                          eot_iter=eot_iter)
+                          eot_iter=eot_iter, trust_model=trust_model)
     return evaluation.adversarial

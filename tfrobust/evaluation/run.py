@@ -48,6 +48,7 @@ class EvalSettings:
     save_examples: str | None = None  # npz of per-example flags and adversarial examples
     eot_iter: int | None = None  # model calls per APGD gradient (EOT); None: each stage's own (aa-rand: 20)
     report_format: str = "json"  # "robustbench": also <report>.robustbench.json, a RobustBench entry
+    trust_model: bool = False  # run the model without `tfrobust.inspection` (`export.load_model`); the report records it
 
 
 def model_fingerprint(path: str) -> str:
@@ -67,6 +68,8 @@ def resume_eval(report_path: str) -> dict:
     """Continues the interrupted evaluation that was writing `report_path`, with its saved settings."""
     state = EvalState.open(state_dir_for(report_path))
     known = {f.name for f in dataclasses.fields(EvalSettings)}
+    if not isinstance(state.settings.get("model_path"), str):
+        raise UserError(f"{state.directory}: its settings name no model (model_path): not an evaluation's state")
     settings = EvalSettings(**{k: v for k, v in state.settings.items() if k in known})
     return run_eval(settings, state=state)
 
@@ -90,12 +93,19 @@ def _flag(name: str) -> str:
 
 def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     from tfrobust.data.datasets import default_split, load_split
-    from tfrobust.export import load_model
+    from tfrobust.export import load_model, resolve_model_dir
 
     check_options(attack=settings.attack, batch_size=settings.batch_size, n_examples=settings.n_examples,
                   report=settings.report, save_examples=settings.save_examples, eot_iter=settings.eot_iter,
                   report_format=settings.report_format, flag=_flag)
-    model = load_model(settings.model_path)
+    if settings.val_size is not None and settings.val_size < 0:
+        raise UserError(f"--val-size must be >= 0, got {settings.val_size}")
+    if state is not None:
+        # Before the model loads: a resumed evaluation runs no model but the one it started with.
+        resolved = settings.model_path if settings.model_path.endswith(".keras") else resolve_model_dir(settings.model_path)
+        if state.settings.get("model_sha256") != model_fingerprint(resolved):
+            raise UserError(f"the model at {resolved} changed since the interrupted evaluation: delete {state.directory}")
+    model = load_model(settings.model_path, trust_model=settings.trust_model)
     warn_if_slow()
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
     split_name = settings.split or default_split(dataset)
@@ -122,12 +132,11 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
         state = EvalState.create(state_dir_for(path), {**dataclasses.asdict(recorded), "model_sha256": fingerprint})
         print(f"progress is saved in {state.directory}; if interrupted, continue with: tfrobust eval --resume {path}",
               flush=True)
-    elif state.settings.get("model_sha256") != fingerprint:
-        raise UserError(f"the model at {model.path} changed since the interrupted evaluation: delete {state.directory}")
     evaluation = evaluate_arrays(
         model.logits, images, labels, num_classes=num_classes, attack=settings.attack, norm=norm, eps=eps,
         batch_size=settings.batch_size, seed=settings.seed, model_name=model.path, dataset=info.name,
         split=split_name, report_path=path, save_examples=settings.save_examples, state=state, verbose=True,
-        eot_iter=settings.eot_iter, report_format=settings.report_format, metadata=model.metadata)
+        eot_iter=settings.eot_iter, report_format=settings.report_format, metadata=model.metadata,
+        trust_model=settings.trust_model)
     state.remove()
     return {"report": evaluation.report, "table": evaluation.table, "report_path": path}

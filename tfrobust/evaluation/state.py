@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import shutil
+import zipfile
 
 import numpy as np
 
@@ -72,8 +73,10 @@ class EvalState:
         try:
             with open(path) as handle:
                 settings = json.load(handle)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
             raise UserError(f"cannot read {path}: {error}") from None
+        if not isinstance(settings, dict):
+            raise UserError(f"cannot read {path}: expected a JSON object, got {type(settings).__name__}")
         return cls(directory, settings)
 
     def _path(self, key: tuple[int, int, int]) -> str:
@@ -97,8 +100,9 @@ class EvalState:
                     seconds=float(data["seconds"]),
                     adversarial=data["adversarial"] if "adversarial" in data.files else None,
                 )
-        except (OSError, ValueError, KeyError) as error:
-            raise UserError(f"cannot read {path} ({error}): delete it to recompute that batch") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated or bit-flipped
+            raise UserError(f"cannot read {path} ({' '.join(str(error).split())[:200]}): delete it to recompute "
+                            "that batch") from None
         if not np.array_equal(result.index, index):
             raise UserError(f"{path} holds other points than this evaluation attacks now (the model's predictions "
                             f"or the data changed since the interruption): delete {self.directory} and start again")

@@ -101,9 +101,14 @@ def read_run_config(path: str) -> TrainConfig:
     try:
         with open(config_path) as handle:
             values = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text (a flipped bit)
         raise UserError(f"unreadable {config_path}: {error}") from None
-    return TrainConfig.from_run_dict(values).validate()
+    if not isinstance(values, dict):
+        raise UserError(f"unreadable {config_path}: expected a JSON object, got {type(values).__name__}")
+    try:
+        return TrainConfig.from_run_dict(values).validate()
+    except (TypeError, ValueError) as error:  # a field of the wrong type (a string where a number goes, ...)
+        raise UserError(f"unreadable {config_path}: {' '.join(str(error).split())[:200]}") from None
 
 
 @dataclasses.dataclass
