@@ -99,8 +99,12 @@ def torch_logits(model, x_nhwc: np.ndarray, batch: int = 250) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return np.concatenate([model(torch.tensor(x_nhwc[i:i + batch]).permute(0, 3, 1, 2).to(_device(model))).cpu().numpy()
-                               for i in range(0, len(x_nhwc), batch)])
+        return np.concatenate(
+            [
+                model(torch.tensor(x_nhwc[i : i + batch]).permute(0, 3, 1, 2).to(_device(model))).cpu().numpy()
+                for i in range(0, len(x_nhwc), batch)
+            ]
+        )
 
 
 def write_bundle(path: str, config, info, network, x: np.ndarray, y: np.ndarray) -> None:
@@ -109,8 +113,14 @@ def write_bundle(path: str, config, info, network, x: np.ndarray, y: np.ndarray)
     from tfrobust.importer import reference_state_dict
 
     depth, width = (int(v) for v in config.model.split("-")[1:])
-    arch = {"depth": depth, "width": width, "num_classes": info.num_classes, "mean": list(info.mean),
-            "std": list(info.std), "activation": config.activation}
+    arch = {
+        "depth": depth,
+        "width": width,
+        "num_classes": info.num_classes,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "activation": config.activation,
+    }
     weights = {f"w/{k}": v for k, v in reference_state_dict(network, config.model).items()}
     np.savez(path, image=x, label=y, arch=np.array(json.dumps(arch)), **weights)
 
@@ -124,8 +134,9 @@ def read_bundle(path: str, device: str):
         arch = json.loads(str(data["arch"]))
         state = {k[2:]: torch.tensor(data[k]) for k in data.files if k.startswith("w/")}
         x, y = data["image"], data["label"]
-    model = RefWideResNet(arch["depth"], arch["width"], arch["num_classes"], arch["mean"], arch["std"],
-                          arch["activation"])
+    model = RefWideResNet(
+        arch["depth"], arch["width"], arch["num_classes"], arch["mean"], arch["std"], arch["activation"]
+    )
     model.load_state_dict(state, strict=False)
     model = model.eval().to(device)
     model.mean, model.std = model.mean.to(device), model.std.to(device)  # plain tensors, not buffers
@@ -139,19 +150,41 @@ def reference_attacks(model, norm: str, eps: float, seed: int, num_classes: int)
 
     name = {"linf": "Linf", "l2": "L2"}[norm]
     targets = min(9, num_classes - 1)
-    apgd_t = torchattacks.APGDT(model, norm=name, eps=eps, steps=100, n_restarts=1, seed=seed, eot_iter=1, rho=0.75,
-                                n_classes=num_classes)
+    apgd_t = torchattacks.APGDT(
+        model, norm=name, eps=eps, steps=100, n_restarts=1, seed=seed, eot_iter=1, rho=0.75, n_classes=num_classes
+    )
     apgd_t.n_target_classes = targets
-    fab_t = torchattacks.FAB(model, norm=name, eps=eps, steps=100, n_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9,
-                             seed=seed, multi_targeted=True, n_classes=num_classes)
+    fab_t = torchattacks.FAB(
+        model,
+        norm=name,
+        eps=eps,
+        steps=100,
+        n_restarts=1,
+        alpha_max=0.1,
+        eta=1.05,
+        beta=0.9,
+        seed=seed,
+        multi_targeted=True,
+        n_classes=num_classes,
+    )
     fab_t.n_target_classes = targets
     return {
-        "apgd-ce": torchattacks.APGD(model, norm=name, eps=eps, steps=100, n_restarts=1, seed=seed, loss="ce",
-                                     eot_iter=1, rho=0.75),
+        "apgd-ce": torchattacks.APGD(
+            model, norm=name, eps=eps, steps=100, n_restarts=1, seed=seed, loss="ce", eot_iter=1, rho=0.75
+        ),
         "apgd-t": apgd_t,
         "fab-t": fab_t,
-        "square": torchattacks.Square(model, norm=name, eps=eps, n_queries=5000, n_restarts=1, p_init=0.8,
-                                      loss="margin", resc_schedule=False, seed=seed),
+        "square": torchattacks.Square(
+            model,
+            norm=name,
+            eps=eps,
+            n_queries=5000,
+            n_restarts=1,
+            p_init=0.8,
+            loss="margin",
+            resc_schedule=False,
+            seed=seed,
+        ),
     }
 
 
@@ -161,12 +194,15 @@ def full_float32_torch() -> dict:
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    return {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+    return {
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
 
 
-def torch_cascade(model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, batch: int, seed: int,
-                  num_classes: int) -> dict:
+def torch_cascade(
+    model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, batch: int, seed: int, num_classes: int
+) -> dict:
     """The reference AutoAttack standard cascade with torchattacks' attacks (see the module docstring)."""
     import torch
 
@@ -178,17 +214,21 @@ def torch_cascade(model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, ba
         began = time.time()
         todo = np.flatnonzero(robust)
         for start in range(0, len(todo), batch):
-            idx = todo[start:start + batch]
+            idx = todo[start : start + batch]
             xt = torch.tensor(x[idx]).permute(0, 3, 1, 2).contiguous().to(_device(model))
             adv = attacks[stage](xt, torch.tensor(y[idx]).to(_device(model))).detach().permute(0, 2, 3, 1).cpu().numpy()
             delta = (adv - x[idx]).reshape(len(idx), -1)
             size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta.astype(np.float64) ** 2).sum(1))
-            inside = (size <= eps * (1 + 1e-6) + 1e-6) & (adv.reshape(len(idx), -1).min(1) >= 0) & (
-                adv.reshape(len(idx), -1).max(1) <= 1)
+            inside = (
+                (size <= eps * (1 + 1e-6) + 1e-6)
+                & (adv.reshape(len(idx), -1).min(1) >= 0)
+                & (adv.reshape(len(idx), -1).max(1) <= 1)
+            )
             broken = inside & (torch_logits(model, adv).argmax(-1) != y[idx])
             robust[idx[broken]] = False
-        result["stages"].append({"attack": stage, "robust_accuracy": float(robust.mean()),
-                                 "seconds": round(time.time() - began, 2)})
+        result["stages"].append(
+            {"attack": stage, "robust_accuracy": float(robust.mean()), "seconds": round(time.time() - began, 2)}
+        )
     result["robust_accuracy"] = float(robust.mean())
     result["seconds"] = round(sum(s["seconds"] for s in result["stages"]), 2)
     return result
@@ -199,17 +239,24 @@ def main() -> None:
     parser.add_argument("--run", help="Run directory of `tfrobust train` (its summary names the export).")
     parser.add_argument("--data", help="npz with `image`/`label` of held-out images.")
     parser.add_argument("--n-examples", type=int, default=500)
-    parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 2.0], help="Radii in 1/255 units (linf) or raw (l2).")
+    parser.add_argument(
+        "--eps", type=float, nargs="+", default=[1.0, 2.0], help="Radii in 1/255 units (linf) or raw (l2)."
+    )
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["both", "tf", "torch"], default="both")
     parser.add_argument("--out", required=True, help="JSON results (must not exist).")
-    parser.add_argument("--write-bundle", metavar="NPZ",
-                        help="Only write the PyTorch side's input (weights, images, labels) to NPZ and stop.")
-    parser.add_argument("--bundle", metavar="NPZ",
-                        help="Run only the reference, from a --write-bundle file (no TensorFlow needed; uses CUDA "
-                             "when available).")
+    parser.add_argument(
+        "--write-bundle",
+        metavar="NPZ",
+        help="Only write the PyTorch side's input (weights, images, labels) to NPZ and stop.",
+    )
+    parser.add_argument(
+        "--bundle",
+        metavar="NPZ",
+        help="Run only the reference, from a --write-bundle file (no TensorFlow needed; uses CUDA when available).",
+    )
     args = parser.parse_args()
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists")
@@ -220,10 +267,10 @@ def main() -> None:
 
     # tfrobust first: importing it sets TF_ENABLE_ONEDNN_OPTS=1 (unless set), as for `tfrobust eval`; imported
     # after TensorFlow it is too late and, on CPUs without AVX512-VNNI, TF runs its slower Eigen kernels.
-    import tfrobust  # noqa: F401
     import tensorflow as tf
     import torch
 
+    import tfrobust  # noqa: F401
     from tfrobust.evaluation import EvalSettings, onednn_enabled, run_eval
     from tfrobust.export import load_model
 
@@ -235,8 +282,9 @@ def main() -> None:
     with np.load(args.data, allow_pickle=False) as data:
         x = data["image"][: args.n_examples].astype(np.float32) / 255.0
         y = data["label"][: args.n_examples].astype(np.int64)
-    saved = np.concatenate([np.asarray(load_model(export_path).logits(tf.constant(x[i:i + 250])))
-                            for i in range(0, len(x), 250)])
+    saved = np.concatenate(
+        [np.asarray(load_model(export_path).logits(tf.constant(x[i : i + 250]))) for i in range(0, len(x), 250)]
+    )
     ref = torch_logits(reference, x)
     gap = float(np.abs(saved - ref).max())
     agree = float((saved.argmax(-1) == ref.argmax(-1)).mean())
@@ -252,8 +300,13 @@ def main() -> None:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     results = {
-        "run": os.path.abspath(args.run), "model": export_path, "data": args.data, "n_examples": len(x),
-        "norm": args.norm, "seed": args.seed, "max_logit_gap": gap,
+        "run": os.path.abspath(args.run),
+        "model": export_path,
+        "data": args.data,
+        "n_examples": len(x),
+        "norm": args.norm,
+        "seed": args.seed,
+        "max_logit_gap": gap,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "versions": {"tensorflow": tf.__version__, "torch": torch.__version__, "onednn": onednn_enabled()},
         "eps": {},
@@ -263,13 +316,25 @@ def main() -> None:
         entry = {}
         if args.only in ("both", "tf"):
             report = os.path.join(out_dir, f"tfrobust-aa-{args.norm}-{eps_units:g}-{time.strftime('%H%M%S')}.json")
-            entry["tfrobust"] = run_eval(EvalSettings(
-                model_path=export_path, attack="aa", dataset=f"npz:{args.data}", split="train", val_size=0,
-                norm=args.norm, eps=eps, n_examples=len(x), batch_size=args.batch_size, seed=args.seed, report=report,
-            ))["report"]
+            entry["tfrobust"] = run_eval(
+                EvalSettings(
+                    model_path=export_path,
+                    attack="aa",
+                    dataset=f"npz:{args.data}",
+                    split="train",
+                    val_size=0,
+                    norm=args.norm,
+                    eps=eps,
+                    n_examples=len(x),
+                    batch_size=args.batch_size,
+                    seed=args.seed,
+                    report=report,
+                )
+            )["report"]
         if args.only in ("both", "torch"):
-            entry["reference"] = torch_cascade(reference, x, y, args.norm, eps, args.batch_size, args.seed,
-                                               info.num_classes)
+            entry["reference"] = torch_cascade(
+                reference, x, y, args.norm, eps, args.batch_size, args.seed, info.num_classes
+            )
         results["eps"][f"{eps_units:g}"] = entry
         print(format_comparison(eps_units, args.norm, entry), flush=True)
     with open(args.out, "x") as handle:
@@ -284,8 +349,15 @@ def main_bundle(args) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, x, y, num_classes = read_bundle(args.bundle, device)
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()}, {os.cpu_count()} CPUs"
-    results = {"bundle": args.bundle, "n_examples": len(x), "norm": args.norm, "seed": args.seed, "machine": machine,
-               "versions": {"torch": torch.__version__}, "eps": {}}
+    results = {
+        "bundle": args.bundle,
+        "n_examples": len(x),
+        "norm": args.norm,
+        "seed": args.seed,
+        "machine": machine,
+        "versions": {"torch": torch.__version__},
+        "eps": {},
+    }
     for eps_units in args.eps:
         eps = eps_units / 255.0 if args.norm == "linf" else eps_units
         entry = {"reference": torch_cascade(model, x, y, args.norm, eps, args.batch_size, args.seed, num_classes)}
@@ -299,8 +371,11 @@ def main_bundle(args) -> None:
 def format_comparison(eps_units: float, norm: str, entry: dict) -> str:
     """Markdown rows: stage, tfrobust accuracy and seconds, reference accuracy and seconds."""
     unit = "/255" if norm == "linf" else ""
-    lines = [f"\n{norm} eps {eps_units:g}{unit}", "| stage | tfrobust | s | reference (torchattacks) | s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"\n{norm} eps {eps_units:g}{unit}",
+        "| stage | tfrobust | s | reference (torchattacks) | s |",
+        "|---|---|---|---|---|",
+    ]
     tf_side, ref_side = entry.get("tfrobust"), entry.get("reference")
 
     def cell(side, index):

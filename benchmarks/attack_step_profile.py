@@ -47,12 +47,12 @@ def main() -> None:
 
     # tfrobust first: importing it sets TF_ENABLE_ONEDNN_OPTS=1 (unless set), as for `tfrobust eval`; imported
     # after TensorFlow it is too late and, on CPUs without AVX512-VNNI, TF runs its slower Eigen kernels.
-    import tfrobust  # noqa: F401
     import tensorflow as tf
     import torch
     import torchattacks
     from aa_reference import read_bundle
 
+    import tfrobust  # noqa: F401
     from tfrobust.attacks.apgd import APGD
     from tfrobust.attacks.fab import FABTargeted
     from tfrobust.export import load_model
@@ -81,13 +81,15 @@ def main() -> None:
     forward = tf.function(fn, input_signature=[img])
     apgd, fab = APGD("linf", eps, "dlr-targeted"), FABTargeted("linf", eps)
     apgd_run = tf.function(lambda v, t, g, s: apgd.single_run(fn, v, t, g, s)[0], input_signature=[img, lab, lab, sd])
-    fab_run = tf.function(lambda v, t, g, s: fab.single_run(fn, v, t, g, s, stop_at=eps)[0],
-                          input_signature=[img, lab, lab, sd])
+    fab_run = tf.function(
+        lambda v, t, g, s: fab.single_run(fn, v, t, g, s, stop_at=eps)[0], input_signature=[img, lab, lab, sd]
+    )
     xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous()
     yt = torch.tensor(y).long()
     ref_apgd = torchattacks.APGDT(tm, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=num_classes, seed=0)
-    ref_fab = torchattacks.FAB(tm, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
-                               n_classes=num_classes, seed=0)
+    ref_fab = torchattacks.FAB(
+        tm, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=num_classes, seed=0
+    )
     ref_apgd.n_target_classes = ref_fab.n_target_classes = 1
     xs, ys, ts, seed = tf.constant(x), tf.constant(y), tf.constant(target), tf.constant([0, 1], tf.int64)
 
@@ -111,13 +113,18 @@ def main() -> None:
             v = xt.clone().requires_grad_(True)
             torch.autograd.grad(tm(v).sum(), v)
 
-    cases = [("forward x10", tf_f, torch_f), ("forward+backward x10", tf_fb, torch_fb),
-             ("APGD-T, 1 target x100", lambda: apgd_run(xs, ys, ts, seed).numpy(), lambda: ref_apgd(xt, yt)),
-             ("FAB-T, 1 target x100", lambda: fab_run(xs, ys, ts, seed).numpy(), lambda: ref_fab(xt, yt))]
+    cases = [
+        ("forward x10", tf_f, torch_f),
+        ("forward+backward x10", tf_fb, torch_fb),
+        ("APGD-T, 1 target x100", lambda: apgd_run(xs, ys, ts, seed).numpy(), lambda: ref_apgd(xt, yt)),
+        ("FAB-T, 1 target x100", lambda: fab_run(xs, ys, ts, seed).numpy(), lambda: ref_fab(xt, yt)),
+    ]
     from tfrobust.evaluation import onednn_enabled
 
-    print(f"{len(x)} images, Linf eps {args.eps:g}/255, TF {tf.__version__} (oneDNN {onednn_enabled()}), "
-          f"torch {torch.__version__}")
+    print(
+        f"{len(x)} images, Linf eps {args.eps:g}/255, TF {tf.__version__} (oneDNN {onednn_enabled()}), "
+        f"torch {torch.__version__}"
+    )
     for name, ours, reference in cases:
         ours(), reference()  # warm-up (tracing, allocations)
         a, b = [], []
@@ -128,8 +135,11 @@ def main() -> None:
             began = time.perf_counter()
             reference()
             b.append(time.perf_counter() - began)
-        print(f"{name:24s} tfrobust {np.median(a):7.2f} s   torchattacks {np.median(b):7.2f} s   "
-              f"speed ratio {np.median(b) / np.median(a):.2f}", flush=True)
+        print(
+            f"{name:24s} tfrobust {np.median(a):7.2f} s   torchattacks {np.median(b):7.2f} s   "
+            f"speed ratio {np.median(b) / np.median(a):.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def main() -> None:
     with np.load(args.source, allow_pickle=False) as data:
         images, labels = data["image"], data["label"].astype(np.int64)
     order = np.random.default_rng(args.seed).permutation(len(labels))
-    test, train = order[: args.test_size], order[args.test_size:]
+    test, train = order[: args.test_size], order[args.test_size :]
     os.makedirs(args.out, exist_ok=True)
     # Not re-sorted: the copy is sorted by class, and a prefix of the files must be a uniform sample.
     for name, idx in (("c10_train.npz", train), ("c10_test.npz", test)):

@@ -57,8 +57,9 @@ def build_generated_set(directory: str, n: int, seed: int = 0) -> None:
         if out.has_shard(index):
             continue
         rng = np.random.default_rng([seed, index])
-        out.write_shard(index, rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
-                        rng.integers(0, 10, count, dtype=np.int64))
+        out.write_shard(
+            index, rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count, dtype=np.int64)
+        )
     out.finish({"images": n, "seconds_to_write": round(time.time() - start, 1)})
     print(f"wrote {n} images to {directory} in {time.time() - start:.1f} s", flush=True)
 
@@ -98,11 +99,16 @@ def main() -> None:
     from tfrobust.data.pipeline import train_dataset
 
     rng = np.random.default_rng(1)
-    real = Split(images=rng.integers(0, 256, (args.n_real, 32, 32, 3), dtype=np.uint8),
-                 labels=rng.integers(0, 10, args.n_real).astype(np.int64))
+    real = Split(
+        images=rng.integers(0, 256, (args.n_real, 32, 32, 3), dtype=np.uint8),
+        labels=rng.integers(0, 10, args.n_real).astype(np.int64),
+    )
     extra = open_extra_data([directory], num_classes=10)
-    print(f"generated: {len(extra)} images in {len(extra.shards)} shards; original: {len(real)} in memory; "
-          f"{os.cpu_count()} CPUs; TF {tf.__version__}", flush=True)
+    print(
+        f"generated: {len(extra)} images in {len(extra.shards)} shards; original: {len(real)} in memory; "
+        f"{os.cpu_count()} CPUs; TF {tf.__version__}",
+        flush=True,
+    )
     results = []
     for aug in args.augs:
         names = parse_aug(aug)
@@ -112,16 +118,37 @@ def main() -> None:
             steps_per_epoch = len(real) // batch_size
             for source in ("mixed", "original only"):
                 if source == "mixed":
-                    ds = mixed_train_dataset(real, extra, num_classes=10, batch_size=batch_size, real_ratio=args.ratio,
-                                             label_smoothing=0.1, seed=0, first_epoch=0,
-                                             steps_per_epoch=steps_per_epoch, augment=augment)
+                    ds = mixed_train_dataset(
+                        real,
+                        extra,
+                        num_classes=10,
+                        batch_size=batch_size,
+                        real_ratio=args.ratio,
+                        label_smoothing=0.1,
+                        seed=0,
+                        first_epoch=0,
+                        steps_per_epoch=steps_per_epoch,
+                        augment=augment,
+                    )
                 else:
-                    ds = train_dataset(real, num_classes=10, batch_size=batch_size, seed=0, first_epoch=0,
-                                       steps_per_epoch=steps_per_epoch, augment=augment)
+                    ds = train_dataset(
+                        real,
+                        num_classes=10,
+                        batch_size=batch_size,
+                        seed=0,
+                        first_epoch=0,
+                        steps_per_epoch=steps_per_epoch,
+                        augment=augment,
+                    )
                 rate = time_dataset(ds, args.steps, args.warmup, batch_size)
-                row = {"source": source, "aug": aug, "batch_size": batch_size, "images_per_second": round(rate),
-                       "peak_rss_mb": round(proc_status_kb("VmHWM") / 1024),
-                       "rss_anon_mb": round(proc_status_kb("RssAnon") / 1024)}
+                row = {
+                    "source": source,
+                    "aug": aug,
+                    "batch_size": batch_size,
+                    "images_per_second": round(rate),
+                    "peak_rss_mb": round(proc_status_kb("VmHWM") / 1024),
+                    "rss_anon_mb": round(proc_status_kb("RssAnon") / 1024),
+                }
                 results.append(row)
                 print(json.dumps(row), flush=True)
                 del ds
@@ -129,8 +156,10 @@ def main() -> None:
     print("| source | aug | batch | images/s | peak RSS (MB) | anon RSS (MB) |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['source']} | {r['aug']} | {r['batch_size']} | {r['images_per_second']:,} | "
-              f"{r['peak_rss_mb']:,} | {r['rss_anon_mb']:,} |")
+        print(
+            f"| {r['source']} | {r['aug']} | {r['batch_size']} | {r['images_per_second']:,} | "
+            f"{r['peak_rss_mb']:,} | {r['rss_anon_mb']:,} |"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "results": results}, handle, indent=2)

@@ -106,7 +106,7 @@ def wrn_forward_flops(depth: int, width: int, image_size: int = 32, channels: in
 def wrn_num_params(depth: int, width: int, channels: int = 3, classes: int = 10) -> int:
     """Trainable parameters: conv kernels, BN scale/offset, dense kernel + bias (a sanity check)."""
     total = 0
-    for name, kind, _hw, k, cin, cout, _f in wrn_layers(depth, width, 32, channels, classes):
+    for _name, kind, _hw, k, cin, cout, _f in wrn_layers(depth, width, 32, channels, classes):
         total += k * k * cin * cout + (cout if kind == "dense" else 0)
     n = (depth - 4) // 6
     widths = [16, 16 * width, 32 * width, 64 * width]
@@ -125,7 +125,9 @@ def trades_forward_equivalents(attack_steps: int, attack_backward: str = "full")
     try:
         b = _ATTACK_BACKWARD[attack_backward]
     except KeyError:
-        raise ValueError(f"attack_backward must be one of {sorted(_ATTACK_BACKWARD)}, got {attack_backward!r}")
+        raise ValueError(
+            f"attack_backward must be one of {sorted(_ATTACK_BACKWARD)}, got {attack_backward!r}"
+        ) from None
     if attack_steps < 0:
         raise ValueError("attack_steps must be >= 0")
     return 1 + attack_steps * (1 + b) + 2 * 3
@@ -148,8 +150,9 @@ def trades_step_flops(forward_flops: int, attack_steps: int, attack_backward: st
 def _read(cmd_or_path) -> str:
     try:
         if isinstance(cmd_or_path, list):
-            return subprocess.run(cmd_or_path, capture_output=True, text=True, timeout=10,
-                                  env={**os.environ, "LC_ALL": "C"}).stdout
+            return subprocess.run(
+                cmd_or_path, capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}
+            ).stdout
         with open(cmd_or_path) as f:
             return f.read()
     except (OSError, subprocess.SubprocessError):
@@ -208,8 +211,12 @@ def detect_cpu() -> dict:
     return info
 
 
-def cpu_peak_flops(cores: int | None = None, ghz: float | None = None,
-                   flops_per_cycle_per_core: float = ZEN3_FP32_FLOPS_PER_CYCLE, verbose: bool = True) -> float:
+def cpu_peak_flops(
+    cores: int | None = None,
+    ghz: float | None = None,
+    flops_per_cycle_per_core: float = ZEN3_FP32_FLOPS_PER_CYCLE,
+    verbose: bool = True,
+) -> float:
     """Peak fp32 FLOP/s = cores x ghz x 1e9 x flops_per_cycle_per_core.
 
     ``cores`` and ``ghz`` default to what ``detect_cpu`` reads from lscpu / /proc/cpuinfo on this machine;
@@ -232,8 +239,10 @@ def cpu_peak_flops(cores: int | None = None, ghz: float | None = None,
         notes.append(f"ghz={ghz:.3f} ({info['ghz_source']})")
     else:
         notes.append(f"ghz={ghz:.3f} (given)")
-    notes.append(f"{flops_per_cycle_per_core:g} fp32 FLOP/cycle/core"
-                 + (" (Zen3: 2x256-bit FMA)" if flops_per_cycle_per_core == ZEN3_FP32_FLOPS_PER_CYCLE else ""))
+    notes.append(
+        f"{flops_per_cycle_per_core:g} fp32 FLOP/cycle/core"
+        + (" (Zen3: 2x256-bit FMA)" if flops_per_cycle_per_core == ZEN3_FP32_FLOPS_PER_CYCLE else "")
+    )
     if info is not None and info["flags"]:
         if "avx512f" in info["flags"] and flops_per_cycle_per_core == ZEN3_FP32_FLOPS_PER_CYCLE:
             notes.append("WARNING: CPU has AVX-512; 32 FLOP/cycle may under-state the peak")
@@ -258,14 +267,18 @@ def main(argv=None):
     p.add_argument("--attack-steps", type=int, default=10)
     args = p.parse_args(argv)
     k = args.attack_steps
-    print(f"TRADES-{k}: full-backward convention = {trades_forward_equivalents(k, 'full')} F/image, "
-          f"input-gradient-only attack = {trades_forward_equivalents(k, 'input')} F/image")
+    print(
+        f"TRADES-{k}: full-backward convention = {trades_forward_equivalents(k, 'full')} F/image, "
+        f"input-gradient-only attack = {trades_forward_equivalents(k, 'input')} F/image"
+    )
     for name in args.model or ["wrn-16-4", "wrn-28-10"]:
         d, w = parse_wrn(name)
         f = wrn_forward_flops(d, w, args.image_size, 3, args.classes)
-        print(f"{name}: params {wrn_num_params(d, w, 3, args.classes) / 1e6:.2f}M, forward {f / 1e9:.4f} GFLOP/image, "
-              f"TRADES-{k} step {trades_step_flops(f, k) / 1e9:.3f} GFLOP/image (full), "
-              f"{trades_step_flops(f, k, 'input') / 1e9:.3f} GFLOP/image (input)")
+        print(
+            f"{name}: params {wrn_num_params(d, w, 3, args.classes) / 1e6:.2f}M, forward {f / 1e9:.4f} GFLOP/image, "
+            f"TRADES-{k} step {trades_step_flops(f, k) / 1e9:.3f} GFLOP/image (full), "
+            f"{trades_step_flops(f, k, 'input') / 1e9:.3f} GFLOP/image (input)"
+        )
     peak = cpu_peak_flops()
     print(f"peak {peak / 1e9:.1f} GFLOP/s")
 

@@ -66,8 +66,9 @@ def main() -> None:
                 out = logits(batch)[row]
                 reference = out if reference is None else reference
                 worst = max(worst, float(np.abs(out - reference).max()))
-            sizes = {n: float(np.abs(logits(example.repeat(n, 1, 1, 1))[0] - reference).max())
-                     for n in (1, 7, 63, 65, 250)}
+            sizes = {
+                n: float(np.abs(logits(example.repeat(n, 1, 1, 1))[0] - reference).max()) for n in (1, 7, 63, 65, 250)
+            }
             key = f"bench={benchmark},tf32={tf32}"
             result[key] = {"fixed64": worst, "sizes": sizes}
             print(key, result[key], flush=True)
@@ -83,8 +84,11 @@ def main() -> None:
         set_tf32(tf32)
         got = logits(x)
         key = f"f64,tf32={tf32}"
-        result[key] = {"maxabs": float(np.abs(got - exact).max()), "scale": float(np.abs(exact).max()),
-                       "argmax_diff": int((got.argmax(-1) != exact.argmax(-1)).sum())}
+        result[key] = {
+            "maxabs": float(np.abs(got - exact).max()),
+            "scale": float(np.abs(exact).max()),
+            "argmax_diff": int((got.argmax(-1) != exact.argmax(-1)).sum()),
+        }
         print(key, result[key], flush=True)
     with open(args.out, "x") as handle:
         json.dump(result, handle, indent=1)

@@ -71,8 +71,11 @@ def main(argv=None) -> dict:
     keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(0)
     network = build_model(
-        args.model, input_shape=(args.image_size, args.image_size, 3), num_classes=10,
-        mean=CIFAR10_MEAN, std=CIFAR10_STD,
+        args.model,
+        input_shape=(args.image_size, args.image_size, 3),
+        num_classes=10,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
     )
     trainer = AdversarialTrainer(
         network, loss="trades", attack=trades_attack("linf", 8 / 255, num_steps=args.attack_steps), seed=0

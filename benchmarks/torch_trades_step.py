@@ -183,8 +183,9 @@ def kl_div(p_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
     return (p_clean * (log_p - F.log_softmax(logits_adv, dim=1))).sum(dim=1)
 
 
-def trades_attack(model, x, p_clean, eps=8 / 255, steps=10, lr=0.1, lr_low=0.01,
-                  betas=(0.9, 0.999), adam_eps=1e-8, generator=None):
+def trades_attack(
+    model, x, p_clean, eps=8 / 255, steps=10, lr=0.1, lr_low=0.01, betas=(0.9, 0.999), adam_eps=1e-8, generator=None
+):
     """Adam inner maximisation of sum_batch KL(p_clean || softmax(model(x_adv))) in the Linf ball.
 
     Caller must hold ``frozen_bn_stats(model)`` (train-mode BN on batch stats, running stats untouched).
@@ -207,15 +208,16 @@ def trades_attack(model, x, p_clean, eps=8 / 255, steps=10, lr=0.1, lr_low=0.01,
         with torch.no_grad():
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            step = (lr if t <= switch else lr_low) / (1 - b1 ** t)
-            denom = (v / (1 - b2 ** t)).sqrt_().add_(adam_eps)
+            step = (lr if t <= switch else lr_low) / (1 - b1**t)
+            denom = (v / (1 - b2**t)).sqrt_().add_(adam_eps)
             x_adv.addcdiv_(m, denom, value=step)  # ascent
             x_adv = torch.minimum(torch.maximum(x_adv, lo), hi)
     return x_adv.detach()
 
 
-def trades_step(model, optimizer, x, y, decay, *, eps=8 / 255, attack_steps=10, beta=6.0,
-                weight_decay=5e-4, generator=None):
+def trades_step(
+    model, optimizer, x, y, decay, *, eps=8 / 255, attack_steps=10, beta=6.0, weight_decay=5e-4, generator=None
+):
     """One full TRADES training step; returns (loss, x_adv) as detached tensors."""
     model.train()
     with frozen_bn_stats(model):
@@ -254,7 +256,7 @@ def measured_matmul_peak(dtype) -> float:
         torch.cuda.synchronize()
         if i >= 3:
             times.append(time.perf_counter() - t0)
-    return 2 * 8192 ** 3 / statistics.median(times)
+    return 2 * 8192**3 / statistics.median(times)
 
 
 def build(args):
@@ -303,19 +305,22 @@ def run_check(args):
             start_gen = torch.Generator().manual_seed(123)
             x_start = (x + (2 * torch.rand(x.shape, generator=start_gen) - 1) * eps).clamp(0, 1)
             kl_start = kl_div(p_clean, model(x_start)).sum().item()
-        x_adv = trades_attack(model, x, p_clean, eps=eps, steps=args.attack_steps,
-                              generator=torch.Generator().manual_seed(123))
+        x_adv = trades_attack(
+            model, x, p_clean, eps=eps, steps=args.attack_steps, generator=torch.Generator().manual_seed(123)
+        )
         with torch.no_grad():
             kl_end = kl_div(p_clean, model(x_adv)).sum().item()
             model(x)  # the clean pass of the loss, also frozen
     linf = (x_adv - x).abs().amax().item()
     report("attack result inside the Linf ball", linf <= eps + 1e-6, f"max |x_adv - x| = {linf:.6f} <= eps {eps:.6f}")
-    report("attack result inside [0, 1]", x_adv.min().item() >= 0 and x_adv.max().item() <= 1,
-           f"range [{x_adv.min().item():.4f}, {x_adv.max().item():.4f}]")
+    report(
+        "attack result inside [0, 1]",
+        x_adv.min().item() >= 0 and x_adv.max().item() <= 1,
+        f"range [{x_adv.min().item():.4f}, {x_adv.max().item():.4f}]",
+    )
     same = all(torch.equal(v, bufs[k]) for k, v in model.named_buffers())
     report("running stats (and num_batches_tracked) unchanged by target pass + attack + clean pass", same)
-    report("attack increases the KL over its random start", kl_end > kl_start,
-           f"sum KL {kl_start:.4g} -> {kl_end:.4g}")
+    report("attack increases the KL over its random start", kl_end > kl_start, f"sum KL {kl_start:.4g} -> {kl_end:.4g}")
     before = {k: v.clone() for k, v in model.named_buffers()}
     with torch.no_grad():
         model(x_adv)
@@ -325,8 +330,11 @@ def run_check(args):
     f_model = flops.wrn_forward_flops(depth, width, args.image_size, 3, args.classes)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(x[:1])
-    report("FlopCounterMode forward FLOPs == flops.wrn_forward_flops", fc.get_total_flops() == f_model,
-           f"{fc.get_total_flops()} vs {f_model}")
+    report(
+        "FlopCounterMode forward FLOPs == flops.wrn_forward_flops",
+        fc.get_total_flops() == f_model,
+        f"{fc.get_total_flops()} vs {f_model}",
+    )
     with FlopCounterMode(display=False) as fc:
         trades_step(model, optimizer, x, y, decay, eps=eps, attack_steps=args.attack_steps, generator=gen)
     executed = fc.get_total_flops() / (f_model * x.shape[0])
@@ -335,10 +343,12 @@ def run_check(args):
     # half of init_conv in the clean and the adversarial backward: 2 x init_conv FLOPs below the convention.
     init_conv = flops.wrn_layers(depth, width, args.image_size, 3, args.classes)[0][-1]
     expect_exact = expect - 2 * init_conv / f_model
-    report("FLOPs PyTorch executes per step == the 'input' convention (less 2 x init_conv input-grad)",
-           abs(executed - expect_exact) < 1e-6,
-           f"{executed:.4f} F/image executed (expected {expect_exact:.4f}); conventions: input {expect}, "
-           f"full {flops.trades_forward_equivalents(args.attack_steps, 'full')}")
+    report(
+        "FLOPs PyTorch executes per step == the 'input' convention (less 2 x init_conv input-grad)",
+        abs(executed - expect_exact) < 1e-6,
+        f"{executed:.4f} F/image executed (expected {expect_exact:.4f}); conventions: input {expect}, "
+        f"full {flops.trades_forward_equivalents(args.attack_steps, 'full')}",
+    )
     print(f"[check] {'ALL PASS' if ok else 'SOME CHECKS FAILED'}")
     return ok
 
@@ -356,12 +366,17 @@ def main(argv=None):
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and data")
-    p.add_argument("--flop-convention", choices=["full", "input"], default="full",
-                   help="which flops.py convention the headline MFU uses (both are reported)")
+    p.add_argument(
+        "--flop-convention",
+        choices=["full", "input"],
+        default="full",
+        help="which flops.py convention the headline MFU uses (both are reported)",
+    )
     p.add_argument("--ghz", type=float, default=None, help="override the detected clock for the peak")
     p.add_argument("--flops-per-cycle", type=float, default=flops.ZEN3_FP32_FLOPS_PER_CYCLE)
-    p.add_argument("--check", action="store_true",
-                   help="run correctness checks on a tiny batch before timing (exit 1 on failure)")
+    p.add_argument(
+        "--check", action="store_true", help="run correctness checks on a tiny batch before timing (exit 1 on failure)"
+    )
     p.add_argument("--check-batch", type=int, default=4)
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON to OUT")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: a GPU step, timed with synchronisation")
@@ -380,7 +395,7 @@ def main(argv=None):
 
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)  # GPU work is asynchronous: sync before reading clocks
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and args.bf16 else contextlib.nullcontext())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and args.bf16 else contextlib.nullcontext()
     with autocast:
         for _ in range(args.warmup):
             trades_step(model, optimizer, x, y, decay, **kw)
@@ -436,13 +451,19 @@ def main(argv=None):
         "mfu_input": flops.mfu(step_flops["input"], sec, peak),
         "final_loss": float(loss) if loss is not None else None,
     }
-    print(f"torch {res['torch_version']} on {res['device']} ({res['cpu_capability']}, {res['threads']} threads) {res['model']} "
-          f"batch {args.batch_size} TRADES-{args.attack_steps}{' channels_last' if args.channels_last else ''}")
-    print(f"  {res['images_per_s']:.2f} images/s, {sec:.3f} s/step (median {res['sec_per_step_median']:.3f}) "
-          f"over {args.steps} steps after {args.warmup} warm-up")
-    print(f"  {res['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s of a {peak / 1e9:.1f} GFLOP/s peak: "
-          f"MFU {100 * res['mfu']:.2f}% ({args.flop_convention}: {res['forward_equivalents_per_image']} F/image; "
-          f"full {100 * res['mfu_full']:.2f}%, input {100 * res['mfu_input']:.2f}%), loss {res['final_loss']:.4f}")
+    print(
+        f"torch {res['torch_version']} on {res['device']} ({res['cpu_capability']}, {res['threads']} threads) {res['model']} "
+        f"batch {args.batch_size} TRADES-{args.attack_steps}{' channels_last' if args.channels_last else ''}"
+    )
+    print(
+        f"  {res['images_per_s']:.2f} images/s, {sec:.3f} s/step (median {res['sec_per_step_median']:.3f}) "
+        f"over {args.steps} steps after {args.warmup} warm-up"
+    )
+    print(
+        f"  {res['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s of a {peak / 1e9:.1f} GFLOP/s peak: "
+        f"MFU {100 * res['mfu']:.2f}% ({args.flop_convention}: {res['forward_equivalents_per_image']} F/image; "
+        f"full {100 * res['mfu_full']:.2f}%, input {100 * res['mfu_input']:.2f}%), loss {res['final_loss']:.4f}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

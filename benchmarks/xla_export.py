@@ -35,11 +35,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tfrobust  # noqa: E402,F401  (before TensorFlow: tfrobust sets oneDNN on)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import tfrobust  # noqa: E402,F401  (before TensorFlow: tfrobust sets oneDNN on)
 from tfrobust.attacks.pgd import trades_attack  # noqa: E402
 from tfrobust.config import DEFAULT_EPS  # noqa: E402
 from tfrobust.models.registry import build_model  # noqa: E402
@@ -50,17 +50,27 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 METRICS = ("loss", "ce", "clean_accuracy", "kl", "adv_accuracy")
 
 
-def build_step(model: str, batch_size: int, precision: str, attack_steps: int = 10, image_size: int = 32,
-               num_classes: int = 10, seed: int = 0, norm: str = "linf"):
+def build_step(
+    model: str,
+    batch_size: int,
+    precision: str,
+    attack_steps: int = 10,
+    image_size: int = 32,
+    num_classes: int = 10,
+    seed: int = 0,
+    norm: str = "linf",
+):
     """The trainer, a jit-compiled function `step(images, labels) -> (metrics, new variable values)`,
     and a synthetic batch. The trainer is built as `tfrobust train` builds it (TRADES, Linf 8/255 or L2
     128/255, SGD Nesterov 0.9 at the paper's peak learning rate for the batch)."""
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(seed)
-    network = build_model(model, input_shape=(image_size, image_size, 3), num_classes=num_classes,
-                          mean=CIFAR10_MEAN, std=CIFAR10_STD)
-    trainer = AdversarialTrainer(network, loss="trades", attack=trades_attack(norm, DEFAULT_EPS[norm], num_steps=attack_steps),
-                            seed=seed)
+    network = build_model(
+        model, input_shape=(image_size, image_size, 3), num_classes=num_classes, mean=CIFAR10_MEAN, std=CIFAR10_STD
+    )
+    trainer = AdversarialTrainer(
+        network, loss="trades", attack=trades_attack(norm, DEFAULT_EPS[norm], num_steps=attack_steps), seed=seed
+    )
     trainer.compile(optimizer=TraceSGD(max(0.1 * batch_size / 256, 0.1), momentum=0.9, nesterov=True))
     trainer.optimizer.build(network.trainable_variables)
     rng = np.random.default_rng(seed)
@@ -68,7 +78,9 @@ def build_step(model: str, batch_size: int, precision: str, attack_steps: int = 
     labels = tf.one_hot(rng.integers(0, num_classes, batch_size), num_classes)
     variables = _unique(
         _tf_variable(v)
-        for v in list(trainer.variables) + list(trainer.optimizer.variables) + [v for m in trainer.metrics for v in m.variables]
+        for v in list(trainer.variables)
+        + list(trainer.optimizer.variables)
+        + [v for m in trainer.metrics for v in m.variables]
     )
 
     def step(x, y):
@@ -92,16 +104,26 @@ def _unique(variables) -> list:
     return out
 
 
-def export(out: str, model: str, batch_size: int, precision: str, attack_steps: int = 10,
-           image_size: int = 32, values: bool = False, norm: str = "linf", pre_steps: int = 2) -> dict:
+def export(
+    out: str,
+    model: str,
+    batch_size: int,
+    precision: str,
+    attack_steps: int = 10,
+    image_size: int = 32,
+    values: bool = False,
+    norm: str = "linf",
+    pre_steps: int = 2,
+) -> dict:
     """Writes `out.hlo.pb` and `out.json` (and, with `values`, `out.npz`: every parameter's value and
     the outputs of one TensorFlow step, non-XLA and XLA, for the runner's check). Returns the spec.
 
     The checked step starts after `pre_steps` TensorFlow steps: from the initial weights the logits layer
     is zero, so every gradient but the logits layer's would be zero and the check would test little.
     """
-    trainer, step, (images, labels), variables = build_step(model, batch_size, precision, attack_steps, image_size,
-                                                            norm=norm)
+    trainer, step, (images, labels), variables = build_step(
+        model, batch_size, precision, attack_steps, image_size, norm=norm
+    )
     if values:
         for _ in range(pre_steps):
             trainer.train_step((images, labels))
@@ -120,12 +142,18 @@ def export(out: str, model: str, batch_size: int, precision: str, attack_steps: 
         captured.append(variable)
     spec = {
         "format": "tfrobust-xla-step-1",
-        "model": model, "batch_size": batch_size, "precision": precision, "attack_steps": attack_steps, "norm": norm,
-        "image_size": image_size, "num_classes": int(labels.shape[-1]),
+        "model": model,
+        "batch_size": batch_size,
+        "precision": precision,
+        "attack_steps": attack_steps,
+        "norm": norm,
+        "image_size": image_size,
+        "num_classes": int(labels.shape[-1]),
         "params": params,
         "metric_outputs": list(METRICS),
         "variable_outputs": [v.name for v in variables],
-        "tensorflow": tf.__version__, "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
         "lowering_seconds": lower_s,
     }
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -172,16 +200,30 @@ def main(argv=None) -> None:
     p.add_argument("--precision", default="mixed_bfloat16", choices=["float32", "mixed_bfloat16"])
     p.add_argument("--attack-steps", type=int, default=10)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"],
-                   help="the attack's threat model (l2's normalised-gradient steps are smooth in the gradient: "
-                        "the tight cross-device check; Linf's Adam steps take the sign of rounding-level gradients)")
+    p.add_argument(
+        "--norm",
+        default="linf",
+        choices=["linf", "l2"],
+        help="the attack's threat model (l2's normalised-gradient steps are smooth in the gradient: "
+        "the tight cross-device check; Linf's Adam steps take the sign of rounding-level gradients)",
+    )
     p.add_argument("--values", action="store_true", help="also save inputs and TensorFlow's outputs (a check)")
     p.add_argument("--out", required=True, help="path prefix: writes PREFIX.hlo.pb, PREFIX.json (and PREFIX.npz)")
     args = p.parse_args(argv)
-    spec = export(args.out, args.model, args.batch_size, args.precision, args.attack_steps, args.image_size,
-                  args.values, args.norm)
-    print(f"{args.out}.hlo.pb: {args.model} batch {args.batch_size} {args.precision}, "
-          f"{len(spec['params'])} parameters, lowered in {spec['lowering_seconds']:.1f} s")
+    spec = export(
+        args.out,
+        args.model,
+        args.batch_size,
+        args.precision,
+        args.attack_steps,
+        args.image_size,
+        args.values,
+        args.norm,
+    )
+    print(
+        f"{args.out}.hlo.pb: {args.model} batch {args.batch_size} {args.precision}, "
+        f"{len(spec['params'])} parameters, lowered in {spec['lowering_seconds']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

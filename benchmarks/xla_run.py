@@ -76,7 +76,10 @@ def compile_step(hlo: bytes, matmul_precision: str = "default"):
             raise RuntimeError("an mhlo.copy of an unexpected form is left in the program")
         if matmul_precision != "default":
             text = text.replace("#stablehlo<precision DEFAULT>", f"#stablehlo<precision {matmul_precision.upper()}>")
-            text = text.replace("precision = [DEFAULT, DEFAULT]", f"precision = [{matmul_precision.upper()}, {matmul_precision.upper()}]")
+            text = text.replace(
+                "precision = [DEFAULT, DEFAULT]",
+                f"precision = [{matmul_precision.upper()}, {matmul_precision.upper()}]",
+            )
         module = ir.Module.parse(text)
         executable = compiler.backend_compile_and_load(
             device.client, module, xla_client.DeviceList((device,)), options, []
@@ -89,7 +92,12 @@ def group_of(name: str) -> str:
         return "metrics"
     if "moving_" in name:
         return "batch_norm_statistics"
-    if name.startswith(("sgd", "adam", "optimizer")) or "/iteration" in name or "momentum" in name or "learning_rate" in name:
+    if (
+        name.startswith(("sgd", "adam", "optimizer"))
+        or "/iteration" in name
+        or "momentum" in name
+        or "learning_rate" in name
+    ):
         return "optimizer"
     return "weights"
 
@@ -151,16 +159,20 @@ def check(prefix: str, spec: dict, step: Step, tolerance: float) -> dict:
         rows = {g: {"max_abs": 0.0, "scale": 0.0} for g in GROUPS}
         for name, value in zip(spec["metric_outputs"], metrics):
             expected = values[f"{reference}_metric_{name}"]
-            rows["metrics"]["max_abs"] = max(rows["metrics"]["max_abs"], float(np.max(np.abs(np.asarray(value) - expected))))
+            rows["metrics"]["max_abs"] = max(
+                rows["metrics"]["max_abs"], float(np.max(np.abs(np.asarray(value) - expected)))
+            )
             rows["metrics"]["scale"] = max(rows["metrics"]["scale"], float(np.max(np.abs(expected))))
         for k, name in enumerate(spec["variable_outputs"]):
             i = [p["name"] for p in spec["params"]].index(name)
             expected = values[f"{reference}_var_{k:04d}"]
             got = np.asarray(new[i])
             g = group_of(name)
-            rows[g]["max_abs"] = max(rows[g]["max_abs"], float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0)
+            rows[g]["max_abs"] = max(
+                rows[g]["max_abs"], float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
+            )
             rows[g]["scale"] = max(rows[g]["scale"], float(np.max(np.abs(expected))) if got.size else 0.0)
-        for g, row in rows.items():
+        for row in rows.values():
             row["relative"] = row["max_abs"] / max(row["scale"], 1e-12)
             worst = max(worst, row["relative"])
         report[f"vs_{reference}"] = rows
@@ -197,8 +209,13 @@ def time_step(spec: dict, step: Step, steps: int, warmup: int, seed: int = 0) ->
         losses.append(float(np.asarray(metrics[0])))  # reading the loss waits for the step
         times.append(time.perf_counter() - start)
     seconds = float(np.mean(times))
-    return {"seconds_per_step": seconds, "seconds_per_step_median": float(np.median(times)),
-            "step_times_s": times, "images_per_second": spec["batch_size"] / seconds, "losses": losses}
+    return {
+        "seconds_per_step": seconds,
+        "seconds_per_step_median": float(np.median(times)),
+        "step_times_s": times,
+        "images_per_second": spec["batch_size"] / seconds,
+        "losses": losses,
+    }
 
 
 def main(argv=None) -> dict:
@@ -219,11 +236,17 @@ def main(argv=None) -> dict:
     step = Step(spec, executable)
     device = jax.devices()[0]
     result = {
-        "program": os.path.basename(args.prefix), "model": spec["model"], "batch_size": spec["batch_size"],
-        "precision": spec["precision"], "attack_steps": spec["attack_steps"],
+        "program": os.path.basename(args.prefix),
+        "model": spec["model"],
+        "batch_size": spec["batch_size"],
+        "precision": spec["precision"],
+        "attack_steps": spec["attack_steps"],
         "exported_by": f"tensorflow {spec['tensorflow']}, keras {spec['keras']}",
-        "run_by": f"jax {jax.__version__}", "device": getattr(device, "device_kind", str(device)),
-        "platform": device.platform, "host": platform.machine(), "matmul_precision": args.matmul_precision,
+        "run_by": f"jax {jax.__version__}",
+        "device": getattr(device, "device_kind", str(device)),
+        "platform": device.platform,
+        "host": platform.machine(),
+        "matmul_precision": args.matmul_precision,
         "compile_seconds": compile_s,
     }
     stats = executable.get_compiled_memory_stats()
@@ -236,7 +259,9 @@ def main(argv=None) -> dict:
         result.update(time_step(spec, step, args.steps, args.warmup))
         depth, width = flops.parse_wrn(spec["model"])
         forward = flops.wrn_forward_flops(depth, width, image_size=spec["image_size"])
-        per_image = {c: flops.trades_step_flops(forward, spec["attack_steps"], attack_backward=c) for c in ("input", "full")}
+        per_image = {
+            c: flops.trades_step_flops(forward, spec["attack_steps"], attack_backward=c) for c in ("input", "full")
+        }
         achieved = {c: f * spec["batch_size"] / result["seconds_per_step"] for c, f in per_image.items()}
         result["forward_flops_per_image"] = forward
         result["achieved_tflops"] = {c: a / 1e12 for c, a in achieved.items()}

@@ -50,12 +50,21 @@ def tiny_model_and_data(out: str) -> tuple[object, str, np.ndarray, np.ndarray]:
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(10)(x)  # logits: attacks need them, not probabilities
     model = keras.Model(inputs, outputs, name="digits_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     model.fit(images[train], labels[train], batch_size=64, epochs=5, verbose=0)
 
-    path = export_model(model, os.path.join(out, "saved_models", "digits-cnn"), norm="linf", eps=8 / 255,
-                        class_names=[str(d) for d in range(10)], dataset="digits")
+    path = export_model(
+        model,
+        os.path.join(out, "saved_models", "digits-cnn"),
+        norm="linf",
+        eps=8 / 255,
+        class_names=[str(d) for d in range(10)],
+        dataset="digits",
+    )
     print(f"exported: {path}")
     return model, path, images[test], labels[test]
 
@@ -96,19 +105,31 @@ def main(argv: list[str] | None = None) -> int:
         # The report `tfrobust eval` would write, for any model: clean and per-stage robust accuracy, and the
         # adversarial images (the clean image where no attack succeeded), as AutoAttack's
         # run_standard_evaluation returns them (`autoattack(...)` returns only those).
-        evaluation = evaluate(model_path, images, labels, attack=args.attack, norm=args.norm, eps=args.eps,
-                              dataset="digits" if args.tiny else args.data, split="test" if args.tiny else "all",
-                              batch_size=args.batch_size, input_range=args.input_range, keep_adversarial=True,
-                              report=os.path.join(out, f"report-{time.strftime('%Y%m%d-%H%M%S')}.json"),
-                              verbose=False)
+        evaluation = evaluate(
+            model_path,
+            images,
+            labels,
+            attack=args.attack,
+            norm=args.norm,
+            eps=args.eps,
+            dataset="digits" if args.tiny else args.data,
+            split="test" if args.tiny else "all",
+            batch_size=args.batch_size,
+            input_range=args.input_range,
+            keep_adversarial=True,
+            report=os.path.join(out, f"report-{time.strftime('%Y%m%d-%H%M%S')}.json"),
+            verbose=False,
+        )
         print(evaluation.table)
         print(f"report: {evaluation.report_path}")
         if args.tiny:
             # The export and the in-memory Keras model are the same classifier: the Keras model misclassifies
             # exactly the adversarial images the evaluation of the export verified.
             predicted = model.predict(evaluation.adversarial, verbose=0).argmax(-1)
-            print(f"Keras model on the adversarial images: {100 * float((predicted == labels).mean()):.2f}% "
-                  f"accuracy (robust accuracy of the export: {100 * evaluation.robust_accuracy:.2f}%)")
+            print(
+                f"Keras model on the adversarial images: {100 * float((predicted == labels).mean()):.2f}% "
+                f"accuracy (robust accuracy of the export: {100 * evaluation.robust_accuracy:.2f}%)"
+            )
     except UserError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1

@@ -45,7 +45,7 @@ def load_data(tiny: bool) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarr
     images = rng.uniform(0, 120, (320, 32, 32, 3))
     for i, k in enumerate(labels):
         row, col = divmod(int(k), 4)
-        images[i, 8 * row:8 * row + 8, 8 * col:8 * col + 8] = 230
+        images[i, 8 * row : 8 * row + 8, 8 * col : 8 * col + 8] = 230
     images = images.astype(np.uint8)
     return (images[:256], labels[:256]), (images[256:], labels[256:])
 
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     keras.utils.set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = load_data(args.tiny)
     model = keras.applications.MobileNetV3Small(
-        input_shape=(size, size, 3), weights=None if args.tiny else "imagenet", include_top=False, pooling="avg")
+        input_shape=(size, size, 3), weights=None if args.tiny else "imagenet", include_top=False, pooling="avg"
+    )
     # A new 10-class head on the pretrained features; logits, not probabilities.
     outputs = keras.layers.Dense(10, name="logits")(keras.layers.Dropout(0.2)(model.output))
     network = keras.Model(model.input, outputs, name="mobilenetv3small_cifar10")
@@ -76,11 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
         images = tf.image.resize(tf.cast(images, tf.float32) / 255.0, (size, size))
         return tf.clip_by_value(images, 0.0, 1.0), labels
 
-    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train.astype(np.int64)))
-             .shuffle(len(x_train), seed=args.seed).batch(batch_size, drop_remainder=True)
-             .map(to_unit_range, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+    train = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train.astype(np.int64)))
+        .shuffle(len(x_train), seed=args.seed)
+        .batch(batch_size, drop_remainder=True)
+        .map(to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     trainer = tfrobust.AdversarialTrainer(
-        network, loss="trades", eps=args.eps, norm="linf", beta=6.0, attack_steps=2 if args.tiny else 10,
+        network,
+        loss="trades",
+        eps=args.eps,
+        norm="linf",
+        beta=6.0,
+        attack_steps=2 if args.tiny else 10,
         input_range=(0, 255),  # the data is in [0, 1]; MobileNetV3 rescales 0..255 inside
         seed=args.seed,
     )
@@ -97,8 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
     path = os.path.join(args.out, "finetuned.keras")
     finetuned.save(path)
     result = {"clean_accuracy": accuracy, "test_images": len(x_test), "seconds": round(time.time() - start, 1)}
-    print(f"fine-tuned averaged model: clean accuracy {accuracy:.4f} on {len(x_test)} test images; wrote {path} "
-          f"({result['seconds']} s)", flush=True)
+    print(
+        f"fine-tuned averaged model: clean accuracy {accuracy:.4f} on {len(x_test)} test images; wrote {path} "
+        f"({result['seconds']} s)",
+        flush=True,
+    )
     return result
 
 

@@ -49,7 +49,7 @@ def load_data(tiny: bool) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarr
     images = rng.uniform(0, 120, (728, 16, 16, 3))
     for i, k in enumerate(labels):
         row, col = divmod(int(k), 4)
-        images[i, 4 * row:4 * row + 4, 4 * col:4 * col + 4] = 200 + 50 * np.array([k % 2, k % 3 / 2, k % 5 / 4])
+        images[i, 4 * row : 4 * row + 4, 4 * col : 4 * col + 4] = 200 + 50 * np.array([k % 2, k % 3 / 2, k % 5 / 4])
     images = images.astype(np.uint8)
     return (images[:600], labels[:600]), (images[600:], labels[600:]), 10
 
@@ -67,8 +67,9 @@ def small_cnn(input_shape: tuple[int, int, int], classes: int) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(classes)(x), name="small_cnn")
 
 
-def training_pipeline(images: np.ndarray, labels: np.ndarray, classes: int, batch_size: int,
-                      seed: int) -> tf.data.Dataset:
+def training_pipeline(
+    images: np.ndarray, labels: np.ndarray, classes: int, batch_size: int, seed: int
+) -> tf.data.Dataset:
     """Endless batches of ([0, 1] images, soft labels), Pad & Crop then CutMix, seeded per batch."""
     pad_crop = tfrobust.layers.PadCrop(padding=images.shape[1] // 8)
     cutmix = tfrobust.layers.CutMix()
@@ -103,17 +104,27 @@ def main(argv: list[str] | None = None) -> dict:
     model = small_cnn(x_train.shape[1:], classes)
     steps = len(x_train) // batch_size
     trainer = tfrobust.AdversarialTrainer(
-        model, loss="trades", eps=8 / 255, norm="linf", beta=6.0,
+        model,
+        loss="trades",
+        eps=8 / 255,
+        norm="linf",
+        beta=6.0,
         attack_steps=2 if args.tiny else 10,
         labels_as_attack_target=True,  # CutMix: the attack targets the mixed labels, as the reference does
         seed=args.seed,
     )
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=epochs * steps, warmup_target=0.1,
-                                                      warmup_steps=steps)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=epochs * steps, warmup_target=0.1, warmup_steps=steps
+    )
     trainer.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True))
     averaging = tfrobust.callbacks.WeightAveraging(decay=0.9 if args.tiny else 0.999)
-    trainer.fit(training_pipeline(x_train, y_train, classes, batch_size, args.seed), epochs=epochs,
-                steps_per_epoch=steps, callbacks=[averaging], verbose=2)
+    trainer.fit(
+        training_pipeline(x_train, y_train, classes, batch_size, args.seed),
+        epochs=epochs,
+        steps_per_epoch=steps,
+        callbacks=[averaging],
+        verbose=2,
+    )
 
     averaged = averaging.sync_averaged_network()
     logits = averaged.predict(x_test.astype(np.float32) / 255.0, batch_size=256, verbose=0)
@@ -122,9 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
     averaged.save(os.path.join(args.out, "averaged.keras"))
     averaged.export(os.path.join(args.out, "saved_model"), verbose=False)
     result = {"clean_accuracy": accuracy, "test_images": len(x_test), "seconds": round(time.time() - start, 1)}
-    print(f"averaged model: clean accuracy {accuracy:.4f} on {len(x_test)} test images; wrote "
-          f"{os.path.join(args.out, 'averaged.keras')} and {os.path.join(args.out, 'saved_model')} "
-          f"({result['seconds']} s)", flush=True)
+    print(
+        f"averaged model: clean accuracy {accuracy:.4f} on {len(x_test)} test images; wrote "
+        f"{os.path.join(args.out, 'averaged.keras')} and {os.path.join(args.out, 'saved_model')} "
+        f"({result['seconds']} s)",
+        flush=True,
+    )
     return result
 
 

@@ -48,8 +48,9 @@ for synchronized in (False, True):
 
     @tf.function
     def step(batch, trainer=trainer):
-        return strategy.run(lambda x, y: trainer.loss_and_gradients(*trainer.prepare_batch((x, y)))["adv_images"],
-                            args=batch)
+        return strategy.run(
+            lambda x, y: trainer.loss_and_gradients(*trainer.prepare_batch((x, y)))["adv_images"], args=batch
+        )
 
     adv = strategy.experimental_local_results(step(next(iter(data))))
     report[f"{key}_adv"] = [a.numpy().tolist() for a in adv]
@@ -61,5 +62,6 @@ for synchronized in (False, True):
     report.setdefault("fit_loss", []).append(history.history["loss"][-1])
     report.setdefault("averaging_updates", []).append(int(averaging.num_updates.numpy()))
     report.setdefault("averages_mirrored", []).append(
-        len(strategy.experimental_local_results(averaging.averages[0].value)) == 2)
+        len(strategy.experimental_local_results(averaging.averages[0].value)) == 2
+    )
 print("REPORT " + json.dumps(report))

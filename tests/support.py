@@ -48,9 +48,31 @@ def write_digits_npz(path, n: int = 400) -> str:
 def tiny_train_args(npz: str, out: str, export_dir: str, epochs: int = 2) -> list[str]:
     """CLI arguments of a training run that takes seconds: wrn-10-1 on a 400-image digits npz."""
     return [
-        "train", "--dataset", f"npz:{npz}", "--model", "wrn-10-1", "--batch-size", "32", "--epochs", str(epochs),
-        "--val-size", "64", "--eval-every", "1", "--attack-steps", "2", "--warmup-epochs", "1", "--eps", "0.1",
-        "--ema-decay", "0.9", "--export-dir", export_dir, "--out", out,
+        "train",
+        "--dataset",
+        f"npz:{npz}",
+        "--model",
+        "wrn-10-1",
+        "--batch-size",
+        "32",
+        "--epochs",
+        str(epochs),
+        "--val-size",
+        "64",
+        "--eval-every",
+        "1",
+        "--attack-steps",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--eps",
+        "0.1",
+        "--ema-decay",
+        "0.9",
+        "--export-dir",
+        export_dir,
+        "--out",
+        out,
     ]
 
 
@@ -141,7 +163,7 @@ def check_inside(adv, x, norm, eps):
     elif norm == "l1":
         n = np.abs(d).sum(1)
     else:
-        n = np.sqrt((d ** 2).sum(1))
+        n = np.sqrt((d**2).sum(1))
     assert np.all(n <= eps * (1 + 1e-6) + 1e-6)
 
 

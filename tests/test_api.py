@@ -26,8 +26,9 @@ EPS = 0.3
 MOMENTUM = 0.5  # far from 1, so one moving-statistics update more or less shows
 
 
-def user_cnn(seed=0, classes=10, shape=(12, 12, 3), batch_norm=True, synchronized=False, momentum=MOMENTUM,
-             regularizer=None):
+def user_cnn(
+    seed=0, classes=10, shape=(12, 12, 3), batch_norm=True, synchronized=False, momentum=MOMENTUM, regularizer=None
+):
     """A user-style functional CNN with plain keras BatchNormalization (or none)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape)
@@ -80,11 +81,15 @@ def numpy_forward_moments(model, images):
 
 
 def bn_state(model):
-    return {layer.name: (layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
-            for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)}
+    return {
+        layer.name: (layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
 
 
 # ------------------------------------------------------------------ the BatchNorm rule for any model
+
 
 @pytest.mark.parametrize("loss", ["trades", "pgd-at"])
 def test_plain_keras_batchnorm_moves_once_per_step_by_the_adversarial_batch(loss):
@@ -113,8 +118,9 @@ def test_keras_application_batchnorm_moves_once_per_step_by_the_adversarial_batc
     """MobileNetV3Small (weights=None, 32x32, 10 classes; its own Rescaling expects 0..255): every BatchNorm's
     moving statistics after one step equal those of one plain Keras training call on the adversarial images."""
     keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=10,
-                                                classifier_activation=None, dropout_rate=0.0)
+    model = keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None, dropout_rate=0.0
+    )
     bn_layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in bn_layers:
         layer.momentum = MOMENTUM  # 0.999 in MobileNetV3: one update more or less would hardly show
@@ -127,6 +133,7 @@ def test_keras_application_batchnorm_moves_once_per_step_by_the_adversarial_batc
     after = bn_state(model)
     adv = attack.last.numpy()
     assert np.abs(adv - images).max() > 0.1
+
     def keras_updates(*batches):
         """Moving statistics after ordinary Keras training calls on `batches` (0..255) from the same start."""
         for variable, value in zip(model.non_trainable_variables, start):
@@ -161,10 +168,16 @@ def test_batchnorm_rule_under_mirrored_strategy_on_two_devices():
     import json
 
     env = {**os.environ, "PYTHONPATH": REPO}
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "api_distributed_check.py")], env=env,
-                            capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "api_distributed_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads([l for l in result.stdout.splitlines() if l.startswith("REPORT ")][-1][len("REPORT "):])
+    report = json.loads([l for l in result.stdout.splitlines() if l.startswith("REPORT ")][-1][len("REPORT ") :])
     # Per replica (synchronized=False): copy k is one momentum update with replica k's adversarial rows.
     for k in range(2):
         adv = np.array(report["per_replica_adv"][k])
@@ -176,8 +189,9 @@ def test_batchnorm_rule_under_mirrored_strategy_on_two_devices():
     adv = np.concatenate([np.array(a) for a in report["sync_adv"]])
     for k in range(2):
         np.testing.assert_allclose(report["sync_mean"][k], (1 - MOMENTUM) * adv.mean(axis=(0, 1, 2)), atol=2e-5)
-        np.testing.assert_allclose(report["sync_var"][k], MOMENTUM + (1 - MOMENTUM) * adv.var(axis=(0, 1, 2)),
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            report["sync_var"][k], MOMENTUM + (1 - MOMENTUM) * adv.var(axis=(0, 1, 2)), rtol=1e-4
+        )
     assert report["sync_attack_unrolled"] and not report["per_replica_attack_unrolled"]
     assert all(np.isfinite(report["fit_loss"]))
     # WeightAveraging created by fit (no network given) under the strategy: mirrored, one update per step.
@@ -185,6 +199,7 @@ def test_batchnorm_rule_under_mirrored_strategy_on_two_devices():
 
 
 # ------------------------------------------------------------------ inputs and labels
+
 
 def _weights_after_one_step(trainer, model, batch):
     trainer.compile(optimizer=keras.optimizers.SGD(0.5))
@@ -212,11 +227,14 @@ def test_uint8_images_are_divided_by_255():
     np.testing.assert_array_equal(labels.numpy(), np.eye(10)[np.arange(16) % 10])
 
 
-@pytest.mark.parametrize("labels, message", [
-    (np.zeros((16, 5), np.float32), "labels have 5 classes but the model's logits have 10"),
-    (np.zeros((16, 10, 1), np.float32), "labels must be class ids"),
-    (np.zeros((16, 10), np.int64), "labels must be class ids"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.zeros((16, 5), np.float32), "labels have 5 classes but the model's logits have 10"),
+        (np.zeros((16, 10, 1), np.float32), "labels must be class ids"),
+        (np.zeros((16, 10), np.int64), "labels must be class ids"),
+    ],
+)
 def test_label_mismatches_are_one_clear_error(labels, message):
     images, _ = data()
     trainer = tfrobust.AdversarialTrainer(user_cnn(), eps=EPS)
@@ -258,8 +276,12 @@ def test_input_range_and_preprocess_equal_the_conversion_inside_the_model():
 
     inner = user_cnn()
     trainer = tfrobust.AdversarialTrainer(
-        inner, eps=EPS, attack_steps=3, input_range=(0, 255),
-        preprocess=keras.layers.Normalization(mean=[m * 255 for m in mean], variance=[v * 255**2 for v in variance]))
+        inner,
+        eps=EPS,
+        attack_steps=3,
+        input_range=(0, 255),
+        preprocess=keras.layers.Normalization(mean=[m * 255 for m in mean], variance=[v * 255**2 for v in variance]),
+    )
     actual = _weights_after_one_step(trainer, inner, batch)
     for a, b in zip(actual, expected):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
@@ -267,11 +289,11 @@ def test_input_range_and_preprocess_equal_the_conversion_inside_the_model():
     delta = step["adv_images"].numpy() - images
     assert 0.2 < np.abs(delta).max() <= EPS + 1e-6  # the eps ball is in [0, 1] units
     # The inference model takes [0, 1] images, as the trainer does.
-    np.testing.assert_allclose(trainer.inference_model()(images).numpy(), trainer(images).numpy(), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(trainer.inference_model()(images).numpy(), trainer(images).numpy(), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ weight decay and the model's own losses
+
 
 def test_decayed_variables_are_kernels_and_biases_never_normalisation():
     inputs = keras.Input((8, 8, 3))
@@ -283,14 +305,32 @@ def test_decayed_variables_are_kernels_and_biases_never_normalisation():
     x = keras.layers.Flatten()(x)
     model = keras.Model(inputs, keras.layers.Dense(3, name="dense")(x))
     names = sorted(v.path for v in decayed_variables(model))
-    assert names == sorted(["conv/kernel", "conv/bias", "depthwise/kernel", "depthwise/bias",
-                            "separable/depthwise_kernel", "separable/pointwise_kernel", "separable/bias",
-                            "dense/kernel", "dense/bias"])
+    assert names == sorted(
+        [
+            "conv/kernel",
+            "conv/bias",
+            "depthwise/kernel",
+            "depthwise/bias",
+            "separable/depthwise_kernel",
+            "separable/pointwise_kernel",
+            "separable/bias",
+            "dense/kernel",
+            "dense/bias",
+        ]
+    )
     # tfrobust's WRN: the conv kernels, the dense kernel and the dense bias, in the model's order.
     wrn = build_model("wrn-10-1", input_shape=(8, 8, 3), num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
-    expected = [w for layer in wrn._flatten_layers(include_self=False) for w in (
-        [layer.kernel] if isinstance(layer, keras.layers.Conv2D) else
-        [layer.kernel, layer.bias] if isinstance(layer, keras.layers.Dense) else [])]
+    expected = [
+        w
+        for layer in wrn._flatten_layers(include_self=False)
+        for w in (
+            [layer.kernel]
+            if isinstance(layer, keras.layers.Conv2D)
+            else [layer.kernel, layer.bias]
+            if isinstance(layer, keras.layers.Dense)
+            else []
+        )
+    ]
     assert [v.path for v in decayed_variables(wrn)] == [v.path for v in expected]
 
 
@@ -301,17 +341,30 @@ def test_the_models_own_regularisation_losses_are_added():
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     step = trainer.loss_and_gradients(*trainer.prepare_batch((images, labels)))
     parts = step["parts"]
-    expected = float(parts["ce"] + 6.0 * parts["kl"]) + 0.05 * float(np.sum(model.get_layer("logits").kernel.numpy() ** 2))
+    expected = float(parts["ce"] + 6.0 * parts["kl"]) + 0.05 * float(
+        np.sum(model.get_layer("logits").kernel.numpy() ** 2)
+    )
     assert float(step["total"]) == pytest.approx(expected, rel=1e-5)
 
 
 # ------------------------------------------------------------------ serialisation
 
+
 def test_config_round_trip_and_keras_files(tmp_path):
     model = user_cnn()
-    trainer = tfrobust.AdversarialTrainer(model, loss="pgd-at", eps=0.5, norm="l2", beta=3.0, attack_steps=4,
-                                          attack_optimizer="sign", weight_decay=1e-4, input_range=(-1, 1),
-                                          preprocess=keras.layers.Rescaling(2.0), seed=5)
+    trainer = tfrobust.AdversarialTrainer(
+        model,
+        loss="pgd-at",
+        eps=0.5,
+        norm="l2",
+        beta=3.0,
+        attack_steps=4,
+        attack_optimizer="sign",
+        weight_decay=1e-4,
+        input_range=(-1, 1),
+        preprocess=keras.layers.Rescaling(2.0),
+        seed=5,
+    )
     config = trainer.get_config()
     clone = tfrobust.AdversarialTrainer.from_config(config)
     assert clone.get_config() == config
@@ -342,6 +395,7 @@ def test_a_custom_attack_has_no_config():
 
 # ------------------------------------------------------------------ callbacks in a plain fit
 
+
 class RecordWeights(keras.callbacks.Callback):
     def __init__(self, network):
         super().__init__()
@@ -362,8 +416,9 @@ def test_weight_averaging_in_a_plain_fit_of_a_trainer_and_of_a_keras_model():
             fitted.compile(optimizer=keras.optimizers.SGD(0.1))
         else:
             fitted = model
-            fitted.compile(optimizer=keras.optimizers.SGD(0.1),
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            fitted.compile(
+                optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            )
         recorder, averaging = RecordWeights(model), tfrobust.callbacks.WeightAveraging(decay=0.5)
         fitted.fit(dataset, epochs=1, verbose=0, callbacks=[recorder, averaging])
         fitted.fit(dataset, epochs=1, verbose=0, callbacks=[recorder, averaging])  # continues the same average
@@ -376,8 +431,9 @@ def test_weight_averaging_in_a_plain_fit_of_a_trainer_and_of_a_keras_model():
             np.testing.assert_allclose(average.numpy(), value, rtol=1e-5, atol=1e-6)
         assert int(averaging.num_updates.numpy()) == 6
         averaged = averaging.sync_averaged_network()
-        assert any(np.abs(a.numpy() - w.numpy()).max() > 0 for a, w in zip(averaged.trainable_weights,
-                                                                            model.trainable_weights))
+        assert any(
+            np.abs(a.numpy() - w.numpy()).max() > 0 for a, w in zip(averaged.trainable_weights, model.trainable_weights)
+        )
 
 
 def test_model_selection_in_a_plain_fit_keeps_the_best_averaged_weights(capsys):
@@ -388,8 +444,12 @@ def test_model_selection_in_a_plain_fit_keeps_the_best_averaged_weights(capsys):
     averaging = tfrobust.callbacks.WeightAveraging(decay=0.5)
     held_out = tf.data.Dataset.from_tensor_slices((images[:16], labels[:16])).batch(8)
     selection = tfrobust.callbacks.ModelSelection(averaging, validation_data=held_out)
-    history = trainer.fit(tf.data.Dataset.from_tensors((images[16:], labels[16:])).repeat(2), epochs=3, verbose=0,
-                          callbacks=[averaging, selection])
+    history = trainer.fit(
+        tf.data.Dataset.from_tensors((images[16:], labels[16:])).repeat(2),
+        epochs=3,
+        verbose=0,
+        callbacks=[averaging, selection],
+    )
     robust = history.history["val_avg_pgd40_accuracy"]
     assert len(robust) == 3 and all(0.0 <= r <= 1.0 for r in robust)
     assert selection.best["epoch"] == 1 + int(np.argmax(robust))
@@ -405,12 +465,19 @@ def test_model_selection_in_a_plain_fit_keeps_the_best_averaged_weights(capsys):
 
 # ------------------------------------------------------------------ layers in a tf.data map
 
+
 def test_layers_run_in_a_tf_data_map_with_explicit_seeds():
     images, labels = data(batch=8)
     one_hot = np.eye(10, dtype=np.float32)[labels]
-    layers = [tfrobust.layers.PadCrop(padding=2), tfrobust.layers.CutMix(), tfrobust.layers.MixUp(),
-              tfrobust.layers.Cutout(window=4), tfrobust.layers.Ricap(), tfrobust.layers.AutoAugment(),
-              tfrobust.layers.RandAugment(num_ops=2, magnitude=9)]
+    layers = [
+        tfrobust.layers.PadCrop(padding=2),
+        tfrobust.layers.CutMix(),
+        tfrobust.layers.MixUp(),
+        tfrobust.layers.Cutout(window=4),
+        tfrobust.layers.Ricap(),
+        tfrobust.layers.AutoAugment(),
+        tfrobust.layers.RandAugment(num_ops=2, magnitude=9),
+    ]
 
     def augment(step, batch):
         out = {"images": batch[0], "labels": batch[1]}
@@ -420,7 +487,7 @@ def test_layers_run_in_a_tf_data_map_with_explicit_seeds():
 
     dataset = tf.data.Dataset.from_tensors((images, one_hot)).repeat(2).enumerate().map(augment)
     first, second = list(dataset), list(dataset)
-    for (x1, y1), (x2, y2) in zip(first, second):
+    for (x1, y1), (x2, _y2) in zip(first, second):
         np.testing.assert_array_equal(x1.numpy(), x2.numpy())  # same seeds, same batches
         assert x1.shape == images.shape and 0.0 <= x1.numpy().min() and x1.numpy().max() <= 1.0
         np.testing.assert_allclose(y1.numpy().sum(axis=1), 1.0, atol=1e-5)
@@ -429,6 +496,7 @@ def test_layers_run_in_a_tf_data_map_with_explicit_seeds():
 
 
 # ------------------------------------------------------------------ public names
+
 
 def _public_objects():
     for name in tfrobust.__all__:
@@ -463,7 +531,8 @@ def test_every_public_symbol_has_a_docstring_with_an_example():
         if not (inspect.isclass(value) or inspect.isroutine(value) or inspect.ismodule(value)):
             module = name.rsplit(".", 1)[0]
             assert f"`{short}`" in (inspect.getdoc(sys.modules[module]) or ""), (
-                f"{name} is neither a class, a function nor a module: {module}'s docstring must document it")
+                f"{name} is neither a class, a function nor a module: {module}'s docstring must document it"
+            )
             aliases.append(name)
             continue
         doc = inspect.getdoc(value) or ""
@@ -482,11 +551,15 @@ def test_every_public_symbol_has_a_docstring_with_an_example():
 
 
 def test_import_tfrobust_stays_cheap_and_public_names_load_lazily():
-    code = ("import sys, tfrobust; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
-            "assert sorted(tfrobust.__all__) == sorted(set(dir(tfrobust)) & set(tfrobust.__all__)); "
-            "tfrobust.AdversarialTrainer; assert 'tensorflow' in sys.modules; print('ok')")
+    code = (
+        "import sys, tfrobust; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+        "assert sorted(tfrobust.__all__) == sorted(set(dir(tfrobust)) & set(tfrobust.__all__)); "
+        "tfrobust.AdversarialTrainer; assert 'tensorflow' in sys.modules; print('ok')"
+    )
     env = {**os.environ, "PYTHONPATH": REPO}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         tfrobust.nothing  # noqa: B018

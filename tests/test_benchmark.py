@@ -53,8 +53,26 @@ def _run(args):
 @pytest.mark.slow
 def test_benchmark_on_a_dataset_on_disk(tmp_path):
     out = tmp_path / "bench.json"
-    result = _run(["--dataset", "digits", "--model", "wrn-10-1", "--batch-size", "32", "--attack-steps", "2",
-                   "--epochs", "3", "--steps", "2", "--warmup", "1", "--json", str(out)])
+    result = _run(
+        [
+            "--dataset",
+            "digits",
+            "--model",
+            "wrn-10-1",
+            "--batch-size",
+            "32",
+            "--attack-steps",
+            "2",
+            "--epochs",
+            "3",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and "whole run" in result.output
     report = json.loads(out.read_text())
@@ -75,8 +93,24 @@ def test_benchmark_on_a_dataset_on_disk(tmp_path):
 @pytest.mark.slow
 def test_benchmark_of_a_preset_needs_no_download(tmp_path):
     out = tmp_path / "bench.json"
-    result = _run(["--preset", "cifar10-wrn-28-10-cutmix", "--model", "wrn-10-1", "--batch-size", "16",
-                   "--attack-steps", "1", "--steps", "1", "--warmup", "1", "--json", str(out)])
+    result = _run(
+        [
+            "--preset",
+            "cifar10-wrn-28-10-cutmix",
+            "--model",
+            "wrn-10-1",
+            "--batch-size",
+            "16",
+            "--attack-steps",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["data"] == "synthetic images of cifar10's shape"

@@ -79,8 +79,23 @@ def test_aa_mt_on_a_model_from_train(trained, tmp_path):
     """The paper's AA+MT cascade through the CLI on an exported `tfrobust train` model, with per-example output."""
     model_dir = json.load(open(os.path.join(trained["out"], "summary.json")))["export"]
     report_path, examples = str(tmp_path / "aamt.json"), str(tmp_path / "aamt.npz")
-    result = invoke(["eval", "--model", model_dir, "--attack", "aa+mt", "--split", "val", "--n-examples", "6",
-                     "--report", report_path, "--save-examples", examples])
+    result = invoke(
+        [
+            "eval",
+            "--model",
+            model_dir,
+            "--attack",
+            "aa+mt",
+            "--split",
+            "val",
+            "--n-examples",
+            "6",
+            "--report",
+            report_path,
+            "--save-examples",
+            examples,
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.load(open(report_path))
     assert [s["attack"] for s in report["stages"]] == ["apgd-ce-5x100", "apgd-dlr-5x100", "mt"]
@@ -236,7 +251,9 @@ def test_two_mixing_augmentations(npz, tmp_path):
 
 def test_augment_preview_writes_a_png_and_never_overwrites(tmp_path):
     out = tmp_path / "grid.png"
-    result = invoke(["augment-preview", "--aug", "padcrop+cutmix", "--dataset", "digits", "--out", str(out), "--n", "4"])
+    result = invoke(
+        ["augment-preview", "--aug", "padcrop+cutmix", "--dataset", "digits", "--out", str(out), "--n", "4"]
+    )
     assert result.exit_code == 0, result.output
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -247,28 +264,46 @@ def test_augment_preview_writes_a_png_and_never_overwrites(tmp_path):
 def test_eval_of_an_npz_file_uses_every_image_by_default(trained, npz, tmp_path):
     model_dir = json.load(open(os.path.join(trained["out"], "summary.json")))["export"]
     report_path = str(tmp_path / "all.json")
-    result = invoke(["eval", "--model", model_dir, "--dataset", f"npz:{npz}", "--report", report_path,
-                     "--attack", "pgd40", "--batch-size", "200"])
+    result = invoke(
+        [
+            "eval",
+            "--model",
+            model_dir,
+            "--dataset",
+            f"npz:{npz}",
+            "--report",
+            report_path,
+            "--attack",
+            "pgd40",
+            "--batch-size",
+            "200",
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.load(open(report_path))
     assert report["split"] == "all" and report["num_examples"] == 400  # every image of the file
     # A split that needs a test set still names the fix in one line.
-    assert_one_line_error(invoke(["eval", "--model", model_dir, "--dataset", f"npz:{npz}", "--split", "test"]),
-                          "no test split", "--split all")
+    assert_one_line_error(
+        invoke(["eval", "--model", model_dir, "--dataset", f"npz:{npz}", "--split", "test"]),
+        "no test split",
+        "--split all",
+    )
 
 
 def test_default_val_size_adapts_to_a_small_dataset_and_warns_of_a_whole_run_warmup(npz, tmp_path):
     """No --val-size on 400 images: 80 held out (a fifth), said in one line; warm-up = run: one warning line."""
     args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm"), epochs=1)
     at = args.index("--val-size")
-    del args[at:at + 2]
+    del args[at : at + 2]
     at = args.index("--warmup-epochs")
     args[at + 1] = "1"
     result = invoke(args + ["--eval-every", "0", "--attack-steps", "1"])
     assert result.exit_code == 0, result.output
     held = [line for line in result.output.splitlines() if line.startswith("validation:")]
-    assert held == ["validation: 80 of the 400 training images held out (default 1024, at most a fifth of "
-                    "the training set; --val-size sets it)"]
+    assert held == [
+        "validation: 80 of the 400 training images held out (default 1024, at most a fifth of "
+        "the training set; --val-size sets it)"
+    ]
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "--warmup-epochs 1 >= --epochs 1" in warnings[0]
     assert json.load(open(tmp_path / "run" / "config.json"))["val_size"] == 80

@@ -4,18 +4,27 @@ import os
 import subprocess
 import sys
 
+from support import REPO as ROOT
+
 # Lines TensorFlow's libraries print while they load and probe devices (absl before InitializeLog,
 # CUDA probing, oneDNN and CPU-feature notices).
-NOISE = ("absl::InitializeLog", "cuda drivers", "cuInit", "oneDNN custom operations", "cpu_feature_guard",
-         "port.cc", "cudart_stub")
-from support import REPO as ROOT
+NOISE = (
+    "absl::InitializeLog",
+    "cuda drivers",
+    "cuInit",
+    "oneDNN custom operations",
+    "cpu_feature_guard",
+    "port.cc",
+    "cudart_stub",
+)
 
 
 def run_cli(*args, cwd):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # conftest sets it
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "tfrobust.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tfrobust.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_no_startup_log_unless_verbose(tmp_path):

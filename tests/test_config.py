@@ -73,8 +73,12 @@ def test_extra_data_fields_round_trip_and_validate():
     restored = TrainConfig.from_dict(json.loads(config.to_json()))
     assert restored == config and restored.extra_data == ("a.npz", "shards/")
     assert make_config(None, {}).extra_data == ()
-    for bad in ({"real_ratio": 0.0}, {"real_ratio": 1.5}, {"extra_label_smoothing": 1.0},
-                {"extra_label_smoothing": -0.1}):
+    for bad in (
+        {"real_ratio": 0.0},
+        {"real_ratio": 1.5},
+        {"extra_label_smoothing": 1.0},
+        {"extra_label_smoothing": -0.1},
+    ):
         with pytest.raises(UserError):
             make_config(None, bad)
 
@@ -94,8 +98,9 @@ def test_paper_presets_use_the_reference_batch_rules(name):
 def test_defaults_are_the_reference_and_options_override_them():
     config = make_config(None, {})
     assert (config.aug_repeats, config.mix_draws, config.sync_batch_norm) == (4, "batch", False)
-    config = make_config("cifar10-wrn-28-10-cutmix", {"mix_draws": "example", "sync_batch_norm": True,
-                                                      "aug_repeats": 1})
+    config = make_config(
+        "cifar10-wrn-28-10-cutmix", {"mix_draws": "example", "sync_batch_norm": True, "aug_repeats": 1}
+    )
     assert (config.aug_repeats, config.mix_draws, config.sync_batch_norm) == (1, "example", True)
     # The digits quick start keeps the 64 distinct images per batch its numbers were measured with.
     assert make_config("quickstart-digits", {}).aug_repeats == 1
@@ -164,8 +169,9 @@ def test_every_field_has_help_and_is_an_option_of_train_and_benchmark():
     for command in ("train", "benchmark"):
         params = _train_params(command)
         # --help wide enough that no help text wraps.
-        listing = cli.commands[command].get_help(click.Context(cli.commands[command], max_content_width=1000,
-                                                               terminal_width=1000))
+        listing = cli.commands[command].get_help(
+            click.Context(cli.commands[command], max_content_width=1000, terminal_width=1000)
+        )
         for field in dataclasses.fields(TrainConfig):
             assert field.metadata.get("help"), field.name
             flag = "--" + field.name.replace("_", "-")
@@ -190,13 +196,28 @@ def test_help_states_each_default_and_choice():
     assert option_help(fields["weight_decay"]) == "Coupled L2 weight decay on kernels [5e-4]."
     assert option_help(fields["extra_data"]).endswith("repeat the option for several [none].")
     assert option_help(fields["sync_batch_norm"]).endswith("[off: per replica, as the reference].")
-    assert option_help(fields["aug"]) == ("Augmentations joined by '+': padcrop, autoaugment, randaugment, cutout, "
-                                          "cutmix, mixup, ricap, or none [padcrop].")
+    assert option_help(fields["aug"]) == (
+        "Augmentations joined by '+': padcrop, autoaugment, randaugment, cutout, "
+        "cutmix, mixup, ricap, or none [padcrop]."
+    )
 
 
-@pytest.mark.parametrize("value, text", [(5e-4, "5e-4"), (1e-5, "1e-5"), (2.5e-4, "2.5e-4"), (6.0, "6"),
-                                         (0.999, "0.999"), (0.0, "0"), (512, "512"), (False, "off"),
-                                         (True, "on"), ((), "none"), ("padcrop", "padcrop")])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (5e-4, "5e-4"),
+        (1e-5, "1e-5"),
+        (2.5e-4, "2.5e-4"),
+        (6.0, "6"),
+        (0.999, "0.999"),
+        (0.0, "0"),
+        (512, "512"),
+        (False, "off"),
+        (True, "on"),
+        ((), "none"),
+        ("padcrop", "padcrop"),
+    ],
+)
 def test_show_default(value, text):
     from tfrobust.config import show_default
 
@@ -206,8 +227,19 @@ def test_show_default(value, text):
 def test_options_parse_into_the_fields_types():
     from tfrobust.cli import cli
 
-    args = ["--extra-data", "a.npz", "--extra-data", "shards/", "--no-sync-batch-norm", "--batch-size", "8",
-            "--momentum", "0.5", "--aug", "cutmix"]
+    args = [
+        "--extra-data",
+        "a.npz",
+        "--extra-data",
+        "shards/",
+        "--no-sync-batch-norm",
+        "--batch-size",
+        "8",
+        "--momentum",
+        "0.5",
+        "--aug",
+        "cutmix",
+    ]
     params = cli.commands["train"].make_context("train", args).params
     assert params["extra_data"] == ("a.npz", "shards/") and params["sync_batch_norm"] is False
     assert params["batch_size"] == 8 and params["momentum"] == 0.5 and params["aug"] == "cutmix"
@@ -216,7 +248,11 @@ def test_options_parse_into_the_fields_types():
     assert all(value is None for value in empty.values()), empty
     config = make_config(None, {k: v for k, v in params.items() if k not in ("preset", "out", "resume_dir")})
     assert (config.extra_data, config.sync_batch_norm, config.batch_size, config.momentum) == (
-        ("a.npz", "shards/"), False, 8, 0.5)
+        ("a.npz", "shards/"),
+        False,
+        8,
+        0.5,
+    )
 
 
 def test_config_imports_no_higher_module_nor_tensorflow():
@@ -237,10 +273,17 @@ for bad in ({"model": "resnet-1000"}, {"loss": "mart"}, {"schedule": "step"}, {"
 print(sorted(name for name in sys.modules if name.split(".")[0] in ("tfrobust", "tensorflow", "keras")))
 """
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     # Only config and the modules below it: the errors and the threat model.
-    assert result.stdout.split() == ["['tfrobust',", "'tfrobust.config',", "'tfrobust.errors',", "'tfrobust.threat_model']"]
+    assert result.stdout.split() == [
+        "['tfrobust',",
+        "'tfrobust.config',",
+        "'tfrobust.errors',",
+        "'tfrobust.threat_model']",
+    ]
 
 
 def test_registries_hold_the_names_config_validates():
@@ -257,11 +300,14 @@ def test_registries_hold_the_names_config_validates():
     assert tuple(batch_augmentation.MIX_DRAWS) == config.MIX_DRAWS
 
 
-@pytest.mark.parametrize("field, value, module, names", [
-    ("model", "resnet-1000", "tfrobust.models.registry", "MODELS"),
-    ("loss", "mart", "tfrobust.training.trainer", "LOSSES"),
-    ("schedule", "step", "tfrobust.training.schedules", "SCHEDULES"),
-])
+@pytest.mark.parametrize(
+    "field, value, module, names",
+    [
+        ("model", "resnet-1000", "tfrobust.models.registry", "MODELS"),
+        ("loss", "mart", "tfrobust.training.trainer", "LOSSES"),
+        ("schedule", "step", "tfrobust.training.schedules", "SCHEDULES"),
+    ],
+)
 def test_a_bad_name_lists_the_registrys_names(field, value, module, names):
     registry_names = getattr(importlib.import_module(module), names)
     with pytest.raises(UserError) as error:
@@ -272,8 +318,10 @@ def test_a_bad_name_lists_the_registrys_names(field, value, module, names):
 def test_generated_data_preset_needs_extra_data_and_resume_takes_nothing_else():
     from tfrobust.config import check_resume_alone, default_run_dir, new_run_config
 
-    with pytest.raises(UserError, match="preset cifar10-wrn-28-10-ddpm is a generated-data recipe: give the data "
-                                        "with --extra-data PATH"):
+    with pytest.raises(
+        UserError,
+        match="preset cifar10-wrn-28-10-ddpm is a generated-data recipe: give the data with --extra-data PATH",
+    ):
         new_run_config("cifar10-wrn-28-10-ddpm", {"extra_data": None})
     assert new_run_config("cifar10-wrn-28-10-ddpm", {"extra_data": ("x.npz",)}).extra_data == ("x.npz",)
     assert new_run_config("cifar10-wrn-28-10-cutmix", {}).aug == "padcrop+cutmix"

@@ -53,8 +53,13 @@ SAMPLED_READS = 2  # files of a command's `sampled_reads` damaged (all with TFRO
 MODEL = "saved_models/tiny/1"
 STATE = "eval/report.json.state"
 SAVED_BATCH = f"{STATE}/pool0000_stage00_batch00000.npz"
-MODEL_FILES = [f"{MODEL}/saved_model.pb", f"{MODEL}/variables/variables.data-00000-of-00001",
-               f"{MODEL}/variables/variables.index", f"{MODEL}/fingerprint.pb", f"{MODEL}/assets.extra/tfrobust.json"]
+MODEL_FILES = [
+    f"{MODEL}/saved_model.pb",
+    f"{MODEL}/variables/variables.data-00000-of-00001",
+    f"{MODEL}/variables/variables.index",
+    f"{MODEL}/fingerprint.pb",
+    f"{MODEL}/assets.extra/tfrobust.json",
+]
 TEXT_SUFFIXES = (".json", ".csv")
 ZIP_SUFFIXES = (".npz", ".keras", ".pt")
 
@@ -81,25 +86,59 @@ def _build_world(root: str) -> None:
     from tfrobust.training.run import build_run, export_selected
 
     write_digits_npz(os.path.join(root, "data.npz"), n=120)
-    config = new_run_config(None, {
-        "dataset": "npz:data.npz", "model": "wrn-10-1", "batch_size": 16, "epochs": 2, "val_size": 16,
-        "attack_steps": 1, "warmup_epochs": 0, "eps": 0.1, "export_dir": "saved_models", "name": "tiny",
-    }).validate().resolved()
+    config = (
+        new_run_config(
+            None,
+            {
+                "dataset": "npz:data.npz",
+                "model": "wrn-10-1",
+                "batch_size": 16,
+                "epochs": 2,
+                "val_size": 16,
+                "attack_steps": 1,
+                "warmup_epochs": 0,
+                "eps": 0.1,
+                "export_dir": "saved_models",
+                "name": "tiny",
+            },
+        )
+        .validate()
+        .resolved()
+    )
     os.makedirs("run")
     write_text_atomic("run/config.json", config.to_json())
     open("run/.lock", "w").close()
     run = build_run(config, "run")
-    checkpoint = cb.TrainingCheckpoint("run/checkpoint.npz", run.averaging, run.selection,
-                                       epoch_examples=run.epoch_examples)
+    checkpoint = cb.TrainingCheckpoint(
+        "run/checkpoint.npz", run.averaging, run.selection, epoch_examples=run.epoch_examples
+    )
     checkpoint.set_model(run.trainer)
     checkpoint.on_epoch_end(0)  # one epoch of two done: `train --resume` would continue
-    columns = ["epoch", "adv_accuracy", "ce", "clean_accuracy", "kl", "loss", "val_avg_clean_accuracy",
-               "val_avg_pgd40_accuracy", "val_raw_clean_accuracy", "val_raw_pgd40_accuracy"]
+    columns = [
+        "epoch",
+        "adv_accuracy",
+        "ce",
+        "clean_accuracy",
+        "kl",
+        "loss",
+        "val_avg_clean_accuracy",
+        "val_avg_pgd40_accuracy",
+        "val_raw_clean_accuracy",
+        "val_raw_pgd40_accuracy",
+    ]
     write_text_atomic("run/log.csv", ",".join(columns) + "\n0,0.08,2.31,0.07,0.0017,2.38,0.16,0.06,0.16,0.06\n")
-    record = {"epoch": 1, "val_avg_clean_accuracy": 0.16, "val_avg_pgd40_accuracy": 0.06,
-              "val_raw_clean_accuracy": 0.16, "val_raw_pgd40_accuracy": 0.06}
-    write_text_atomic("run/summary.json", json.dumps(
-        {"best": record, "last": record, "epochs": 1, "export": MODEL, "resumed_from_epoch": 0}, indent=2) + "\n")
+    record = {
+        "epoch": 1,
+        "val_avg_clean_accuracy": 0.16,
+        "val_avg_pgd40_accuracy": 0.06,
+        "val_raw_clean_accuracy": 0.16,
+        "val_raw_pgd40_accuracy": 0.06,
+    }
+    write_text_atomic(
+        "run/summary.json",
+        json.dumps({"best": record, "last": record, "epochs": 1, "export": MODEL, "resumed_from_epoch": 0}, indent=2)
+        + "\n",
+    )
     assert export_selected(run, "run", which="last") == MODEL
 
     keras.utils.set_random_seed(0)
@@ -117,8 +156,7 @@ def _build_world(root: str) -> None:
 
     engine.verify = dies_in_second_batch
     try:
-        run_eval(EvalSettings(model_path=MODEL, attack="pgd40", n_examples=16, batch_size=8,
-                              report="eval/report.json"))
+        run_eval(EvalSettings(model_path=MODEL, attack="pgd40", n_examples=16, batch_size=8, report="eval/report.json"))
     except KeyboardInterrupt:
         pass
     finally:
@@ -175,79 +213,252 @@ class Command:
 
 COMMANDS = [
     Command(
-        "train-resume", ("train", "--resume", "run"), (),
+        "train-resume",
+        ("train", "--resume", "run"),
+        (),
         {"--resume": ["", MISSING, "data.npz", "saved_models"], "--epochs": ["3"], "--out": ["elsewhere"]},
-        ("run/config.json", "run/checkpoint.npz")),
+        ("run/config.json", "run/checkpoint.npz"),
+    ),
     Command(
-        "eval", ("eval", "--model", MODEL, "--dataset", "npz:data.npz", "--attack", "pgd40", "--n-examples", "8",
-                 "--batch-size", "8", "--report", "out/report.json"), ("out",),
-        {"--model": MODEL_PATHS, "--attack": ["bogus", ""], "--dataset": DATASETS, "--split": ["bogus", "", "test"],
-         "--norm": ["bogus", ""], "--eps": RADIUS, "--n-examples": POSITIVE_INT,
-         "--batch-size": BATCH, "--seed": NOT_INT,
-         "--report": ["run", "data.npz", ""], "--val-size": ["-1", "abc"],
-         "--save-examples": ["out/x.txt", "run", "data.npz", ""]},
-        (*MODEL_FILES, "data.npz", "model.keras")),
+        "eval",
+        (
+            "eval",
+            "--model",
+            MODEL,
+            "--dataset",
+            "npz:data.npz",
+            "--attack",
+            "pgd40",
+            "--n-examples",
+            "8",
+            "--batch-size",
+            "8",
+            "--report",
+            "out/report.json",
+        ),
+        ("out",),
+        {
+            "--model": MODEL_PATHS,
+            "--attack": ["bogus", ""],
+            "--dataset": DATASETS,
+            "--split": ["bogus", "", "test"],
+            "--norm": ["bogus", ""],
+            "--eps": RADIUS,
+            "--n-examples": POSITIVE_INT,
+            "--batch-size": BATCH,
+            "--seed": NOT_INT,
+            "--report": ["run", "data.npz", ""],
+            "--val-size": ["-1", "abc"],
+            "--save-examples": ["out/x.txt", "run", "data.npz", ""],
+        },
+        (*MODEL_FILES, "data.npz", "model.keras"),
+    ),
     Command(
-        "eval-resume", ("eval", "--resume", "eval/report.json"), ("eval/report.json",),
+        "eval-resume",
+        ("eval", "--resume", "eval/report.json"),
+        ("eval/report.json",),
         {"--resume": ["", MISSING, "data.npz", "run"], "--seed": ["3"], "--model": [MODEL]},
-        (f"{STATE}/settings.json", SAVED_BATCH)),
+        (f"{STATE}/settings.json", SAVED_BATCH),
+    ),
     Command(
-        "audit", ("audit", "--model", MODEL, "--out", "out", "--dataset", "npz:data.npz", "--split", "all",
-                  "--n-examples", "8", "--checks", "landscape", "--landscape-images", "1", "--grid", "3",
-                  "--batch-size", "8"), ("out",),
-        {"--model": MODEL_PATHS, "--out": OUT_DIRS, "--dataset": DATASETS, "--split": ["bogus", "", "test"],
-         "--norm": ["bogus", ""], "--eps": RADIUS, "--n-examples": POSITIVE_INT, "--checks": ["bogus", ""],
-         "--eps-multiples": ["abc", "-1", "nan", ""], "--steps": ["0", "-5", "abc", ""],
-         "--square-queries": POSITIVE_INT, "--landscape-images": ["-1", *NOT_INT],
-         "--grid": ["0", "1", "-1", "abc", HUGE],
-         "--batch-size": BATCH, "--seed": SEED_VALUES},
-        ("data.npz",), MODEL_FILES),
+        "audit",
+        (
+            "audit",
+            "--model",
+            MODEL,
+            "--out",
+            "out",
+            "--dataset",
+            "npz:data.npz",
+            "--split",
+            "all",
+            "--n-examples",
+            "8",
+            "--checks",
+            "landscape",
+            "--landscape-images",
+            "1",
+            "--grid",
+            "3",
+            "--batch-size",
+            "8",
+        ),
+        ("out",),
+        {
+            "--model": MODEL_PATHS,
+            "--out": OUT_DIRS,
+            "--dataset": DATASETS,
+            "--split": ["bogus", "", "test"],
+            "--norm": ["bogus", ""],
+            "--eps": RADIUS,
+            "--n-examples": POSITIVE_INT,
+            "--checks": ["bogus", ""],
+            "--eps-multiples": ["abc", "-1", "nan", ""],
+            "--steps": ["0", "-5", "abc", ""],
+            "--square-queries": POSITIVE_INT,
+            "--landscape-images": ["-1", *NOT_INT],
+            "--grid": ["0", "1", "-1", "abc", HUGE],
+            "--batch-size": BATCH,
+            "--seed": SEED_VALUES,
+        },
+        ("data.npz",),
+        MODEL_FILES,
+    ),
     Command(
-        "report", ("report", "run", "--out", "out"), ("out",),
+        "report",
+        ("report", "run", "--out", "out"),
+        ("out",),
         {"run": [MISSING, "data.npz", "saved_models", ""], "--out": OUT_DIRS},
         ("run/config.json", "run/log.csv", "run/summary.json", "run/checkpoint.npz"),
-        read_members=(("run/checkpoint.npz", "state_json.npy"),)),
+        read_members=(("run/checkpoint.npz", "state_json.npy"),),
+    ),
     Command(
-        "pseudolabel", ("pseudolabel", "--classifier", MODEL, "--input", "data.npz", "--output", "out",
-                        "--batch-size", "64"), ("out",),
-        {"--classifier": MODEL_PATHS, "--input": [MISSING, "", "run", "run/config.json"], "--output": OUT_DIRS,
-         "--top-k-per-class": POSITIVE_INT, "--batch-size": BATCH, "--shard-size": BATCH},
-        ("data.npz",), MODEL_FILES),
+        "pseudolabel",
+        ("pseudolabel", "--classifier", MODEL, "--input", "data.npz", "--output", "out", "--batch-size", "64"),
+        ("out",),
+        {
+            "--classifier": MODEL_PATHS,
+            "--input": [MISSING, "", "run", "run/config.json"],
+            "--output": OUT_DIRS,
+            "--top-k-per-class": POSITIVE_INT,
+            "--batch-size": BATCH,
+            "--shard-size": BATCH,
+        },
+        ("data.npz",),
+        MODEL_FILES,
+    ),
     Command(
-        "diversity", ("diversity", "--out", "out", "--dataset", "npz:data.npz", "--test", "npz:data.npz", "--set",
-                      "npz:data.npz", "--n", "8", "--pca-dims", "4", "--extractor", MODEL), ("out",),
-        {"--out": OUT_DIRS, "--dataset": DATASETS, "--aug": ["bogus", ""], "--set": ["data.npz", *DATASETS[2:]],
-         "--test": ["data.npz", *DATASETS[2:]], "--n": ["1", *POSITIVE_INT], "--extractor": MODEL_PATHS,
-         "--classifier": MODEL_PATHS, "--pca-dims": POSITIVE_INT, "--batch-size": BATCH,
-         "--seed": SEED_VALUES},
-        ("data.npz",), MODEL_FILES),
+        "diversity",
+        (
+            "diversity",
+            "--out",
+            "out",
+            "--dataset",
+            "npz:data.npz",
+            "--test",
+            "npz:data.npz",
+            "--set",
+            "npz:data.npz",
+            "--n",
+            "8",
+            "--pca-dims",
+            "4",
+            "--extractor",
+            MODEL,
+        ),
+        ("out",),
+        {
+            "--out": OUT_DIRS,
+            "--dataset": DATASETS,
+            "--aug": ["bogus", ""],
+            "--set": ["data.npz", *DATASETS[2:]],
+            "--test": ["data.npz", *DATASETS[2:]],
+            "--n": ["1", *POSITIVE_INT],
+            "--extractor": MODEL_PATHS,
+            "--classifier": MODEL_PATHS,
+            "--pca-dims": POSITIVE_INT,
+            "--batch-size": BATCH,
+            "--seed": SEED_VALUES,
+        },
+        ("data.npz",),
+        MODEL_FILES,
+    ),
     Command(
-        "generate", ("generate", "--generator", "gaussian", "--dataset", "npz:data.npz", "--n", "20", "--output",
-                     "out", "--val-size", "16", "--shard-size", "10"), ("out",),
-        {"--generator": ["bogus", ""], "--dataset": DATASETS, "--n": [*POSITIVE_INT, "1e30"], "--output": OUT_DIRS,
-         "--shard-size": BATCH, "--seed": SEED_VALUES, "--val-size": ["-1", "abc", "1000"]},
-        ("data.npz",)),
+        "generate",
+        (
+            "generate",
+            "--generator",
+            "gaussian",
+            "--dataset",
+            "npz:data.npz",
+            "--n",
+            "20",
+            "--output",
+            "out",
+            "--val-size",
+            "16",
+            "--shard-size",
+            "10",
+        ),
+        ("out",),
+        {
+            "--generator": ["bogus", ""],
+            "--dataset": DATASETS,
+            "--n": [*POSITIVE_INT, "1e30"],
+            "--output": OUT_DIRS,
+            "--shard-size": BATCH,
+            "--seed": SEED_VALUES,
+            "--val-size": ["-1", "abc", "1000"],
+        },
+        ("data.npz",),
+    ),
     Command(
-        "import", ("import", "--checkpoint", "ckpt.pt", "--arch", "wrn-10-1", "--dataset", "cifar10", "--out",
-                   "out/imported/1"), ("out",),
-        {"--checkpoint": [MISSING, "", "run", "data.npz"], "--arch": ["bogus", ""], "--dataset": ["bogus", ""],
-         "--activation": ["bogus"], "--out": ["", "data.npz", MODEL], "--norm": ["bogus"], "--eps": RADIUS},
-        ("ckpt.pt",), needs_torch=True),
+        "import",
+        ("import", "--checkpoint", "ckpt.pt", "--arch", "wrn-10-1", "--dataset", "cifar10", "--out", "out/imported/1"),
+        ("out",),
+        {
+            "--checkpoint": [MISSING, "", "run", "data.npz"],
+            "--arch": ["bogus", ""],
+            "--dataset": ["bogus", ""],
+            "--activation": ["bogus"],
+            "--out": ["", "data.npz", MODEL],
+            "--norm": ["bogus"],
+            "--eps": RADIUS,
+        },
+        ("ckpt.pt",),
+        needs_torch=True,
+    ),
     Command(
-        "augment-preview", ("augment-preview", "--aug", "padcrop", "--dataset", "npz:data.npz", "--out",
-                            "out/preview.png"), ("out",),
-        {"--aug": ["bogus", ""], "--dataset": DATASETS, "--out": ["out/x.txt", "", "run", "data.npz"],
-         "--n": ["0", "-1", "100", *NOT_INT], "--draws": ["0", "-1", "9", *NOT_INT], "--seed": SEED_VALUES},
-        ("data.npz",)),
+        "augment-preview",
+        ("augment-preview", "--aug", "padcrop", "--dataset", "npz:data.npz", "--out", "out/preview.png"),
+        ("out",),
+        {
+            "--aug": ["bogus", ""],
+            "--dataset": DATASETS,
+            "--out": ["out/x.txt", "", "run", "data.npz"],
+            "--n": ["0", "-1", "100", *NOT_INT],
+            "--draws": ["0", "-1", "9", *NOT_INT],
+            "--seed": SEED_VALUES,
+        },
+        ("data.npz",),
+    ),
     Command(
-        "benchmark", ("benchmark", "--dataset", "npz:data.npz", "--model", "wrn-10-1", "--batch-size", "8", "--steps",
-                      "1", "--warmup", "0", "--json", "bench.json"), ("bench.json",),
-        {"--steps": POSITIVE_INT, "--warmup": ["-1", *NOT_INT], "--json": ["data.npz", "run", ""],
-         "--model": ["bogus", ""], "--batch-size": BATCH, "--dataset": DATASETS, "--aug": ["bogus"],
-         "--eps": ["-1", "nan", "inf", "abc"], "--learning-rate": ["-1", "nan", "abc"],
-         "--attack-steps": ["0", "-1", "abc"], "--ema-decay": ["-1", "2", "nan"], "--precision": ["bogus"],
-         "--beta": ["-1", "nan"], "--weight-decay": ["nan", "inf"], "--seed": ["-1", "abc", str(2**32), HUGE]},
-        ("data.npz",)),
+        "benchmark",
+        (
+            "benchmark",
+            "--dataset",
+            "npz:data.npz",
+            "--model",
+            "wrn-10-1",
+            "--batch-size",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            "bench.json",
+        ),
+        ("bench.json",),
+        {
+            "--steps": POSITIVE_INT,
+            "--warmup": ["-1", *NOT_INT],
+            "--json": ["data.npz", "run", ""],
+            "--model": ["bogus", ""],
+            "--batch-size": BATCH,
+            "--dataset": DATASETS,
+            "--aug": ["bogus"],
+            "--eps": ["-1", "nan", "inf", "abc"],
+            "--learning-rate": ["-1", "nan", "abc"],
+            "--attack-steps": ["0", "-1", "abc"],
+            "--ema-decay": ["-1", "2", "nan"],
+            "--precision": ["bogus"],
+            "--beta": ["-1", "nan"],
+            "--weight-decay": ["nan", "inf"],
+            "--seed": ["-1", "abc", str(2**32), HUGE],
+        },
+        ("data.npz",),
+    ),
 ]
 
 
@@ -270,7 +481,7 @@ def _with_value(args: tuple[str, ...], option: str, value: str) -> list[str]:
 def _truncate(path: str, rng: np.random.Generator) -> None:
     data = Path(path).read_bytes()
     if path.endswith(TEXT_SUFFIXES):
-        ends = [n for n in range(len(data.rstrip())) if n == 0 or data[n - 1:n] != b"\n"]
+        ends = [n for n in range(len(data.rstrip())) if n == 0 or data[n - 1 : n] != b"\n"]
         length = int(rng.choice(ends))
     else:
         length = int(rng.integers(0, len(data)))
@@ -322,8 +533,10 @@ def _snapshot(root: str) -> dict[str, tuple]:
         for name in files:
             path = os.path.join(folder, name)
             with open(path, "rb") as handle:
-                found[os.path.relpath(path, root)] = (hashlib.sha256(handle.read()).hexdigest(),
-                                                      os.stat(path).st_mtime_ns)
+                found[os.path.relpath(path, root)] = (
+                    hashlib.sha256(handle.read()).hexdigest(),
+                    os.stat(path).st_mtime_ns,
+                )
     return found
 
 
@@ -361,8 +574,11 @@ def _run_case(world: str, case_dir: str, command: Command, args: list[str], dama
         problems.append(f"{label}: {len(errors)} error lines in {result.output[-500:]!r}")
     elif damaged is not None and relative not in errors[0] and not (relative.startswith(MODEL) and MODEL in errors[0]):
         problems.append(f"{label}: the error does not name the file: {errors[0]}")
-    changed = sorted(path for path in set(before) | set(after)
-                     if before.get(path) != after.get(path) and not _inside(path, command.outputs))
+    changed = sorted(
+        path
+        for path in set(before) | set(after)
+        if before.get(path) != after.get(path) and not _inside(path, command.outputs)
+    )
     if changed:
         problems.append(f"{label}: changed outside the output: {changed[:5]}")
     return problems
@@ -371,12 +587,22 @@ def _run_case(world: str, case_dir: str, command: Command, args: list[str], dama
 def _cases(command: Command, every: bool) -> list[tuple[list[str], tuple | None]]:
     rng = np.random.default_rng([SEED, COMMANDS.index(command)])
     pairs = [(option, value) for option, values in command.invalid.items() for value in values]
-    chosen = pairs if every else [pairs[i] for i in rng.choice(len(pairs), min(OPTION_CASES, len(pairs)),
-                                                                   replace=False)]
+    chosen = (
+        pairs if every else [pairs[i] for i in rng.choice(len(pairs), min(OPTION_CASES, len(pairs)), replace=False)]
+    )
     cases = [(_with_value(command.args, option, value), None) for option, value in chosen]
-    sampled = list(command.sampled_reads) if every else [
-        command.sampled_reads[i] for i in rng.choice(len(command.sampled_reads), min(SAMPLED_READS, len(
-            command.sampled_reads)), replace=False)] if command.sampled_reads else []
+    sampled = (
+        list(command.sampled_reads)
+        if every
+        else [
+            command.sampled_reads[i]
+            for i in rng.choice(
+                len(command.sampled_reads), min(SAMPLED_READS, len(command.sampled_reads)), replace=False
+            )
+        ]
+        if command.sampled_reads
+        else []
+    )
     members = dict(command.read_members)
     for relative in [*command.reads, *sampled]:
         args = list(command.args)
@@ -429,8 +655,10 @@ def test_saved_model_files_are_checked_against_fingerprint_pb(world, tmp_path):
 
     root, _ = world
     check_saved_model_files(os.path.join(root, MODEL))  # intact
-    for name, field in (("saved_model.pb", "saved_model_checksum"),
-                        (os.path.join("variables", "variables.index"), "checkpoint_hash")):
+    for name, field in (
+        ("saved_model.pb", "saved_model_checksum"),
+        (os.path.join("variables", "variables.index"), "checkpoint_hash"),
+    ):
         for seed in range(3):
             copy = str(tmp_path / f"{field}{seed}")
             shutil.copytree(os.path.join(root, MODEL), copy)
@@ -440,8 +668,10 @@ def test_saved_model_files_are_checked_against_fingerprint_pb(world, tmp_path):
             message = str(excinfo.value)
             assert "\n" not in message
             # A flip either breaks the proto (TensorFlow cannot parse it) or changes its hash.
-            assert (f"{os.path.join(copy, name)} does not match the {field} recorded in fingerprint.pb" in message
-                    or message.startswith(f"cannot read SavedModel {copy}:")), message
+            assert (
+                f"{os.path.join(copy, name)} does not match the {field} recorded in fingerprint.pb" in message
+                or message.startswith(f"cannot read SavedModel {copy}:")
+            ), message
     older = str(tmp_path / "older")
     shutil.copytree(os.path.join(root, MODEL), older)
     os.remove(os.path.join(older, "fingerprint.pb"))

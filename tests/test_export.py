@@ -128,15 +128,30 @@ def test_export_metadata_fields_are_defined_once(tmp_path):
     import tfrobust
     from tfrobust.data.datasets import DatasetInfo
 
-    info = DatasetInfo(name="digits", num_classes=2, class_names=("zero", "one"), image_shape=(8, 8, 1), mean=(0.3,),
-                       std=(0.4,), allow_flip=False)
-    metadata = export_metadata(dataset=info, norm="l2", eps=0.5, weights="imported", arch="wrn-10-1",
-                               source={"sha256": None})
+    info = DatasetInfo(
+        name="digits",
+        num_classes=2,
+        class_names=("zero", "one"),
+        image_shape=(8, 8, 1),
+        mean=(0.3,),
+        std=(0.4,),
+        allow_flip=False,
+    )
+    metadata = export_metadata(
+        dataset=info, norm="l2", eps=0.5, weights="imported", arch="wrn-10-1", source={"sha256": None}
+    )
     assert metadata == {
         "tfrobust_version": tfrobust.__version__,
         "tensorflow_version": tf.__version__,
-        "dataset": {"name": "digits", "num_classes": 2, "class_names": ("zero", "one"), "image_shape": (8, 8, 1),
-                    "mean": (0.3,), "std": (0.4,), "allow_flip": False},
+        "dataset": {
+            "name": "digits",
+            "num_classes": 2,
+            "class_names": ("zero", "one"),
+            "image_shape": (8, 8, 1),
+            "mean": (0.3,),
+            "std": (0.4,),
+            "allow_flip": False,
+        },
         "norm": "l2",
         "eps": 0.5,
         "weights": "imported",
@@ -150,9 +165,16 @@ def test_export_metadata_fields_are_defined_once(tmp_path):
     path = export_network(_linear_model(), root=str(tmp_path), name="lin", metadata=metadata)
     with open(os.path.join(path, METADATA_PATH)) as handle:
         text = handle.read()
-    assert text == json.dumps({**json.loads(json.dumps(metadata)), "format": "tfrobust-savedmodel-1",
-                               "input_shape": [4, 4, 1], "features": {"layer": "logits", "size": 16}},
-                              indent=2, sort_keys=True)
+    assert text == json.dumps(
+        {
+            **json.loads(json.dumps(metadata)),
+            "format": "tfrobust-savedmodel-1",
+            "input_shape": [4, 4, 1],
+            "features": {"layer": "logits", "size": 16},
+        },
+        indent=2,
+        sort_keys=True,
+    )
 
 
 def test_gradients_through_reloaded_logits_match_keras(exported):
@@ -324,8 +346,9 @@ def test_plain_saved_model_loads_through_serving_default(tmp_path):
         tape.watch(x)
         objective = tf.reduce_sum(loaded.logits(x)[:, 0])
     gradient = tape.gradient(objective, x).numpy()
-    np.testing.assert_allclose(gradient, np.broadcast_to(module.kernel.numpy()[:, 0].reshape(4, 4, 1), gradient.shape),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        gradient, np.broadcast_to(module.kernel.numpy()[:, 0].reshape(4, 4, 1), gradient.shape), atol=1e-6
+    )
 
 
 def test_plain_saved_model_output_choice(tmp_path):

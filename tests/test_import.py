@@ -54,7 +54,7 @@ def reference(arch, num_classes=10, stats=CIFAR10, activation="swish", seed=0):
                 fan_in = m.weight[0].numel()
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
             elif isinstance(m, nn.Linear):
-                m.weight.copy_(4.0 * torch.randn(m.weight.shape, generator=gen) / m.in_features ** 0.5)
+                m.weight.copy_(4.0 * torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
                 m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
     return model.eval()
 
@@ -159,11 +159,13 @@ def test_cifar100_relu_and_normalisation_buffers_in_the_checkpoint(tmp_path):
     other_std = (0.2023, 0.1994, 0.2010)  # not CIFAR-100's: the checkpoint's own buffers must win
     model.std = torch.tensor(other_std).view(3, 1, 1)
     path = str(tmp_path / "c100.pt")
-    torch.save({**model.state_dict(), "mean": torch.tensor(CIFAR100[0]).view(1, 3, 1, 1), "std": model.std.clone()},
-               path)
+    torch.save(
+        {**model.state_dict(), "mean": torch.tensor(CIFAR100[0]).view(1, 3, 1, 1), "std": model.std.clone()}, path
+    )
     with pytest.warns(UserWarning, match="differs from cifar100"):
-        network, norm = build_imported_network(read_state_dict(path), arch="wrn-16-2", dataset="cifar100",
-                                               activation="relu", path=path)
+        network, norm = build_imported_network(
+            read_state_dict(path), arch="wrn-16-2", dataset="cifar100", activation="relu", path=path
+        )
     assert norm["from"] == "checkpoint" and norm["std"] == pytest.approx(other_std)
     assert_same_function(lambda x: network(x, training=False), model, num_classes=100)
 
@@ -302,8 +304,7 @@ def test_cli_import(checkpoints, tmp_path):
     path = str(tmp_path / "wrapped.pt")
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 400}, path)
     out = str(tmp_path / "saved_models" / "ref-wrn" / "3")
-    args = ["import", "--checkpoint", path, "--arch", "wrn-16-2", "--dataset", "cifar10", "--out", out,
-            "--norm", "l2"]
+    args = ["import", "--checkpoint", path, "--arch", "wrn-16-2", "--dataset", "cifar10", "--out", out, "--norm", "l2"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert f"imported: {out}" in result.output
@@ -316,8 +317,20 @@ def test_cli_import(checkpoints, tmp_path):
 
     for bad_args, fragment in (
         (args, "already exists"),
-        (["import", "--checkpoint", path, "--arch", "preact-resnet-18", "--dataset", "cifar10",
-          "--out", str(tmp_path / "saved_models" / "x" / "1")], "missing key 'conv_2d.weight'"),
+        (
+            [
+                "import",
+                "--checkpoint",
+                path,
+                "--arch",
+                "preact-resnet-18",
+                "--dataset",
+                "cifar10",
+                "--out",
+                str(tmp_path / "saved_models" / "x" / "1"),
+            ],
+            "missing key 'conv_2d.weight'",
+        ),
     ):
         result = CliRunner().invoke(cli, bad_args)
         assert result.exit_code != 0 and "Traceback" not in result.output
@@ -329,14 +342,32 @@ def test_tfrobust_eval_runs_on_an_imported_model(checkpoints, tmp_path):
     """`tfrobust eval` takes an imported model through TF Serving's base path (data: a CIFAR-shaped npz)."""
     _, path = checkpoints["wrn-16-2"]
     out = str(tmp_path / "saved_models" / "ref" / "1")
-    assert CliRunner().invoke(cli, ["import", "--checkpoint", path, "--arch", "wrn-16-2", "--dataset", "cifar10",
-                                    "--out", out]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(cli, ["import", "--checkpoint", path, "--arch", "wrn-16-2", "--dataset", "cifar10", "--out", out])
+        .exit_code
+        == 0
+    )
     rng = np.random.default_rng(0)
     npz = tmp_path / "images.npz"
     np.savez(npz, image=rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), label=np.arange(12) % 10)
     report = tmp_path / "report.json"
-    result = CliRunner().invoke(cli, ["eval", "--model", os.path.dirname(out), "--dataset", f"npz:{npz}",
-                                      "--split", "train", "--val-size", "0", "--report", str(report)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--model",
+            os.path.dirname(out),
+            "--dataset",
+            f"npz:{npz}",
+            "--split",
+            "train",
+            "--val-size",
+            "0",
+            "--report",
+            str(report),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.load(open(report))
     assert data["num_examples"] == 12 and data["eps"] == pytest.approx(8 / 255)

@@ -48,17 +48,22 @@ def _imports():
 
 
 def test_every_module_has_a_layer():
-    modules = {name.removesuffix(".py") for name in os.listdir(ROOT)
-               if name != "__init__.py" and not name.startswith(("_", ".")) and (name.endswith(".py") or
-               os.path.isfile(os.path.join(ROOT, name, "__init__.py")))}
+    modules = {
+        name.removesuffix(".py")
+        for name in os.listdir(ROOT)
+        if name != "__init__.py"
+        and not name.startswith(("_", "."))
+        and (name.endswith(".py") or os.path.isfile(os.path.join(ROOT, name, "__init__.py")))
+    }
     assert sorted(modules - set(RANK)) == [], "give each new module a layer in LAYERS and docs/architecture.md"
     assert sorted(set(RANK) - modules) == []
 
 
 def test_no_module_imports_a_higher_one():
     assert len({(source, target) for source, target, _ in _imports()}) > 40  # the walk sees the package
-    upward = sorted({f"{relative}: {source} -> {target}" for source, target, relative in _imports()
-                     if RANK[target] > RANK[source]})
+    upward = sorted(
+        {f"{relative}: {source} -> {target}" for source, target, relative in _imports() if RANK[target] > RANK[source]}
+    )
     assert upward == []
 
 

@@ -160,8 +160,13 @@ def test_code_that_runs_at_load_time_is_refused_before_loading(tmp_path):
 def test_checkpoint_write_in_a_serving_function_is_refused(tmp_path):
     """SaveV2 is legitimate in the saver's own function, never in a function that tfrobust calls."""
     prefix = tmp_path / "ckpt"
-    path = _save_serving(tmp_path, "saver", lambda images: [
-        tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=["x"], shape_and_slices=[""], tensors=[images])])
+    path = _save_serving(
+        tmp_path,
+        "saver",
+        lambda images: [
+            tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=["x"], shape_and_slices=[""], tensors=[images])
+        ],
+    )
     with pytest.raises(UserError, match=r"function __inference_serve_\d+ uses op SaveV2 \(checkpoint I/O outside"):
         load_model(path)
     assert not any(name.startswith("ckpt") for name in os.listdir(tmp_path))
@@ -238,8 +243,11 @@ def test_checkpoint_write_in_the_restore_function_is_refused(tfrobust_export, tm
     function = next(f for f in graph.library.function if f.signature.name == restore_function)
     next(n for n in function.node_def if n.op == "NoOp").op = "MergeV2Checkpoints"
     copy = _write_copy(path, tmp_path / "restore", proto)
-    with pytest.raises(UserError, match=rf"function {restore_function} uses op MergeV2Checkpoints \(checkpoint write "
-                                        r"reachable from the saver's restore op\)"):
+    with pytest.raises(
+        UserError,
+        match=rf"function {restore_function} uses op MergeV2Checkpoints \(checkpoint write "
+        r"reachable from the saver's restore op\)",
+    ):
         inspect_saved_model(copy)
 
 
@@ -251,8 +259,11 @@ def test_call_to_a_function_outside_the_file_is_refused(tfrobust_export, tmp_pat
     serving_node = proto.meta_graphs[0].signature_def["serving_default"].outputs["logits"].name.split(":")[0]
     next(n for n in graph.node if n.name == serving_node).attr["f"].func.name = "__inference_process_fn_7"
     copy = _write_copy(path, tmp_path / "outside", proto)
-    with pytest.raises(UserError, match=rf"graph node {serving_node} uses op StatefulPartitionedCall \(calls "
-                                        r"function __inference_process_fn_7, which the SavedModel does not define\)"):
+    with pytest.raises(
+        UserError,
+        match=rf"graph node {serving_node} uses op StatefulPartitionedCall \(calls "
+        r"function __inference_process_fn_7, which the SavedModel does not define\)",
+    ):
         inspect_saved_model(copy)
 
 
@@ -273,8 +284,11 @@ def test_function_that_nothing_calls_is_checked(tfrobust_export, tmp_path):
 def test_unknown_op_is_refused(tfrobust_export, tmp_path):
     _, path = tfrobust_export
     proto = _proto(path)
-    function = next(f for f in proto.meta_graphs[0].graph_def.library.function
-                    if f.signature.name.startswith("__inference_logits_fn"))
+    function = next(
+        f
+        for f in proto.meta_graphs[0].graph_def.library.function
+        if f.signature.name.startswith("__inference_logits_fn")
+    )
     function.node_def[-1].op = "MyCustomOp"
     copy = _write_copy(path, tmp_path / "custom", proto)
     with pytest.raises(UserError, match=r"uses op MyCustomOp \(not on the allow-list of inference ops\)"):
@@ -395,16 +409,32 @@ def _head(config):
 @pytest.mark.parametrize(
     "entry, start",
     [
-        ({"module": "keras.utils", "class_name": "function", "config": "get_file", "registered_name": "get_file"},
-         ("refusing to load model {path}: layer 'head' names function 'get_file' from module 'keras.utils', not a "
-          "Keras modelling function; pass --trust-model")),
-        ({"module": "keras.config", "class_name": "function", "config": "enable_unsafe_deserialization",
-          "registered_name": "function"},
-         ("refusing to load model {path}: layer 'head' names function 'enable_unsafe_deserialization' from module "
-          "'keras.config', not a Keras modelling function")),
-        ({"module": "os", "class_name": "function", "config": "system", "registered_name": "system"},
-         ("cannot load {path}: layer 'head' names function 'system' from module 'os', which is neither a Keras "
-          "function nor registered")),
+        (
+            {"module": "keras.utils", "class_name": "function", "config": "get_file", "registered_name": "get_file"},
+            (
+                "refusing to load model {path}: layer 'head' names function 'get_file' from module 'keras.utils', not a "
+                "Keras modelling function; pass --trust-model"
+            ),
+        ),
+        (
+            {
+                "module": "keras.config",
+                "class_name": "function",
+                "config": "enable_unsafe_deserialization",
+                "registered_name": "function",
+            },
+            (
+                "refusing to load model {path}: layer 'head' names function 'enable_unsafe_deserialization' from module "
+                "'keras.config', not a Keras modelling function"
+            ),
+        ),
+        (
+            {"module": "os", "class_name": "function", "config": "system", "registered_name": "system"},
+            (
+                "cannot load {path}: layer 'head' names function 'system' from module 'os', which is neither a Keras "
+                "function nor registered"
+            ),
+        ),
     ],
 )
 def test_non_modelling_functions_refused(tmp_path, entry, start):
@@ -421,7 +451,9 @@ def test_keras_modelling_function_passes(tmp_path):
     crafted = _edit_config(path, tmp_path / "gelu.keras", lambda c: _head(c)["config"].update(activation=entry))
     inspect_keras_file(crafted)
     x = tf.constant(np.random.default_rng(5).uniform(0, 1, (2, 4, 4, 1)).astype(np.float32))
-    np.testing.assert_allclose(load_model(crafted).logits(x).numpy(), keras.activations.gelu(model(x)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        load_model(crafted).logits(x).numpy(), keras.activations.gelu(model(x)).numpy(), atol=1e-5
+    )
 
 
 def test_tfsm_layer_refused(tmp_path):

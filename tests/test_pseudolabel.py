@@ -51,8 +51,9 @@ def test_top_k_per_class_matches_brute_force(classifier, tmp_path):
     images = _images(700)
     np.savez(tmp_path / "raw.npz", image=images)  # unlabelled input
     out = str(tmp_path / "labelled")
-    summary = pseudolabel(path, [str(tmp_path / "raw.npz")], out, top_k=40, batch_size=64, shard_size=50,
-                          block_size=128, progress=False)
+    summary = pseudolabel(
+        path, [str(tmp_path / "raw.npz")], out, top_k=40, batch_size=64, shard_size=50, block_size=128, progress=False
+    )
     kept, candidates = _reference(model, images, 40)
     data = open_extra_data([out], num_classes=K)
     got_images, got_labels = data.gather(np.arange(len(data)))
@@ -64,7 +65,9 @@ def test_top_k_per_class_matches_brute_force(classifier, tmp_path):
         np.testing.assert_array_equal(np.sort(want_index[got_labels == c]), kept[c])
         row = summary["per_class"][str(c)]
         assert row["candidates"] == candidates[c] and row["kept"] == min(40, candidates[c])
-    scores = np.concatenate([np.load(os.path.join(out, f))["score"] for f in sorted(os.listdir(out)) if f.endswith(".npz")])
+    scores = np.concatenate(
+        [np.load(os.path.join(out, f))["score"] for f in sorted(os.listdir(out)) if f.endswith(".npz")]
+    )
     for c in range(K):
         assert summary["per_class"][str(c)]["threshold"] == pytest.approx(float(scores[got_labels == c].min()))
     assert "kept 120 of 700" in format_summary(summary)

@@ -37,13 +37,30 @@ def test_unknown_norm_is_one_user_error(norm):
         tm.check_eps(norm, 0.1)
 
 
-@pytest.mark.parametrize("norm, eps, ok", [
-    ("linf", 8 / 255, True), ("linf", 1.0, True), ("linf", 1.0 + 1e-9, False), ("linf", 0.0, False),
-    ("linf", -0.1, False), ("linf", math.nan, False), ("linf", math.inf, False),
-    ("l2", 128 / 255, True), ("l2", 1.5, True), ("l2", 64.0, True), ("l2", 64.5, False), ("l2", 0.0, False),
-    ("l1", 12.0, True), ("l1", 0.5, True), ("l1", 3072.0, True), ("l1", 3072.5, False), ("l1", 0.0, False),
-    ("l1", -12.0, False), ("l1", math.nan, False),
-])
+@pytest.mark.parametrize(
+    "norm, eps, ok",
+    [
+        ("linf", 8 / 255, True),
+        ("linf", 1.0, True),
+        ("linf", 1.0 + 1e-9, False),
+        ("linf", 0.0, False),
+        ("linf", -0.1, False),
+        ("linf", math.nan, False),
+        ("linf", math.inf, False),
+        ("l2", 128 / 255, True),
+        ("l2", 1.5, True),
+        ("l2", 64.0, True),
+        ("l2", 64.5, False),
+        ("l2", 0.0, False),
+        ("l1", 12.0, True),
+        ("l1", 0.5, True),
+        ("l1", 3072.0, True),
+        ("l1", 3072.5, False),
+        ("l1", 0.0, False),
+        ("l1", -12.0, False),
+        ("l1", math.nan, False),
+    ],
+)
 def test_eps_range_per_norm(norm, eps, ok):
     if ok:
         assert tm.check_eps(norm, eps) == eps
@@ -117,7 +134,9 @@ def test_one_home():
     assert config.TRAIN_NORMS is tm.TRAIN_NORMS and config.DEFAULT_EPS is tm.DEFAULT_EPS
     assert projection.check_norm is tm.check_norm and projection.check_eps is tm.check_radius
     assert resolve_threat_model is tm.resolve_threat_model
-    definition = re.compile(r"^(NORMS|TRAIN_NORMS|DEFAULT_EPS|MAX_EPS) = |^def (check_norm|check_eps|resolve_threat_model)\(", re.MULTILINE)
+    definition = re.compile(
+        r"^(NORMS|TRAIN_NORMS|DEFAULT_EPS|MAX_EPS) = |^def (check_norm|check_eps|resolve_threat_model)\(", re.MULTILINE
+    )
     root = os.path.dirname(tm.__file__)
     for folder, _, files in os.walk(root):
         for name in files:
@@ -130,7 +149,13 @@ def test_one_home():
 
 def test_imports_no_tensorflow():
     code = "import sys, tfrobust.threat_model, tfrobust.config; print('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
-                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(tm.__file__))})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(tm.__file__))},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False"]

@@ -71,17 +71,90 @@ def _commands(model, npz, tmp_path):
     out = tmp_path / "out"
     data = f"npz:{npz}"
     return {
-        "eval": (["eval", "--model", model, "--dataset", data, "--attack", "apgd-ce", "--batch-size", "24",
-                  "--report", str(out / "report.json")], out / "report.json"),
-        "audit": (["audit", "--model", model, "--out", str(out), "--dataset", data, "--split", "all", "--eps", "0.1",
-                   "--n-examples", "8", "--checks", "landscape", "--landscape-images", "1", "--grid", "3"],
-                  out / "audit.json"),
-        "pseudolabel": (["pseudolabel", "--classifier", model, "--input", npz, "--output", str(out)],
-                        out / "summary.json"),
-        "diversity-extractor": (["diversity", "--out", str(out), "--dataset", data, "--test", data, "--set", data,
-                                 "--n", "8", "--pca-dims", "4", "--extractor", model], out / "diversity.json"),
-        "diversity-classifier": (["diversity", "--out", str(out), "--dataset", data, "--test", data, "--set", data,
-                                  "--n", "8", "--pca-dims", "4", "--classifier", model], out / "diversity.json"),
+        "eval": (
+            [
+                "eval",
+                "--model",
+                model,
+                "--dataset",
+                data,
+                "--attack",
+                "apgd-ce",
+                "--batch-size",
+                "24",
+                "--report",
+                str(out / "report.json"),
+            ],
+            out / "report.json",
+        ),
+        "audit": (
+            [
+                "audit",
+                "--model",
+                model,
+                "--out",
+                str(out),
+                "--dataset",
+                data,
+                "--split",
+                "all",
+                "--eps",
+                "0.1",
+                "--n-examples",
+                "8",
+                "--checks",
+                "landscape",
+                "--landscape-images",
+                "1",
+                "--grid",
+                "3",
+            ],
+            out / "audit.json",
+        ),
+        "pseudolabel": (
+            ["pseudolabel", "--classifier", model, "--input", npz, "--output", str(out)],
+            out / "summary.json",
+        ),
+        "diversity-extractor": (
+            [
+                "diversity",
+                "--out",
+                str(out),
+                "--dataset",
+                data,
+                "--test",
+                data,
+                "--set",
+                data,
+                "--n",
+                "8",
+                "--pca-dims",
+                "4",
+                "--extractor",
+                model,
+            ],
+            out / "diversity.json",
+        ),
+        "diversity-classifier": (
+            [
+                "diversity",
+                "--out",
+                str(out),
+                "--dataset",
+                data,
+                "--test",
+                data,
+                "--set",
+                data,
+                "--n",
+                "8",
+                "--pca-dims",
+                "4",
+                "--classifier",
+                model,
+            ],
+            out / "diversity.json",
+        ),
     }
 
 
@@ -117,12 +190,25 @@ def test_reports_record_an_inspected_model(tmp_path):
     module.serve = tf.function(lambda x: {"logits": tf.matmul(tf.reshape(x, [-1, 16]), kernel)}, input_signature=[SPEC])
     model = str(tmp_path / "clean")
     tf.saved_model.save(module, model, signatures={"serving_default": module.serve})
-    result = CliRunner().invoke(cli, ["eval", "--model", model, "--dataset", f"npz:{npz}", "--attack", "apgd-ce",
-                                      "--report", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--model",
+            model,
+            "--dataset",
+            f"npz:{npz}",
+            "--attack",
+            "apgd-ce",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(Path(tmp_path / "r.json").read_text())["trust_model"] is False
-    result = CliRunner().invoke(cli, ["pseudolabel", "--classifier", model, "--input", npz,
-                                      "--output", str(tmp_path / "labelled")])
+    result = CliRunner().invoke(
+        cli, ["pseudolabel", "--classifier", model, "--input", npz, "--output", str(tmp_path / "labelled")]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(Path(tmp_path / "labelled" / "summary.json").read_text())["trust_model"] is False
 
@@ -132,7 +218,9 @@ def test_python_evaluate_refuses_unless_trusted(crafted):
     model, marker, npz = crafted
     with np.load(npz) as data:
         images, labels = data["image"][:6], data["label"][:6]
-    with pytest.raises(UserError, match=r"uses op WriteFile \(file system\); pass --trust-model \(Python: trust_model=True\)"):
+    with pytest.raises(
+        UserError, match=r"uses op WriteFile \(file system\); pass --trust-model \(Python: trust_model=True\)"
+    ):
         evaluate(model, images, labels, attack="apgd-ce", verbose=False)
     assert not os.path.exists(marker)
     evaluation = evaluate(model, images, labels, attack="apgd-ce", verbose=False, trust_model=True)

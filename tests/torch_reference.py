@@ -43,8 +43,9 @@ class WRNBlock(nn.Module):
 class WRNGroup(nn.Module):
     def __init__(self, n, cin, cout, stride, act):
         super().__init__()
-        self.block = nn.Sequential(*[WRNBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, act)
-                                     for i in range(n)])
+        self.block = nn.Sequential(
+            *[WRNBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1, act) for i in range(n)]
+        )
 
     def forward(self, x):
         return self.block(x)
@@ -97,8 +98,12 @@ class RefPreActResNet18(nn.Module):
         self.conv_2d = nn.Conv2d(3, 64, 3, 1, padding=1, bias=False)
         widths = (64, 64, 128, 256, 512)
         for s in range(4):
-            blocks = [PreActBlock(widths[s] if i == 0 else widths[s + 1], widths[s + 1], (1, 2, 2, 2)[s] if i == 0 else 1,
-                                  self.act) for i in range(2)]
+            blocks = [
+                PreActBlock(
+                    widths[s] if i == 0 else widths[s + 1], widths[s + 1], (1, 2, 2, 2)[s] if i == 0 else 1, self.act
+                )
+                for i in range(2)
+            ]
             setattr(self, f"layer_{s}", nn.Sequential(*blocks))
         self.batchnorm = nn.BatchNorm2d(512)
         self.logits = nn.Linear(512, num_classes)

@@ -32,7 +32,16 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
 
-__all__ = ["AdversarialTrainer", "Evaluation", "attacks", "autoattack", "callbacks", "evaluate", "export_model", "layers"]
+__all__ = [
+    "AdversarialTrainer",
+    "Evaluation",
+    "attacks",
+    "autoattack",
+    "callbacks",
+    "evaluate",
+    "export_model",
+    "layers",
+]
 
 # Public name -> the module that defines it (a module itself where the name is a submodule).
 _LAZY = {

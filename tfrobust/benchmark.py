@@ -136,7 +136,6 @@ def peak_memory_gib() -> tuple[float, str]:
 def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=print) -> dict[str, Any]:
     """Times `config`'s training step (see the module docstring); returns the JSON-able result."""
     import keras
-
     import tensorflow as tf
 
     from tfrobust.data.datasets import load_dataset, synthetic_splits
@@ -155,8 +154,9 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
         source = f"synthetic images of {config.dataset}'s shape"
     run = build_run(config, tempfile.mkdtemp(prefix="tfrobust-benchmark-"), splits=splits)
     replicas = run.strategy.num_replicas_in_sync
-    data, _ = training_stream(config, run.splits, None, replicas=replicas, first_epoch=0,
-                              steps_per_epoch=run.data_pass_steps)
+    data, _ = training_stream(
+        config, run.splits, None, replicas=replicas, first_epoch=0, steps_per_epoch=run.data_pass_steps
+    )
 
     times: list[float] = []
 
@@ -167,7 +167,10 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
         def on_train_batch_end(self, batch, logs=None):
             float(logs["loss"])  # waits for the step
             times.append(time.perf_counter() - self.start)
-            progress(f"step {len(times)}/{warmup + steps}: {times[-1]:.3f} s" + ("  (warm-up)" if len(times) <= warmup else ""))
+            progress(
+                f"step {len(times)}/{warmup + steps}: {times[-1]:.3f} s"
+                + ("  (warm-up)" if len(times) <= warmup else "")
+            )
 
     run.trainer.fit(data, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[Timer()])
     timed = np.asarray(times[warmup:])
@@ -180,8 +183,21 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
     memory, memory_source = peak_memory_gib()
     total_steps = steps_after_epochs(config.epochs, epoch_examples, config.batch_size)
     return {
-        "config": {k: getattr(config, k) for k in ("model", "loss", "attack_steps", "batch_size", "precision",
-                                                    "strategy", "jit_compile", "aug", "aug_repeats", "epochs")},
+        "config": {
+            k: getattr(config, k)
+            for k in (
+                "model",
+                "loss",
+                "attack_steps",
+                "batch_size",
+                "precision",
+                "strategy",
+                "jit_compile",
+                "aug",
+                "aug_repeats",
+                "epochs",
+            )
+        },
         "data": source,
         "replicas": replicas,
         "xla": bool(run.trainer.jit_compile or run.trainer.xla_per_replica),
@@ -209,17 +225,26 @@ def table(result: dict[str, Any]) -> str:
     """The readable summary printed by `tfrobust benchmark`."""
     c = result["config"]
     rows = [
-        ("step", f"{c['model']} {c['loss']}-{c['attack_steps']}, batch {c['batch_size']}, {c['precision']}, "
-                 f"XLA {'on' if result['xla'] else 'off'}, {result['replicas']} replica(s), aug {c['aug']}"),
+        (
+            "step",
+            f"{c['model']} {c['loss']}-{c['attack_steps']}, batch {c['batch_size']}, {c['precision']}, "
+            f"XLA {'on' if result['xla'] else 'off'}, {result['replicas']} replica(s), aug {c['aug']}",
+        ),
         ("data", result["data"]),
         ("images/s", f"{result['images_per_second']:.1f}"),
         ("seconds/step", f"{result['seconds_per_step']:.3f} (median of {len(result['step_seconds'])})"),
-        ("MFU", f"{100 * result['mfu']:.1f}% of {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}); "
-                f"{result['achieved_tflops']:.2f} TFLOP/s at {result['forward_equivalents_per_image']} forwards "
-                f"of {result['forward_flops_per_image'] / 1e9:.3g} GFLOP per image"),
+        (
+            "MFU",
+            f"{100 * result['mfu']:.1f}% of {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}); "
+            f"{result['achieved_tflops']:.2f} TFLOP/s at {result['forward_equivalents_per_image']} forwards "
+            f"of {result['forward_flops_per_image'] / 1e9:.3g} GFLOP per image",
+        ),
         ("peak memory", f"{result['peak_memory_gib']:.2f} GiB ({result['memory_source']})"),
-        ("whole run", f"{result['run_steps']} steps ({c['epochs']} epochs): {result['projected_run_hours']:.1f} h "
-                      "on this hardware, model selection not included"),
+        (
+            "whole run",
+            f"{result['run_steps']} steps ({c['epochs']} epochs): {result['projected_run_hours']:.1f} h "
+            "on this hardware, model selection not included",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -110,7 +110,9 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="tfrobust")
-@click.option("--verbose", is_flag=True, help="Show TensorFlow's C++ start-up log (CUDA probing, oneDNN, CPU features).")
+@click.option(
+    "--verbose", is_flag=True, help="Show TensorFlow's C++ start-up log (CUDA probing, oneDNN, CPU features)."
+)
 def cli(verbose: bool) -> None:
     """Adversarially robust image classifiers in TensorFlow/Keras (Rebuffi, Gowal et al. 2021)."""
 
@@ -123,10 +125,12 @@ def _given_paths(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 def _trust_model_option(function):
     """--trust-model: load the model without `tfrobust.inspection` (passed to `tfrobust.export.load_model`)."""
     return click.option(
-        "--trust-model", is_flag=True,
+        "--trust-model",
+        is_flag=True,
         help="Run the model without inspecting it first (a SavedModel's ops, a .keras file's layers; a .keras file "
-             "loads with Keras's safe_mode off). Its graph may then read or write files or run Python: only for "
-             "models you trust. The report records it.")(function)
+        "loads with Keras's safe_mode off). Its graph may then read or write files or run Python: only for "
+        "models you trust. The report records it.",
+    )(function)
 
 
 def _field_option(field: dataclasses.Field, hint: Any):
@@ -151,7 +155,11 @@ def _train_options(function):
     from tfrobust.config import PRESETS, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
-    options = [click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="A recipe of the paper (see README).")]
+    options = [
+        click.option(
+            "--preset", type=click.Choice(list(PRESETS)), default=None, help="A recipe of the paper (see README)."
+        )
+    ]
     options += [_field_option(field, hints[field.name]) for field in dataclasses.fields(TrainConfig)]
     for option in reversed(options):
         function = option(function)
@@ -161,7 +169,9 @@ def _train_options(function):
 @cli.command()
 @_train_options
 @click.option("--out", default=None, help="Run directory [runs/<name>-<time>]; must be new or empty.")
-@click.option("--resume", "resume_dir", default=None, help="Continue the run in this directory from its last checkpoint.")
+@click.option(
+    "--resume", "resume_dir", default=None, help="Continue the run in this directory from its last checkpoint."
+)
 def train(out: str | None, resume_dir: str | None, preset: str | None, **options: Any) -> None:
     """Adversarial training (TRADES by default) with weight averaging; exports the selected model.
 
@@ -191,7 +201,13 @@ def train(out: str | None, resume_dir: str | None, preset: str | None, **options
 @cli.command()
 @_train_options
 @click.option("--steps", type=int, default=5, show_default=True, help="Timed steps (after the warm-up).")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps first (tracing, XLA compilation, autotuning).")
+@click.option(
+    "--warmup",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Untimed steps first (tracing, XLA compilation, autotuning).",
+)
 @click.option("--json", "json_path", default=None, help="Also write the result as JSON to this file (must not exist).")
 def benchmark(preset: str | None, steps: int, warmup: int, json_path: str | None, **options: Any) -> None:
     """Times the training step a run would take on this hardware: images/s, MFU, memory, projected time."""
@@ -239,21 +255,54 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
 
 @cli.command(name="eval")
 @click.option("--model", "model_path", default=None, help="SavedModel dir, TF Serving base dir, or .keras file.")
-@click.option("--attack", default="pgd40", help="Attack cascade: aa (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square) | aa-plus (AutoAttack plus) | aa-rand (AutoAttack rand, EOT: randomised models) | aa+mt (the paper's: APGD-CE 5x100, APGD-DLR 5x100, MultiTargeted 10x200) | mt | pgd40 | one attack or a comma list in order, e.g. apgd-ce,apgd-dlr,square (apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square as AutoAttack standard configures them; NAME@plus, NAME@rand as that version does) [pgd40].")
+@click.option(
+    "--attack",
+    default="pgd40",
+    help="Attack cascade: aa (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square) | aa-plus (AutoAttack plus) | aa-rand (AutoAttack rand, EOT: randomised models) | aa+mt (the paper's: APGD-CE 5x100, APGD-DLR 5x100, MultiTargeted 10x200) | mt | pgd40 | one attack or a comma list in order, e.g. apgd-ce,apgd-dlr,square (apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square as AutoAttack standard configures them; NAME@plus, NAME@rand as that version does) [pgd40].",
+)
 @click.option("--dataset", default=None, help="Dataset [the model's]; npz:PATH for your own arrays.")
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
-@click.option("--split", default=None, help="test | val | train | all (train and val) [test; npz:PATH: all, every image of the file]")
+@click.option(
+    "--split",
+    default=None,
+    help="test | val | train | all (train and val) [test; npz:PATH: all, every image of the file]",
+)
 @click.option("--norm", default=None, help="linf | l2 [the model's]")
 @click.option("--eps", type=float, default=None, help="Radius [the model's].")
 @click.option("--n-examples", type=int, default=None, help="First N examples of the split [all].")
 @click.option("--batch-size", type=int, default=256, help="Evaluation batch size [256].")
 @click.option("--seed", type=int, default=0, help="Seed of the attacks' random starts [0].")
 @click.option("--report", default=None, help="JSON report path [eval_reports/<model>-<attack>-<split>-<time>.json].")
-@click.option("--val-size", type=int, default=None, help="Validation images held out of train (split val/train) [the run's, else 1024].")
-@click.option("--save-examples", default=None, help="Also write an npz of per-example flags (clean correct, robust, stage that broke it) and adversarial examples.")
-@click.option("--eot-iter", type=int, default=None, help="Model calls averaged per APGD gradient step (expectation over transformation, randomised models) [aa-rand: 20; otherwise 1].")
-@click.option("--format", "report_format", type=click.Choice(["json", "robustbench"]), default="json", help="robustbench: also write <report>.robustbench.json, the fields of a RobustBench leaderboard entry [json].")
-@click.option("--resume", "resume_report", default=None, help="Continue the interrupted evaluation that was writing this report (its settings are reused).")
+@click.option(
+    "--val-size",
+    type=int,
+    default=None,
+    help="Validation images held out of train (split val/train) [the run's, else 1024].",
+)
+@click.option(
+    "--save-examples",
+    default=None,
+    help="Also write an npz of per-example flags (clean correct, robust, stage that broke it) and adversarial examples.",
+)
+@click.option(
+    "--eot-iter",
+    type=int,
+    default=None,
+    help="Model calls averaged per APGD gradient step (expectation over transformation, randomised models) [aa-rand: 20; otherwise 1].",
+)
+@click.option(
+    "--format",
+    "report_format",
+    type=click.Choice(["json", "robustbench"]),
+    default="json",
+    help="robustbench: also write <report>.robustbench.json, the fields of a RobustBench leaderboard entry [json].",
+)
+@click.option(
+    "--resume",
+    "resume_report",
+    default=None,
+    help="Continue the interrupted evaluation that was writing this report (its settings are reused).",
+)
 @_trust_model_option
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: str | None, resume_report: str | None, **options: Any) -> None:
@@ -273,18 +322,45 @@ def evaluate(ctx: click.Context, model_path: str | None, resume_report: str | No
     click.echo(f"report: {result['report_path']}")
     robustbench = result["report"].get("robustbench")
     if robustbench:
-        click.echo(f"RobustBench entry: {robustbench['entry']} (fill in by hand: {', '.join(robustbench['empty_fields'])})")
+        click.echo(
+            f"RobustBench entry: {robustbench['entry']} (fill in by hand: {', '.join(robustbench['empty_fields'])})"
+        )
         for note in robustbench["notes"]:
             click.echo(f"  note: {note}")
 
 
 @cli.command(name="import")
-@click.option("--checkpoint", required=True, help="PyTorch state dict (.pt) of the reference model_zoo, e.g. a published checkpoint.")
-@click.option("--arch", required=True, help="wrn-28-10 | wrn-34-20 | wrn-70-16 | wrn-106-16 | preact-resnet-18 | wrn-16-2 | ... (tfrobust's model names)")
-@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), required=True, help="What the checkpoint was trained on (classes, normalisation).")
-@click.option("--activation", type=click.Choice(["swish", "relu"]), default="swish", help="The model's activation [swish, as the published models].")
-@click.option("--out", required=True, help="saved_models/NAME/VERSION (TF Serving layout; saved_models/NAME: the next version).")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", help="Threat model written to the metadata (eval's default) [linf].")
+@click.option(
+    "--checkpoint",
+    required=True,
+    help="PyTorch state dict (.pt) of the reference model_zoo, e.g. a published checkpoint.",
+)
+@click.option(
+    "--arch",
+    required=True,
+    help="wrn-28-10 | wrn-34-20 | wrn-70-16 | wrn-106-16 | preact-resnet-18 | wrn-16-2 | ... (tfrobust's model names)",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["cifar10", "cifar100"]),
+    required=True,
+    help="What the checkpoint was trained on (classes, normalisation).",
+)
+@click.option(
+    "--activation",
+    type=click.Choice(["swish", "relu"]),
+    default="swish",
+    help="The model's activation [swish, as the published models].",
+)
+@click.option(
+    "--out", required=True, help="saved_models/NAME/VERSION (TF Serving layout; saved_models/NAME: the next version)."
+)
+@click.option(
+    "--norm",
+    type=click.Choice(["linf", "l2"]),
+    default="linf",
+    help="Threat model written to the metadata (eval's default) [linf].",
+)
 @click.option("--eps", type=float, default=None, help="Radius written to the metadata [8/255 linf, 128/255 l2].")
 def import_(checkpoint: str, arch: str, dataset: str, activation: str, out: str, norm: str, eps: float | None) -> None:
     """Imports a published PyTorch checkpoint as a SavedModel (needs the [import] extra: torch)."""
@@ -303,13 +379,22 @@ def import_(checkpoint: str, arch: str, dataset: str, activation: str, out: str,
 @click.option("--draws", type=int, default=2, help="Augmented rows (different seeds) [2].")
 @click.option("--seed", type=_SEED, default=0, help="Seed [0].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def augment_preview(aug: str, dataset: str, data_dir: str | None, out: str, num_images: int, draws: int, seed: int,
-                    overwrite: bool) -> None:
+def augment_preview(
+    aug: str, dataset: str, data_dir: str | None, out: str, num_images: int, draws: int, seed: int, overwrite: bool
+) -> None:
     """A PNG grid of original and augmented images with their (soft) labels."""
     from tfrobust.diagnostics.augment_preview import preview_grid
 
-    path = preview_grid(aug=aug, dataset=dataset, out=out, num_images=num_images, draws=draws, seed=seed,
-                        data_dir=data_dir, overwrite=overwrite)
+    path = preview_grid(
+        aug=aug,
+        dataset=dataset,
+        out=out,
+        num_images=num_images,
+        draws=draws,
+        seed=seed,
+        data_dir=data_dir,
+        overwrite=overwrite,
+    )
     click.echo(f"wrote {path}")
 
 
@@ -355,30 +440,84 @@ def report(run_dirs: tuple[str, ...], out: str, overwrite: bool) -> None:
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
 @click.option("--split", default="test", help="test (default) | val | train")
 @click.option("--norm", default=None, help="linf | l2 [the model's]")
-@click.option("--eps", type=float, default=None, help="The model's radius; the sweeps are multiples of it [the model's].")
+@click.option(
+    "--eps", type=float, default=None, help="The model's radius; the sweeps are multiples of it [the model's]."
+)
 @click.option("--n-examples", type=int, default=200, help="First N examples of the split [200].")
-@click.option("--checks", callback=_name_list, default="eps,steps,square,landscape", help="Checks to run [eps,steps,square,landscape].")
-@click.option("--eps-multiples", callback=_number_list(float), default="0,0.5,1,2,4,8", help="Eps sweep, in multiples of --eps [0,0.5,1,2,4,8].")
-@click.option("--steps", callback=_number_list(int), default="5,10,20,50,100,200,500,1000", help="APGD-CE iterations of the steps sweep [5,...,1000].")
+@click.option(
+    "--checks",
+    callback=_name_list,
+    default="eps,steps,square,landscape",
+    help="Checks to run [eps,steps,square,landscape].",
+)
+@click.option(
+    "--eps-multiples",
+    callback=_number_list(float),
+    default="0,0.5,1,2,4,8",
+    help="Eps sweep, in multiples of --eps [0,0.5,1,2,4,8].",
+)
+@click.option(
+    "--steps",
+    callback=_number_list(int),
+    default="5,10,20,50,100,200,500,1000",
+    help="APGD-CE iterations of the steps sweep [5,...,1000].",
+)
 @click.option("--square-queries", type=int, default=5000, help="Square's query budget [5000].")
 @click.option("--landscape-images", type=int, default=2, help="Loss landscapes of the first N examples [2].")
 @click.option("--grid", "grid_size", type=int, default=21, help="Landscape grid points per axis [21].")
 @click.option("--batch-size", type=int, default=256, help="Attack batch size [256].")
-@click.option("--seed", type=_SEED, default=0, help="Seed of the attacks' random starts and the Rademacher direction [0].")
+@click.option(
+    "--seed", type=_SEED, default=0, help="Seed of the attacks' random starts and the Rademacher direction [0]."
+)
 @_trust_model_option
-def audit(model_path: str, out: str, overwrite: bool, dataset: str | None, data_dir: str | None, split: str,
-          norm: str | None, eps: float | None, n_examples: int, checks: tuple[str, ...], eps_multiples: tuple[float, ...],
-          steps: tuple[int, ...], square_queries: int, landscape_images: int, grid_size: int, batch_size: int,
-          seed: int, trust_model: bool) -> None:
+def audit(
+    model_path: str,
+    out: str,
+    overwrite: bool,
+    dataset: str | None,
+    data_dir: str | None,
+    split: str,
+    norm: str | None,
+    eps: float | None,
+    n_examples: int,
+    checks: tuple[str, ...],
+    eps_multiples: tuple[float, ...],
+    steps: tuple[int, ...],
+    square_queries: int,
+    landscape_images: int,
+    grid_size: int,
+    batch_size: int,
+    seed: int,
+    trust_model: bool,
+) -> None:
     """Gradient-masking checks of the paper's appendix C: eps and steps sweeps, Square vs APGD, loss landscapes."""
     from tfrobust.diagnostics.audit import AuditConfig, AuditSettings, run_audit
 
-    config = AuditConfig(eps_multiples=eps_multiples, steps=steps, square_queries=square_queries,
-                         landscape_images=landscape_images, grid_size=grid_size, batch_size=batch_size, seed=seed,
-                         checks=checks)
-    result = run_audit(AuditSettings(model_path=model_path, out=out, config=config, dataset=dataset, data_dir=data_dir,
-                                     split=split, norm=norm, eps=eps, n_examples=n_examples, overwrite=overwrite,
-                                     trust_model=trust_model))
+    config = AuditConfig(
+        eps_multiples=eps_multiples,
+        steps=steps,
+        square_queries=square_queries,
+        landscape_images=landscape_images,
+        grid_size=grid_size,
+        batch_size=batch_size,
+        seed=seed,
+        checks=checks,
+    )
+    result = run_audit(
+        AuditSettings(
+            model_path=model_path,
+            out=out,
+            config=config,
+            dataset=dataset,
+            data_dir=data_dir,
+            split=split,
+            norm=norm,
+            eps=eps,
+            n_examples=n_examples,
+            overwrite=overwrite,
+            trust_model=trust_model,
+        )
+    )
     click.echo(result["table"])
     click.echo(f"overall: {'no check flagged' if result['report']['passed'] else 'FLAGGED'}")
     click.echo(f"report: {os.path.join(out, 'audit.json')}")
@@ -389,74 +528,182 @@ def audit(model_path: str, out: str, overwrite: bool, dataset: str | None, data_
 @click.option("--overwrite", is_flag=True, help="Replace the report previously written in --out (only its own files).")
 @click.option("--dataset", default=None, help="Train/test reference dataset [the classifier's or extractor's].")
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
-@click.option("--aug", default=None, help="The set: this augmentation chain applied to training images, e.g. padcrop+cutmix.")
+@click.option(
+    "--aug", default=None, help="The set: this augmentation chain applied to training images, e.g. padcrop+cutmix."
+)
 @click.option("--set", "set_path", default=None, help="The set: a generated npz file, npz:PATH (arrays image, label).")
-@click.option("--test", "test_path", default=None, help="Held-out images as npz:PATH, for a dataset without a test split (npz:PATH datasets).")
-@click.option("--n", type=int, default=10_000, help="Images of train, test and the set [10000, capped by the smallest].")
-@click.option("--extractor", default="pixels", help="pixels (default: raw pixels) | a classifier SavedModel/.keras (penultimate layer).")
+@click.option(
+    "--test",
+    "test_path",
+    default=None,
+    help="Held-out images as npz:PATH, for a dataset without a test split (npz:PATH datasets).",
+)
+@click.option(
+    "--n", type=int, default=10_000, help="Images of train, test and the set [10000, capped by the smallest]."
+)
+@click.option(
+    "--extractor",
+    default="pixels",
+    help="pixels (default: raw pixels) | a classifier SavedModel/.keras (penultimate layer).",
+)
 @click.option("--classifier", default=None, help="A classifier for the label-agreement numbers.")
 @click.option("--pca-dims", type=int, default=100, help="PCA components, fitted on train+test [100].")
 @click.option("--batch-size", type=int, default=256, help="Batch size of feature extraction and augmentation [256].")
 @click.option("--seed", type=_SEED, default=0, help="Seed of the samples and the augmentation [0].")
 @_trust_model_option
-def diversity(out: str, overwrite: bool, dataset: str | None, data_dir: str | None, aug: str | None,
-              set_path: str | None, test_path: str | None, n: int, extractor: str, classifier: str | None, pca_dims: int, batch_size: int,
-              seed: int, trust_model: bool) -> None:
+def diversity(
+    out: str,
+    overwrite: bool,
+    dataset: str | None,
+    data_dir: str | None,
+    aug: str | None,
+    set_path: str | None,
+    test_path: str | None,
+    n: int,
+    extractor: str,
+    classifier: str | None,
+    pca_dims: int,
+    batch_size: int,
+    seed: int,
+    trust_model: bool,
+) -> None:
     """Nearest-neighbour diversity of an augmentation or generated set (the paper's Tables 1 and 7)."""
     from tfrobust.diagnostics.diversity import DiversitySettings, run_diversity
 
-    result = run_diversity(DiversitySettings(out=out, overwrite=overwrite, dataset=dataset, data_dir=data_dir, aug=aug,
-                                             set_path=set_path, test_path=test_path, n=n, extractor=extractor, classifier=classifier,
-                                             pca_dims=pca_dims, batch_size=batch_size, seed=seed,
-                                             trust_model=trust_model))
+    result = run_diversity(
+        DiversitySettings(
+            out=out,
+            overwrite=overwrite,
+            dataset=dataset,
+            data_dir=data_dir,
+            aug=aug,
+            set_path=set_path,
+            test_path=test_path,
+            n=n,
+            extractor=extractor,
+            classifier=classifier,
+            pca_dims=pca_dims,
+            batch_size=batch_size,
+            seed=seed,
+            trust_model=trust_model,
+        )
+    )
     click.echo(result["table"])
     click.echo(f"report: {os.path.join(out, 'diversity.json')}")
 
 
 @cli.command()
-@click.option("--generator", required=True, help="gaussian (the paper's class-conditional full-covariance Gaussian baseline).")
-@click.option("--dataset", required=True, help="Dataset whose training split the generator is fitted on: cifar10 | cifar100 | svhn | digits | npz:PATH.")
+@click.option(
+    "--generator", required=True, help="gaussian (the paper's class-conditional full-covariance Gaussian baseline)."
+)
+@click.option(
+    "--dataset",
+    required=True,
+    help="Dataset whose training split the generator is fitted on: cifar10 | cifar100 | svhn | digits | npz:PATH.",
+)
 @click.option("--data-dir", default=None, help="tensorflow-datasets data directory.")
 @click.option("--n", "n", type=int, required=True, help="Number of images to generate.")
-@click.option("--output", required=True, help="Directory of npz shards to write (new, empty, or an unfinished output to resume).")
+@click.option(
+    "--output", required=True, help="Directory of npz shards to write (new, empty, or an unfinished output to resume)."
+)
 @click.option("--shard-size", type=int, default=100_000, help="Images per shard [100000].")
 @click.option("--seed", type=_SEED, default=0, help="Seed of sampling and of the held-out validation images [0].")
-@click.option("--val-size", type=int, default=1024, help="Training images held out (not fitted), as tfrobust train does [1024].")
+@click.option(
+    "--val-size", type=int, default=1024, help="Training images held out (not fitted), as tfrobust train does [1024]."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")
-def generate(generator: str, dataset: str, data_dir: str | None, n: int, output: str, shard_size: int, seed: int,
-             val_size: int, overwrite: bool) -> None:
+def generate(
+    generator: str,
+    dataset: str,
+    data_dir: str | None,
+    n: int,
+    output: str,
+    shard_size: int,
+    seed: int,
+    val_size: int,
+    overwrite: bool,
+) -> None:
     """Generates labelled images (npz shards) to train with --extra-data or to pseudo-label."""
     from tfrobust.generators.generate import generate as run_generate
 
-    summary = run_generate(generator, dataset, n, output, shard_size=shard_size, seed=seed, val_size=val_size,
-                           data_dir=data_dir, overwrite=overwrite)
+    summary = run_generate(
+        generator,
+        dataset,
+        n,
+        output,
+        shard_size=shard_size,
+        seed=seed,
+        val_size=val_size,
+        data_dir=data_dir,
+        overwrite=overwrite,
+    )
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
     click.echo(f"wrote {summary['images']} images in {summary['shards']} shards to {output}")
 
 
 @cli.command()
-@click.option("--classifier", required=True, help="Model giving the labels: a tfrobust export (train --loss standard), a SavedModel or a .keras file.")
-@click.option("--input", "inputs", multiple=True, required=True, help="Images to label: npz file or directory of shards (labels not needed); repeatable.")
-@click.option("--output", required=True, help="Directory of labelled npz shards (new, empty, or an unfinished output to resume).")
-@click.option("--top-k-per-class", "top_k", type=int, default=None, help="Keep the K highest-scoring images of each predicted class [all].")
+@click.option(
+    "--classifier",
+    required=True,
+    help="Model giving the labels: a tfrobust export (train --loss standard), a SavedModel or a .keras file.",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    help="Images to label: npz file or directory of shards (labels not needed); repeatable.",
+)
+@click.option(
+    "--output", required=True, help="Directory of labelled npz shards (new, empty, or an unfinished output to resume)."
+)
+@click.option(
+    "--top-k-per-class",
+    "top_k",
+    type=int,
+    default=None,
+    help="Keep the K highest-scoring images of each predicted class [all].",
+)
 @click.option("--batch-size", type=int, default=512, help="Images per classifier call [512].")
 @click.option("--shard-size", type=int, default=100_000, help="Images per output shard [100000].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")
 @_trust_model_option
-def pseudolabel(classifier: str, inputs: tuple[str, ...], output: str, top_k: int | None, batch_size: int,
-                shard_size: int, overwrite: bool, trust_model: bool) -> None:
+def pseudolabel(
+    classifier: str,
+    inputs: tuple[str, ...],
+    output: str,
+    top_k: int | None,
+    batch_size: int,
+    shard_size: int,
+    overwrite: bool,
+    trust_model: bool,
+) -> None:
     """Labels images with a classifier and keeps the top-K scoring images per class (the paper: 100K of 5M)."""
     from tfrobust.pseudolabel import format_summary
     from tfrobust.pseudolabel import pseudolabel as run_pseudolabel
 
-    summary = run_pseudolabel(classifier, list(inputs), output, top_k=top_k, batch_size=batch_size,
-                              shard_size=shard_size, overwrite=overwrite, trust_model=trust_model)
+    summary = run_pseudolabel(
+        classifier,
+        list(inputs),
+        output,
+        top_k=top_k,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        overwrite=overwrite,
+        trust_model=trust_model,
+    )
     click.echo(format_summary(summary))
     click.echo(f"summary: {os.path.join(output, 'summary.json')}")
 
 
 @cli.command()
-@click.option("--input", "inputs", multiple=True, required=True, help="npz files (compressed or not) or directories of shards; repeatable.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    help="npz files (compressed or not) or directories of shards; repeatable.",
+)
 @click.option("--output", required=True, help="Directory of uncompressed npz shards to write.")
 @click.option("--shard-size", type=int, default=100_000, help="Images per shard [100000].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output written by tfrobust.")

@@ -37,8 +37,8 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -88,8 +88,10 @@ def next_version(base_dir: str) -> int:
 
 # The operating system's reasons TensorFlow's file writer reports for a write it could not make: its
 # errors carry them as text ("...; No space left on device"), not as an errno.
-_WRITE_REASONS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                                                        errno.EPERM, errno.EIO, errno.EFBIG))
+_WRITE_REASONS = tuple(
+    os.strerror(code)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG)
+)
 
 
 def _tensorflow_write_reason(error: BaseException) -> str | None:
@@ -159,8 +161,12 @@ def export_network(
             warnings.simplefilter("ignore")  # Keras's export chatter about untracked resources
             archive.write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        full_metadata = {"format": METADATA_FORMAT, "input_shape": [height, width, channels], **features_info,
-                         **metadata}
+        full_metadata = {
+            "format": METADATA_FORMAT,
+            "input_shape": [height, width, channels],
+            **features_info,
+            **metadata,
+        }
         write_json_atomic(os.path.join(tmp, METADATA_PATH), full_metadata, indent=2, sort_keys=True)
         publish_directory(tmp, final)
     except BaseException as error:
@@ -278,7 +284,9 @@ def load_model(path: str, *, trust_model: bool = False) -> LoadedModel:
         outputs = signature.structured_outputs
         key = "logits" if "logits" in outputs else (list(outputs)[0] if len(outputs) == 1 else None)
         if key is None:
-            raise UserError(f"{directory}: serving_default has outputs {sorted(outputs)}; expected 'logits' or one output")
+            raise UserError(
+                f"{directory}: serving_default has outputs {sorted(outputs)}; expected 'logits' or one output"
+            )
 
         def fn(images):
             return tf.cast(signature(**{input_name: images})[key], tf.float32)
@@ -322,7 +330,8 @@ def warn_if_probabilities(fn: Callable, input_shape: list[int] | None = None) ->
         if values.size and values.min() >= 0 and np.allclose(values.sum(-1), 1.0, atol=1e-3):
             warnings.warn(
                 "the model's outputs sum to 1 like probabilities: attacks and losses expect logits, so "
-                "gradients may vanish and robust accuracy be overestimated"
+                "gradients may vanish and robust accuracy be overestimated",
+                stacklevel=2,
             )
 
     if input_shape and all(isinstance(d, int) and d > 0 for d in input_shape):
@@ -349,8 +358,18 @@ def warn_if_probabilities(fn: Callable, input_shape: list[int] | None = None) ->
 # The public export of any Keras classifier (`export_model`).
 
 # Metadata keys `export_model` writes itself; the caller's `metadata` may not set them.
-EXPORT_MODEL_KEYS = ("format", "input_shape", "features", "norm", "eps", "dataset", "input_range", "weights",
-                     "tfrobust_version", "tensorflow_version")
+EXPORT_MODEL_KEYS = (
+    "format",
+    "input_shape",
+    "features",
+    "norm",
+    "eps",
+    "dataset",
+    "input_range",
+    "weights",
+    "tfrobust_version",
+    "tensorflow_version",
+)
 
 
 def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
@@ -372,8 +391,9 @@ def split_export_path(path: str) -> tuple[str, str, int | None]:
     base, version = (os.path.dirname(normal), int(last)) if last.isdigit() else (normal, None)
     name = os.path.basename(base)
     if not name or name in (".", ".."):
-        raise UserError(f"export path {path!r}: give saved_models/NAME or saved_models/NAME/VERSION "
-                        "(TF Serving's layout)")
+        raise UserError(
+            f"export path {path!r}: give saved_models/NAME or saved_models/NAME/VERSION (TF Serving's layout)"
+        )
     return os.path.dirname(base) or ".", name, version
 
 
@@ -432,13 +452,18 @@ def export_model(
     known = _keras_input_shape(model)
     if input_shape is not None:
         input_shape = [None if d is None else int(d) for d in input_shape]
-        if known is not None and len(known) == len(input_shape) and any(
-                k is not None and d is not None and k != d for k, d in zip(known, input_shape)):
+        if (
+            known is not None
+            and len(known) == len(input_shape)
+            and any(k is not None and d is not None and k != d for k, d in zip(known, input_shape))
+        ):
             raise UserError(f"input_shape {input_shape} but the model takes {known}")
     shape = input_shape or known
     if shape is None or len(shape) != 3:
-        raise UserError(f"the model's input shape is {'unknown' if shape is None else shape}: give "
-                        "input_shape=(height, width, channels) (a subclassed model does not record it)")
+        raise UserError(
+            f"the model's input shape is {'unknown' if shape is None else shape}: give "
+            "input_shape=(height, width, channels) (a subclassed model does not record it)"
+        )
     network = model
     if known is None or (low, high) != (0.0, 1.0):
         # A functional model around `model`: it records the input shape and holds the input conversion.

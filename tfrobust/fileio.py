@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 import numpy as np
 
@@ -88,8 +89,16 @@ def write_text_atomic(path: str, text: str, *, exclusive: bool = False, what: st
     write_atomic(path, lambda handle: handle.write(content), exclusive=exclusive, what=what)
 
 
-def write_json_atomic(path: str, value: Any, *, indent: int | None = 2, sort_keys: bool = True,
-                      trailing_newline: bool = False, exclusive: bool = False, what: str = "") -> None:
+def write_json_atomic(
+    path: str,
+    value: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = True,
+    trailing_newline: bool = False,
+    exclusive: bool = False,
+    what: str = "",
+) -> None:
     """`json.dump(value, indent=indent, sort_keys=sort_keys)` (NaN and inf written as JavaScript's names,
     as `json.dump` does), plus a final newline where asked, to `path` atomically. The text is serialised
     first: a value JSON cannot hold (a `TypeError`) leaves the file untouched and no temporary file."""

@@ -39,7 +39,8 @@ import pickle
 import re
 import warnings
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,22 +61,117 @@ _STATS = {
 # CIFAR-100's fine labels in label order (the dataset's `fine_label_names`); tensorflow-datasets only
 # knows them after downloading the data, and the importer loads no data.
 CIFAR100_CLASS_NAMES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 )
 IMAGE_SHAPE = (32, 32, 3)
 
 _BLOCK = re.compile(r"^layer_(\d+)_block_(\d+)_(batchnorm_0|conv_0|batchnorm_1|conv_1|shortcut)$")
-_PREACT_PARTS = {"batchnorm_0": "batchnorm_0", "conv_0": "conv_2d_1", "batchnorm_1": "batchnorm_1",
-                 "conv_1": "conv_2d_2", "shortcut": "shortcut"}
+_PREACT_PARTS = {
+    "batchnorm_0": "batchnorm_0",
+    "conv_0": "conv_2d_1",
+    "batchnorm_1": "batchnorm_1",
+    "conv_1": "conv_2d_2",
+    "shortcut": "shortcut",
+}
 
 
 def dataset_info(dataset: str):
@@ -86,8 +182,15 @@ def dataset_info(dataset: str):
         raise UserError(f"unknown dataset {dataset!r} for import; choose from: {', '.join(DATASETS)}")
     mean, std = _STATS[dataset]
     names = CIFAR10_CLASS_NAMES if dataset == "cifar10" else CIFAR100_CLASS_NAMES
-    return DatasetInfo(name=dataset, num_classes=len(names), class_names=tuple(names), image_shape=IMAGE_SHAPE,
-                       mean=mean, std=std, allow_flip=True)
+    return DatasetInfo(
+        name=dataset,
+        num_classes=len(names),
+        class_names=tuple(names),
+        image_shape=IMAGE_SHAPE,
+        mean=mean,
+        std=std,
+        allow_flip=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,8 +215,10 @@ def _import_torch():
 
 
 def _is_tensor_dict(obj, torch) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -146,14 +251,16 @@ def read_state_dict(path: str) -> StateDict:
                     obj, nested = obj[key], key
                     break
         if nested is None:
-            raise UserError(f"refused {path}: {_describe_non_state_dict(obj, torch)}; expected a state dict "
-                            f"(str -> tensor), optionally under {' or '.join(repr(k) for k in NESTED_KEYS)}")
+            raise UserError(
+                f"refused {path}: {_describe_non_state_dict(obj, torch)}; expected a state dict "
+                f"(str -> tensor), optionally under {' or '.join(repr(k) for k in NESTED_KEYS)}"
+            )
 
     keys = list(obj)
     stripped = all(k.startswith("module.") for k in keys)
     tensors: dict[str, np.ndarray] = {}
     for key, value in obj.items():
-        name = key[len("module."):] if stripped else key
+        name = key[len("module.") :] if stripped else key
         tensors[name] = _to_numpy(name, value, torch, path)
     return StateDict(tensors=tensors, nested_under=nested, prefix_stripped=stripped)
 
@@ -260,8 +367,12 @@ def targets(network, family: str) -> tuple[list[_Target], set[str]]:
             if abs(layer.epsilon - BN_EPSILON) > 1e-12 or not (layer.center and layer.scale):
                 raise RuntimeError(f"{layer.name}: BatchNorm settings differ from the reference (a tfrobust bug)")
             batch_norms.add(module)
-            for suffix, var in (("weight", layer.gamma), ("bias", layer.beta),
-                                ("running_mean", layer.moving_mean), ("running_var", layer.moving_variance)):
+            for suffix, var in (
+                ("weight", layer.gamma),
+                ("bias", layer.beta),
+                ("running_mean", layer.moving_mean),
+                ("running_var", layer.moving_variance),
+            ):
                 out.append(_Target(f"{module}.{suffix}", var, _same, tuple(var.shape)))
         elif isinstance(layer, keras.layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
@@ -273,8 +384,10 @@ def targets(network, family: str) -> tuple[list[_Target], set[str]]:
             out.append(_Target(f"{module}.weight", layer.kernel, _dense, (cout, cin)))
             out.append(_Target(f"{module}.bias", layer.bias, _same, tuple(layer.bias.shape)))
         else:
-            raise RuntimeError(f"tfrobust layer {layer.name!r} ({type(layer).__name__}) has weights the importer "
-                               "does not know (a tfrobust bug)")
+            raise RuntimeError(
+                f"tfrobust layer {layer.name!r} ({type(layer).__name__}) has weights the importer "
+                "does not know (a tfrobust bug)"
+            )
     return out, batch_norms
 
 
@@ -303,8 +416,10 @@ def _normalization(tensors: dict[str, np.ndarray], info, path: str) -> tuple[tup
             continue
         flat = tensors[key].reshape(-1)
         if flat.size not in (1, channels):
-            raise UserError(f"checkpoint {path}: key {key!r} has shape {list(tensors[key].shape)}; expected "
-                            f"{channels} per-channel values (or one)")
+            raise UserError(
+                f"checkpoint {path}: key {key!r} has shape {list(tensors[key].shape)}; expected "
+                f"{channels} per-channel values (or one)"
+            )
         values[key] = tuple(float(v) for v in np.broadcast_to(flat, (channels,)))
         source = "checkpoint"
     if source == "checkpoint":
@@ -312,15 +427,17 @@ def _normalization(tensors: dict[str, np.ndarray], info, path: str) -> tuple[tup
         if any(not np.allclose(values[k], dataset_values[k], rtol=0, atol=1e-4) for k in NORMALIZATION_KEYS):
             warnings.warn(
                 f"the checkpoint's normalisation (mean {values['mean']}, std {values['std']}) differs from "
-                f"{info.name}'s (mean {info.mean}, std {info.std}); the imported model uses the checkpoint's"
+                f"{info.name}'s (mean {info.mean}, std {info.std}); the imported model uses the checkpoint's",
+                stacklevel=2,
             )
     if min(values["std"]) <= 0:
         raise UserError(f"checkpoint {path}: key 'std' has non-positive values {values['std']}")
     return values["mean"], values["std"], source
 
 
-def build_imported_network(state: StateDict, *, arch: str, dataset: str, activation: str = "swish",
-                           path: str = "checkpoint"):
+def build_imported_network(
+    state: StateDict, *, arch: str, dataset: str, activation: str = "swish", path: str = "checkpoint"
+):
     """Builds tfrobust's `arch` for `dataset` and fills it with `state`; returns (network, normalization dict).
 
     Refuses (UserError, one line) the first key, in layer order, that is missing or has the wrong shape,
@@ -341,15 +458,20 @@ def build_imported_network(state: StateDict, *, arch: str, dataset: str, activat
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")  # an imported model is float32, whatever the process's
     try:
-        network = build_model(arch, input_shape=info.image_shape, num_classes=info.num_classes, mean=mean, std=std,
-                              activation=activation)
+        network = build_model(
+            arch, input_shape=info.image_shape, num_classes=info.num_classes, mean=mean, std=std, activation=activation
+        )
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
     wanted, batch_norms = targets(network, family)
     expected = {t.key for t in wanted}
-    unexpected = [k for k in tensors if k not in expected
-                  and not (k.endswith(".num_batches_tracked") and k[: -len(".num_batches_tracked")] in batch_norms)]
+    unexpected = [
+        k
+        for k in tensors
+        if k not in expected
+        and not (k.endswith(".num_batches_tracked") and k[: -len(".num_batches_tracked")] in batch_norms)
+    ]
     hint = f"; check --arch ({arch}) and --dataset ({dataset})"
     if unexpected:
         hint = f" (the file also has {len(unexpected)} key(s) {arch} lacks, first {unexpected[0]!r}){hint}"
@@ -358,11 +480,15 @@ def build_imported_network(state: StateDict, *, arch: str, dataset: str, activat
             raise UserError(f"checkpoint {path} does not match {arch}: missing key {target.key!r}{hint}")
         shape = tuple(tensors[target.key].shape)
         if shape != target.shape:
-            raise UserError(f"checkpoint {path} does not match {arch}: key {target.key!r} has shape {list(shape)}, "
-                            f"{arch} on {dataset} needs {list(target.shape)}{hint}")
+            raise UserError(
+                f"checkpoint {path} does not match {arch}: key {target.key!r} has shape {list(shape)}, "
+                f"{arch} on {dataset} needs {list(target.shape)}{hint}"
+            )
     if unexpected:
-        raise UserError(f"checkpoint {path} does not match {arch}: unexpected key {unexpected[0]!r} "
-                        f"({len(unexpected)} in all); check --arch ({arch}) and --dataset ({dataset})")
+        raise UserError(
+            f"checkpoint {path} does not match {arch}: unexpected key {unexpected[0]!r} "
+            f"({len(unexpected)} in all); check --arch ({arch}) and --dataset ({dataset})"
+        )
     for target in wanted:
         value = tensors[target.key]
         if not np.all(np.isfinite(value)):
@@ -398,8 +524,16 @@ def split_out(out: str) -> tuple[str, str, int | None]:
     return os.path.dirname(base), name, version
 
 
-def import_checkpoint(checkpoint: str, *, arch: str, dataset: str, activation: str = "swish", out: str,
-                      norm: str = "linf", eps: float | None = None) -> str:
+def import_checkpoint(
+    checkpoint: str,
+    *,
+    arch: str,
+    dataset: str,
+    activation: str = "swish",
+    out: str,
+    norm: str = "linf",
+    eps: float | None = None,
+) -> str:
     """Converts a reference PyTorch state dict into a tfrobust SavedModel at `out`; returns the export path.
 
     `out` is `ROOT/NAME/VERSION` (or `ROOT/NAME`: the next free version). `norm`/`eps` (default Linf 8/255)
@@ -421,10 +555,14 @@ def import_checkpoint(checkpoint: str, *, arch: str, dataset: str, activation: s
 
     digest = sha256(checkpoint) if os.path.isfile(checkpoint) else None
     state = read_state_dict(checkpoint)
-    network, normalization = build_imported_network(state, arch=arch, dataset=dataset, activation=activation,
-                                                    path=checkpoint)
+    network, normalization = build_imported_network(
+        state, arch=arch, dataset=dataset, activation=activation, path=checkpoint
+    )
     metadata = export_metadata(
-        dataset=info, norm=norm, eps=eps, weights="imported from a PyTorch state dict of the reference model_zoo",
+        dataset=info,
+        norm=norm,
+        eps=eps,
+        weights="imported from a PyTorch state dict of the reference model_zoo",
         torch_version=str(torch.__version__),
         arch=arch,
         activation=activation,

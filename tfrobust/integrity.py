@@ -41,8 +41,10 @@ def check_zip_archive(path: str, what: str) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except Exception as error:  # noqa: BLE001 - a damaged archive raises BadZipFile, zlib.error, EOFError, ...
-        raise UserError(f"cannot load {path} as {what} (a zip archive): it is damaged or truncated "
-                        f"({type(error).__name__}: {one_line(error)})") from None
+        raise UserError(
+            f"cannot load {path} as {what} (a zip archive): it is damaged or truncated "
+            f"({type(error).__name__}: {one_line(error)})"
+        ) from None
     if bad is not None:
         raise UserError(f"{path} is damaged: its member {bad!r} does not match its CRC-32")
 
@@ -69,10 +71,15 @@ def check_saved_model_files(directory: str) -> None:
     except (fingerprinting.FingerprintException, fingerprinting.FileNotFoundException) as error:
         # TensorFlow's message is "Could not create fingerprint in directory: DIR" and, on the next line, the cause.
         lines = str(error).strip().splitlines() or [type(error).__name__]
-        raise UserError(f"cannot read SavedModel {directory}: {one_line(lines[-1])} (a file is damaged or "
-                        "truncated)") from None
-    for field, name in (("saved_model_checksum", "saved_model.pb"),
-                        ("checkpoint_hash", os.path.join("variables", "variables.index"))):
+        raise UserError(
+            f"cannot read SavedModel {directory}: {one_line(lines[-1])} (a file is damaged or truncated)"
+        ) from None
+    for field, name in (
+        ("saved_model_checksum", "saved_model.pb"),
+        ("checkpoint_hash", os.path.join("variables", "variables.index")),
+    ):
         if getattr(stored, field) != getattr(fresh, field):
-            raise UserError(f"{os.path.join(directory, name)} does not match the {field} recorded in fingerprint.pb: "
-                            "one of the two files is damaged (truncated or changed since the model was saved)")
+            raise UserError(
+                f"{os.path.join(directory, name)} does not match the {field} recorded in fingerprint.pb: "
+                "one of the two files is damaged (truncated or changed since the model was saved)"
+            )

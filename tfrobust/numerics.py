@@ -22,7 +22,7 @@ convolutions of the same shapes may have been tuned under TF32.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import tensorflow as tf
 

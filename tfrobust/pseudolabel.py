@@ -56,8 +56,12 @@ def pseudolabel(
     from tfrobust.data.extra import open_extra_data
     from tfrobust.export import load_model
 
-    for name, value, low in (("--top-k-per-class", top_k, 1), ("--batch-size", batch_size, 1),
-                             ("--shard-size", shard_size, 1), ("block size", block_size, 1)):
+    for name, value, low in (
+        ("--top-k-per-class", top_k, 1),
+        ("--batch-size", batch_size, 1),
+        ("--shard-size", shard_size, 1),
+        ("block size", block_size, 1),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
             raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
     data = open_extra_data(list(inputs), require_labels=False)
@@ -74,9 +78,13 @@ def pseudolabel(
         )
     shards = [s.path for s in data.shards]
     params = {
-        "classifier": os.path.abspath(classifier), "inputs": [os.path.abspath(p) for p in shards],
-        "input_sizes": [os.path.getsize(p) for p in shards], "top_k": top_k, "batch_size": int(batch_size),
-        "shard_size": int(shard_size), "block_size": int(block_size),
+        "classifier": os.path.abspath(classifier),
+        "inputs": [os.path.abspath(p) for p in shards],
+        "input_sizes": [os.path.getsize(p) for p in shards],
+        "top_k": top_k,
+        "batch_size": int(batch_size),
+        "shard_size": int(shard_size),
+        "block_size": int(block_size),
     }
     out = OutputDir(output, command="pseudolabel", params=params, overwrite=overwrite)
     if out.complete:
@@ -119,8 +127,15 @@ def pseudolabel(
                     agree += int(np.sum(given == predicted))
                 if bar is not None:
                     bar.update(done + int(index[-1]) + 1 - lo)
-            save_npz_atomic(block_path, dict(cls=np.concatenate(classes), score=np.concatenate(scores),
-                                             agree=np.int64(agree), num_classes=np.int64(logits.shape[1])))
+            save_npz_atomic(
+                block_path,
+                dict(
+                    cls=np.concatenate(classes),
+                    score=np.concatenate(scores),
+                    agree=np.int64(agree),
+                    num_classes=np.int64(logits.shape[1]),
+                ),
+            )
         done += hi - lo
         if bar is not None:
             bar.update(done)
@@ -158,8 +173,16 @@ def pseudolabel(
         all_label = np.concatenate([np.full(kept_index[c].shape[0], c, np.int64) for c in range(num_classes)])
         all_score = np.concatenate([kept_score[c] for c in range(num_classes)])
         order = np.argsort(all_index, kind="stable")  # input order: sequential reads when writing
-        save_npz_atomic(selection_path, dict(index=all_index[order], label=all_label[order],
-                                             score=all_score[order], candidates=candidates, agree=np.int64(agree)))
+        save_npz_atomic(
+            selection_path,
+            dict(
+                index=all_index[order],
+                label=all_label[order],
+                score=all_score[order],
+                candidates=candidates,
+                agree=np.int64(agree),
+            ),
+        )
     with np.load(selection_path) as selected:
         sel_index, sel_label, sel_score = selected["index"], selected["label"], selected["score"]
         candidates, agree = selected["candidates"], int(selected["agree"])
@@ -216,10 +239,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         threshold = "-" if row["threshold"] is None else f"{row['threshold']:.4f}"
         mean = "-" if row["mean_score"] is None else f"{row['mean_score']:.4f}"
         lines.append(f"{c:>5}  {row['candidates']:>10}  {row['kept']:>8}  {threshold:>9}  {mean:>6}")
-    lines.append(f"kept {summary['kept']} of {summary['scored']} images"
-                 + (f" (top {summary['top_k_per_class']} per class)" if summary["top_k_per_class"] else ""))
+    lines.append(
+        f"kept {summary['kept']} of {summary['scored']} images"
+        + (f" (top {summary['top_k_per_class']} per class)" if summary["top_k_per_class"] else "")
+    )
     if summary.get("agreement_with_input_labels") is not None:
-        lines.append(f"classifier agrees with the input labels on {100 * summary['agreement_with_input_labels']:.2f}% of the images")
+        lines.append(
+            f"classifier agrees with the input labels on {100 * summary['agreement_with_input_labels']:.2f}% of the images"
+        )
     if summary.get("warning"):
         lines.append(f"warning: {summary['warning']}")
     return "\n".join(lines)
@@ -229,5 +256,3 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=1, keepdims=True)
-
-

@@ -75,8 +75,9 @@ def resolve(norm: str, eps: float | None = None) -> tuple[str, float]:
     return norm, check_eps(norm, DEFAULT_EPS[norm] if eps is None else eps)
 
 
-def resolve_threat_model(meta: Mapping[str, Any], dataset: str | None, norm: str | None,
-                         eps: float | None) -> tuple[str, str, float, dict]:
+def resolve_threat_model(
+    meta: Mapping[str, Any], dataset: str | None, norm: str | None, eps: float | None
+) -> tuple[str, str, float, dict]:
     """(dataset, norm, eps, training config) of an evaluation: the options given, else the model's metadata.
 
     `meta` is an exported model's metadata (`tfrobust.export`: "dataset", "norm", "eps",

@@ -71,8 +71,9 @@ def _labels_and_keep(model_fn, x, kernel, bias, eps):
     return y, worst, keep
 
 
-@pytest.mark.parametrize("attack,classes", [(apgd_ce("linf", 0.08), 2), (apgd_t("linf", 0.08), 5),
-                                            (APGD("linf", 0.08, "dlr"), 5)])
+@pytest.mark.parametrize(
+    "attack,classes", [(apgd_ce("linf", 0.08), 2), (apgd_t("linf", 0.08), 5), (APGD("linf", 0.08, "dlr"), 5)]
+)
 def test_linf_breaks_exactly_the_breakable_points(attack, classes):
     model_fn, kernel, bias = linear(classes, seed=classes)
     x = images(24, seed=classes)
@@ -149,8 +150,9 @@ def test_determinism_and_seed_dependence():
     b = attack(model_fn, x, y, SEED).numpy()
     np.testing.assert_array_equal(a, b)
     adv_1, _ = APGD("l2", 3.0, "ce", n_iter=3).single_run(model_fn, x, tf.cast(y, tf.int32), None, SEED)
-    adv_2, _ = APGD("l2", 3.0, "ce", n_iter=3).single_run(model_fn, x, tf.cast(y, tf.int32), None,
-                                                       tf.constant([5, 5], tf.int32))
+    adv_2, _ = APGD("l2", 3.0, "ce", n_iter=3).single_run(
+        model_fn, x, tf.cast(y, tf.int32), None, tf.constant([5, 5], tf.int32)
+    )
     assert not np.array_equal(adv_1.numpy(), adv_2.numpy())
 
 
@@ -192,7 +194,7 @@ def test_broken_examples_leave_the_run_without_changing_the_others():
         adv_other = adv.numpy()[1]
         # A broken example returns a misclassified point of the ball; a robust one its clean image.
         if other == easy:
-            check_inside(adv_other[None], x[other:other + 1], "linf", eps)
+            check_inside(adv_other[None], x[other : other + 1], "linf", eps)
             assert np.asarray(model_fn(adv_other[None])).argmax(-1)[0] != y[other]
         else:
             np.testing.assert_array_equal(adv_other, x[other])

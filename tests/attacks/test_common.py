@@ -49,8 +49,9 @@ ATTACKS = {
     "apgd-t-l2": APGD("l2", 0.15, "dlr-targeted", n_iter=3, n_restarts=2, n_target_classes=3),
     "fab-t-linf": FABTargeted("linf", 0.02, n_iter=3, n_target_classes=3, n_restarts=2),
     "mt-l2": MultiTargeted("l2", 0.15, n_restarts=4, n_steps=3, n_target_classes=3),
-    "mt-per-target-l2": MultiTargeted("l2", 0.15, n_restarts=2, n_steps=3, n_target_classes=3,
-                                      restarts_per_target=True),
+    "mt-per-target-l2": MultiTargeted(
+        "l2", 0.15, n_restarts=2, n_steps=3, n_target_classes=3, restarts_per_target=True
+    ),
     "square-linf": Square("linf", 0.02, n_queries=9, n_restarts=3),
 }
 
@@ -108,15 +109,19 @@ def test_counts_targets_and_notes():
     assert common.target_count(9, 10) == 9 and common.target_count(9, 4) == 3 and common.target_count(9, 1) == 0
     assert common.target_notes("FAB-T", 9, 9, 10) == ()
     assert common.target_notes("FAB-T", 3, 9, 4) == (
-        "FAB-T uses 3 target classes instead of 9: the model has only 4 classes",)
+        "FAB-T uses 3 target classes instead of 9: the model has only 4 classes",
+    )
 
 
-@pytest.mark.parametrize("make", [
-    lambda: APGD("linf", 0.1, n_iter=True),
-    lambda: FABTargeted("linf", 0.1, n_restarts=True),
-    lambda: MultiTargeted("linf", 0.1, n_steps=True),
-    lambda: Square("linf", 0.1, n_queries=True),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: APGD("linf", 0.1, n_iter=True),
+        lambda: FABTargeted("linf", 0.1, n_restarts=True),
+        lambda: MultiTargeted("linf", 0.1, n_steps=True),
+        lambda: Square("linf", 0.1, n_queries=True),
+    ],
+)
 def test_every_attack_rejects_a_bool_count(make):
     with pytest.raises(UserError, match="must be a positive int, got True"):
         make()
@@ -160,8 +165,14 @@ class RecordingRun:
     def __call__(self, xs, ys, target, restart, seed):
         c = len(self.calls)
         rows = xs.numpy()[:, 0].astype(int).tolist()
-        self.calls.append({"rows": rows, "target": None if target is None else target.numpy().tolist(),
-                           "restart": int(restart), "seed": seed.numpy().tolist()})
+        self.calls.append(
+            {
+                "rows": rows,
+                "target": None if target is None else target.numpy().tolist(),
+                "restart": int(restart),
+                "seed": seed.numpy().tolist(),
+            }
+        )
         broken = tf.constant([row in self.breaks[c] for row in rows])
         return xs + 100.0 * (c + 1), broken
 
@@ -198,8 +209,9 @@ def test_run_targets_cycles_through_the_targets():
     x, y = _rows(2)
     targets = tf.constant([[7, 8], [17, 18]], tf.int32)
     run = RecordingRun([set(), set(), set()])
-    adv = common.run_targets(run, x, y, tf.ones([2], tf.bool), SEED, n_restarts=3, targets=targets,
-                             order=common.CYCLE).numpy()
+    adv = common.run_targets(
+        run, x, y, tf.ones([2], tf.bool), SEED, n_restarts=3, targets=targets, order=common.CYCLE
+    ).numpy()
     assert [c["target"] for c in run.calls] == [[7, 17], [8, 18], [7, 17]]
     assert [c["restart"] for c in run.calls] == [0, 0, 1]
     np.testing.assert_array_equal(adv, x.numpy())
@@ -208,8 +220,7 @@ def test_run_targets_cycles_through_the_targets():
 def test_run_targets_without_targets_to_run_returns_the_clean_images():
     x, y = _rows(2)
     run = RecordingRun([])
-    adv = common.run_targets(run, x, y, tf.ones([2], tf.bool), SEED, n_restarts=3,
-                             targets=tf.zeros([2, 0], tf.int32))
+    adv = common.run_targets(run, x, y, tf.ones([2], tf.bool), SEED, n_restarts=3, targets=tf.zeros([2, 0], tf.int32))
     assert run.calls == [] and adv is x
 
 

@@ -117,8 +117,9 @@ def test_eot_on_a_deterministic_model_changes_nothing_bit_for_bit():
     plain = run(APGD("linf", 0.08, "ce", n_iter=30))
     assert APGD("linf", 0.08, "ce").exits_on_success and not APGD("linf", 0.08, "ce", eot_iter=2).exits_on_success
     np.testing.assert_array_equal(run(APGD("linf", 0.08, "ce", n_iter=30, eot_iter=2, exit_on_success=True)), plain)
-    np.testing.assert_array_equal(run(APGD("linf", 0.08, "ce", n_iter=30, eot_iter=2, eot_loss="mean",
-                                           exit_on_success=True)), plain)
+    np.testing.assert_array_equal(
+        run(APGD("linf", 0.08, "ce", n_iter=30, eot_iter=2, eot_loss="mean", exit_on_success=True)), plain
+    )
     full = run(APGD("linf", 0.08, "ce", n_iter=30, eot_iter=2))
     np.testing.assert_array_equal(full, run(APGD("linf", 0.08, "ce", n_iter=30, exit_on_success=False)))
     labels = y.numpy().argmax(-1)

@@ -12,6 +12,7 @@ SEED = tf.constant([9, 9], tf.int32)
 
 def min_linf_step(t, w, b):
     """Smallest λ such that some t + d, |d| <= λ, t + d in [0, 1], has <w, t + d> = b (bisection)."""
+
     def reach(lam):
         low, high = np.maximum(t - lam, 0.0), np.minimum(t + lam, 1.0)
         lo = np.sum(np.where(w > 0, w * low, w * high))
@@ -65,8 +66,9 @@ def test_fab_t_linf_norm_matches_analytic_distance():
     y = np.asarray(model_fn(x)).argmax(-1)
     exact = exact_linf_distance(x, y, kernel, bias)
     attack = FABTargeted("linf", 0.3, n_iter=100)
-    adv, found = tf.function(attack.single_run)(model_fn, tf.constant(x), tf.constant(y, tf.int32),
-                                                tf.constant(1 - y, tf.int32), SEED)
+    adv, found = tf.function(attack.single_run)(
+        model_fn, tf.constant(x), tf.constant(y, tf.int32), tf.constant(1 - y, tf.int32), SEED
+    )
     found = found.numpy()
     assert np.all(found >= exact * (1 - 1e-3) - 1e-6)  # never below the true distance
     np.testing.assert_allclose(found, exact, rtol=0.03)  # and converged to it
@@ -82,8 +84,9 @@ def test_fab_t_l2_norm_matches_analytic_distance():
     keep = exact < 0.25  # the ball stays inside the box
     assert keep.sum() >= 3
     attack = FABTargeted("l2", 1.0, n_iter=100)
-    _, found = tf.function(attack.single_run)(model_fn, tf.constant(x), tf.constant(y, tf.int32),
-                                              tf.constant(1 - y, tf.int32), SEED)
+    _, found = tf.function(attack.single_run)(
+        model_fn, tf.constant(x), tf.constant(y, tf.int32), tf.constant(1 - y, tf.int32), SEED
+    )
     np.testing.assert_allclose(found.numpy()[keep], exact[keep], rtol=0.03)
 
 

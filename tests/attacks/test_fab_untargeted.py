@@ -25,7 +25,8 @@ def test_the_step_takes_the_closest_linearised_boundary_in_the_dual_norm():
     z = x.reshape(10, -1) @ kernel + bias
     for norm, dual in (("linf", lambda g: np.abs(g).sum(-1)), ("l2", lambda g: np.sqrt((g**2).sum(-1)))):
         df, w = tf.function(lambda v, norm=norm: closest_boundary(model_fn, v, tf.constant(y, tf.int32), norm))(
-            tf.constant(x))
+            tf.constant(x)
+        )
         for i in range(10):
             others = [k for k in range(classes) if k != y[i]]
             distance = [abs(z[i, k] - z[i, y[i]]) / dual(kernel[:, k] - kernel[:, y[i]]) for k in others]
@@ -54,12 +55,21 @@ def test_untargeted_fab_finds_the_minimal_l2_perturbation_of_a_linear_model():
     x = images(16, seed=56, low=0.35, high=0.65)
     y = np.asarray(model_fn(x)).argmax(-1)
     z = x.reshape(16, -1) @ kernel + bias
-    exact = np.array([min(abs(z[i, y[i]] - z[i, k]) / np.linalg.norm(kernel[:, y[i]] - kernel[:, k])
-                          for k in range(classes) if k != y[i]) for i in range(16)])
+    exact = np.array(
+        [
+            min(
+                abs(z[i, y[i]] - z[i, k]) / np.linalg.norm(kernel[:, y[i]] - kernel[:, k])
+                for k in range(classes)
+                if k != y[i]
+            )
+            for i in range(16)
+        ]
+    )
     keep = exact < 0.25  # the ball stays inside the box
     assert keep.sum() >= 3
     _, found = tf.function(FAB("l2", 1.0, n_iter=100).single_run)(
-        model_fn, tf.constant(x), tf.constant(y, tf.int32), None, SEED)
+        model_fn, tf.constant(x), tf.constant(y, tf.int32), None, SEED
+    )
     np.testing.assert_allclose(found.numpy()[keep], exact[keep], rtol=0.03)
 
 

@@ -43,6 +43,7 @@ def np_l1_box_projection(delta, x, eps):
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     eps = np.broadcast_to(np.asarray(eps, np.float64), [len(delta)])
     out = np.zeros_like(delta)
+
     def mass(a, room, alpha):
         return np.minimum(np.maximum(a - alpha, 0.0), room).sum()
 
@@ -107,8 +108,8 @@ def test_projection_per_example_radius_and_identity_inside():
     eps = np.array([0.1, 0.5, 1.0, 2.0, 4.0, 8.0], np.float32)
     ours = l1_box_projection(tf.constant(delta), tf.constant(x), tf.constant(eps)).numpy()
     for i in range(6):
-        single = l1_box_projection(tf.constant(delta[i:i + 1]), tf.constant(x[i:i + 1]), float(eps[i])).numpy()
-        np.testing.assert_array_equal(ours[i:i + 1], single)
+        single = l1_box_projection(tf.constant(delta[i : i + 1]), tf.constant(x[i : i + 1]), float(eps[i])).numpy()
+        np.testing.assert_array_equal(ours[i : i + 1], single)
     # A point inside the ball and the box comes back unchanged, bit for bit.
     inside = np.clip(x + 0.001 * delta, 0.0, 1.0)
     projected = L1Projection(10.0).project(tf.constant(inside), tf.constant(x)).numpy()
@@ -189,8 +190,10 @@ def _l1_case(classes, seed, n=48, eps=1.0):
     return model_fn, kernel, bias, x, y, worst
 
 
-@pytest.mark.parametrize("loss,classes,largereps", [("ce", 2, False), ("ce", 2, True), ("ce", 5, False),
-                                                    ("dlr-targeted", 5, False), ("dlr-targeted", 5, True)])
+@pytest.mark.parametrize(
+    "loss,classes,largereps",
+    [("ce", 2, False), ("ce", 2, True), ("ce", 5, False), ("dlr-targeted", 5, False), ("dlr-targeted", 5, True)],
+)
 def test_apgd_l1_breaks_exactly_the_breakable_points(loss, classes, largereps):
     """APGD-L1 breaks a point of a linear model exactly when the knapsack says the L1 ball ∩ box holds an
     adversarial point (points within 0.02 of the threshold left out).
@@ -252,7 +255,9 @@ def _np_l1_stage(model_fn, x, y, start, eps, n_iter, from_start):
         du = point - x
         return np.clip(x + du + (l1_box_projection(tf.constant(du), tf.constant(x), eps).numpy() - du), 0, 1)
 
-    l0 = lambda t: (t.reshape(b, -1) != 0).sum(1).astype(f)
+    def l0(t):
+        return (t.reshape(b, -1) != 0).sum(1).astype(f)
+
     x_adv = np.clip(start, 0, 1).astype(f)
     loss, grad = evaluate(x_adv)
     x_best, grad_best, loss_best = x_adv.copy(), grad.copy(), loss.copy()
@@ -300,8 +305,16 @@ def test_l1_stage_follows_the_references_step_rules(n_iter, from_start):
     t = rng.normal(size=x.shape).astype(np.float32)
     start = x + t + (l1_box_projection(tf.constant(t), tf.constant(x), eps).numpy() - t)
     (ours,) = APGD("l1", eps, "ce", n_iter=n_iter).l1_stage(
-        model_fn, tf.constant(x), tf.constant(y), None, tf.constant(start), eps, n_iter, from_start=from_start,
-        last=False)
+        model_fn,
+        tf.constant(x),
+        tf.constant(y),
+        None,
+        tf.constant(start),
+        eps,
+        n_iter,
+        from_start=from_start,
+        last=False,
+    )
     expected = _np_l1_stage(model_fn, x, y, start, eps, n_iter, from_start)
     np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-6)
     assert np.abs(expected - start).max() > 0.5  # the run moved
@@ -343,8 +356,13 @@ def test_fab_projection_l1_equals_linear_programming():
     for i in range(n):
         # min Σ (p + q) s.t. ⟨w, p − q⟩ = b − ⟨w, t⟩, 0 <= p <= 1 − t, 0 <= q <= t.
         bounds = [(0.0, 1.0 - float(v)) for v in t[i]] + [(0.0, float(v)) for v in t[i]]
-        res = linprog(np.ones(2 * dim), A_eq=np.concatenate([w[i], -w[i]])[None].astype(np.float64),
-                      b_eq=[float(b[i]) - float(w[i].astype(np.float64) @ t[i])], bounds=bounds, method="highs")
+        res = linprog(
+            np.ones(2 * dim),
+            A_eq=np.concatenate([w[i], -w[i]])[None].astype(np.float64),
+            b_eq=[float(b[i]) - float(w[i].astype(np.float64) @ t[i])],
+            bounds=bounds,
+            method="highs",
+        )
         if i >= n - 4:
             assert res.status == 2  # infeasible
             corner = (w[i] * np.sign(offset[i]) > 0).astype(np.float32)
@@ -383,8 +401,8 @@ def test_eta_l1_pattern():
         e = eta_l1(s)
         assert e.shape == (s, s)
         # Two halves of unit L1 norm each before the final normalisation: 1/2 each after it.
-        assert e[: s // 2].sum() == pytest.approx(0.5) and e[s // 2:].sum() == pytest.approx(-0.5)
-        assert np.all(e[: s // 2] > 0) and np.all(e[s // 2:] < 0)
+        assert e[: s // 2].sum() == pytest.approx(0.5) and e[s // 2 :].sum() == pytest.approx(-0.5)
+        assert np.all(e[: s // 2] > 0) and np.all(e[s // 2 :] < 0)
     # s = 5, by hand: the upper 2x5 half has rings 1 (centre), 1/2^4 (the 3 columns around it), 1/3^4 (all).
     e = eta_l1(5)
     assert e[1, 2] / e[0, 0] == pytest.approx(81 * (1 + 1 / 16 + 1 / 81))
@@ -400,18 +418,22 @@ def reference_l1_update(x, x_best, eps, s, vh, vw, vh2, vw2, sign, transpose):
     f = np.float32
     c = x.shape[0]
     delta = (x_best - x).astype(f)
-    n1 = np.abs(delta[:, vh:vh + s, vw:vw + s]).sum(axis=(-2, -1), keepdims=True)
+    n1 = np.abs(delta[:, vh : vh + s, vw : vw + s]).sum(axis=(-2, -1), keepdims=True)
     mask = np.zeros_like(x)
-    mask[:, vh:vh + s, vw:vw + s] = 1.0
-    mask[:, vh2:vh2 + s, vw2:vw2 + s] = 1.0
+    mask[:, vh : vh + s, vw : vw + s] = 1.0
+    mask[:, vh2 : vh2 + s, vw2 : vw2 + s] = 1.0
     norms_image = np.abs(delta).sum()
     norms_windows = np.abs(delta * mask).sum(axis=(-2, -1), keepdims=True)
     pattern = eta_l1(s).T if transpose else eta_l1(s)
-    new = pattern.astype(f)[None] * sign[:, None, None] + delta[:, vh:vh + s, vw:vw + s] / (f(1e-12) + n1)
-    new = new / (f(1e-12) + np.abs(new).sum(axis=(-2, -1), keepdims=True)) * (
-        np.maximum(f(eps) - norms_image, f(0)) / c + norms_windows) * c
-    delta[:, vh2:vh2 + s, vw2:vw2 + s] = 0.0
-    delta[:, vh:vh + s, vw:vw + s] = new
+    new = pattern.astype(f)[None] * sign[:, None, None] + delta[:, vh : vh + s, vw : vw + s] / (f(1e-12) + n1)
+    new = (
+        new
+        / (f(1e-12) + np.abs(new).sum(axis=(-2, -1), keepdims=True))
+        * (np.maximum(f(eps) - norms_image, f(0)) / c + norms_windows)
+        * c
+    )
+    delta[:, vh2 : vh2 + s, vw2 : vw2 + s] = 0.0
+    delta[:, vh : vh + s, vw : vw + s] = new
     projected = np_l1_box_projection(delta[None], x[None], eps * (1 - 1e-6)).reshape(delta.shape)
     return x + projected
 
@@ -431,12 +453,28 @@ def test_l1_window_update_equals_reference_arithmetic(s):
     pattern = np.zeros([7, 7], np.float32)
     pattern[:s, :s] = eta_l1(s)
     ours = l1_window_update(
-        tf.constant(x), tf.constant(x_best), eps, tf.constant(s),
+        tf.constant(x),
+        tf.constant(x_best),
+        eps,
+        tf.constant(s),
         tuple(tf.constant(v, tf.int32) for v in (vh, vw, vh2, vw2)),
-        tf.constant(signs[:, None, None, :]), tf.constant(transpose), tf.constant(pattern)).numpy()
+        tf.constant(signs[:, None, None, :]),
+        tf.constant(transpose),
+        tf.constant(pattern),
+    ).numpy()
     for k in range(b):
-        expected = reference_l1_update(np.transpose(x[k], (2, 0, 1)), np.transpose(x_best[k], (2, 0, 1)), eps, s,
-                                       vh[k], vw[k], vh2[k], vw2[k], signs[k], transpose[k])
+        expected = reference_l1_update(
+            np.transpose(x[k], (2, 0, 1)),
+            np.transpose(x_best[k], (2, 0, 1)),
+            eps,
+            s,
+            vh[k],
+            vw[k],
+            vh2[k],
+            vw2[k],
+            signs[k],
+            transpose[k],
+        )
         np.testing.assert_allclose(ours[k], np.transpose(expected, (1, 2, 0)), rtol=0, atol=2e-6)
     check_inside(ours, x, "l1", eps)
 

@@ -42,6 +42,7 @@ def _labels(batch=6, classes=3):
 
 # ---------------------------------------------------------------- projections
 
+
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
 def test_projection_inside_ball_and_box(norm, eps):
     x = _images()
@@ -84,6 +85,7 @@ def test_norm_of():
 
 # ---------------------------------------------------------------- inits
 
+
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
 def test_uniform_init_inside_ball_and_random(norm, eps):
     x = _images(batch=64, low=0.2, high=0.8)  # away from the box so the clip does not bind
@@ -105,6 +107,7 @@ def test_zero_init():
 
 
 # ---------------------------------------------------------------- schedules and optimizers
+
 
 def test_piecewise_constant():
     sched = A.PiecewiseConstant((20, 30), (0.1, 0.01, 0.001))
@@ -160,6 +163,7 @@ def test_adam_matches_reference_formula():
 
 # ---------------------------------------------------------------- losses
 
+
 def test_losses():
     logits = tf.constant([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
     probs = tf.nn.softmax(logits)
@@ -169,14 +173,14 @@ def test_losses():
     # For one-hot targets the entropy term vanishes: KL = cross-entropy; integer labels work the same.
     np.testing.assert_allclose(A.kl_to_target(logits, onehot), A.cross_entropy(logits, onehot), rtol=1e-6)
     np.testing.assert_allclose(A.cross_entropy(logits, tf.constant([0, 0])), A.cross_entropy(logits, onehot))
-    np.testing.assert_allclose(A.cross_entropy(logits, onehot), -tf.nn.log_softmax(logits)[:, 0].numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(A.cross_entropy(logits, onehot), -tf.nn.log_softmax(logits)[:, 0].numpy(), rtol=1e-6)
     # margin = max_{i≠y} z_i − z_y: negative when correct (example 0), positive when wrong (example 1).
     np.testing.assert_allclose(A.margin(logits, onehot), [0.5 - 2.0, 3.0 - 0.0])
     assert set(A.LOSSES) == {"kl", "cross_entropy", "margin"}
 
 
 # ---------------------------------------------------------------- PGD
+
 
 @pytest.mark.parametrize("factory", ["trades", "pgd_at", "pgd40"])
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
@@ -268,8 +272,13 @@ def test_keep_best_at_least_as_bad_as_last_iterate():
         return tf.matmul(tf.sin(20.0 * tf.matmul(tf.reshape(images, [-1, 16]), w1)), w2)
 
     x, y = _images(batch=16), _labels(batch=16)
-    parts = dict(projection=A.LinfProjection(0.1), init=A.UniformInit("linf", 0.1),
-                 optimizer=A.SignGradient(0.1), loss=A.margin, num_steps=7)
+    parts = dict(
+        projection=A.LinfProjection(0.1),
+        init=A.UniformInit("linf", 0.1),
+        optimizer=A.SignGradient(0.1),
+        loss=A.margin,
+        num_steps=7,
+    )
     last = A.PGD(**parts)(wiggly_model, x, y, SEED)
     best = A.PGD(**parts, keep_best=True)(wiggly_model, x, y, SEED)
     _inside(best, x, "linf", 0.1)

@@ -35,7 +35,7 @@ def images(n, side=4, seed=1, low=0.0, high=1.0):
 
 def norms(adv, x, norm):
     d = (np.asarray(adv) - x).reshape(len(x), -1).astype(np.float64)
-    return np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
+    return np.abs(d).max(1) if norm == "linf" else np.sqrt((d**2).sum(1))
 
 
 def test_p_schedule_matches_reference():
@@ -117,18 +117,20 @@ def reference_eta_rectangles(x, y):
     x_c, y_c = x // 2 + 1, y // 2 + 1
     counter2 = [x_c - 1, y_c - 1]
     for counter in range(0, max(x_c, y_c)):
-        delta[max(counter2[0], 0):min(counter2[0] + (2 * counter + 1), x),
-              max(0, counter2[1]):min(counter2[1] + (2 * counter + 1), y)] += 1.0 / (counter + 1) ** 2
+        delta[
+            max(counter2[0], 0) : min(counter2[0] + (2 * counter + 1), x),
+            max(0, counter2[1]) : min(counter2[1] + (2 * counter + 1), y),
+        ] += 1.0 / (counter + 1) ** 2
         counter2[0] -= 1
         counter2[1] -= 1
-    return delta / np.sqrt((delta ** 2).sum())
+    return delta / np.sqrt((delta**2).sum())
 
 
 def reference_eta(s, transpose):
     delta = np.zeros([s, s])
-    delta[:s // 2] = reference_eta_rectangles(s // 2, s)
-    delta[s // 2:] = -1.0 * reference_eta_rectangles(s - s // 2, s)
-    delta /= np.sqrt((delta ** 2).sum())
+    delta[: s // 2] = reference_eta_rectangles(s // 2, s)
+    delta[s // 2 :] = -1.0 * reference_eta_rectangles(s - s // 2, s)
+    delta /= np.sqrt((delta**2).sum())
     return delta.T if transpose else delta
 
 
@@ -138,21 +140,24 @@ def reference_l2_update(x, x_best, eps, s, vh, vw, vh2, vw2, sign, transpose):
     f = np.float32
     c = x.shape[0]
     delta_curr = (x_best - x).astype(f)
-    norms_window_1 = np.sqrt((delta_curr[:, vh:vh + s, vw:vw + s] ** 2).sum(axis=(-2, -1), keepdims=True))
+    norms_window_1 = np.sqrt((delta_curr[:, vh : vh + s, vw : vw + s] ** 2).sum(axis=(-2, -1), keepdims=True))
     mask_1 = np.zeros_like(x)
-    mask_1[:, vh:vh + s, vw:vw + s] = 1.0
+    mask_1[:, vh : vh + s, vw : vw + s] = 1.0
     mask_2 = np.zeros_like(x)
-    mask_2[:, vh2:vh2 + s, vw2:vw2 + s] = 1.0
+    mask_2[:, vh2 : vh2 + s, vw2 : vw2 + s] = 1.0
     norms_image = np.sqrt(((x_best - x) ** 2).sum())
     norms_windows = np.sqrt(((delta_curr * np.maximum(mask_1, mask_2)) ** 2).sum())
     new_deltas = np.ones([c, s, s], f) * (reference_eta(s, transpose).astype(f)[None] * sign[:, None, None])
-    old_deltas = delta_curr[:, vh:vh + s, vw:vw + s] / (f(1e-12) + norms_window_1)
+    old_deltas = delta_curr[:, vh : vh + s, vw : vw + s] / (f(1e-12) + norms_window_1)
     new_deltas = new_deltas + old_deltas
-    new_deltas = new_deltas / (f(1e-12) + np.sqrt((new_deltas ** 2).sum(axis=(-2, -1), keepdims=True))) * np.sqrt(
-        np.maximum(f(eps) ** 2 - norms_image ** 2, f(0)) / c + norms_windows ** 2)
-    delta_curr[:, vh2:vh2 + s, vw2:vw2 + s] = 0.0
-    delta_curr[:, vh:vh + s, vw:vw + s] = new_deltas + 0
-    normalized = delta_curr / (np.sqrt((delta_curr ** 2).sum()) + f(1e-12))
+    new_deltas = (
+        new_deltas
+        / (f(1e-12) + np.sqrt((new_deltas**2).sum(axis=(-2, -1), keepdims=True)))
+        * np.sqrt(np.maximum(f(eps) ** 2 - norms_image**2, f(0)) / c + norms_windows**2)
+    )
+    delta_curr[:, vh2 : vh2 + s, vw2 : vw2 + s] = 0.0
+    delta_curr[:, vh : vh + s, vw : vw + s] = new_deltas + 0
+    normalized = delta_curr / (np.sqrt((delta_curr**2).sum()) + f(1e-12))
     return np.clip(x + normalized * f(eps), 0.0, 1.0)
 
 
@@ -164,7 +169,7 @@ def test_l2_window_update_equals_reference_arithmetic(s):
     # A current best point inside the ball, with a different perturbation in every channel (the per-channel
     # window norms of the reference differ from a norm over all channels).
     d = rng.normal(size=(b, h, w, c)) * np.array([1.0, 0.2, 3.0])
-    d = (d / np.sqrt((d ** 2).reshape(b, -1).sum(1))[:, None, None, None] * eps * rng.uniform(0.5, 1.0, (b, 1, 1, 1)))
+    d = d / np.sqrt((d**2).reshape(b, -1).sum(1))[:, None, None, None] * eps * rng.uniform(0.5, 1.0, (b, 1, 1, 1))
     x_best = np.clip(x + d, 0.0, 1.0).astype(np.float32)
     vh, vh2 = rng.integers(0, h - s, size=b), rng.integers(0, h - s, size=b)
     vw, vw2 = rng.integers(0, w - s, size=b), rng.integers(0, w - s, size=b)
@@ -173,12 +178,28 @@ def test_l2_window_update_equals_reference_arithmetic(s):
     pattern = np.zeros([9, 9], np.float32)
     pattern[:s, :s] = eta(s)
     ours = l2_window_update(
-        tf.constant(x), tf.constant(x_best), eps, tf.constant(s),
+        tf.constant(x),
+        tf.constant(x_best),
+        eps,
+        tf.constant(s),
         tuple(tf.constant(v, tf.int32) for v in (vh, vw, vh2, vw2)),
-        tf.constant(signs[:, None, None, :]), tf.constant(transpose), tf.constant(pattern)).numpy()
+        tf.constant(signs[:, None, None, :]),
+        tf.constant(transpose),
+        tf.constant(pattern),
+    ).numpy()
     for k in range(b):
-        chw = lambda a: np.transpose(a[k], (2, 0, 1))
-        expected = reference_l2_update(chw(x), chw(x_best), eps, s, vh[k], vw[k], vh2[k], vw2[k], signs[k], transpose[k])
+        expected = reference_l2_update(
+            np.transpose(x[k], (2, 0, 1)),
+            np.transpose(x_best[k], (2, 0, 1)),
+            eps,
+            s,
+            vh[k],
+            vw[k],
+            vh2[k],
+            vw2[k],
+            signs[k],
+            transpose[k],
+        )
         np.testing.assert_allclose(ours[k], np.transpose(expected, (1, 2, 0)), rtol=0, atol=2e-6)
     # The result stays in the L2 ball.
     assert np.all(np.sqrt(((ours - x).astype(np.float64) ** 2).reshape(b, -1).sum(1)) <= eps * (1 + 1e-5))
@@ -191,11 +212,18 @@ def test_linf_window_update_equals_reference_arithmetic():
     x_best = np.clip(x + rng.choice([-eps, eps], size=x.shape), 0.0, 1.0).astype(np.float32)
     vh, vw = rng.integers(0, h - s, size=b), rng.integers(0, w - s, size=b)
     signs = rng.choice([-1.0, 1.0], size=(b, c)).astype(np.float32)
-    ours = linf_window_update(tf.constant(x), tf.constant(x_best), eps, tf.constant(s), tf.constant(vh, tf.int32),
-                              tf.constant(vw, tf.int32), tf.constant(signs[:, None, None, :])).numpy()
+    ours = linf_window_update(
+        tf.constant(x),
+        tf.constant(x_best),
+        eps,
+        tf.constant(s),
+        tf.constant(vh, tf.int32),
+        tf.constant(vw, tf.int32),
+        tf.constant(signs[:, None, None, :]),
+    ).numpy()
     for k in range(b):
         new_deltas = np.zeros([h, w, c], np.float32)
-        new_deltas[vh[k]:vh[k] + s, vw[k]:vw[k] + s] = 2.0 * np.float32(eps) * signs[k]
+        new_deltas[vh[k] : vh[k] + s, vw[k] : vw[k] + s] = 2.0 * np.float32(eps) * signs[k]
         x_new = x_best[k] + new_deltas
         x_new = np.minimum(np.maximum(x_new, x[k] - np.float32(eps)), x[k] + np.float32(eps))
         np.testing.assert_array_equal(ours[k], np.clip(x_new, 0.0, 1.0))
@@ -205,7 +233,7 @@ def test_eta_pattern():
     for s in (1, 3, 5, 6):
         e = eta(s)
         assert e.shape == (s, s)
-        assert np.sqrt((e ** 2).sum()) == pytest.approx(1.0)
+        assert np.sqrt((e**2).sum()) == pytest.approx(1.0)
     e = eta(5)
     assert np.all(e[:2] >= 0) and np.all(e[2:] <= 0)
 

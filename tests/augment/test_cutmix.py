@@ -48,7 +48,7 @@ def test_label_weights_are_the_exact_pasted_fractions(h, w):
         if pasted.any():
             pasted_somewhere += 1
             rows, cols = np.flatnonzero(pasted.any(axis=1)), np.flatnonzero(pasted.any(axis=0))
-            assert pasted[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+            assert pasted[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
             assert pasted.sum() == len(rows) * len(cols)
         # Channels agree: one mask for the whole pixel.
         np.testing.assert_array_equal(pixels[i, :, :, 0], pixels[i, :, :, 1])
@@ -133,8 +133,9 @@ def test_soft_labels_mix_linearly():
     b = 16
     labels = rng.dirichlet(np.ones(4), size=b).astype(np.float32)
     images = rng.uniform(size=(b, 8, 8, 1)).astype(np.float32)
-    out = CutMix(draws="example")({"images": tf.constant(images), "labels": tf.constant(labels)}, training=True,
-                                  seed=SEED)
+    out = CutMix(draws="example")(
+        {"images": tf.constant(images), "labels": tf.constant(labels)}, training=True, seed=SEED
+    )
     boxes = cutmix_boxes(SEED, b, 8, 8)
     f = pasted_fraction(boxes, 8, 8).numpy()[:, None]
     expected = (1 - f) * labels + f * labels[boxes.partner.numpy()]
@@ -159,7 +160,7 @@ def _reference_cutmix(images, labels, lam, centre_y, centre_x, idx, split):
     w = np.clip(centre_x + cut_w // 2, 0, width) - bbx1
     lam = 1.0 - (h * w / (height * width))
     mask = np.zeros((height, width, 1), np.float32)
-    mask[bby1:bby1 + h, bbx1:bbx1 + w] = 1.0
+    mask[bby1 : bby1 + h, bbx1 : bbx1 + w] = 1.0
     # einops.rearrange('(b1 b2) ... -> b1 b2 ...', b2=split), then the same idx on every sub-batch.
     x = images.reshape(n // split, split, *images.shape[1:])
     y = labels.reshape(n // split, split, -1)
@@ -238,10 +239,10 @@ def test_copies_of_an_image_meet_copies_of_one_partner():
     out = CutMix(sub_batches=repeats)({"images": tf.constant(images), "labels": tf.eye(b)}, training=True, seed=SEED)
     partner = cutmix_block_boxes(SEED, b, 8, 8, sub_batches=repeats).partner.numpy()
     for a in range(b // repeats):
-        assert len(set(source[partner[repeats * a:repeats * (a + 1)]].tolist())) == 1
+        assert len(set(source[partner[repeats * a : repeats * (a + 1)]].tolist())) == 1
     # With per-example draws the copies of an image meet different partners.
     partner = cutmix_boxes(SEED, b, 8, 8).partner.numpy()
-    assert any(len(set(source[partner[repeats * a:repeats * (a + 1)]].tolist())) > 1 for a in range(b // repeats))
+    assert any(len(set(source[partner[repeats * a : repeats * (a + 1)]].tolist())) > 1 for a in range(b // repeats))
     assert out["images"].shape == images.shape
 
 

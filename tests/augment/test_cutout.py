@@ -29,7 +29,7 @@ def test_zeroed_pixels_are_exactly_the_clipped_square(h, w, window):
     top, left = (t.numpy() for t in cutout_boxes(SEED, b, h, w, window))
     for i in range(b):
         expected = np.zeros((h, w), bool)
-        expected[max(top[i], 0):max(top[i] + window, 0), max(left[i], 0):max(left[i] + window, 0)] = True
+        expected[max(top[i], 0) : max(top[i] + window, 0), max(left[i], 0) : max(left[i] + window, 0)] = True
         zeroed = np.all(pixels[i] == 0.0, axis=-1)
         np.testing.assert_array_equal(zeroed, expected, err_msg=f"example {i}")
         np.testing.assert_array_equal(pixels[i][~expected], images[i][~expected])  # the rest untouched

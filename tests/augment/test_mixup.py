@@ -48,8 +48,9 @@ def test_output_is_the_convex_combination_with_the_drawn_partner():
     b, k = 24, 6
     images = rng.uniform(size=(b, 6, 5, 3)).astype(np.float32)
     labels = rng.dirichlet(np.ones(k), size=b).astype(np.float32)
-    out = MixUp(alpha=0.7, draws="example")({"images": tf.constant(images), "labels": tf.constant(labels)},
-                                            training=True, seed=SEED)
+    out = MixUp(alpha=0.7, draws="example")(
+        {"images": tf.constant(images), "labels": tf.constant(labels)}, training=True, seed=SEED
+    )
     draws = mixup_draws(SEED, b, 0.7)
     lam, partner = draws.lam.numpy(), draws.partner.numpy()
     assert sorted(partner.tolist()) == list(range(b))
@@ -66,8 +67,9 @@ def test_range_kept_exactly_at_the_extremes():
     b = 64
     images = np.zeros((b, 4, 4, 1), np.float32)
     images[::2] = 1.0
-    out = MixUp(alpha=0.3)({"images": tf.constant(images), "labels": tf.one_hot(np.arange(b) % 3, 3)},
-                           training=True, seed=SEED)["images"].numpy()
+    out = MixUp(alpha=0.3)(
+        {"images": tf.constant(images), "labels": tf.one_hot(np.arange(b) % 3, 3)}, training=True, seed=SEED
+    )["images"].numpy()
     assert out.min() >= 0.0 and out.max() <= 1.0
     draws = mixup_draws(SEED, b, 0.3)
     partner = draws.partner.numpy()

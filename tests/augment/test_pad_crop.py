@@ -26,7 +26,7 @@ def _matching(out: np.ndarray, image: np.ndarray, pad: int, flip: bool) -> list[
     found = []
     for dy in range(2 * pad + 1):
         for dx in range(2 * pad + 1):
-            crop = padded[dy:dy + h, dx:dx + w]
+            crop = padded[dy : dy + h, dx : dx + w]
             if np.array_equal(out, crop):
                 found.append((dy, dx, False))
             if flip and np.array_equal(out, crop[:, ::-1]):
@@ -51,11 +51,11 @@ def test_crop_equals_shifted_image_with_zeros():
     batch = _batch(b=1)
     out = PadCrop(padding=4, flip=False)(batch, training=True, seed=SEED)["images"].numpy()[0]
     image = batch["images"].numpy()[0]
-    (dy, dx, _), = _matching(out, image, 4, flip=False)
+    ((dy, dx, _),) = _matching(out, image, 4, flip=False)
     sy, sx = 4 - dy, 4 - dx
     expected = np.zeros_like(image)
-    src = image[max(0, -sy):H - max(0, sy), max(0, -sx):W - max(0, sx)]
-    expected[max(0, sy):max(0, sy) + src.shape[0], max(0, sx):max(0, sx) + src.shape[1]] = src
+    src = image[max(0, -sy) : H - max(0, sy), max(0, -sx) : W - max(0, sx)]
+    expected[max(0, sy) : max(0, sy) + src.shape[0], max(0, sx) : max(0, sx) + src.shape[1]] = src
     np.testing.assert_array_equal(out, expected)
 
 

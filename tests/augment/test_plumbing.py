@@ -99,7 +99,26 @@ def test_outputs_for_a_fixed_seed_are_pinned(name):
 def test_pipeline_draws_are_pinned():
     """The shuffling order and the batch seeds of data/pipeline.py (Philox, exact integers)."""
     assert epoch_permutation(20, 5, 2).numpy().tolist() == [
-        3, 2, 9, 13, 15, 0, 7, 6, 11, 8, 16, 18, 12, 5, 14, 19, 10, 4, 17, 1
+        3,
+        2,
+        9,
+        13,
+        15,
+        0,
+        7,
+        6,
+        11,
+        8,
+        16,
+        18,
+        12,
+        5,
+        14,
+        19,
+        10,
+        4,
+        17,
+        1,
     ]
     assert batch_seed(5, 2, 3).numpy().tolist() == [1980244712444345427, 3]
 
@@ -144,8 +163,20 @@ def test_keras_layers_serialize_round_trip(name):
 # Cubuk et al. 2020, Sec. 3, in the paper's order: "identity, autoContrast, equalize, rotate, solarize,
 # color, posterize, contrast, brightness, sharpness, shear-x, shear-y, translate-x, translate-y".
 PAPER_RANDAUGMENT_OPS = (
-    "Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Posterize", "Contrast",
-    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
+    "Identity",
+    "AutoContrast",
+    "Equalize",
+    "Rotate",
+    "Solarize",
+    "Color",
+    "Posterize",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
 )
 # Cubuk et al. 2019, App. A, Table 6: the geometric operations (the rest transform pixel values).
 PAPER_GEOMETRIC_OPS = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"}
@@ -212,7 +243,9 @@ def test_every_augmentation_layer_is_a_batch_augmentation():
     for name, cls in AUGMENTATIONS.items():
         assert issubclass(cls, BatchAugmentation), name
     assert {name for name, cls in AUGMENTATIONS.items() if issubclass(cls, MixingAugmentation)} == {
-        "cutmix", "mixup", "ricap"
+        "cutmix",
+        "mixup",
+        "ricap",
     }
 
 
@@ -252,6 +285,7 @@ def test_no_module_imports_another_modules_private_names():
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tfrobust"):
-                offenders += [f"{path.relative_to(root)}: {alias.name}" for alias in node.names
-                              if alias.name.startswith("_")]
+                offenders += [
+                    f"{path.relative_to(root)}: {alias.name}" for alias in node.names if alias.name.startswith("_")
+                ]
     assert not offenders, offenders

@@ -52,7 +52,7 @@ def test_every_op_gives_the_same_result_in_graph_mode():
         return image_ops.apply_ops(x, op, lv, sg, fill=0.5, ops_in_use=(name,))
 
     for name in image_ops.OP_NAMES:
-        graph = tf.function(lambda x, lv, sg: run(name, x, lv, sg))(images, level, sign)
+        graph = tf.function(lambda x, lv, sg, name=name: run(name, x, lv, sg))(images, level, sign)
         np.testing.assert_array_equal(graph.numpy(), run(name, images, level, sign).numpy(), err_msg=name)
 
 
@@ -139,8 +139,19 @@ def test_equalize_matches_pil_algorithm():
 
 
 @pytest.mark.parametrize(
-    "name, level", [("Equalize", 0), ("Posterize", 7), ("Solarize", 3), ("Invert", 0), ("AutoContrast", 0),
-                    ("Color", 3), ("Contrast", 7), ("Brightness", 9), ("Sharpness", 1), ("TranslateX", 6)]
+    "name, level",
+    [
+        ("Equalize", 0),
+        ("Posterize", 7),
+        ("Solarize", 3),
+        ("Invert", 0),
+        ("AutoContrast", 0),
+        ("Color", 3),
+        ("Contrast", 7),
+        ("Brightness", 9),
+        ("Sharpness", 1),
+        ("TranslateX", 6),
+    ],
 )
 def test_pixel_ops_match_pil(name, level):
     Image = pytest.importorskip("PIL.Image")

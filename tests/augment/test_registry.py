@@ -37,9 +37,11 @@ def _batch(b=8, h=8, w=8, c=3, k=4):
 
 
 def test_registry_contents():
-    assert set(AUGMENTATIONS) == set(ORDER) == {
-        "padcrop", "autoaugment", "randaugment", "cutout", "cutmix", "mixup", "ricap"
-    }
+    assert (
+        set(AUGMENTATIONS)
+        == set(ORDER)
+        == {"padcrop", "autoaugment", "randaugment", "cutout", "cutmix", "mixup", "ricap"}
+    )
     assert MIXING == {"cutmix", "mixup", "ricap"}
     for name, cls in AUGMENTATIONS.items():
         assert issubclass(cls, keras.layers.Layer), name
@@ -158,7 +160,12 @@ def test_chain_in_the_training_pipeline_is_deterministic():
     aug = build_augmentation(parse_aug("padcrop+cutout+cutmix"), image_shape=(8, 8, 3), allow_flip=True)
 
     ds = train_dataset(
-        split, num_classes=4, batch_size=8, seed=3, first_epoch=0, steps_per_epoch=5,
+        split,
+        num_classes=4,
+        batch_size=8,
+        seed=3,
+        first_epoch=0,
+        steps_per_epoch=5,
         augment=lambda batch, seed: aug(batch, training=True, seed=seed),
     ).take(6)
     # Two passes over the same (traced once) dataset, with parallel, prefetched maps.

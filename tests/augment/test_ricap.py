@@ -71,7 +71,7 @@ def test_regions_are_exact_crops_of_their_sources(draws, devices, sub_batches):
         for k, (r0, r1, c0, c1) in enumerate(regions):
             rh, rw = r1 - r0, c1 - c0
             assert 0 <= oy[i, k] <= h - rh and 0 <= ox[i, k] <= w - rw
-            crop = images[sources[i, k], oy[i, k]:oy[i, k] + rh, ox[i, k]:ox[i, k] + rw]
+            crop = images[sources[i, k], oy[i, k] : oy[i, k] + rh, ox[i, k] : ox[i, k] + rw]
             np.testing.assert_array_equal(pixels[i, r0:r1, c0:c1], crop)
             expected_labels += rh * rw / (h * w) * labels[sources[i, k]]
         np.testing.assert_allclose(out["labels"].numpy()[i], expected_labels, atol=1e-6)
@@ -79,7 +79,7 @@ def test_regions_are_exact_crops_of_their_sources(draws, devices, sub_batches):
     n = b // devices
     for k in range(4):
         for block in range(devices):
-            assert sorted(sources[block * n:(block + 1) * n, k].tolist()) == list(range(block * n, (block + 1) * n))
+            assert sorted(sources[block * n : (block + 1) * n, k].tolist()) == list(range(block * n, (block + 1) * n))
     assert not all(np.array_equal(sources[:, 0], sources[:, k]) for k in range(1, 4))
     if layer.draws == "batch":
         # One boundary and one crop offset per region for each device batch; sub-batches (rows s, s + S, ...)

@@ -59,8 +59,9 @@ def _stream(preset: str, overrides: dict, replicas: int, batches: int):
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_no_extra_data_preset(data, replicas):
-    config, steps, counts, batches = _stream("cifar10-wrn-28-10-padcrop", {"dataset": f"npz:{data['real']}"},
-                                             replicas, batches=4)
+    config, steps, counts, batches = _stream(
+        "cifar10-wrn-28-10-padcrop", {"dataset": f"npz:{data['real']}"}, replicas, batches=4
+    )
     assert (config.batch_size, config.aug_repeats) == (512, 4) and counts is None and steps == 4
     n = 512 // replicas
     epoch = []
@@ -68,7 +69,7 @@ def test_no_extra_data_preset(data, replicas):
         index, generated = _decode(x)
         assert x.shape[0] == 512 and not generated.any()
         for k in range(replicas):
-            block = index[k * n:(k + 1) * n].reshape(-1, 4)  # [distinct, copies]
+            block = index[k * n : (k + 1) * n].reshape(-1, 4)  # [distinct, copies]
             assert (block == block[:, :1]).all()  # each image in 4 consecutive rows
             assert len(set(block[:, 0].tolist())) == n // 4  # 128 distinct images per batch (64 per replica)
         labels = y.argmax(axis=1)
@@ -83,8 +84,10 @@ def test_no_extra_data_preset(data, replicas):
 @pytest.mark.parametrize("replicas, real, generated", [(1, 77, 716), (2, 38, 360)])
 def test_generated_data_preset(data, replicas, real, generated):
     config, steps, counts, batches = _stream(
-        "cifar10-wrn-28-10-ddpm", {"dataset": f"npz:{data['real']}", "extra_data": (data["generated"],)},
-        replicas, batches=3,
+        "cifar10-wrn-28-10-ddpm",
+        {"dataset": f"npz:{data['real']}", "extra_data": (data["generated"],)},
+        replicas,
+        batches=3,
     )
     assert (config.batch_size, config.aug_repeats, config.real_ratio) == (1024, 4, 0.3) and steps == 2
     n = 1024 // replicas
@@ -98,14 +101,14 @@ def test_generated_data_preset(data, replicas, real, generated):
         for k in range(replicas):
             rows = slice(k * n, (k + 1) * n)
             block, block_generated, labels = index[rows], is_generated[rows], y[rows]
-            assert not block_generated[:4 * real].any() and block_generated[4 * real:].all()
-            originals = block[:4 * real].reshape(real, 4)
+            assert not block_generated[: 4 * real].any() and block_generated[4 * real :].all()
+            originals = block[: 4 * real].reshape(real, 4)
             assert (originals == originals[:, :1]).all() and len(set(originals[:, 0].tolist())) == real
-            assert len(set(block[4 * real:].tolist())) == generated  # generated rows all distinct
-            seen_generated += block[4 * real:].tolist()
+            assert len(set(block[4 * real :].tolist())) == generated  # generated rows all distinct
+            seen_generated += block[4 * real :].tolist()
             # Label smoothing 0.1 on generated rows only.
-            np.testing.assert_array_equal(labels[:4 * real].max(axis=1), 1.0)
-            np.testing.assert_allclose(labels[4 * real:].max(axis=1), 0.9 + 0.01, atol=1e-6)
+            np.testing.assert_array_equal(labels[: 4 * real].max(axis=1), 1.0)
+            np.testing.assert_allclose(labels[4 * real :].max(axis=1), 0.9 + 0.01, atol=1e-6)
         # Original rows counted after repetition: 308 / 1024 = 0.3008 on one device, 304 / 1024 on two.
         assert (~is_generated).sum() == replicas * 4 * real
         assert abs((~is_generated).mean() - 0.3) < 0.01
@@ -121,7 +124,7 @@ def test_cutmix_preset_draws_once_per_device_batch(data, replicas):
     mixed_blocks = 0
     for _, y in batches:
         for k in range(replicas):
-            block = y[k * n:(k + 1) * n]
+            block = y[k * n : (k + 1) * n]
             # Labels = image index: row r's label has weight 1 - f on its image and f on its partner's.
             sources = [np.flatnonzero(row) for row in block]
             fractions = {tuple(np.round(np.sort(row[row > 0]), 6)) for row, s in zip(block, sources) if len(s) == 2}
@@ -130,7 +133,7 @@ def test_cutmix_preset_draws_once_per_device_batch(data, replicas):
                 mixed_blocks += 1
             # The 4 copies of an image (rows 4a..4a+3) are mixed with the 4 copies of one partner image.
             for a in range(n // 4):
-                group = [frozenset(s.tolist()) for s in sources[4 * a:4 * a + 4]]
+                group = [frozenset(s.tolist()) for s in sources[4 * a : 4 * a + 4]]
                 assert len(set(group)) == 1, group
     assert mixed_blocks >= 2
     # --mix-draws example: every example its own box (8x8 images: pasted fractions are multiples of 1/64).

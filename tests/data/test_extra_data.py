@@ -12,14 +12,21 @@ from tfrobust.data.extra import discover, open_extra_data
 from tfrobust.errors import UserError
 from tfrobust.generators.writer import pack
 
-INFO = DatasetInfo(name="toy", num_classes=4, class_names=("0", "1", "2", "3"), image_shape=(4, 4, 3),
-                   mean=(0.5,) * 3, std=(0.25,) * 3, allow_flip=True)
+INFO = DatasetInfo(
+    name="toy",
+    num_classes=4,
+    class_names=("0", "1", "2", "3"),
+    image_shape=(4, 4, 3),
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
+    allow_flip=True,
+)
 
 
 def _arrays(n, start=0, shape=(4, 4, 3)):
     images = np.zeros((n, *shape), np.uint8)
-    images[:, 0, 0, 0] = (np.arange(start, start + n) % 256)
-    images[:, 0, 0, 1] = (np.arange(start, start + n) // 256)
+    images[:, 0, 0, 0] = np.arange(start, start + n) % 256
+    images[:, 0, 0, 1] = np.arange(start, start + n) // 256
     return images, (np.arange(start, start + n) % 4).astype(np.int64)
 
 
@@ -88,8 +95,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert "0 images" in _error(tmp_path, [str(tmp_path / "empty.npz")])
     np.savez(tmp_path / "unlabelled.npz", image=images)
     assert "tfrobust pseudolabel" in _error(tmp_path, [str(tmp_path / "unlabelled.npz")])
-    assert "label every shard or none" in _error(tmp_path, [good, str(tmp_path / "unlabelled.npz")],
-                                                 require_labels=False)
+    assert "label every shard or none" in _error(
+        tmp_path, [good, str(tmp_path / "unlabelled.npz")], require_labels=False
+    )
     np.savez(tmp_path / "other.npz", pixels=images)
     assert "no 'image' array" in _error(tmp_path, [str(tmp_path / "other.npz")])
     np.savez_compressed(tmp_path / "packed.npz", image=images, label=labels)

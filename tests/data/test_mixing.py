@@ -47,8 +47,16 @@ def _decode(x):
 
 
 def _dataset(tmp_path, **overrides):
-    kwargs = dict(num_classes=K, batch_size=10, real_ratio=0.3, label_smoothing=0.1, seed=3, first_epoch=0,
-                  steps_per_epoch=6, augment=None)
+    kwargs = dict(
+        num_classes=K,
+        batch_size=10,
+        real_ratio=0.3,
+        label_smoothing=0.1,
+        seed=3,
+        first_epoch=0,
+        steps_per_epoch=6,
+        augment=None,
+    )
     kwargs.update(overrides)
     return mixed_train_dataset(_real(), _generated(tmp_path), **kwargs)
 
@@ -90,7 +98,7 @@ def test_original_images_never_repeat_within_a_pass(tmp_path):
     batches = [_decode(x) for x, _ in _dataset(tmp_path).take(60)]
     real = [index[~generated] for index, generated in batches]
     for p in range(3):
-        seen = np.concatenate(real[20 * p:20 * (p + 1)])
+        seen = np.concatenate(real[20 * p : 20 * (p + 1)])
         np.testing.assert_array_equal(np.sort(seen), np.arange(N_REAL))  # a permutation: no repeats
     epoch0 = np.concatenate(real[:6])
     assert len(set(epoch0.tolist())) == epoch0.size  # none within an epoch either
@@ -141,8 +149,9 @@ def test_stream_starting_mid_epoch_matches_uninterrupted_run(tmp_path):
         return pad(batch, training=True, seed=seed)
 
     continuous = [(x.numpy(), y.numpy()) for x, y in _dataset(tmp_path, augment=augment).take(16)]
-    resumed = [(x.numpy(), y.numpy()) for x, y in _dataset(tmp_path, augment=augment, first_epoch=1,
-                                                            first_step=4).take(6)]
+    resumed = [
+        (x.numpy(), y.numpy()) for x, y in _dataset(tmp_path, augment=augment, first_epoch=1, first_step=4).take(6)
+    ]
     for (xa, ya), (xb, yb) in zip(continuous[10:], resumed):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
@@ -160,19 +169,22 @@ def _reference_rows(batch_size: int, ratio: float, repeats: int, devices: int) -
     return supervised * repeats, extra * repeats
 
 
-@pytest.mark.parametrize("batch_size, repeats, devices, ratio", [(12, 2, 1, 0.5), (40, 4, 1, 0.3), (40, 4, 2, 0.3),
-                                                                 (48, 2, 3, 0.25), (24, 1, 2, 0.5)])
+@pytest.mark.parametrize(
+    "batch_size, repeats, devices, ratio",
+    [(12, 2, 1, 0.5), (40, 4, 1, 0.3), (40, 4, 2, 0.3), (48, 2, 3, 0.25), (24, 1, 2, 0.5)],
+)
 def test_aug_repeats_repeat_originals_only_per_device_batch(tmp_path, batch_size, repeats, devices, ratio):
     real_rows, generated_rows = _reference_rows(batch_size, ratio, repeats, devices)
     n = batch_size // devices
-    ds = _dataset(tmp_path, batch_size=batch_size, repeats=repeats, devices=devices, real_ratio=ratio,
-                  steps_per_epoch=2)
+    ds = _dataset(
+        tmp_path, batch_size=batch_size, repeats=repeats, devices=devices, real_ratio=ratio, steps_per_epoch=2
+    )
     seen_generated = []
     for x, y in ds.take(4):
         index, generated = _decode(x)
         y = y.numpy()
         for k in range(devices):
-            block, block_generated = index[k * n:(k + 1) * n], generated[k * n:(k + 1) * n]
+            block, block_generated = index[k * n : (k + 1) * n], generated[k * n : (k + 1) * n]
             # Original rows first, then generated rows, in every device batch.
             assert not block_generated[:real_rows].any() and block_generated[real_rows:].all()
             assert block_generated.sum() == generated_rows
@@ -183,8 +195,8 @@ def test_aug_repeats_repeat_originals_only_per_device_batch(tmp_path, batch_size
             # Generated rows all distinct; smoothed labels on them only.
             assert len(set(block[real_rows:].tolist())) == generated_rows
             seen_generated += block[real_rows:].tolist()
-            np.testing.assert_array_equal(y[k * n:(k + 1) * n][:real_rows].max(axis=1), 1.0)
-            np.testing.assert_allclose(y[k * n:(k + 1) * n][real_rows:].max(axis=1), 0.9 + 0.1 / K, atol=1e-6)
+            np.testing.assert_array_equal(y[k * n : (k + 1) * n][:real_rows].max(axis=1), 1.0)
+            np.testing.assert_allclose(y[k * n : (k + 1) * n][real_rows:].max(axis=1), 0.9 + 0.1 / K, atol=1e-6)
         # No original image in two device batches of one batch.
         real_index = index[~generated]
         assert len(set(real_index.tolist())) == real_index.size // repeats
@@ -209,8 +221,18 @@ def test_streaming_never_materialises_a_multi_gigabyte_set(tmp_path):
     file_bytes = m * 32 * 32 * 3
     real = Split(images=np.zeros((2000, 32, 32, 3), np.uint8), labels=(np.arange(2000) % 10).astype(np.int64))
     extra = open_extra_data([str(tmp_path / "big.image.npy")], num_classes=10)
-    ds = mixed_train_dataset(real, extra, num_classes=10, batch_size=512, real_ratio=0.3, label_smoothing=0.1,
-                             seed=0, first_epoch=0, steps_per_epoch=3, augment=None)
+    ds = mixed_train_dataset(
+        real,
+        extra,
+        num_classes=10,
+        batch_size=512,
+        real_ratio=0.3,
+        label_smoothing=0.1,
+        seed=0,
+        first_epoch=0,
+        steps_per_epoch=3,
+        augment=None,
+    )
     iterator = iter(ds)
     next(iterator)
     anon_before, rss_before = _rss_kb("RssAnon"), _rss_kb("VmRSS")

@@ -51,10 +51,11 @@ def test_uint8_to_float_is_x_over_255():
 
 def test_each_epoch_is_a_permutation_without_repeats():
     steps, batch = 6, 8  # 48 of the 50 images per epoch
-    ds = train_dataset(_split(), num_classes=K, batch_size=batch, seed=1, first_epoch=0, steps_per_epoch=steps,
-                       augment=None)
+    ds = train_dataset(
+        _split(), num_classes=K, batch_size=batch, seed=1, first_epoch=0, steps_per_epoch=steps, augment=None
+    )
     batches = [_indices(x) for x, _ in ds.take(3 * steps)]
-    epochs = [np.concatenate(batches[e * steps:(e + 1) * steps]) for e in range(3)]
+    epochs = [np.concatenate(batches[e * steps : (e + 1) * steps]) for e in range(3)]
     for order in epochs:
         assert len(order) == steps * batch
         assert len(set(order.tolist())) == steps * batch  # no repeats within the epoch
@@ -120,8 +121,9 @@ def test_augment_gets_dict_and_per_batch_seeds():
         marker = tf.random.stateless_uniform([], seed=seed)
         return {"images": batch["images"] * 0.0 + marker, "labels": batch["labels"]}
 
-    ds = train_dataset(_split(), num_classes=K, batch_size=10, seed=3, first_epoch=4, steps_per_epoch=5,
-                       augment=augment)
+    ds = train_dataset(
+        _split(), num_classes=K, batch_size=10, seed=3, first_epoch=4, steps_per_epoch=5, augment=augment
+    )
     markers = [float(x[0, 0, 0, 0]) for x, _ in ds.take(10)]
     assert len(set(markers)) == 10  # every (epoch, step) has its own seed
     assert seen_seeds and seen_seeds[0].shape == (2,)
@@ -129,8 +131,7 @@ def test_augment_gets_dict_and_per_batch_seeds():
 
 def test_batch_larger_than_training_set_rejected():
     with pytest.raises(UserError, match="lower --batch-size"):
-        train_dataset(_split(), num_classes=K, batch_size=N + 1, seed=0, first_epoch=0, steps_per_epoch=1,
-                      augment=None)
+        train_dataset(_split(), num_classes=K, batch_size=N + 1, seed=0, first_epoch=0, steps_per_epoch=1, augment=None)
 
 
 def test_too_many_steps_rejected():
@@ -174,11 +175,20 @@ def test_augmentation_repeats_hold_each_image_n_times_with_different_augmentatio
     rng = np.random.default_rng(0)
     split = Split(images=rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), labels=rng.integers(0, 10, 64))
     layer = PadCrop(padding=2, flip=False)
-    ds = train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=4,
-                       augment=lambda b, s: layer(b, training=True, seed=s), repeats=4)
-    plain = train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=4,
-                          augment=None, repeats=4)
-    for (x, y), (x0, y0) in zip(ds.take(4), plain.take(4)):
+    ds = train_dataset(
+        split,
+        num_classes=10,
+        batch_size=16,
+        seed=0,
+        first_epoch=0,
+        steps_per_epoch=4,
+        augment=lambda b, s: layer(b, training=True, seed=s),
+        repeats=4,
+    )
+    plain = train_dataset(
+        split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=4, augment=None, repeats=4
+    )
+    for (x, _y), (x0, y0) in zip(ds.take(4), plain.take(4)):
         x0, y0 = x0.numpy(), y0.numpy()
         groups = x0.reshape(4, 4, 8, 8, 1)
         assert all(np.array_equal(g[0], g[k]) for g in groups for k in range(4))  # 4 distinct images x 4
@@ -193,8 +203,9 @@ def test_augmentation_repeats_hold_each_image_n_times_with_different_augmentatio
 def test_augmentation_repeats_must_divide_the_batch():
     split = Split(images=np.zeros((64, 8, 8, 1), np.uint8), labels=np.zeros(64, np.int64))
     with pytest.raises(UserError, match="aug-repeats"):
-        train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2,
-                      augment=None, repeats=3)
+        train_dataset(
+            split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2, augment=None, repeats=3
+        )
 
 
 def test_device_batches_each_hold_whole_repeats():
@@ -202,14 +213,41 @@ def test_device_batches_each_hold_whole_repeats():
     # reference lays out every device batch.
     rng = np.random.default_rng(0)
     split = Split(images=rng.integers(0, 256, (64, 4, 4, 1), dtype=np.uint8), labels=rng.integers(0, 10, 64))
-    ds = train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2,
-                       augment=None, repeats=4, devices=2)
+    ds = train_dataset(
+        split,
+        num_classes=10,
+        batch_size=16,
+        seed=0,
+        first_epoch=0,
+        steps_per_epoch=2,
+        augment=None,
+        repeats=4,
+        devices=2,
+    )
     for x, _ in ds.take(2):
         blocks = x.numpy().reshape(2, 2, 4, 4, 4, 1)  # [device, image, copy, H, W, C]
         assert (blocks == blocks[:, :, :1]).all()
     with pytest.raises(UserError, match="replicas"):
-        train_dataset(split, num_classes=10, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2,
-                      augment=None, repeats=2, devices=3)
+        train_dataset(
+            split,
+            num_classes=10,
+            batch_size=16,
+            seed=0,
+            first_epoch=0,
+            steps_per_epoch=2,
+            augment=None,
+            repeats=2,
+            devices=3,
+        )
     with pytest.raises(UserError, match="aug-repeats 4 must be >= 1 and divide the batch of each of the 4 replicas"):
-        train_dataset(split, num_classes=10, batch_size=8, seed=0, first_epoch=0, steps_per_epoch=2,
-                      augment=None, repeats=4, devices=4)
+        train_dataset(
+            split,
+            num_classes=10,
+            batch_size=8,
+            seed=0,
+            first_epoch=0,
+            steps_per_epoch=2,
+            augment=None,
+            repeats=4,
+            devices=4,
+        )

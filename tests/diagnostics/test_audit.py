@@ -69,8 +69,15 @@ def minimal_eps(x, y):
 
 
 def _config(**overrides):
-    base = dict(eps_multiples=(0.0, 1.0, 8.0), steps=(5, 20), square_queries=300, landscape_images=2, grid_size=11,
-                batch_size=64, checks=("eps", "square", "landscape"))
+    base = dict(
+        eps_multiples=(0.0, 1.0, 8.0),
+        steps=(5, 20),
+        square_queries=300,
+        landscape_images=2,
+        grid_size=11,
+        batch_size=64,
+        checks=("eps", "square", "landscape"),
+    )
     return AuditConfig(**{**base, **overrides})
 
 
@@ -79,8 +86,15 @@ def test_linear_eps_curve_falls_to_zero_at_the_analytic_eps():
     largest = float(radii.max())  # beyond it no point is robust, just below it one still is
     eps = largest / 4
     multiples = (0.0, 1.0, 2.0, 3.8, 5.0, 8.0)
-    (result,), _ = run_checks(linear, X, Y, num_classes=CLASSES, norm="linf", eps=eps,
-                              config=_config(eps_multiples=multiples, checks=("eps",)))
+    (result,), _ = run_checks(
+        linear,
+        X,
+        Y,
+        num_classes=CLASSES,
+        norm="linf",
+        eps=eps,
+        config=_config(eps_multiples=multiples, checks=("eps",)),
+    )
     measured = {p["multiple"]: p["robust_accuracy"] for p in result.details["points"]}
     for multiple in multiples:
         exact = float(np.mean(radii > multiple * eps))
@@ -104,8 +118,15 @@ def test_thresholded_model_is_flagged_and_the_smooth_model_passes():
     radii = minimal_eps(X, Y)
     keep = (radii <= 0.8 * 0.1) | (radii > 0.1)
     x, y = X[keep], Y[keep]
-    smooth, _ = run_checks(linear, x, y, num_classes=CLASSES, norm="linf", eps=0.1,
-                           config=_config(checks=("eps", "steps", "square", "landscape")))
+    smooth, _ = run_checks(
+        linear,
+        x,
+        y,
+        num_classes=CLASSES,
+        norm="linf",
+        eps=0.1,
+        config=_config(checks=("eps", "steps", "square", "landscape")),
+    )
     masked, _ = run_checks(thresholded, x, y, num_classes=CLASSES, norm="linf", eps=0.1, config=config)
     smooth, masked = {r.name: r for r in smooth}, {r.name: r for r in masked}
     assert all(r.passed for r in smooth.values()), {n: r.measured for n, r in smooth.items()}
@@ -140,13 +161,19 @@ def test_checks_run_without_tf32():
     previous = tf.config.experimental.tensor_float_32_execution_enabled()
     tf.config.experimental.enable_tensor_float_32_execution(True)
     try:
-        run_checks(recording_linear, X[:8], Y[:8], num_classes=CLASSES, norm="linf", eps=0.1,
-                   config=_config(eps_multiples=(1.0,), checks=("eps",)))
+        run_checks(
+            recording_linear,
+            X[:8],
+            Y[:8],
+            num_classes=CLASSES,
+            norm="linf",
+            eps=0.1,
+            config=_config(eps_multiples=(1.0,), checks=("eps",)),
+        )
         assert flags and not any(flags)
         assert tf.config.experimental.tensor_float_32_execution_enabled()
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(previous)
-
 
 
 def test_audit_attacks_through_the_evaluation_engine(monkeypatch):
@@ -169,12 +196,13 @@ def test_audit_attacks_through_the_evaluation_engine(monkeypatch):
     assert sizes == [20, 20, 8]
     assert broken.any() and not np.any(broken & (worst_linf_margin(X, Y, 0.3) < 0))  # sound: each is real
 
+
 def test_roughness_statistic():
     axis = np.linspace(-1, 1, 21)
     a, b = np.meshgrid(axis, axis, indexing="ij")
     assert roughness(2 * a - b + 3) == pytest.approx(0.0, abs=1e-12)  # a plane
     assert roughness(np.zeros((5, 5))) == 0.0  # flat
-    assert roughness(a ** 2 + b ** 2) < 0.05  # smooth: h² curvature against the range
+    assert roughness(a**2 + b**2) < 0.05  # smooth: h² curvature against the range
     assert roughness(np.where(a > 0.05, 1.0, 0.0)) == pytest.approx(1.0)  # one step
 
 
@@ -199,11 +227,30 @@ def test_cli_writes_json_plots_and_refuses_an_existing_report(tmp_path):
     model.layers[-1].set_weights([rng.normal(size=(64, 10)).astype(np.float32), np.zeros(10, np.float32)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        path = export_network(model, root=str(tmp_path), name="linear", metadata={
-            "dataset": {"name": "digits"}, "norm": "linf", "eps": 0.05, "training_config": {"val_size": 0}})
+        path = export_network(
+            model,
+            root=str(tmp_path),
+            name="linear",
+            metadata={"dataset": {"name": "digits"}, "norm": "linf", "eps": 0.05, "training_config": {"val_size": 0}},
+        )
     out = str(tmp_path / "audit")
-    args = ["audit", "--model", path, "--out", out, "--n-examples", "16", "--eps-multiples", "0,1,8",
-            "--landscape-images", "1", "--grid", "7", "--checks", "eps,landscape"]
+    args = [
+        "audit",
+        "--model",
+        path,
+        "--out",
+        out,
+        "--n-examples",
+        "16",
+        "--eps-multiples",
+        "0,1,8",
+        "--landscape-images",
+        "1",
+        "--grid",
+        "7",
+        "--checks",
+        "eps,landscape",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "eps_sweep" in result.output and "overall:" in result.output
@@ -220,6 +267,7 @@ def test_cli_writes_json_plots_and_refuses_an_existing_report(tmp_path):
     open(os.path.join(out, "mine.txt"), "w").write("user data")
     replaced = CliRunner().invoke(cli, args[:-1] + ["eps", "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
-    assert sorted(os.listdir(out)) == sorted([".tfrobust-report.json", "audit.json", "audit.md", "eps_sweep.png",
-                                              "mine.txt"])
+    assert sorted(os.listdir(out)) == sorted(
+        [".tfrobust-report.json", "audit.json", "audit.md", "eps_sweep.png", "mine.txt"]
+    )
     assert open(os.path.join(out, "mine.txt")).read() == "user data"

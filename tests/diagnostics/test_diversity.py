@@ -102,8 +102,14 @@ def test_model_without_features_is_one_clear_error(tmp_path):
 
 def _classifier(tmp_path):
     """A Flatten -> Dense(16) -> Dense(10) classifier exported as a tfrobust SavedModel (features: 16)."""
-    model = keras.Sequential([keras.Input((8, 8, 1), name="images"), keras.layers.Flatten(),
-                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="images"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
     info, split = load_split("digits", "train", val_size=0)
     keras.utils.set_random_seed(0)
     model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -117,8 +123,7 @@ def test_cli_with_a_classifier_extractor_and_a_generated_set(tmp_path):
     npz = str(tmp_path / "generated.npz")
     np.savez(npz, image=test.images[:200], label=test.labels[:200])  # "generated" = held-out real digits
     out = str(tmp_path / "diversity")
-    args = ["diversity", "--set", f"npz:{npz}", "--n", "150", "--extractor", model, "--classifier", model,
-            "--out", out]
+    args = ["diversity", "--set", f"npz:{npz}", "--n", "150", "--extractor", model, "--classifier", model, "--out", out]
     result = CliRunner().invoke(cli, args)  # dataset from the classifier's metadata
     assert result.exit_code == 0, result.output
     assert "input of layer 'dense_1'" in result.output or "input of layer" in result.output
@@ -139,14 +144,16 @@ def test_cli_with_a_classifier_extractor_and_a_generated_set(tmp_path):
 
 def test_cli_augmentation_set_and_bad_input(tmp_path):
     out = str(tmp_path / "cutmix")
-    result = CliRunner().invoke(cli, ["diversity", "--dataset", "digits", "--aug", "cutmix", "--n", "120",
-                                      "--out", out])
+    result = CliRunner().invoke(
+        cli, ["diversity", "--dataset", "digits", "--aug", "cutmix", "--n", "120", "--out", out]
+    )
     assert result.exit_code == 0, result.output
     assert "extractor: pixels" in result.output
     report = json.load(open(os.path.join(out, "diversity.json")))
     assert report["set"]["proportions"]["train"] > report["set"]["proportions"]["test"]
-    both = CliRunner().invoke(cli, ["diversity", "--dataset", "digits", "--aug", "cutmix", "--set", "npz:x.npz",
-                                    "--out", str(tmp_path / "x")])
+    both = CliRunner().invoke(
+        cli, ["diversity", "--dataset", "digits", "--aug", "cutmix", "--set", "npz:x.npz", "--out", str(tmp_path / "x")]
+    )
     assert both.exit_code != 0 and "exactly one of --aug" in both.output
     missing = CliRunner().invoke(cli, ["diversity", "--aug", "cutmix", "--out", str(tmp_path / "y")])
     assert missing.exit_code != 0 and "--dataset" in missing.output

@@ -26,17 +26,35 @@ from tfrobust.diagnostics.report import (
 from tfrobust.errors import UserError
 from tfrobust.training.checkpoint import save_arrays
 
-COLUMNS = ["epoch", "adv_accuracy", "ce", "clean_accuracy", "kl", "loss", "val_avg_clean_accuracy",
-           "val_avg_pgd40_accuracy", "val_raw_clean_accuracy", "val_raw_pgd40_accuracy"]
+COLUMNS = [
+    "epoch",
+    "adv_accuracy",
+    "ce",
+    "clean_accuracy",
+    "kl",
+    "loss",
+    "val_avg_clean_accuracy",
+    "val_avg_pgd40_accuracy",
+    "val_raw_clean_accuracy",
+    "val_raw_pgd40_accuracy",
+]
 
 
-def synthetic_run(path, *, epochs=6, eval_every=2, epoch_examples=160, ema_decay=0.99, robust=(0.30, 0.42, 0.38),
-                  checkpoint=True):
+def synthetic_run(
+    path, *, epochs=6, eval_every=2, epoch_examples=160, ema_decay=0.99, robust=(0.30, 0.42, 0.38), checkpoint=True
+):
     """A run directory as run.py writes it; validation every `eval_every` epochs with the given averaged
     PGD-40 accuracies (raw = averaged - 0.05), NaN on the other epochs."""
     os.makedirs(path)
-    config = TrainConfig(dataset="digits", model="wrn-10-1", epochs=epochs, batch_size=32, warmup_epochs=1,
-                         eval_every=eval_every, ema_decay=ema_decay).resolved()
+    config = TrainConfig(
+        dataset="digits",
+        model="wrn-10-1",
+        epochs=epochs,
+        batch_size=32,
+        warmup_epochs=1,
+        eval_every=eval_every,
+        ema_decay=ema_decay,
+    ).resolved()
     with open(os.path.join(path, "config.json"), "w") as handle:
         handle.write(config.to_json())
     rows, validated = [], iter(robust)
@@ -52,11 +70,15 @@ def synthetic_run(path, *, epochs=6, eval_every=2, epoch_examples=160, ema_decay
         for row in rows:
             handle.write(",".join("nan" if isinstance(v, float) and math.isnan(v) else str(v) for v in row) + "\n")
     if checkpoint:
-        save_arrays(os.path.join(path, "checkpoint.npz"),
-                    {"network": {"dense/kernel": np.zeros(3)},
-                     "averaging": {"dense/kernel": np.zeros(3), "num_updates": np.array(epochs * epoch_examples // 32)},
-                     "optimizer": {"trace_sgd/iteration": np.array(0)}},
-                    {"epoch": epochs, "epoch_examples": epoch_examples})
+        save_arrays(
+            os.path.join(path, "checkpoint.npz"),
+            {
+                "network": {"dense/kernel": np.zeros(3)},
+                "averaging": {"dense/kernel": np.zeros(3), "num_updates": np.array(epochs * epoch_examples // 32)},
+                "optimizer": {"trace_sgd/iteration": np.array(0)},
+            },
+            {"epoch": epochs, "epoch_examples": epoch_examples},
+        )
     return str(path)
 
 
@@ -77,8 +99,11 @@ def test_read_run_and_numbers(tmp_path):
 
 
 def test_schedules_are_recomputed_per_step():
-    config = json.loads(TrainConfig(dataset="digits", epochs=6, batch_size=32, warmup_epochs=1, ema_decay=0.99,
-                                    schedule="piecewise").resolved().to_json())
+    config = json.loads(
+        TrainConfig(dataset="digits", epochs=6, batch_size=32, warmup_epochs=1, ema_decay=0.99, schedule="piecewise")
+        .resolved()
+        .to_json()
+    )
     # 150 samples per epoch at batch 32: 4.6875 steps per epoch, floor(6 * 150 / 32) = 28 steps in all.
     curves = schedule_curves(config, epoch_examples=150)
     assert len(curves["learning_rate"]) == 28

@@ -81,16 +81,26 @@ def test_the_known_answer_is_not_trivial():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
-    path = export_model(MODEL, str(root / "saved_models" / "linear"), norm="linf", eps=EPS,
-                        class_names=["a", "b", "c"], metadata={"note": "test"})
+    path = export_model(
+        MODEL,
+        str(root / "saved_models" / "linear"),
+        norm="linf",
+        eps=EPS,
+        class_names=["a", "b", "c"],
+        metadata={"note": "test"},
+    )
     keras_file = str(root / "linear.keras")
     MODEL.save(keras_file)
     return {"root": root, "export": path, "keras": keras_file}
 
 
 def test_every_kind_of_model_gives_the_exact_linear_robustness(exported):
-    models = {"keras.Model": MODEL, ".keras file": exported["keras"], "SavedModel": exported["export"],
-              "callable": linear_callable}
+    models = {
+        "keras.Model": MODEL,
+        ".keras file": exported["keras"],
+        "SavedModel": exported["export"],
+        "callable": linear_callable,
+    }
     reports = {}
     for kind, model in models.items():
         evaluation = evaluate(model, IMAGES, LABELS, attack="pgd40", eps=EPS, batch_size=8, verbose=False)
@@ -112,11 +122,34 @@ def test_the_report_is_what_the_cli_writes(exported, tmp_path):
     npz = str(tmp_path / "data.npz")
     np.savez(npz, image=IMAGES_U8, label=LABELS.astype(np.int64))
     cli_path, api_path = str(tmp_path / "cli.json"), str(tmp_path / "api.json")
-    result = CliRunner().invoke(cli, ["eval", "--model", exported["export"], "--dataset", f"npz:{npz}",
-                                      "--attack", "pgd40", "--batch-size", "8", "--report", cli_path])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--model",
+            exported["export"],
+            "--dataset",
+            f"npz:{npz}",
+            "--attack",
+            "pgd40",
+            "--batch-size",
+            "8",
+            "--report",
+            cli_path,
+        ],
+    )
     assert result.exit_code == 0, result.output
-    evaluation = evaluate(exported["export"], IMAGES_U8, LABELS, attack="pgd40", batch_size=8, report=api_path,
-                          dataset=f"npz:{npz}", split="all", verbose=False)
+    evaluation = evaluate(
+        exported["export"],
+        IMAGES_U8,
+        LABELS,
+        attack="pgd40",
+        batch_size=8,
+        report=api_path,
+        dataset=f"npz:{npz}",
+        split="all",
+        verbose=False,
+    )
     with open(cli_path) as handle:
         written_by_cli = json.load(handle)
     with open(api_path) as handle:
@@ -145,8 +178,7 @@ def test_uint8_images_one_hot_labels_and_input_range_are_conversions(exported):
         "uint8": evaluate(MODEL, IMAGES_U8, LABELS, attack="apgd-ce", eps=EPS, verbose=False),
         "one-hot": evaluate(MODEL, IMAGES, one_hot, attack="apgd-ce", eps=EPS, verbose=False),
         "[N, 1]": evaluate(MODEL, tf.constant(IMAGES), LABELS[:, None], attack="apgd-ce", eps=EPS, verbose=False),
-        "0..255": evaluate(model_255, IMAGES, LABELS, attack="apgd-ce", eps=EPS, input_range=(0, 255),
-                           verbose=False),
+        "0..255": evaluate(model_255, IMAGES, LABELS, attack="apgd-ce", eps=EPS, input_range=(0, 255), verbose=False),
     }
     for name, evaluation in variants.items():
         np.testing.assert_array_equal(evaluation.result.robust, reference.result.robust, err_msg=name)
@@ -193,14 +225,17 @@ def test_mismatches_raise_one_clear_error(exported):
         ({"eps": 8.0}, "did you mean"),
         ({"model": object()}, "cannot evaluate a object"),
         ({"input_range": (1, 0)}, "low < high"),
-        ({"model": exported["export"], "images": np.zeros((N, 8, 8, 1), np.float32)},
-         r"the images are \[8, 8, 1\] but the model takes \[4, 4, 1\]"),
+        (
+            {"model": exported["export"], "images": np.zeros((N, 8, 8, 1), np.float32)},
+            r"the images are \[8, 8, 1\] but the model takes \[4, 4, 1\]",
+        ),
     ]
     for change, message in cases:
         arguments = {"model": MODEL, "images": IMAGES, "labels": LABELS, "attack": "pgd40", **change}
         with pytest.raises(UserError, match=message):
-            evaluate(arguments.pop("model"), arguments.pop("images"), arguments.pop("labels"), verbose=False,
-                     **arguments)
+            evaluate(
+                arguments.pop("model"), arguments.pop("images"), arguments.pop("labels"), verbose=False, **arguments
+            )
 
 
 def user_cnn():
@@ -222,20 +257,28 @@ def user_cnn():
 
 def test_export_model_of_a_user_functional_cnn(tmp_path):
     model = user_cnn()
-    path = export_model(model, str(tmp_path / "saved_models" / "cnn"), norm="l2", eps=0.25, dataset="my-data",
-                        class_names=["w", "x", "y", "z"])
+    path = export_model(
+        model,
+        str(tmp_path / "saved_models" / "cnn"),
+        norm="l2",
+        eps=0.25,
+        dataset="my-data",
+        class_names=["w", "x", "y", "z"],
+    )
     assert path == str(tmp_path / "saved_models" / "cnn" / "1")
     loaded = load_model(str(tmp_path / "saved_models" / "cnn"))
     x = np.random.default_rng(3).uniform(size=(5, 8, 8, 3)).astype(np.float32)
-    np.testing.assert_allclose(loaded.logits(tf.constant(x)).numpy(), model(x, training=False).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.logits(tf.constant(x)).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5
+    )
     meta = loaded.metadata
     assert (meta["norm"], meta["eps"], meta["input_shape"], meta["input_range"]) == ("l2", 0.25, [8, 8, 3], [0.0, 1.0])
     assert meta["dataset"] == {"name": "my-data", "num_classes": 4, "class_names": ["w", "x", "y", "z"]}
     assert meta["features"]["size"] == 96  # the input of the final Dense layer
     features = keras.Model(model.inputs, model.layers[-1].input)
-    np.testing.assert_allclose(loaded.features(tf.constant(x)).numpy(), features([x], training=False).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.features(tf.constant(x)).numpy(), features([x], training=False).numpy(), rtol=1e-5, atol=1e-5
+    )
     # `evaluate` on the export takes its threat model from the metadata.
     labels = model(x, training=False).numpy().argmax(-1)
     report = evaluate(path, x, labels, attack="pgd40", verbose=False).report
@@ -268,8 +311,7 @@ def test_export_model_of_a_subclassed_model_with_its_input_range(tmp_path):
     path = export_model(model, str(tmp_path / "sub"), input_shape=(4, 4, 1), input_range=(0, 255), eps=EPS)
     loaded = load_model(path)
     # The export takes [0, 1] images: the same logits as the linear model on them.
-    np.testing.assert_allclose(loaded.logits(tf.constant(IMAGES)).numpy(), numpy_logits(IMAGES), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(loaded.logits(tf.constant(IMAGES)).numpy(), numpy_logits(IMAGES), rtol=1e-5, atol=1e-5)
     assert loaded.metadata["input_range"] == [0.0, 255.0] and loaded.features is None
     evaluation = evaluate(path, IMAGES, LABELS, attack="pgd40", batch_size=8, verbose=False)
     np.testing.assert_array_equal(evaluation.result.robust, EXACT)

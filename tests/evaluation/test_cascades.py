@@ -69,11 +69,17 @@ def test_aa_l1_on_a_linear_model(monkeypatch):
     (`support.linear_one_direction`, `worst_l1_margin`): sound, and exact away from the threshold. The
     stages keep their L1 configuration with fewer iterations (30 for APGD, 20 for FAB, 300 Square
     queries), which this model needs, to keep the test short."""
-    shorter = {"apgd-ce": {"n_iter": 30}, "apgd-t": {"n_iter": 30}, "fab-t": {"n_iter": 20},
-               "square": {"n_queries": 300}}
+    shorter = {
+        "apgd-ce": {"n_iter": 30},
+        "apgd-t": {"n_iter": 30},
+        "fab-t": {"n_iter": 20},
+        "square": {"n_queries": 300},
+    }
     for name, changes in shorter.items():
         factory = STAGES[name]
-        monkeypatch.setitem(STAGES, name, lambda norm, eps, f=factory, c=changes: dataclasses.replace(f(norm, eps), **c))
+        monkeypatch.setitem(
+            STAGES, name, lambda norm, eps, f=factory, c=changes: dataclasses.replace(f(norm, eps), **c)
+        )
     classes, eps = 5, 1.0
     model_fn, kernel, bias = linear_one_direction(classes, seed=1)
     x = images(16, seed=45)
@@ -81,8 +87,9 @@ def test_aa_l1_on_a_linear_model(monkeypatch):
     y[0] = (y[0] + 1) % classes  # one clean mistake
     worst = worst_l1_margin(x, y, kernel, bias, eps)
     with pytest.warns(UserWarning, match="4 target classes"):  # 5 classes: 4 targets for APGD-T and FAB-T
-        result = Evaluator(CASCADES["aa"], norm="l1", eps=eps).run(model_fn, _dataset(x, y, classes), seed=0,
-                                                                   keep_adversarial=True)
+        result = Evaluator(CASCADES["aa"], norm="l1", eps=eps).run(
+            model_fn, _dataset(x, y, classes), seed=0, keep_adversarial=True
+        )
     keep = np.abs(worst) > 0.02
     keep[0] = False
     assert (worst[keep] > 0).any() and (worst[keep] < 0).any()
@@ -132,12 +139,13 @@ def test_few_classes_note():
 @pytest.fixture
 def noop(monkeypatch):
     """Stage "noop": returns the clean images (breaks nothing)."""
-    monkeypatch.setitem(STAGES, "noop", lambda norm, eps: (lambda model_fn, x, labels, seed: tf.identity(x)))
+    monkeypatch.setitem(STAGES, "noop", lambda norm, eps: lambda model_fn, x, labels, seed: tf.identity(x))
 
 
 def test_randomised_defence_warning(noop):
-    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dropout(0.5),
-                              keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dropout(0.5), keras.layers.Dense(3)]
+    )
     x = images(8, seed=45)
     y = np.zeros(8, np.int64)
     random_fn = lambda images: model(images, training=True)  # noqa: E731  dropout active
@@ -156,7 +164,7 @@ def test_randomised_defence_warning(noop):
 
 def test_square_breaking_more_than_gradient_attacks_warns(monkeypatch):
     # A gradient stage that finds nothing (as on a gradient-masked model), then Square.
-    monkeypatch.setitem(STAGES, "apgd-ce", lambda norm, eps: (lambda model_fn, x, labels, seed: tf.identity(x)))
+    monkeypatch.setitem(STAGES, "apgd-ce", lambda norm, eps: lambda model_fn, x, labels, seed: tf.identity(x))
     monkeypatch.setitem(STAGES, "square", lambda norm, eps: Square(norm, eps, n_queries=300))
     model_fn, _, _ = linear(3, seed=46)
     x = images(8, seed=47)
@@ -188,8 +196,15 @@ def test_run_eval_with_the_aa_cascade(tmp_path):
     np.savez(npz, image=x, label=y.astype(np.int64))
     metadata = {"dataset": {"name": f"npz:{npz}"}, "norm": "linf", "eps": 0.3, "training_config": {"val_size": 0}}
     export_network(model, root=str(tmp_path / "saved_models"), name="lin4", metadata=metadata)
-    out = run_eval(EvalSettings(model_path=str(tmp_path / "saved_models" / "lin4"), attack="aa", split="train",
-                                batch_size=8, report=str(tmp_path / "report.json")))
+    out = run_eval(
+        EvalSettings(
+            model_path=str(tmp_path / "saved_models" / "lin4"),
+            attack="aa",
+            split="train",
+            batch_size=8,
+            report=str(tmp_path / "report.json"),
+        )
+    )
     report = out["report"]
     assert [s["attack"] for s in report["stages"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     values = [report["clean_accuracy"]] + [s["robust_accuracy"] for s in report["stages"]]

@@ -33,7 +33,9 @@ N, BATCH, CLASSES = 16, 8, 3
 
 
 def _linear_model():
-    model = keras.Sequential([keras.Input((4, 4, 1), name="images"), keras.layers.Flatten(), keras.layers.Dense(CLASSES)])
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1), name="images"), keras.layers.Flatten(), keras.layers.Dense(CLASSES)]
+    )
     rng = np.random.default_rng(0)
     model.layers[-1].set_weights([rng.normal(size=(16, CLASSES)).astype(np.float32), np.zeros(CLASSES, np.float32)])
     return model
@@ -303,7 +305,6 @@ def test_verify_per_example():
     np.testing.assert_array_equal(verify(fn, clean, adv, np.zeros(3, int), "linf", 0.05), [True, False, False])
 
 
-
 def _worst_linf_corner(x, y, eps):
     """The worst case of the linear model in {|x' - x|_inf <= eps} ∩ [0, 1] (as `exact_linf_robust`): per
     example, the interval end each pixel's coefficient points to, for the other class that gains most."""
@@ -340,8 +341,20 @@ def test_attack_batches_runs_one_attack_in_order_and_counts_only_verified_succes
         return tf.constant(out)
 
     def run(**kwargs):
-        return list(attack_batches(attack, logits_fn, X, onehot, todo, batch_size=4, norm="linf", eps=EPS,
-                                   seed=lambda k: tf.constant([7, k], tf.int64), **kwargs))
+        return list(
+            attack_batches(
+                attack,
+                logits_fn,
+                X,
+                onehot,
+                todo,
+                batch_size=4,
+                norm="linf",
+                eps=EPS,
+                seed=lambda k: tf.constant([7, k], tf.int64),
+                **kwargs,
+            )
+        )
 
     results = run(keep_adversarial=True)
     batches = [todo[:4], todo[4:8], todo[8:]]
@@ -364,6 +377,7 @@ def test_attack_batches_runs_one_attack_in_order_and_counts_only_verified_succes
     assert again[1] is saved and stored == [0, 2] and [s for _, s in seen] == [[7, 0], [7, 2]]
     assert again[0].adversarial is None
 
+
 def shape_dependent_logits(images):
     """Two classes; the margin z_0 − z_1 of the first pixel's value minus 0.5, shifted by 1e-3 when the batch
     has an odd number of rows: a stand-in for kernels that round differently at different batch sizes."""
@@ -385,8 +399,9 @@ def test_verdict_does_not_depend_on_the_other_points_in_the_batch():
         for position in range(others + 1):
             adv = np.insert(filler, position, point[0], axis=0)
             labels = np.zeros(len(adv), int)
-            broken = verify(shape_dependent_logits, np.insert(filler, position, clean[0], axis=0), adv, labels,
-                            "linf", 0.1)
+            broken = verify(
+                shape_dependent_logits, np.insert(filler, position, clean[0], axis=0), adv, labels, "linf", 0.1
+            )
             verdicts.add(bool(broken[position]))
     assert verdicts == {False}  # batches of VERIFY_ROWS (even) rows: margin +5e-4, correctly classified
     # The stand-in really is shape dependent: a batch of 1 or 3 would have called it broken.
@@ -395,10 +410,17 @@ def test_verdict_does_not_depend_on_the_other_points_in_the_batch():
 
 def test_fixed_layout_logits_of_a_row_do_not_depend_on_the_rest_of_the_batch():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, padding="same"), keras.layers.BatchNormalization(),
-        keras.layers.Activation("swish"), keras.layers.Conv2D(8, 3, strides=2, padding="same"),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(8, 3, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Activation("swish"),
+            keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5),
+        ]
+    )
     fn = tf.function(lambda x: model(x, training=False))
     rng = np.random.default_rng(4)
     example = rng.uniform(size=(1, 8, 8, 3)).astype(np.float32)
@@ -414,13 +436,17 @@ def test_misclassified_counts_ties_as_correct():
     rng = np.random.default_rng(5)
     logits = rng.integers(-2, 3, size=(400, 4)).astype(np.float32)  # many exact ties
     labels = rng.integers(0, 4, size=400)
-    expected = np.array([any(logits[i, j] > logits[i, labels[i]] for j in range(4) if j != labels[i])
-                         for i in range(400)])
+    expected = np.array(
+        [any(logits[i, j] > logits[i, labels[i]] for j in range(4) if j != labels[i]) for i in range(400)]
+    )
     np.testing.assert_array_equal(misclassified(logits, labels), expected)
     tied = np.array([[1.0, 1.0, 0.0]], np.float32)
     assert not misclassified(tied, np.array([1]))[0] and not misclassified(tied, np.array([0]))[0]
+
     # A clean tie is a correct point, and an adversarial tie is not a success.
-    tie_fn = lambda images: tf.zeros([tf.shape(images)[0], 3])
+    def tie_fn(images):
+        return tf.zeros([tf.shape(images)[0], 3])
+
     x = np.full([2, 4, 4, 1], 0.5, np.float32)
     result = Evaluator(["pgd40"], norm="linf", eps=EPS).run(tie_fn, _dataset(x, np.array([0, 2])))
     assert result.clean_correct.tolist() == [True, True] and result.robust.tolist() == [True, True]
@@ -485,8 +511,12 @@ def test_run_eval_end_to_end(eval_files, result):
     assert report["stages"][0]["seconds"] >= 0
     assert not os.path.exists(report_path + ".state")  # the saved progress is removed once the report is written
     robust = int(result.robust.sum())
-    assert report["counts"] == {"clean_correct": 13, "robust": robust, "misclassified_clean": N - 13,
-                                "broken_by_stage": [13 - robust]}
+    assert report["counts"] == {
+        "clean_correct": 13,
+        "robust": robust,
+        "misclassified_clean": N - 13,
+        "broken_by_stage": [13 - robust],
+    }
     assert "pgd40" in out["table"] and "clean" in out["table"]
     # Whether TF ran its oneDNN kernels decides CPU timings; None would mean TF's private query moved.
     assert isinstance(report["versions"]["onednn"], bool)
@@ -550,8 +580,9 @@ def test_interrupted_evaluation_resumes_to_the_uninterrupted_result(eval_files, 
         return real_verify(*args, **kwargs)
 
     monkeypatch.setattr(engine, "verify", counting_verify)
-    whole = run_eval(EvalSettings(**common, report=str(tmp_path / "whole.json"),
-                                  save_examples=str(tmp_path / "whole.npz")))["report"]
+    whole = run_eval(
+        EvalSettings(**common, report=str(tmp_path / "whole.json"), save_examples=str(tmp_path / "whole.npz"))
+    )["report"]
     total = len(calls)
     assert calls[:2] == [BATCH, N - 3 - BATCH] and total >= 3  # 13 correct points: a batch of 8, then 5
 
@@ -591,8 +622,9 @@ def test_resume_refuses_a_saved_batch_of_other_points(tmp_path):
     from tfrobust.evaluation.state import EvalState, GroupResult
 
     state = EvalState.create(str(tmp_path / "r.json.state"), {"attack": "aa"})
-    state.save_group((0, 1, 0), GroupResult(index=np.array([0, 2, 5]), broken=np.array([True, False, False]),
-                                            seconds=1.5))
+    state.save_group(
+        (0, 1, 0), GroupResult(index=np.array([0, 2, 5]), broken=np.array([True, False, False]), seconds=1.5)
+    )
     loaded = state.load_group((0, 1, 0), np.array([0, 2, 5]))
     np.testing.assert_array_equal(loaded.broken, [True, False, False])
     assert loaded.seconds == 1.5 and loaded.adversarial is None
@@ -604,8 +636,16 @@ def test_resume_refuses_a_saved_batch_of_other_points(tmp_path):
 def test_saved_examples_are_consistent_with_the_report(eval_files, tmp_path, monkeypatch):
     _, _, model_dir = eval_files
     monkeypatch.setitem(CASCADES, "two-stage", ("apgd-ce", "fab-t"))
-    out = run_eval(EvalSettings(model_path=model_dir, attack="two-stage", split="train", batch_size=BATCH,
-                                report=str(tmp_path / "r.json"), save_examples=str(tmp_path / "ex.npz")))
+    out = run_eval(
+        EvalSettings(
+            model_path=model_dir,
+            attack="two-stage",
+            split="train",
+            batch_size=BATCH,
+            report=str(tmp_path / "r.json"),
+            save_examples=str(tmp_path / "ex.npz"),
+        )
+    )
     report = out["report"]
     with np.load(tmp_path / "ex.npz") as data:
         assert list(data["stage_names"]) == ["apgd-ce", "fab-t"]
@@ -620,7 +660,9 @@ def test_saved_examples_are_consistent_with_the_report(eval_files, tmp_path, mon
         # Successes are inside the ball and the box and misclassified; the rest are the clean images.
         hit = broken_at > 0
         assert hit.any()
-        np.testing.assert_array_equal(verify(logits_fn, X[hit], adv[hit], Y[hit], "linf", EPS), np.ones(hit.sum(), bool))
+        np.testing.assert_array_equal(
+            verify(logits_fn, X[hit], adv[hit], Y[hit], "linf", EPS), np.ones(hit.sum(), bool)
+        )
         np.testing.assert_array_equal(adv[~hit], X[~hit])
     with pytest.raises(UserError, match="exists"):
         run_eval(EvalSettings(model_path=model_dir, split="train", save_examples=str(tmp_path / "ex.npz")))

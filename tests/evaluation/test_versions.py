@@ -39,8 +39,11 @@ from tfrobust.evaluation.versions import AUTOATTACK_VERSIONS
 REFERENCE_VERSIONS = {
     "standard": [
         ("apgd-ce", APGD, {"loss": "ce", "n_iter": 100, "n_restarts": 1, "eot_iter": 1}),
-        ("apgd-t", APGD,
-         {"loss": "dlr-targeted", "n_iter": 100, "n_restarts": 1, "n_target_classes": 9, "eot_iter": 1}),
+        (
+            "apgd-t",
+            APGD,
+            {"loss": "dlr-targeted", "n_iter": 100, "n_restarts": 1, "n_target_classes": 9, "eot_iter": 1},
+        ),
         ("fab-t", FABTargeted, {"n_iter": 100, "n_restarts": 1, "n_target_classes": 9}),
         ("square", Square, {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "rescale_schedule": False}),
     ],
@@ -49,8 +52,11 @@ REFERENCE_VERSIONS = {
         ("apgd-dlr", APGD, {"loss": "dlr", "n_iter": 100, "n_restarts": 5, "eot_iter": 1}),
         ("fab", FAB, {"n_iter": 100, "n_restarts": 5}),
         ("square", Square, {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "rescale_schedule": False}),
-        ("apgd-t", APGD,
-         {"loss": "dlr-targeted", "n_iter": 100, "n_restarts": 1, "n_target_classes": 9, "eot_iter": 1}),
+        (
+            "apgd-t",
+            APGD,
+            {"loss": "dlr-targeted", "n_iter": 100, "n_restarts": 1, "n_target_classes": 9, "eot_iter": 1},
+        ),
         ("fab-t", FABTargeted, {"n_iter": 100, "n_restarts": 1, "n_target_classes": 9}),
     ],
     "rand": [
@@ -92,9 +98,16 @@ def test_custom_lists_take_the_standard_configuration_unless_named():
     assert autoattack_version("apgd-ce,mt") is None
 
 
-@pytest.mark.parametrize("attack, fragment", [("apgd-ce,pgd", "'pgd'"), ("apgd-ce,,square", "empty"),
-                                              ("aa-standard", "'aa-standard'"), (["apgd-ce", "fab-tt"], "'fab-tt'"),
-                                              (3, "3")])
+@pytest.mark.parametrize(
+    "attack, fragment",
+    [
+        ("apgd-ce,pgd", "'pgd'"),
+        ("apgd-ce,,square", "empty"),
+        ("aa-standard", "'aa-standard'"),
+        (["apgd-ce", "fab-tt"], "'fab-tt'"),
+        (3, "3"),
+    ],
+)
 def test_unknown_attacks_are_refused_in_one_line(attack, fragment):
     with pytest.raises(UserError) as error:
         resolve_attack(attack)
@@ -106,8 +119,16 @@ def test_eps_in_255ths_and_the_warning_near_common_values():
     assert eps_record(0.031)["eps_255"] == 7.905
     warning = eps_warning("linf", 0.031)
     assert "8/255" in warning and "0.0313725490" in warning and "1.19%" in warning
-    for norm, eps in (("linf", 8 / 255), ("linf", float(np.float32(8 / 255))), ("linf", 0.3), ("l2", 0.5),
-                      ("l2", 128 / 255), ("linf", 0.1), ("l2", 0.4), ("l1", 12.0)):
+    for norm, eps in (
+        ("linf", 8 / 255),
+        ("linf", float(np.float32(8 / 255))),
+        ("linf", 0.3),
+        ("l2", 0.5),
+        ("l2", 128 / 255),
+        ("linf", 0.1),
+        ("l2", 0.4),
+        ("l1", 12.0),
+    ):
         assert eps_warning(norm, eps) is None, (norm, eps)  # equal to a common value, or near none
     assert "128/255" in eps_warning("l2", 0.502) and "0.25" in eps_warning("l2", 0.2499)
     assert "4/255" in eps_warning("linf", 0.0157) and "12" in eps_warning("l1", 11.95)
@@ -115,15 +136,36 @@ def test_eps_in_255ths_and_the_warning_near_common_values():
 
 
 def _report(**changes):
-    report = {"attack": "aa", "dataset": "cifar10", "split": "test", "num_examples": 10_000, "norm": "linf",
-              "eps": 8 / 255, "clean_accuracy": 0.88544, "robust_accuracy": 0.64251}
+    report = {
+        "attack": "aa",
+        "dataset": "cifar10",
+        "split": "test",
+        "num_examples": 10_000,
+        "norm": "linf",
+        "eps": 8 / 255,
+        "clean_accuracy": 0.88544,
+        "robust_accuracy": 0.64251,
+    }
     return {**report, **changes}
 
 
 def test_robustbench_entry_fields():
     # RobustBench's model_info/cifar10/Linf/<Name>.json layout (e.g. Rebuffi2021Fixing_70_16_cutmix_ddpm.json).
-    layout = ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-              "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote"]
+    layout = [
+        "link",
+        "name",
+        "authors",
+        "additional_data",
+        "number_forward_passes",
+        "dataset",
+        "venue",
+        "architecture",
+        "eps",
+        "clean_acc",
+        "reported",
+        "autoattack_acc",
+        "footnote",
+    ]
     assert list(ROBUSTBENCH_FIELDS) == layout
     metadata = {"tfrobust_version": "0.1", "dataset": {"name": "cifar10"}, "training_config": {"model": "wrn-70-16"}}
     entry, about = robustbench_entry(_report(), metadata)
@@ -135,8 +177,12 @@ def test_robustbench_entry_fields():
     assert about["notes"] == []
     # Another attack, fewer images, L2 0.5, a model tfrobust did not export.
     entry, about = robustbench_entry(_report(attack="aa-plus", num_examples=500, norm="l2", eps=0.5), {})
-    assert (entry["autoattack_acc"], entry["eps"], entry["architecture"], entry["number_forward_passes"]) == \
-        ("", "0.5", "", "")
+    assert (entry["autoattack_acc"], entry["eps"], entry["architecture"], entry["number_forward_passes"]) == (
+        "",
+        "0.5",
+        "",
+        "",
+    )
     assert any("--attack aa" in note for note in about["notes"]) and any("500" in note for note in about["notes"])
     entry, about = robustbench_entry(_report(dataset="npz:x.npz", norm="l1", eps=12.0), {"arch": "preact-resnet-18"})
     assert (entry["dataset"], entry["eps"], entry["architecture"]) == ("", "12", "PreActResNet-18")
@@ -158,8 +204,17 @@ def test_versions_run_from_python(linear5, attack, tmp_path):
     examples = str(tmp_path / "examples.npz")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the few-classes notes
-        evaluation = evaluate(model_fn, x, y, attack=attack, eps=0.06, batch_size=8, verbose=False,
-                              save_examples=examples, report_format="robustbench")
+        evaluation = evaluate(
+            model_fn,
+            x,
+            y,
+            attack=attack,
+            eps=0.06,
+            batch_size=8,
+            verbose=False,
+            save_examples=examples,
+            report_format="robustbench",
+        )
     report, stages = evaluation.report, resolve_attack(attack)
     assert [s["attack"] for s in report["stages"]] == list(stages)
     accuracies = [report["clean_accuracy"]] + [s["robust_accuracy"] for s in report["stages"]]
@@ -182,8 +237,9 @@ def test_autoattack_versions_and_eot_override(linear5):
     model_fn, x, y = linear5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        x_adv = autoattack(model_fn, x, y, eps=0.06, version="custom", attacks_to_run=["apgd-dlr", "apgd-ce"],
-                           verbose=False)
+        x_adv = autoattack(
+            model_fn, x, y, eps=0.06, version="custom", attacks_to_run=["apgd-dlr", "apgd-ce"], verbose=False
+        )
         evaluation = evaluate(model_fn, x, y, attack="aa-rand", eot_iter=2, eps=0.06, batch_size=8, verbose=False)
     broken = np.asarray(model_fn(x_adv)).argmax(-1) != y
     assert 0 < broken.sum() < len(y)
@@ -198,11 +254,15 @@ def test_autoattack_versions_and_eot_override(linear5):
 
 
 def test_a_randomised_model_is_sent_to_aa_rand(tmp_path):
-    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dropout(0.5),
-                              keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dropout(0.5), keras.layers.Dense(3)]
+    )
     x = images(8, seed=63)
     y = np.zeros(8, np.int64)
-    noisy = lambda z: model(z, training=True)
+
+    def noisy(z):
+        return model(z, training=True)
+
     with pytest.warns(UserWarning, match="--attack aa-rand"):
         evaluate(noisy, x, y, attack="apgd-ce", eps=0.01, verbose=False)
     with warnings.catch_warnings(record=True) as record:
@@ -245,8 +305,26 @@ def test_versions_run_from_the_command_line(exported, attack, tmp_path):
     """eps 0.6 breaks every point in the first stage: the command line's plumbing, quickly (the stages
     themselves run in `test_versions_run_from_python`)."""
     report_path = str(tmp_path / "report.json")
-    result = CliRunner().invoke(cli, ["eval", "--model", exported, "--attack", attack, "--eot-iter", "2", "--eps",
-                                      "0.6", "--batch-size", "8", "--report", report_path, "--format", "robustbench"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--model",
+            exported,
+            "--attack",
+            attack,
+            "--eot-iter",
+            "2",
+            "--eps",
+            "0.6",
+            "--batch-size",
+            "8",
+            "--report",
+            report_path,
+            "--format",
+            "robustbench",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with open(report_path) as handle:
         report = json.load(handle)
@@ -262,8 +340,11 @@ def test_versions_run_from_the_command_line(exported, attack, tmp_path):
 
 
 def test_the_command_line_refuses_unknown_attacks_and_eot(exported, tmp_path):
-    for args, fragment in ((["--attack", "apgd-ce,pgd"], "'pgd'"), (["--eot-iter", "0"], "--eot-iter"),
-                           (["--format", "csv"], "csv")):
+    for args, fragment in (
+        (["--attack", "apgd-ce,pgd"], "'pgd'"),
+        (["--eot-iter", "0"], "--eot-iter"),
+        (["--format", "csv"], "csv"),
+    ):
         result = CliRunner().invoke(cli, ["eval", "--model", exported, "--report", str(tmp_path / "r.json"), *args])
         assert result.exit_code != 0 and "Traceback" not in result.output
         assert fragment in result.output

@@ -14,8 +14,9 @@ SCRIPT = os.path.join(ROOT, "examples", "evaluate_any_model.py")
 
 def run(*args, cwd):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          check=False, timeout=600)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600
+    )
 
 
 def test_tiny_trains_exports_and_evaluates_with_autoattack(tmp_path):
@@ -31,8 +32,10 @@ def test_tiny_trains_exports_and_evaluates_with_autoattack(tmp_path):
     assert [s["attack"] for s in report["stages"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert (report["norm"], report["eps"]) == ("linf", 8 / 255)  # the export's metadata
     assert 0.0 <= report["robust_accuracy"] <= report["clean_accuracy"] and report["clean_accuracy"] > 0.8
-    keras_accuracy, robust = map(float, re.search(
-        r"adversarial images: ([\d.]+)% accuracy \(robust accuracy of the export: ([\d.]+)%\)", out).groups())
+    keras_accuracy, robust = map(
+        float,
+        re.search(r"adversarial images: ([\d.]+)% accuracy \(robust accuracy of the export: ([\d.]+)%\)", out).groups(),
+    )
     assert keras_accuracy == robust == round(100 * report["robust_accuracy"], 2)
 
 
@@ -43,12 +46,23 @@ def test_a_users_model_and_npz(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
     model.save(tmp_path / "user.keras")
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", image=rng.integers(0, 256, (10, 4, 4, 1)).astype(np.uint8),
-             label=rng.integers(0, 3, 10))
-    result = run("--model", str(tmp_path / "user.keras"), "--data", str(tmp_path / "data.npz"), "--attack", "pgd40",
-                 "--eps", "0.05", "--out", str(tmp_path), cwd=tmp_path)
+    np.savez(
+        tmp_path / "data.npz", image=rng.integers(0, 256, (10, 4, 4, 1)).astype(np.uint8), label=rng.integers(0, 3, 10)
+    )
+    result = run(
+        "--model",
+        str(tmp_path / "user.keras"),
+        "--data",
+        str(tmp_path / "data.npz"),
+        "--attack",
+        "pgd40",
+        "--eps",
+        "0.05",
+        "--out",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "n=10  linf eps=0.05" in result.stdout and "pgd40" in result.stdout
-    bad = run("--model", str(tmp_path / "user.keras"), "--data", str(tmp_path / "data.npz"), "--eps", "8",
-              cwd=tmp_path)
+    bad = run("--model", str(tmp_path / "user.keras"), "--data", str(tmp_path / "data.npz"), "--eps", "8", cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("Error: --eps 8")

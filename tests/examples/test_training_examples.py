@@ -13,8 +13,14 @@ from support import REPO
 
 def run_example(name, out):
     env = {**os.environ, "PYTHONPATH": REPO}
-    result = subprocess.run([sys.executable, os.path.join(REPO, "examples", name), "--tiny", "--out", str(out)],
-                            env=env, capture_output=True, text=True, check=False, timeout=600)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", name), "--tiny", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()[-1]
 

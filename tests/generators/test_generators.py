@@ -28,8 +28,15 @@ def _gaussian_split(rng, n_per_class=4000):
         images.append(np.clip(np.rint(x), 0, 255).astype(np.uint8))
         labels.append(np.full(n_per_class, c, np.int64))
     images = np.concatenate(images).reshape(-1, 2, 2, 2)
-    info = DatasetInfo(name="toy", num_classes=2, class_names=("a", "b"), image_shape=(2, 2, 2), mean=(0.5, 0.5),
-                       std=(0.2, 0.2), allow_flip=False)
+    info = DatasetInfo(
+        name="toy",
+        num_classes=2,
+        class_names=("a", "b"),
+        image_shape=(2, 2, 2),
+        mean=(0.5, 0.5),
+        std=(0.2, 0.2),
+        allow_flip=False,
+    )
     return Split(images=images, labels=np.concatenate(labels)), info
 
 
@@ -59,8 +66,15 @@ def test_gaussian_handles_constant_pixels_with_jitter():
     images = rng.integers(0, 256, (50, 3, 3, 1), dtype=np.uint8)
     images[:, 0, 0, 0] = 0  # never varies, like the digits' border: singular covariance
     labels = np.arange(50) % 2
-    info = DatasetInfo(name="toy", num_classes=2, class_names=("a", "b"), image_shape=(3, 3, 1), mean=(0.5,),
-                       std=(0.2,), allow_flip=False)
+    info = DatasetInfo(
+        name="toy",
+        num_classes=2,
+        class_names=("a", "b"),
+        image_shape=(3, 3, 1),
+        mean=(0.5,),
+        std=(0.2,),
+        allow_flip=False,
+    )
     generator = GaussianGenerator()
     generator.fit(Split(images=images, labels=labels), info)
     sampled, _ = generator.sample(500, np.random.default_rng(0))

@@ -219,8 +219,11 @@ def test_wrn_shortcut_exactly_where_width_changes(depth, width):
                 assert set(_inbound(model, f"{prefix}_add")) == {f"{prefix}_shortcut", f"{prefix}_conv_1"}
             else:
                 # Residual adds the raw x: the previous block's sum (or the stem conv).
-                raw = f"layer_{group}_block_{block - 1}_add" if block else (
-                    "init_conv" if group == 0 else f"layer_{group - 1}_block_{n - 1}_add")
+                raw = (
+                    f"layer_{group}_block_{block - 1}_add"
+                    if block
+                    else ("init_conv" if group == 0 else f"layer_{group - 1}_block_{n - 1}_add")
+                )
                 assert set(_inbound(model, f"{prefix}_add")) == {raw, f"{prefix}_conv_1"}
             assert _inbound(model, f"{prefix}_conv_0") == [f"{prefix}_act_0"]
         previous_width = group_width

@@ -61,7 +61,8 @@ def layer_mode() -> None:
 
         @tf.function
         def step(batch):
-            return strategy.run(lambda rows: layer(rows, training=True), args=(batch,))
+            # Called within this iteration only: the loop variable is the layer meant.
+            return strategy.run(lambda rows: layer(rows, training=True), args=(batch,))  # noqa: B023
 
         out = np.concatenate([t.numpy() for t in strategy.experimental_local_results(step(next(iter(data))))])
         key = "sync" if synchronized else "per_replica"
@@ -79,19 +80,40 @@ def layer_mode() -> None:
     # lay out): tagged images, 16 rows, 4 repeats, 2 replicas.
     tags = np.arange(64, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
     split = Split(images=tags, labels=np.zeros(64, np.int64))
-    ds = train_dataset(split, num_classes=2, batch_size=16, seed=0, first_epoch=0, steps_per_epoch=2, augment=None,
-                       repeats=4, devices=2)
+    ds = train_dataset(
+        split,
+        num_classes=2,
+        batch_size=16,
+        seed=0,
+        first_epoch=0,
+        steps_per_epoch=2,
+        augment=None,
+        repeats=4,
+        devices=2,
+    )
     global_batch = next(iter(ds))[0].numpy()
     local = strategy.experimental_local_results(next(iter(strategy.experimental_distribute_dataset(ds)))[0])
     report["replica_rows_are_blocks"] = all(
-        np.array_equal(local[k].numpy(), global_batch[8 * k:8 * (k + 1)]) for k in range(2)
+        np.array_equal(local[k].numpy(), global_batch[8 * k : 8 * (k + 1)]) for k in range(2)
     )
 
 
 def run_mode(npz: str) -> None:
     """The run's wiring of sync_batch_norm, and training steps with per-replica BatchNorm."""
-    base = dict(dataset=f"npz:{npz}", model="wrn-10-1", batch_size=32, epochs=1, val_size=64, eval_every=0,
-                attack_steps=2, warmup_epochs=1, eps=0.1, ema_decay=0.9, strategy="mirrored", aug="padcrop")
+    base = dict(
+        dataset=f"npz:{npz}",
+        model="wrn-10-1",
+        batch_size=32,
+        epochs=1,
+        val_size=64,
+        eval_every=0,
+        attack_steps=2,
+        warmup_epochs=1,
+        eps=0.1,
+        ema_decay=0.9,
+        strategy="mirrored",
+        aug="padcrop",
+    )
     splits = load_dataset(base["dataset"], val_size=64, seed=0)
     # The synchronised run is only built: distributed_check.py trains it against one device.
     for sync in (True, False):

@@ -130,10 +130,14 @@ def test_a_checkpoint_of_another_width_or_depth_is_one_clear_line(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     # Width 2 adds a shortcut conv to the first block and doubles every channel count.
-    assert message.startswith(f"checkpoint {path} does not fit this model: network is missing 1 variable "
-                              "(layer_0_block_0_shortcut/kernel); network has ")
-    assert "variables of another shape (model vs checkpoint: layer_0_block_0_conv_0/kernel (3, 3, 16, 32) vs " \
-           "(3, 3, 16, 16), " in message
+    assert message.startswith(
+        f"checkpoint {path} does not fit this model: network is missing 1 variable "
+        "(layer_0_block_0_shortcut/kernel); network has "
+    )
+    assert (
+        "variables of another shape (model vs checkpoint: layer_0_block_0_conv_0/kernel (3, 3, 16, 32) vs "
+        "(3, 3, 16, 16), " in message
+    )
     for a, w in zip(before, wider.weights):  # nothing was assigned
         np.testing.assert_array_equal(a, w.numpy())
 
@@ -196,10 +200,16 @@ def test_arrays_load_by_key_whatever_the_order(tmp_path):
 
 def test_a_positional_checkpoint_is_refused_as_an_older_format(tmp_path):
     path = str(tmp_path / "checkpoint.npz")
-    np.savez(path, state_json=np.array(json.dumps({"epoch": 3, "epoch_examples": 400})),
-             **{"network/00000": np.zeros(3), "network/00001": np.zeros(2)})
-    with pytest.raises(UserError, match=r"^checkpoint .*checkpoint.npz is of an older tfrobust format \(variables "
-                                        r"stored by position"):
+    np.savez(
+        path,
+        state_json=np.array(json.dumps({"epoch": 3, "epoch_examples": 400})),
+        **{"network/00000": np.zeros(3), "network/00001": np.zeros(2)},
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^checkpoint .*checkpoint.npz is of an older tfrobust format \(variables "
+        r"stored by position",
+    ):
         ckpt.load_arrays(path)
     assert ckpt.read_state(path) == {"epoch": 3, "epoch_examples": 400}  # its state stays readable (report)
 

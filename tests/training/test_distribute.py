@@ -17,22 +17,28 @@ def report(digits_npz):
     env = {**os.environ, "PYTHONPATH": REPO, "TF_DETERMINISTIC_OPS": "1"}
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tests", "training", "distributed_check.py"), npz],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("REPORT ")][-1]
-    return json.loads(line[len("REPORT "):])
+    return json.loads(line[len("REPORT ") :])
 
 
 def _check(*args):
     env = {**os.environ, "PYTHONPATH": REPO, "TF_DETERMINISTIC_OPS": "1"}
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "tests", "training", "batch_norm_replicas_check.py"), *args],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("REPORT ")][-1]
-    return json.loads(line[len("REPORT "):])
+    return json.loads(line[len("REPORT ") :])
 
 
 @pytest.fixture(scope="module")

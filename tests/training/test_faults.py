@@ -33,9 +33,20 @@ def small_npz(tmp_path_factory):
 
 
 def options(npz, export_dir, epochs=2):
-    return {"dataset": f"npz:{npz}", "model": "wrn-10-1", "batch_size": 32, "epochs": epochs, "val_size": 24,
-            "eval_every": 1, "attack_steps": 1, "warmup_epochs": 1, "eps": 0.1, "ema_decay": 0.9, "aug_repeats": 1,
-            "export_dir": export_dir}
+    return {
+        "dataset": f"npz:{npz}",
+        "model": "wrn-10-1",
+        "batch_size": 32,
+        "epochs": epochs,
+        "val_size": 24,
+        "eval_every": 1,
+        "attack_steps": 1,
+        "warmup_epochs": 1,
+        "eps": 0.1,
+        "ema_decay": 0.9,
+        "aug_repeats": 1,
+        "export_dir": export_dir,
+    }
 
 
 def config(npz, tmp_path, epochs=2):
@@ -75,8 +86,10 @@ def poison_step(monkeypatch, step, *, what):
             out["total"] = tf.where(hit, tf.constant(np.nan, out["total"].dtype), out["total"])
         else:
             first = out["gradients"][0]
-            out["gradients"] = [tf.where(hit, tf.fill(tf.shape(first), tf.constant(np.inf, first.dtype)), first),
-                                *out["gradients"][1:]]
+            out["gradients"] = [
+                tf.where(hit, tf.fill(tf.shape(first), tf.constant(np.inf, first.dtype)), first),
+                *out["gradients"][1:],
+            ]
         return out
 
     monkeypatch.setattr(AdversarialTrainer, "loss_and_gradients", poisoned)
@@ -137,8 +150,9 @@ def test_nonfinite_flag_is_summed_over_replicas():
     from support import REPO
 
     env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", REPLICAS_CHECK], env=env, capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", REPLICAS_CHECK], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "CODES [1.0, 1.0]" in result.stdout
 
@@ -179,8 +193,12 @@ def test_a_nan_loss_stops_the_cli_with_one_line_and_status_1(small_npz, tmp_path
     result = CliRunner().invoke(cli, cli_args(small_npz, out, export_dir))
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert errors == [(f"Error: training stopped at epoch 2, step 2 of 4: the loss is NaN; the last good checkpoint "
-                       f"{out}/checkpoint.npz (after epoch 1) is untouched")]
+    assert errors == [
+        (
+            f"Error: training stopped at epoch 2, step 2 of 4: the loss is NaN; the last good checkpoint "
+            f"{out}/checkpoint.npz (after epoch 1) is untouched"
+        )
+    ]
     assert_stopped_in_epoch_2(out, written, export_dir)
 
 
@@ -191,8 +209,10 @@ def test_an_infinite_gradient_stops_training_and_keeps_the_last_good_checkpoint(
     run_dir = str(tmp_path / "run")
     with pytest.raises(NonFiniteError) as raised:
         train(config(small_npz, tmp_path), run_dir, verbose=0)
-    assert str(raised.value) == (f"training stopped at epoch 2, step 3 of 4: a gradient is infinite; the last good "
-                                 f"checkpoint {run_dir}/checkpoint.npz (after epoch 1) is untouched")
+    assert str(raised.value) == (
+        f"training stopped at epoch 2, step 3 of 4: a gradient is infinite; the last good "
+        f"checkpoint {run_dir}/checkpoint.npz (after epoch 1) is untouched"
+    )
     assert_stopped_in_epoch_2(run_dir, written, str(tmp_path / "export"))
 
 
@@ -218,8 +238,10 @@ def test_a_nonfinite_weight_average_stops_before_anything_is_written(small_npz, 
     with pytest.raises(NonFiniteError) as raised:
         train(config(small_npz, tmp_path), run_dir, verbose=0)
     checkpoint = os.path.join(run_dir, "checkpoint.npz")
-    assert str(raised.value) == (f"training stopped at the end of epoch 2: the weight average is NaN; the last "
-                                 f"good checkpoint {checkpoint} (after epoch 1) is untouched")
+    assert str(raised.value) == (
+        f"training stopped at the end of epoch 2: the weight average is NaN; the last "
+        f"good checkpoint {checkpoint} (after epoch 1) is untouched"
+    )
     assert list(seen) == [0]  # model selection never ran on the poisoned epoch
     assert file_bytes(os.path.join(run_dir, "best.npz")) == seen[0]
     assert state(run_dir)["epoch"] == 1
@@ -227,8 +249,11 @@ def test_a_nonfinite_weight_average_stops_before_anything_is_written(small_npz, 
 
 def test_nonfinite_before_the_first_checkpoint_says_none_is_written(small_npz, tmp_path, monkeypatch):
     poison_step(monkeypatch, 0, what="loss")
-    with pytest.raises(NonFiniteError, match=r"^training stopped at epoch 1, step 1 of 3: the loss is NaN; "
-                                             r"no checkpoint is written yet$"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"^training stopped at epoch 1, step 1 of 3: the loss is NaN; "
+        r"no checkpoint is written yet$",
+    ):
         train(config(small_npz, tmp_path), str(tmp_path / "run"), verbose=0)
     assert not os.path.exists(tmp_path / "run" / "checkpoint.npz")
 
@@ -303,13 +328,16 @@ def test_a_write_that_fails_stops_training_and_resume_continues(small_npz, tmp_p
     attempt("config.json", f"cannot write run config {run_dir}/config.json: No space left on device", resume=False)
     assert not os.path.exists(run_dir)
     # The best weights of epoch 1 (the first validation is always the best): no checkpoint yet.
-    attempt("best.npz", f"cannot write best weights {run_dir}/best.npz: Read-only file system", resume=False,
-            reason=errno.EROFS)
+    attempt(
+        "best.npz",
+        f"cannot write best weights {run_dir}/best.npz: Read-only file system",
+        resume=False,
+        reason=errno.EROFS,
+    )
     assert not os.path.exists(checkpoint)
     # The checkpoint of epoch 2 (epoch 1's is written); the resumed run's rewrite of the log (dropping the
     # row of epoch 2, written before its checkpoint); then the CSV row of epoch 2, cut short.
-    attempt("checkpoint.npz", f"cannot write checkpoint {checkpoint}: Disk quota exceeded", reason=errno.EDQUOT,
-            skip=1)
+    attempt("checkpoint.npz", f"cannot write checkpoint {checkpoint}: Disk quota exceeded", reason=errno.EDQUOT, skip=1)
     assert state(run_dir)["epoch"] == 1
     log = os.path.join(run_dir, "log.csv")
     attempt("log.csv", f"cannot write training log {log}: No space left on device")
@@ -353,6 +381,7 @@ def test_a_tensorflow_write_error_becomes_one_line(tmp_path, monkeypatch):
         def write_out(self, path, **kwargs):
             os.makedirs(path)
             raise error
+
         return write_out
 
     full = tf.errors.ResourceExhaustedError(None, None, "x/variables/part-0.tempstate1; No space left on device")
@@ -404,8 +433,10 @@ def test_a_stop_request_writes_a_mid_epoch_checkpoint(small_npz, tmp_path, monke
     with pytest.raises(Interrupted) as raised:
         train(config(small_npz, tmp_path), run_dir, verbose=0, stop=stop)
     checkpoint = os.path.join(run_dir, "checkpoint.npz")
-    assert str(raised.value) == (f"training stopped on request (SIGTERM) at epoch 2, step 2 of 4: the run is saved "
-                                 f"in {checkpoint} (epoch 2, step 2); continue with: tfrobust train --resume {run_dir}")
+    assert str(raised.value) == (
+        f"training stopped on request (SIGTERM) at epoch 2, step 2 of 4: the run is saved "
+        f"in {checkpoint} (epoch 2, step 2); continue with: tfrobust train --resume {run_dir}"
+    )
     saved = state(run_dir)
     assert (saved["epoch"], saved["epoch_step"], saved["steps"]) == (1, 2, EPOCH_ENDS[1] + 2)
     with np.load(checkpoint) as data:

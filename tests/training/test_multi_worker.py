@@ -31,8 +31,13 @@ def test_two_workers_train_one_model(tmp_path, digits_npz):
         }
         args = tiny_train_args(npz, out, str(tmp_path / "sm"), epochs=1) + ["--strategy", "multi-worker"]
         processes.append(
-            subprocess.Popen([sys.executable, "-m", "tfrobust.cli", *args], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(
+                [sys.executable, "-m", "tfrobust.cli", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
     outputs = []
     for process in processes:

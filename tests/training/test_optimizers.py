@@ -19,8 +19,9 @@ def schedule():
 
 def gradients(seed=0):
     rng = np.random.default_rng(seed)
-    return [[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(2,)).astype(np.float32)]
-            for _ in range(STEPS)]
+    return [
+        [rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(2,)).astype(np.float32)] for _ in range(STEPS)
+    ]
 
 
 def optax_sgd(params, grads, lr_fn, momentum, nesterov):
@@ -42,8 +43,10 @@ def run(optimizer, variables, grads):
 
 def fresh_variables():
     rng = np.random.default_rng(1)
-    return [keras.Variable(rng.normal(size=(3, 2)).astype(np.float32), name="kernel"),
-            keras.Variable(np.ones(2, np.float32), name="bias")]
+    return [
+        keras.Variable(rng.normal(size=(3, 2)).astype(np.float32), name="kernel"),
+        keras.Variable(np.ones(2, np.float32), name="bias"),
+    ]
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -92,8 +95,11 @@ def test_checkpointed_state_resumes_the_same_trajectory(tmp_path):
     first = TraceSGD(learning_rate=schedule(), momentum=0.9)
     run(first, first_vars, grads[:2])
     path = str(tmp_path / "checkpoint.npz")
-    ckpt.save_arrays(path, {"network": {v.path: v.numpy() for v in first_vars},
-                            "optimizer": {v.path: v.numpy() for v in first.variables}}, {"epoch": 1})
+    ckpt.save_arrays(
+        path,
+        {"network": {v.path: v.numpy() for v in first_vars}, "optimizer": {v.path: v.numpy() for v in first.variables}},
+        {"epoch": 1},
+    )
     groups, _ = ckpt.load_arrays(path)
     resumed_vars = fresh_variables()
     resumed = TraceSGD(learning_rate=schedule(), momentum=0.9)

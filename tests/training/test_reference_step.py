@@ -51,11 +51,12 @@ BATCH, SIZE, CLASSES, BETA, WD, MOMENTUM, BN_DECAY, TAU = 8, 8, 10, 6.0, 5e-4, 0
 
 # ------------------------------------------------------------------ the reference, in PyTorch float64
 
-def t64(array) -> "torch.Tensor":
+
+def t64(array) -> torch.Tensor:
     return torch.tensor(np.asarray(array), dtype=torch.float64)
 
 
-def nchw(images) -> "torch.Tensor":
+def nchw(images) -> torch.Tensor:
     return t64(images).permute(0, 3, 1, 2)
 
 
@@ -167,6 +168,7 @@ class Reference:
 
 # ------------------------------------------------------------------ tfrobust side
 
+
 class RecordingAttack:
     """The training attack, keeping what it returned and the seed it was given."""
 
@@ -227,6 +229,7 @@ def assert_close(actual, expected, what, rtol=2e-4, atol_scale=2e-5):
 
 
 # ------------------------------------------------------------------ tests
+
 
 def test_one_step_equals_the_reference():
     network, trainer, attack, averaging = setup(schedule=0.1)

@@ -76,7 +76,10 @@ def assert_same_run(straight_dir, resumed_dir, *, exact=False):
             assert a == b, a["epoch"]
         for key in ("loss", "clean_accuracy", "val_avg_pgd40_accuracy"):
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4), (a["epoch"], key)
-    with np.load(os.path.join(straight_dir, "checkpoint.npz")) as a, np.load(os.path.join(resumed_dir, "checkpoint.npz")) as b:
+    with (
+        np.load(os.path.join(straight_dir, "checkpoint.npz")) as a,
+        np.load(os.path.join(resumed_dir, "checkpoint.npz")) as b,
+    ):
         # Epochs of 400 samples (the digits file, validation images included) at batch 32 alternate 12 and
         # 13 steps; the run ends after floor(4 * 400 / 32) = 50, resumed or not.
         import json
@@ -134,14 +137,20 @@ def test_resume_after_sigterm_mid_epoch_matches_the_uninterrupted_run(tmp_path, 
     143 and the --resume command; resumed, the run ends as the uninterrupted one, the CSV log included."""
     stopped = str(tmp_path / "stopped")
     _, env = tfrobust()
-    command = [sys.executable, "-c", SIGTERM_AT_STEP, "18",
-               *tiny_train_args(digits_npz, stopped, str(tmp_path / "sm"), epochs=EPOCHS)]
+    command = [
+        sys.executable,
+        "-c",
+        SIGTERM_AT_STEP,
+        "18",
+        *tiny_train_args(digits_npz, stopped, str(tmp_path / "sm"), epochs=EPOCHS),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 143, result.stderr[-2000:]
     checkpoint = os.path.join(stopped, "checkpoint.npz")
     assert result.stderr.strip().splitlines()[-1] == (
         f"training stopped on request (SIGTERM) at epoch 2, step 6 of 13: the run is saved in {checkpoint} "
-        f"(epoch 2, step 6); continue with: tfrobust train --resume {stopped}")
+        f"(epoch 2, step 6); continue with: tfrobust train --resume {stopped}"
+    )
     saved = state(stopped)
     assert (saved["epoch"], saved["epoch_step"], saved["steps"]) == (1, 6, 18)
     assert [row["epoch"] for row in read_log(stopped)] == ["0"]

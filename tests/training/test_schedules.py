@@ -20,6 +20,7 @@ from tfrobust.training.schedules import (
 
 # ------------------------------------------------------------------ the reference, independently (float64)
 
+
 def optax_linear(count, init, end, transition_steps):
     """optax.polynomial_schedule(power=1): (init - end) * (1 - clip(count, 0, T) / T) + end."""
     count = np.clip(count, 0, transition_steps)
@@ -61,6 +62,7 @@ def reference_steps_from_epochs(n, batch_size, examples=50_000):
 
 
 # ------------------------------------------------------------------ tests
+
 
 def test_peak_learning_rate_linear_scaling_rule():
     # docs/method.md, "Optimizer and schedule": max(0.1 * batch / 256, 0.1): 512 -> 0.2, 1024 -> 0.4,
@@ -112,12 +114,19 @@ def test_each_cifar_preset_schedule_equals_the_reference_over_the_whole_run(name
     warmup = reference_steps_from_epochs(10, batch)  # the reference's warm-up is always 10 epochs
     assert config.warmup_epochs == 10
     assert config.learning_rate == pytest.approx(0.1 * max(batch / 256, 1.0))
-    schedule = training_schedule(peak=config.learning_rate, warmup_epochs=config.warmup_epochs,
-                                 epochs=config.epochs, epoch_examples=50_000, batch_size=batch, kind=config.schedule)
+    schedule = training_schedule(
+        peak=config.learning_rate,
+        warmup_epochs=config.warmup_epochs,
+        epochs=config.epochs,
+        epoch_examples=50_000,
+        batch_size=batch,
+        kind=config.schedule,
+    )
     # The run's length: epochs end at floor((e + 1) * 50,000 / batch) steps, the last at the reference's total.
     assert steps_after_epochs(config.epochs, 50_000, batch) == total
-    ends = [steps_after_epochs(e + 1, 50_000, batch) - steps_after_epochs(e, 50_000, batch)
-            for e in range(config.epochs)]
+    ends = [
+        steps_after_epochs(e + 1, 50_000, batch) - steps_after_epochs(e, 50_000, batch) for e in range(config.epochs)
+    ]
     assert sum(ends) == total and set(ends) <= {50_000 // batch, 50_000 // batch + 1}
     steps = np.arange(total)
     expected = reference_lr(steps, config.learning_rate, total, warmup, cosine=config.schedule == "cosine")

@@ -124,7 +124,8 @@ def test_unknown_loss_is_refused_and_a_missing_attack_is_the_papers():
     # No attack: the one `tfrobust train` builds (10 Adam steps on the KL, Linf 8/255 by default).
     assert AdversarialTrainer(tiny_network(), loss="trades", attack=None).attack == trades_attack("linf", 8 / 255)
     assert AdversarialTrainer(tiny_network(), loss="pgd-at", norm="l2", eps=0.5, attack_steps=7).attack == (
-        pgd_at_attack("l2", 0.5, num_steps=7))
+        pgd_at_attack("l2", 0.5, num_steps=7)
+    )
     assert AdversarialTrainer(tiny_network(), loss="standard").attack is None
 
 
@@ -161,7 +162,9 @@ def test_averaged_network_has_averaged_weights_and_raw_batchnorm_statistics():
     for w, a in zip(averaged.trainable_weights, averaging.averages):
         np.testing.assert_array_equal(w.numpy(), a.numpy())
     # and the averages are not simply the raw weights
-    assert any(np.abs(w.numpy() - r.numpy()).max() > 0 for w, r in zip(averaged.trainable_weights, network.trainable_weights))
+    assert any(
+        np.abs(w.numpy() - r.numpy()).max() > 0 for w, r in zip(averaged.trainable_weights, network.trainable_weights)
+    )
 
 
 class TargetRecordingAttack:

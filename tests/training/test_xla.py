@@ -76,7 +76,9 @@ def _trainer(norm: str, precision: str = "float32", attack_steps: int = 3, batch
         keras.utils.set_random_seed(0)
         network = build_model("wrn-10-1", input_shape=(16, 16, 3), num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
         eps = 8 / 255 if norm == "linf" else 0.5
-        trainer = AdversarialTrainer(network, loss="trades", attack=trades_attack(norm, eps, num_steps=attack_steps), seed=3)
+        trainer = AdversarialTrainer(
+            network, loss="trades", attack=trades_attack(norm, eps, num_steps=attack_steps), seed=3
+        )
         trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
         trainer.optimizer.build(network.trainable_variables)
     finally:
@@ -129,8 +131,9 @@ def test_xla_step_under_mixed_bfloat16_is_close_to_the_graph_step():
     graph((x, y))
     start = [v.numpy() for v in _variables(trainer)]
     metrics_graph, after_graph = _one_step(trainer, graph, x, y, start)
-    metrics_xla, after_xla = _one_step(trainer, tf.function(trainer.train_step, autograph=False, jit_compile=True),
-                                       x, y, start)
+    metrics_xla, after_xla = _one_step(
+        trainer, tf.function(trainer.train_step, autograph=False, jit_compile=True), x, y, start
+    )
     assert all(v.dtype == "float32" for v in trainer.network.trainable_variables)  # weights stay float32
     assert metrics_xla["loss"] == pytest.approx(metrics_graph["loss"], rel=2e-2)
     for a, b in zip(after_graph, after_xla):
@@ -153,9 +156,23 @@ def test_xla_step_is_traced_once_across_steps_and_epochs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(AdversarialTrainer, "train_step", counting)
     npz = write_digits_npz(tmp_path / "digits.npz", n=200)
-    config = make_config(None, dict(dataset=f"npz:{npz}", model="wrn-10-1", batch_size=48, epochs=3, val_size=64,
-                                    eval_every=0, attack_steps=2, warmup_epochs=1, eps=0.1, aug_repeats=1,
-                                    jit_compile="on", export_dir=str(tmp_path / "export")))
+    config = make_config(
+        None,
+        dict(
+            dataset=f"npz:{npz}",
+            model="wrn-10-1",
+            batch_size=48,
+            epochs=3,
+            val_size=64,
+            eval_every=0,
+            attack_steps=2,
+            warmup_epochs=1,
+            eps=0.1,
+            aug_repeats=1,
+            jit_compile="on",
+            export_dir=str(tmp_path / "export"),
+        ),
+    )
     summary = train(config, str(tmp_path / "run"), verbose=0)
     assert len(traces) == 1
     assert summary["epochs"] == 3 and summary["train_images_per_second"] > 0
@@ -178,9 +195,27 @@ def test_hlo_of_the_step_runs_through_jax_and_equals_tensorflow(tmp_path):
     prefix = str(tmp_path / "wrn10")
     env = {**os.environ, "PYTHONPATH": REPO}
     export = subprocess.run(
-        [sys.executable, os.path.join(REPO, "benchmarks", "xla_export.py"), "--model", "wrn-10-1", "--batch-size", "4",
-         "--attack-steps", "3", "--precision", "float32", "--image-size", "16", "--values", "--out", prefix],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(REPO, "benchmarks", "xla_export.py"),
+            "--model",
+            "wrn-10-1",
+            "--batch-size",
+            "4",
+            "--attack-steps",
+            "3",
+            "--precision",
+            "float32",
+            "--image-size",
+            "16",
+            "--values",
+            "--out",
+            prefix,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert export.returncode == 0, export.stderr[-3000:]
     import xla_run
@@ -197,7 +232,6 @@ def test_hlo_of_the_step_runs_through_jax_and_equals_tensorflow(tmp_path):
     assert np.all(np.isfinite(timed["losses"]))
 
 
-
 @pytest.mark.slow
 def test_xla_step_under_mirrored_strategy_equals_the_graph_step(tmp_path, digits_npz):
     """Two replicas: each compiles its own step (the optimizer update stays outside XLA); the result is
@@ -208,7 +242,10 @@ def test_xla_step_under_mirrored_strategy_equals_the_graph_step(tmp_path, digits
         out = str(tmp_path / f"{jit}.npz")
         result = subprocess.run(
             [sys.executable, os.path.join(REPO, "tests", "training", "xla_mirrored_check.py"), npz, jit, out],
-            env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": REPO},
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         reports[jit] = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT ")][-1][7:])

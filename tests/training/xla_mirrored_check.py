@@ -20,9 +20,23 @@ from tfrobust.data.datasets import load_dataset  # noqa: E402
 from tfrobust.training.run import build_run, training_stream  # noqa: E402
 
 npz, jit, out = sys.argv[1:4]
-config = make_config(None, dict(dataset=f"npz:{npz}", model="wrn-10-1", batch_size=32, epochs=2, val_size=64,
-                                eval_every=0, attack_steps=3, warmup_epochs=1, eps=0.1, ema_decay=0.9,
-                                strategy="mirrored", jit_compile=jit)).resolved()
+config = make_config(
+    None,
+    dict(
+        dataset=f"npz:{npz}",
+        model="wrn-10-1",
+        batch_size=32,
+        epochs=2,
+        val_size=64,
+        eval_every=0,
+        attack_steps=3,
+        warmup_epochs=1,
+        eps=0.1,
+        ema_decay=0.9,
+        strategy="mirrored",
+        jit_compile=jit,
+    ),
+).resolved()
 splits = load_dataset(config.dataset, val_size=64, seed=0)
 run = build_run(config, tempfile.mkdtemp(), splits=splits)
 data, _ = training_stream(config, run.splits, None, replicas=2, first_epoch=0, steps_per_epoch=3)
@@ -30,7 +44,14 @@ history = run.trainer.fit(data, epochs=1, steps_per_epoch=3, verbose=0, callback
 arrays = {f"w{i}": np.asarray(w.numpy()) for i, w in enumerate(run.averaging.network.weights)}
 arrays.update({f"a{i}": np.asarray(v.numpy()) for i, v in enumerate(run.averaging.averages)})
 np.savez(out, **arrays)
-print("REPORT " + json.dumps({
-    "replicas": run.strategy.num_replicas_in_sync, "keras_jit": bool(run.trainer.jit_compile),
-    "xla_per_replica": run.trainer.xla_per_replica, "loss": history.history["loss"][-1],
-}))
+print(
+    "REPORT "
+    + json.dumps(
+        {
+            "replicas": run.strategy.num_replicas_in_sync,
+            "keras_jit": bool(run.trainer.jit_compile),
+            "xla_per_replica": run.trainer.xla_per_replica,
+            "loss": history.history["loss"][-1],
+        }
+    )
+)

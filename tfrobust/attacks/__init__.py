@@ -56,9 +56,12 @@ Example::
     assert float(tf.reduce_max(attacks.norm_of(x_adv - images, "linf"))) <= 8 / 255 + 1e-6
 """
 
+from tfrobust.attacks.apgd import APGD, apgd_ce, apgd_dlr, apgd_t
 from tfrobust.attacks.common import ModelFn
+from tfrobust.attacks.fab import FAB, FABTargeted
 from tfrobust.attacks.init import Init, UniformInit, ZeroInit
 from tfrobust.attacks.losses import LOSSES, LossFn, cross_entropy, kl_to_target, margin
+from tfrobust.attacks.multitargeted import MultiTargeted
 from tfrobust.attacks.optimizers import (
     Adam,
     Constant,
@@ -78,17 +81,43 @@ from tfrobust.attacks.projection import (
     make_projection,
     norm_of,
 )
-from tfrobust.attacks.apgd import APGD, apgd_ce, apgd_dlr, apgd_t
-from tfrobust.attacks.fab import FAB, FABTargeted
-from tfrobust.attacks.multitargeted import MultiTargeted
 from tfrobust.attacks.square import Square
 
 __all__ = [
-    "ATTACKS", "LOSSES", "PROJECTIONS",
-    "PGD", "pgd40_attack", "pgd_at_attack", "trades_attack", "ModelFn",
-    "LinfProjection", "L2Projection", "L1Projection", "Projection", "make_projection", "norm_of",
-    "Init", "UniformInit", "ZeroInit",
-    "Optimizer", "SignGradient", "NormalizedGradient", "Adam", "Schedule", "Constant", "PiecewiseConstant",
-    "LossFn", "kl_to_target", "cross_entropy", "margin",
-    "APGD", "apgd_ce", "apgd_dlr", "apgd_t", "FAB", "FABTargeted", "MultiTargeted", "Square",
+    "ATTACKS",
+    "LOSSES",
+    "PROJECTIONS",
+    "PGD",
+    "pgd40_attack",
+    "pgd_at_attack",
+    "trades_attack",
+    "ModelFn",
+    "LinfProjection",
+    "L2Projection",
+    "L1Projection",
+    "Projection",
+    "make_projection",
+    "norm_of",
+    "Init",
+    "UniformInit",
+    "ZeroInit",
+    "Optimizer",
+    "SignGradient",
+    "NormalizedGradient",
+    "Adam",
+    "Schedule",
+    "Constant",
+    "PiecewiseConstant",
+    "LossFn",
+    "kl_to_target",
+    "cross_entropy",
+    "margin",
+    "APGD",
+    "apgd_ce",
+    "apgd_dlr",
+    "apgd_t",
+    "FAB",
+    "FABTargeted",
+    "MultiTargeted",
+    "Square",
 ]

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import tensorflow as tf
 
@@ -198,16 +197,23 @@ class APGD:
         check_eps(self.eps)
         if self.loss not in LOSS_NAMES:
             raise UserError(f"unknown APGD loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
-        check_counts("APGD", n_iter=self.n_iter, n_restarts=self.n_restarts, n_target_classes=self.n_target_classes,
-                     eot_iter=self.eot_iter)
+        check_counts(
+            "APGD",
+            n_iter=self.n_iter,
+            n_restarts=self.n_restarts,
+            n_target_classes=self.n_target_classes,
+            eot_iter=self.eot_iter,
+        )
         if not isinstance(self.use_largereps, bool):
             raise UserError(f"APGD use_largereps must be True or False, got {self.use_largereps!r}")
         if self.use_largereps and self.norm != "l1":
             raise UserError(f"APGD use_largereps is the L1 schedule (the reference's); norm is {self.norm!r}")
         if self.use_largereps and largereps_schedule(self.n_iter)[-1][1] < 1:
             iterations = ", ".join(str(n) for _, n in largereps_schedule(self.n_iter))
-            raise UserError(f"APGD use_largereps with n_iter={self.n_iter} leaves no iteration at eps (stages of "
-                            f"{iterations} iterations at 3·eps, 2·eps, eps): use n_iter = 3 or at least 5")
+            raise UserError(
+                f"APGD use_largereps with n_iter={self.n_iter} leaves no iteration at eps (stages of "
+                f"{iterations} iterations at 3·eps, 2·eps, eps): use n_iter = 3 or at least 5"
+            )
         if self.eot_loss not in EOT_LOSSES:
             raise UserError(f"unknown APGD eot_loss {self.eot_loss!r}; choose one of {', '.join(EOT_LOSSES)}")
         if self.exit_on_success is not None and not isinstance(self.exit_on_success, bool):
@@ -236,8 +242,7 @@ class APGD:
         if self.loss == "dlr" and num_classes < 3:
             return (f"APGD-DLR skipped: the DLR loss needs at least 3 classes, the model has {num_classes}",)
         if self.targeted and num_classes < 4:
-            return (f"APGD-T skipped: the targeted DLR loss needs at least 4 classes, the model has "
-                    f"{num_classes}",)
+            return (f"APGD-T skipped: the targeted DLR loss needs at least 4 classes, the model has {num_classes}",)
         if self.targeted:
             return target_notes("APGD-T", self.num_targets(num_classes), self.n_target_classes, num_classes)
         return ()
@@ -257,8 +262,9 @@ class APGD:
         targets = top_targets(logits, y, num_targets) if self.targeted else None
         return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts, targets=targets)
 
-    def _evaluate(self, model_fn: ModelFn, x_k: tf.Tensor, y_k: tf.Tensor,
-                  target_k: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _evaluate(
+        self, model_fn: ModelFn, x_k: tf.Tensor, y_k: tf.Tensor, target_k: tf.Tensor | None
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(misclassified [b] bool, per-example losses [b], input gradient of the summed loss) at x_k.
 
         With `eot_iter` N > 1 (EOT, the reference's `attack_single_run`): N model calls, the gradient the
@@ -266,6 +272,7 @@ class APGD:
         the prediction the last call's (`eot_loss="mean"`: the loss the mean of the N losses). The calls
         run in a `tf.while_loop`, so each executes the model's random operations afresh.
         """
+
         def call(x_k):
             with tf.GradientTape(watch_accessed_variables=False) as tape:  # input gradient only
                 tape.watch(x_k)
@@ -286,14 +293,16 @@ class APGD:
         batch = tf.shape(x_k)[0]
         zeros = tf.zeros([batch])
         _, wrong, losses, loss_sum, grad_sum = tf.while_loop(
-            lambda j, *_: j < self.eot_iter, body,
+            lambda j, *_: j < self.eot_iter,
+            body,
             (tf.constant(0), tf.zeros([batch], tf.bool), zeros, zeros, tf.zeros_like(x_k)),
-            maximum_iterations=self.eot_iter)
+            maximum_iterations=self.eot_iter,
+        )
         if self.eot_loss == "mean":
             losses = loss_sum / float(self.eot_iter)
         return wrong, losses, grad_sum / float(self.eot_iter)
 
-    def _loss(self, logits: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor]) -> tf.Tensor:
+    def _loss(self, logits: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None) -> tf.Tensor:
         if self.loss == "ce":
             return ce_loss(logits, y)
         if self.loss == "dlr":
@@ -302,7 +311,7 @@ class APGD:
 
     @no_autograph
     def single_run(
-        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: Optional[tf.Tensor], seed: tf.Tensor
+        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, seed: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """One APGD run from a random start on every example of `x`: (x_adv, misclassified).
 
@@ -394,20 +403,24 @@ class APGD:
             def check():
                 k = window[i]
                 oscillating = n_increase <= k * self.rho
-                no_improvement = tf.logical_and(tf.logical_not(s["reduced_last_check"]),
-                                                s["loss_best_last_check"] >= loss_best)
+                no_improvement = tf.logical_and(
+                    tf.logical_not(s["reduced_last_check"]), s["loss_best_last_check"] >= loss_best
+                )
                 halve = tf.logical_or(oscillating, no_improvement)
                 halve_b = tf.reshape(halve, per_example)
-                return (tf.where(halve, s["step"] / 2.0, s["step"]),
-                        tf.where(halve_b, x_best, x_new),
-                        tf.where(halve_b, grad_best, grad),
-                        tf.zeros_like(n_increase), loss_best, halve)
+                return (
+                    tf.where(halve, s["step"] / 2.0, s["step"]),
+                    tf.where(halve_b, x_best, x_new),
+                    tf.where(halve_b, grad_best, grad),
+                    tf.zeros_like(n_increase),
+                    loss_best,
+                    halve,
+                )
 
             def no_check():
                 return (s["step"], x_new, grad, n_increase, s["loss_best_last_check"], s["reduced_last_check"])
 
-            step, x_next, grad_next, n_increase, loss_best_last_check, reduced = tf.cond(
-                is_check[i], check, no_check)
+            step, x_next, grad_next, n_increase, loss_best_last_check, reduced = tf.cond(is_check[i], check, no_check)
             s = dict(
                 s,
                 x_adv=x_next,
@@ -434,9 +447,12 @@ class APGD:
 
         invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
         _, out_adv, out_wrong, _ = tf.while_loop(
-            cond, body, (tf.constant(0, tf.int32), out_adv, wrong, active),
+            cond,
+            body,
+            (tf.constant(0, tf.int32), out_adv, wrong, active),
             shape_invariants=(tf.TensorShape([]), out_adv.shape, wrong.shape, invariants),
-            maximum_iterations=self.n_iter)
+            maximum_iterations=self.n_iter,
+        )
         return out_adv, out_wrong
 
     @no_autograph
@@ -474,8 +490,17 @@ class APGD:
 
     @no_autograph
     def l1_stage(
-        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, start: tf.Tensor,
-        eps: float, n_iter: int, *, from_start: bool, last: bool,
+        self,
+        model_fn: ModelFn,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        target: tf.Tensor | None,
+        start: tf.Tensor,
+        eps: float,
+        n_iter: int,
+        *,
+        from_start: bool,
+        last: bool,
     ) -> tuple[tf.Tensor, ...]:
         """n_iter APGD-L1 iterations at radius `eps` from `start` (the reference's `attack_single_run`, L1).
 
@@ -567,15 +592,29 @@ class APGD:
                 sparser = sp_curr / s["sp_old"] < 0.95  # 0/0 and m/0 compare False, as in the reference
                 sparser_b = tf.reshape(sparser, per_example)
                 step = tf.clip_by_value(tf.where(sparser, eps_t, s["step"] / 1.5), eps / 10.0, eps)
-                return (step, sp_curr / dim / 1.5, sp_curr, tf.where(sparser_b, x_best, x_new),
-                        tf.where(sparser_b, grad_best, grad))
+                return (
+                    step,
+                    sp_curr / dim / 1.5,
+                    sp_curr,
+                    tf.where(sparser_b, x_best, x_new),
+                    tf.where(sparser_b, grad_best, grad),
+                )
 
             def no_check():
                 return s["step"], s["topk"], s["sp_old"], x_new, grad
 
             step, topk, sp_old, x_next, grad_next = tf.cond(tf.equal((i + 1) % check_every, 0), check, no_check)
-            s = dict(s, x_adv=x_next, grad=grad_next, step=step, x_best=x_best, grad_best=grad_best,
-                     loss_best=loss_best, topk=topk, sp_old=sp_old)
+            s = dict(
+                s,
+                x_adv=x_next,
+                grad=grad_next,
+                step=step,
+                x_best=x_best,
+                grad_best=grad_best,
+                loss_best=loss_best,
+                topk=topk,
+                sp_old=sp_old,
+            )
             if last:
                 s = {k: tf.boolean_mask(v, tf.logical_not(misclassified)) for k, v in s.items()}
             return i + 1, out_adv, out_wrong, s
@@ -585,9 +624,12 @@ class APGD:
 
         invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
         _, out_adv, out_wrong, s = tf.while_loop(
-            cond, body, (tf.constant(0, tf.int32), out_adv, wrong, active),
+            cond,
+            body,
+            (tf.constant(0, tf.int32), out_adv, wrong, active),
             shape_invariants=(tf.TensorShape([]), out_adv.shape, wrong.shape, invariants),
-            maximum_iterations=max(n_iter, 1))
+            maximum_iterations=max(n_iter, 1),
+        )
         if last:
             return out_adv, out_wrong
         return (s["x_best"],)

@@ -71,8 +71,9 @@ def class_ids(labels: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.argmax(labels, axis=-1), tf.int32)
 
 
-def clean_pass(model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor,
-               owner: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def clean_pass(
+    model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, owner: str
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """(clean images as a float32 constant, class ids [B] int32, clean float32 logits [B, K]).
 
     The number of classes K must be static (the targets and the losses are built when tracing); `owner`
@@ -142,8 +143,9 @@ def num_runs(n_restarts: int, num_targets: int | None, order: str = TARGET_MAJOR
     return n_restarts if num_targets else 0
 
 
-def run_schedule(r: tf.Tensor, n_restarts: int, num_targets: int | None,
-                 order: str = TARGET_MAJOR) -> tuple[tf.Tensor | None, tf.Tensor]:
+def run_schedule(
+    r: tf.Tensor, n_restarts: int, num_targets: int | None, order: str = TARGET_MAJOR
+) -> tuple[tf.Tensor | None, tf.Tensor]:
     """(target column, restart number) of run r.
 
     Untargeted: (None, r). Target-major (AutoAttack's `for target_class: for counter in range(n_restarts)`):
@@ -199,11 +201,11 @@ def run_targets(
 
         def attack():
             target = None if targets is None else tf.gather(targets[:, column], idx)
-            adv_s, broken_s = single_run(tf.gather(x, idx), tf.gather(y, idx), target, restart,
-                                         rng.fold_in(seed, r))
+            adv_s, broken_s = single_run(tf.gather(x, idx), tf.gather(y, idx), target, restart, rng.fold_in(seed, r))
             old = tf.gather(adv, idx)
             new_adv = tf.tensor_scatter_nd_update(
-                adv, idx[:, None], tf.where(tf.reshape(broken_s, batch_shape), adv_s, old))
+                adv, idx[:, None], tf.where(tf.reshape(broken_s, batch_shape), adv_s, old)
+            )
             new_robust = tf.tensor_scatter_nd_update(robust, idx[:, None], tf.logical_not(broken_s))
             return new_adv, new_robust
 
@@ -211,5 +213,6 @@ def run_targets(
         return r + 1, adv, robust
 
     _, adv, _ = tf.while_loop(
-        lambda r, *_: r < runs, body, (tf.constant(0, tf.int32), x, robust), maximum_iterations=runs)
+        lambda r, *_: r < runs, body, (tf.constant(0, tf.int32), x, robust), maximum_iterations=runs
+    )
     return adv

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -104,8 +104,9 @@ def projection_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     lb = _binary_search(dim, test, n)
     lmbd_l = tf.maximum(tf.math.divide_no_nan(b - sb[:, -1], -s[:, -1]), 0.0)[:, None]
     d_l = (2.0 * a - 1.0) * lmbd_l
-    lmbd_2 = tf.maximum(tf.math.divide_no_nan(b - tf.gather(sb, lb, batch_dims=1),
-                                              -tf.gather(s, lb, batch_dims=1)), 0.0)[:, None]
+    lmbd_2 = tf.maximum(
+        tf.math.divide_no_nan(b - tf.gather(sb, lb, batch_dims=1), -tf.gather(s, lb, batch_dims=1)), 0.0
+    )[:, None]
     d_2 = tf.minimum(lmbd_2, d) * a + tf.maximum(-lmbd_2, d) * (1.0 - a)
     d = tf.where(c_l[:, None], d_l, tf.where(c2[:, None], d_2, d))
     return d * nonzero
@@ -186,8 +187,9 @@ def projection_l1(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     # (Clamped to D − 1 for the unreachable rows, whose sums are all positive and which take the corner.)
     stop = tf.clip_by_value(tf.reduce_sum(tf.cast(sums > 0, tf.int32), axis=1) - 1, 0, int(t.shape[1]) - 1)
     stop_index = tf.gather(order, stop[:, None], batch_dims=1)[:, 0]
-    partial = -tf.math.divide_no_nan(tf.gather(sums, stop[:, None], batch_dims=1)[:, 0],
-                                     tf.gather(w, stop_index[:, None], batch_dims=1)[:, 0])
+    partial = -tf.math.divide_no_nan(
+        tf.gather(sums, stop[:, None], batch_dims=1)[:, 0], tf.gather(w, stop_index[:, None], batch_dims=1)[:, 0]
+    )
     rank = tf.argsort(order, axis=1, stable=True)  # position of each coordinate in the order
     full = tf.cast(rank < stop[:, None], tf.float32)
     is_stop = tf.cast(tf.equal(rank, stop[:, None]), tf.float32)
@@ -228,8 +230,9 @@ def closest_boundary(model_fn: ModelFn, x1: tf.Tensor, y: tf.Tensor, norm: str) 
         tape.watch(x1)
         logits = tf.cast(model_fn(x1), tf.float32)
     classes = int(logits.shape[-1])
-    jacobian = tf.reshape(tape.batch_jacobian(logits, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO),
-                          [n, classes, dim])
+    jacobian = tf.reshape(
+        tape.batch_jacobian(logits, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO), [n, classes, dim]
+    )
     df = logits - tf.gather(logits, y, batch_dims=1)[:, None]
     dg = jacobian - tf.gather(jacobian, y, batch_dims=1)[:, None, :]
     df = tf.where(tf.one_hot(y, classes) > 0, 1e10, df)
@@ -279,17 +282,26 @@ class FABTargeted:
 
         def run(xs, ys, target, restart, run_seed):
             # The reference's `use_rand_start=(counter > 0)`: the first restart of a target starts at x.
-            adv, dist = self.single_run(model_fn, xs, ys, target, run_seed, random_start=tf.greater(restart, 0),
-                                        stop_at=self.eps)
+            adv, dist = self.single_run(
+                model_fn, xs, ys, target, run_seed, random_start=tf.greater(restart, 0), stop_at=self.eps
+            )
             return adv, dist <= self.eps
 
-        return run_targets(run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts,
-                           targets=targets)
+        return run_targets(
+            run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts, targets=targets
+        )
 
     @no_autograph
-    def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, seed: tf.Tensor,
-                   random_start: tf.Tensor | bool = False,
-                   stop_at: float | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    def single_run(
+        self,
+        model_fn: ModelFn,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        target: tf.Tensor | None,
+        seed: tf.Tensor,
+        random_start: tf.Tensor | bool = False,
+        stop_at: float | None = None,
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """One FAB-T run towards `target` on every example: (smallest misclassified point found or the
         clean image, its norm or +inf). `target` None: untargeted FAB (`FAB`), each step towards the
         closest linearised decision boundary among all classes (`closest_boundary`).
@@ -331,8 +343,7 @@ class FABTargeted:
             x1_flat = tf.reshape(x1, [n, dim])
             b = -df + tf.reduce_sum(w * x1_flat, axis=1)
             # Both projections in one batched call, as the reference does.
-            d3 = project(tf.concat([x1_flat, tf.reshape(x_c, [n, dim])], 0), tf.concat([w, w], 0),
-                         tf.concat([b, b], 0))
+            d3 = project(tf.concat([x1_flat, tf.reshape(x_c, [n, dim])], 0), tf.concat([w, w], 0), tf.concat([b, b], 0))
             d1 = tf.reshape(d3[:n], tf.shape(x_c))
             d2 = tf.reshape(d3[n:], tf.shape(x_c))
             a0 = tf.maximum(flat_norm(d3, self.norm), 1e-8)
@@ -363,9 +374,12 @@ class FABTargeted:
         invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
         out_best = tf.fill([batch], float("inf"))
         _, adv, best, _ = tf.while_loop(
-            cond, body, (tf.constant(0, tf.int32), x, out_best, active),
+            cond,
+            body,
+            (tf.constant(0, tf.int32), x, out_best, active),
             shape_invariants=(tf.TensorShape([]), x.shape, out_best.shape, invariants),
-            maximum_iterations=self.n_iter)
+            maximum_iterations=self.n_iter,
+        )
         return adv, best
 
 
@@ -415,8 +429,9 @@ class FAB:
 
         def run(xs, ys, target, restart, run_seed):
             # The reference's `use_rand_start=(counter > 0)`: the first restart starts at x.
-            adv, dist = self.single_run(model_fn, xs, ys, None, run_seed, random_start=tf.greater(restart, 0),
-                                        stop_at=self.eps)
+            adv, dist = self.single_run(
+                model_fn, xs, ys, None, run_seed, random_start=tf.greater(restart, 0), stop_at=self.eps
+            )
             return adv, dist <= self.eps
 
         return run_targets(run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts)

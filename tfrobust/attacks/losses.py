@@ -10,7 +10,7 @@ and the TRADES training loss may want gradients through both arguments of the KL
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

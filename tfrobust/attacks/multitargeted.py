@@ -85,7 +85,9 @@ class MultiTargeted:
     def __post_init__(self) -> None:
         check_pgd_norm(self.norm, "MultiTargeted")
         check_eps(self.eps)
-        check_counts("MultiTargeted", n_restarts=self.n_restarts, n_steps=self.n_steps, n_target_classes=self.n_target_classes)
+        check_counts(
+            "MultiTargeted", n_restarts=self.n_restarts, n_steps=self.n_steps, n_target_classes=self.n_target_classes
+        )
 
     def num_targets(self, num_classes: int) -> int:
         return target_count(self.n_target_classes, num_classes)
@@ -96,9 +98,14 @@ class MultiTargeted:
     @property
     def pgd(self) -> PGD:
         """The PGD run behind each restart (uniform start, keep the best iterate)."""
-        return PGD(make_projection(self.norm, self.eps), UniformInit(self.norm, self.eps),
-                   _optimizer(self.norm, self.eps, self.n_steps, self.lr), targeted_margin, self.n_steps,
-                   keep_best=True)
+        return PGD(
+            make_projection(self.norm, self.eps),
+            UniformInit(self.norm, self.eps),
+            _optimizer(self.norm, self.eps, self.n_steps, self.lr),
+            targeted_margin,
+            self.n_steps,
+            keep_best=True,
+        )
 
     @no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -113,5 +120,13 @@ class MultiTargeted:
             wrong = tf.not_equal(tf.cast(tf.argmax(model_fn(adv), axis=-1), tf.int32), ys)
             return adv, wrong
 
-        return run_targets(run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts,
-                           targets=targets, order=TARGET_MAJOR if self.restarts_per_target else CYCLE)
+        return run_targets(
+            run,
+            x,
+            y,
+            correctly_classified(logits, y),
+            seed,
+            n_restarts=self.n_restarts,
+            targets=targets,
+            order=TARGET_MAJOR if self.restarts_per_target else CYCLE,
+        )

@@ -14,14 +14,15 @@ Step sizes and learning rates are schedules: callables `step -> float32 scalar`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol, Union
+from collections.abc import Callable
+from typing import Protocol
 
 import tensorflow as tf
 
 from tfrobust.errors import UserError
 
 Schedule = Callable[[tf.Tensor], tf.Tensor]
-ScheduleLike = Union[float, Schedule]
+ScheduleLike = float | Schedule
 OptState = tuple
 
 
@@ -65,7 +66,8 @@ class PiecewiseConstant:
         if len(self.values) != len(self.boundaries) + 1:
             raise UserError(
                 f"PiecewiseConstant needs one more value than boundaries, got {len(self.boundaries)} boundaries "
-                f"and {len(self.values)} values")
+                f"and {len(self.values)} values"
+            )
         if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
             raise UserError(f"PiecewiseConstant boundaries must increase strictly, got {self.boundaries}")
 
@@ -109,8 +111,7 @@ class Optimizer(Protocol):
 
     def init(self, x: tf.Tensor) -> OptState: ...
 
-    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState,
-               step: tf.Tensor) -> tuple[tf.Tensor, OptState]: ...
+    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState, step: tf.Tensor) -> tuple[tf.Tensor, OptState]: ...
 
 
 def _per_example_l2(t: tf.Tensor) -> tf.Tensor:
@@ -137,8 +138,7 @@ class SignGradient:
         del x
         return ()
 
-    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState,
-               step: tf.Tensor) -> tuple[tf.Tensor, OptState]:
+    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState, step: tf.Tensor) -> tuple[tf.Tensor, OptState]:
         alpha = tf.cast(schedule_value(self.step_size, step), x.dtype)
         return x + alpha * tf.sign(grad), state
 
@@ -164,8 +164,7 @@ class NormalizedGradient:
         del x
         return ()
 
-    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState,
-               step: tf.Tensor) -> tuple[tf.Tensor, OptState]:
+    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState, step: tf.Tensor) -> tuple[tf.Tensor, OptState]:
         alpha = tf.cast(schedule_value(self.step_size, step), x.dtype)
         return x + alpha * grad / tf.maximum(_per_example_l2(grad), 1e-12), state
 
@@ -202,8 +201,7 @@ class Adam:
     def init(self, x: tf.Tensor) -> OptState:
         return (tf.zeros_like(x), tf.zeros_like(x), tf.constant(0, tf.int32))
 
-    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState,
-               step: tf.Tensor) -> tuple[tf.Tensor, OptState]:
+    def update(self, x: tf.Tensor, grad: tf.Tensor, state: OptState, step: tf.Tensor) -> tuple[tf.Tensor, OptState]:
         m, v, count = state
         count = count + 1
         t = tf.cast(count, x.dtype)

@@ -39,7 +39,7 @@ Every returned point lies in the eps ball around the clean image and in [0, 1].
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -105,7 +105,8 @@ class PGD:
             # A start outside the threat model would be silently projected; a mismatch is a config bug.
             raise UserError(
                 f"init ({init_norm}, eps={init_eps}) does not match the projection "
-                f"({self.projection.norm}, eps={self.projection.eps})")
+                f"({self.projection.norm}, eps={self.projection.eps})"
+            )
 
     @no_autograph
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, target: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -179,8 +180,10 @@ def check_pgd_norm(norm: str, owner: str = "PGD") -> str:
     needs; an L2-normalised step projected onto the L1 ball would be a silently weak attack.
     """
     if check_norm(norm) not in TRAIN_NORMS:
-        raise UserError(f"{owner} implements {', '.join(TRAIN_NORMS)}, not {norm}: the L1 threat model is "
-                        "attacked by APGD-L1 (tfrobust eval --attack aa, or apgd-ce)")
+        raise UserError(
+            f"{owner} implements {', '.join(TRAIN_NORMS)}, not {norm}: the L1 threat model is "
+            "attacked by APGD-L1 (tfrobust eval --attack aa, or apgd-ce)"
+        )
     return norm
 
 
@@ -189,7 +192,7 @@ def _check_steps(num_steps: int) -> None:
         raise UserError(f"num_steps must be a positive int, got {num_steps!r}")
 
 
-def _default_optimizer(norm: str, optimizer: Optional[str]) -> str:
+def _default_optimizer(norm: str, optimizer: str | None) -> str:
     """None -> "adam" for linf (the reference), "sign" (normalised-gradient steps) for l2 (docs/method.md,
     "Inner maximisation")."""
     if optimizer is None:
@@ -199,7 +202,7 @@ def _default_optimizer(norm: str, optimizer: Optional[str]) -> str:
     return optimizer
 
 
-def _training_optimizer(norm: str, eps: float, num_steps: int, optimizer: Optional[str]) -> Optimizer:
+def _training_optimizer(norm: str, eps: float, num_steps: int, optimizer: str | None) -> Optimizer:
     """The inner-maximisation step rule shared by TRADES and PGD-AT.
 
     adam: lr 0.1 for the first half of the steps (rounded up), then 0.01 — the reference's {5: 0.1} for 10
@@ -213,7 +216,7 @@ def _training_optimizer(norm: str, eps: float, num_steps: int, optimizer: Option
     return NormalizedGradient(2.5 * eps / num_steps)
 
 
-def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optional[str] = None) -> PGD:
+def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: str | None = None) -> PGD:
     """TRADES inner maximisation (Zhang et al. 2019; as configured by Rebuffi et al. 2021, docs/method.md,
     "Inner maximisation").
 
@@ -230,11 +233,16 @@ def trades_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optiona
     """
     check_pgd_norm(norm, "TRADES' inner maximisation")
     _check_steps(num_steps)
-    return PGD(make_projection(norm, eps), UniformInit(norm, eps),
-               _training_optimizer(norm, eps, num_steps, optimizer), kl_to_target, num_steps)
+    return PGD(
+        make_projection(norm, eps),
+        UniformInit(norm, eps),
+        _training_optimizer(norm, eps, num_steps, optimizer),
+        kl_to_target,
+        num_steps,
+    )
 
 
-def pgd_at_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optional[str] = None) -> PGD:
+def pgd_at_attack(norm: str, eps: float, num_steps: int = 10, optimizer: str | None = None) -> PGD:
     """PGD adversarial training's inner maximisation (Madry et al. 2018): cross-entropy against the (hard or
     soft) labels, otherwise as `trades_attack`.
 
@@ -245,11 +253,16 @@ def pgd_at_attack(norm: str, eps: float, num_steps: int = 10, optimizer: Optiona
     """
     check_pgd_norm(norm, "PGD-AT's inner maximisation")
     _check_steps(num_steps)
-    return PGD(make_projection(norm, eps), UniformInit(norm, eps),
-               _training_optimizer(norm, eps, num_steps, optimizer), cross_entropy, num_steps)
+    return PGD(
+        make_projection(norm, eps),
+        UniformInit(norm, eps),
+        _training_optimizer(norm, eps, num_steps, optimizer),
+        cross_entropy,
+        num_steps,
+    )
 
 
-def pgd40_attack(norm: str, eps: float, optimizer: Optional[str] = None) -> PGD:
+def pgd40_attack(norm: str, eps: float, optimizer: str | None = None) -> PGD:
     """The model-selection attack (docs/method.md, "Model selection"; the reference's eval attack): margin loss,
     40 steps from a uniform random start, keeping each example's best iterate.
 

@@ -99,7 +99,7 @@ def _eta_rectangles(x: int, y: int, power: int = 2) -> np.ndarray:
         delta[rows, cols] += 1.0 / (counter + 1) ** power
         c0 -= 1
         c1 -= 1
-    norm = np.sqrt((delta ** 2).sum()) if power == 2 else np.abs(delta).sum()
+    norm = np.sqrt((delta**2).sum()) if power == 2 else np.abs(delta).sum()
     return delta / norm if norm > 0 else delta
 
 
@@ -108,8 +108,8 @@ def eta(s: int) -> np.ndarray:
     rectangles of concentric rings with weights 1/(ring+1)², opposite signs, unit L2 norm."""
     delta = np.zeros([s, s])
     delta[: s // 2] = _eta_rectangles(s // 2, s)
-    delta[s // 2:] = -_eta_rectangles(s - s // 2, s)
-    return delta / np.sqrt((delta ** 2).sum())
+    delta[s // 2 :] = -_eta_rectangles(s - s // 2, s)
+    return delta / np.sqrt((delta**2).sum())
 
 
 def eta_l1(s: int) -> np.ndarray:
@@ -118,7 +118,7 @@ def eta_l1(s: int) -> np.ndarray:
     signs, unit L1 norm in all."""
     delta = np.zeros([s, s])
     delta[: s // 2] = _eta_rectangles(s // 2, s, power=4)
-    delta[s // 2:] = -_eta_rectangles(s - s // 2, s, power=4)
+    delta[s // 2 :] = -_eta_rectangles(s - s // 2, s, power=4)
     return delta / np.abs(delta).sum()
 
 
@@ -142,8 +142,9 @@ def _side(p: float, h: int, w: int, c: int, norm: str) -> int:
     return max(s, 1)
 
 
-def side_schedule(n_iter: int, n_queries: int, h: int, w: int, c: int, norm: str, p_init: float = 0.8,
-                  rescale: bool = False) -> list[tuple[float, int]]:
+def side_schedule(
+    n_iter: int, n_queries: int, h: int, w: int, c: int, norm: str, p_init: float = 0.8, rescale: bool = False
+) -> list[tuple[float, int]]:
     """(p_i, window side s_i) for iterations i = 0 .. n_iter − 1 (see `p_schedule` and `_side`)."""
     out = []
     for i in range(n_iter):
@@ -161,8 +162,9 @@ def window_mask(vh: tf.Tensor, vw: tf.Tensor, side: tf.Tensor, h: int, w: int) -
     return tf.cast(in_h[:, :, None, None] & in_w[:, None, :, None], tf.float32)
 
 
-def linf_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tensor, vh: tf.Tensor,
-                       vw: tf.Tensor, signs: tf.Tensor) -> tf.Tensor:
+def linf_window_update(
+    x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tensor, vh: tf.Tensor, vw: tf.Tensor, signs: tf.Tensor
+) -> tf.Tensor:
     """The Linf candidate (reference `attack_single_run`, Linf branch): x_best with the window at (vh, vw)
     moved by 2·eps·sign per channel (`signs` [b, 1, 1, c] of ±1), clipped to the eps ball, then [0, 1]."""
     h, w = int(x.shape[1]), int(x.shape[2])
@@ -170,8 +172,16 @@ def linf_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Ten
     return make_projection("linf", eps).project(x_best + m1 * 2.0 * eps * signs, x)
 
 
-def l2_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tensor, corners: tuple[tf.Tensor, ...],
-                     signs: tf.Tensor, transpose: tf.Tensor, pattern: tf.Tensor) -> tf.Tensor:
+def l2_window_update(
+    x: tf.Tensor,
+    x_best: tf.Tensor,
+    eps: float,
+    side: tf.Tensor,
+    corners: tuple[tf.Tensor, ...],
+    signs: tf.Tensor,
+    transpose: tf.Tensor,
+    pattern: tf.Tensor,
+) -> tf.Tensor:
     """The L2 candidate, the reference's arithmetic (fra31/auto-attack `square.py`, `attack_single_run`,
     L2 branch), per example with its own draws.
 
@@ -205,8 +215,16 @@ def l2_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tenso
     return tf.clip_by_value(x + delta / (flat_norm(delta, "l2") + 1e-12) * eps, 0.0, 1.0)
 
 
-def l1_window_update(x: tf.Tensor, x_best: tf.Tensor, eps: float, side: tf.Tensor, corners: tuple[tf.Tensor, ...],
-                     signs: tf.Tensor, transpose: tf.Tensor, pattern: tf.Tensor) -> tf.Tensor:
+def l1_window_update(
+    x: tf.Tensor,
+    x_best: tf.Tensor,
+    eps: float,
+    side: tf.Tensor,
+    corners: tuple[tf.Tensor, ...],
+    signs: tf.Tensor,
+    transpose: tf.Tensor,
+    pattern: tf.Tensor,
+) -> tf.Tensor:
     """The L1 candidate, the reference's arithmetic (fra31/auto-attack `square.py`, `attack_single_run`, L1
     branch), per example with its own draws; arguments as `l2_window_update`, `pattern` holding eta_l1.
 
@@ -307,8 +325,9 @@ class Square:
         return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts)
 
     @no_autograph
-    def single_run(self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor,
-                   seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def single_run(
+        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One run on every example: (best point, its margin, queries used per example)."""
         x = tf.convert_to_tensor(x, tf.float32)
         seed = as_seed(seed)
@@ -318,8 +337,10 @@ class Square:
         eps = tf.constant(self.eps, tf.float32)
         batch = tf.shape(x)[0]
         n_iter = self.n_queries - 1
-        sides = [side for _, side in side_schedule(n_iter, self.n_queries, h, w, c, self.norm, self.p_init,
-                                                    self.rescale_schedule)]
+        sides = [
+            side
+            for _, side in side_schedule(n_iter, self.n_queries, h, w, c, self.norm, self.p_init, self.rescale_schedule)
+        ]
         side_t = tf.constant(sides or [1], tf.int32)
 
         init_seed, loop_seed = tf.unstack(rng.split(seed, 2))
@@ -349,8 +370,7 @@ class Square:
             b = tf.shape(xs)[0]
             s = side_t[i]
             u = rng.uniform([b, 5], it_seed)
-            signs = tf.sign(rng.uniform(
-                [b, 1, 1, c], rng.fold_in(it_seed, 1), -1.0, 1.0))
+            signs = tf.sign(rng.uniform([b, 1, 1, c], rng.fold_in(it_seed, 1), -1.0, 1.0))
             vh, vw = corner(u[:, 0], h, s), corner(u[:, 1], w, s)
             if self.norm == "linf":
                 return linf_window_update(xs, xb, self.eps, s, vh, vw, signs)
@@ -365,8 +385,7 @@ class Square:
             m_new = margin_of(model_fn(x_new), ys)
             m_old = tf.gather(margin, idx)
             better = m_new < m_old  # strict: a candidate is accepted only when the margin drops
-            x_best = tf.tensor_scatter_nd_update(
-                x_best, idx[:, None], tf.where(better[:, None, None, None], x_new, xb))
+            x_best = tf.tensor_scatter_nd_update(x_best, idx[:, None], tf.where(better[:, None, None, None], x_new, xb))
             margin = tf.tensor_scatter_nd_update(margin, idx[:, None], tf.where(better, m_new, m_old))
             queries = tf.tensor_scatter_nd_add(queries, idx[:, None], tf.ones_like(idx, tf.int32))
             return i + 1, x_best, margin, queries
@@ -375,7 +394,8 @@ class Square:
             return tf.logical_and(i < n_iter, tf.reduce_any(margin > 0.0))
 
         _, x_best, margin, queries = tf.while_loop(
-            cond, body, (tf.constant(0, tf.int32), x_best, margin, queries), maximum_iterations=max(n_iter, 0))
+            cond, body, (tf.constant(0, tf.int32), x_best, margin, queries), maximum_iterations=max(n_iter, 0)
+        )
         return x_best, margin, queries
 
     def _l2_init(self, x: tf.Tensor, seed: tf.Tensor, h: int, w: int, c: int) -> tf.Tensor:
@@ -400,8 +420,8 @@ class Square:
                 vh, vw = start_h + bh * s, start_w + bw * s
                 img = np.zeros([h, w])
                 img_t = np.zeros([h, w])
-                img[vh:vh + s, vw:vw + s] = pattern[: max(0, min(s, h - vh)), : max(0, min(s, w - vw))]
-                img_t[vh:vh + s, vw:vw + s] = pattern.T[: max(0, min(s, h - vh)), : max(0, min(s, w - vw))]
+                img[vh : vh + s, vw : vw + s] = pattern[: max(0, min(s, h - vh)), : max(0, min(s, w - vw))]
+                img_t[vh : vh + s, vw : vw + s] = pattern.T[: max(0, min(s, h - vh)), : max(0, min(s, w - vw))]
                 blocks.append(img)
                 blocks_t.append(img_t)
         blocks = tf.constant(np.stack(blocks), tf.float32)  # [n, h, w]
@@ -411,5 +431,6 @@ class Square:
         sign_seed, flip_seed = tf.unstack(rng.split(seed, 2))
         signs = tf.sign(rng.uniform([batch, n, c], sign_seed, -1.0, 1.0))
         flip = tf.cast(rng.uniform([batch, n], flip_seed) > 0.5, tf.float32)
-        return (tf.einsum("nhw,bnc->bhwc", blocks, signs * (1.0 - flip)[..., None])
-                + tf.einsum("nhw,bnc->bhwc", blocks_t, signs * flip[..., None]))
+        return tf.einsum("nhw,bnc->bhwc", blocks, signs * (1.0 - flip)[..., None]) + tf.einsum(
+            "nhw,bnc->bhwc", blocks_t, signs * flip[..., None]
+        )

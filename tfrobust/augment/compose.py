@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 
@@ -72,7 +72,7 @@ class Compose(keras.layers.Layer):
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> "Compose":
+    def from_config(cls, config: dict) -> Compose:
         config = dict(config)
         config["layers"] = [keras.saving.deserialize_keras_object(layer) for layer in config.get("layers", [])]
         return cls(**config)

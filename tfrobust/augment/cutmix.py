@@ -83,16 +83,24 @@ class CutMix(MixingAugmentation):
         # with TRADES: AdversarialTrainer(model, labels_as_attack_target=True), as the reference
     """
 
-    def __init__(self, alpha: float = 1.0, draws: str = "batch", devices: int = 1, sub_batches: int = 1,
-                 seed: int | None = None, **kwargs):
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        draws: str = "batch",
+        devices: int = 1,
+        sub_batches: int = 1,
+        seed: int | None = None,
+        **kwargs,
+    ):
         super().__init__(draws=draws, devices=devices, sub_batches=sub_batches, seed=seed, **kwargs)
         if isinstance(alpha, bool) or not float(alpha) > 0.0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         self.alpha = float(alpha)
 
     def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return cutmix(images, labels, seed, alpha=self.alpha, draws=self.draws, devices=self.devices,
-                      sub_batches=self.sub_batches)
+        return cutmix(
+            images, labels, seed, alpha=self.alpha, draws=self.draws, devices=self.devices, sub_batches=self.sub_batches
+        )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "alpha": self.alpha}

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -203,8 +203,10 @@ def sharpness(images: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     # batch skips the convolution.
     smooth = tf.cond(
         shape[0] > 0,
-        lambda: tf.pad(tf.nn.depthwise_conv2d(images, kernel, strides=[1, 1, 1, 1], padding="VALID"),
-                       [[0, 0], [1, 1], [1, 1], [0, 0]]),
+        lambda: tf.pad(
+            tf.nn.depthwise_conv2d(images, kernel, strides=[1, 1, 1, 1], padding="VALID"),
+            [[0, 0], [1, 1], [1, 1], [0, 0]],
+        ),
         lambda: images,
     )
     rows = tf.range(shape[1])

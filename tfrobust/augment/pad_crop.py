@@ -86,4 +86,3 @@ def pad_crop_flip(images: tf.Tensor, seed: tf.Tensor, *, padding: int, flip: boo
     gathered = tf.gather(gathered, tf.clip_by_value(cols, 0, width - 1), axis=2, batch_dims=1)
     inside = rows_ok[:, :, None, None] & cols_ok[:, None, :, None]  # [B, H, W, 1]
     return tf.where(inside, gathered, tf.zeros_like(gathered))
-

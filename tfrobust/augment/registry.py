@@ -18,7 +18,8 @@ trainer's business; see `produces_soft_labels`).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tfrobust.augment.autoaugment import AutoAugment
 from tfrobust.augment.batch_augmentation import BatchAugmentation, MixingAugmentation

@@ -61,16 +61,24 @@ class Ricap(MixingAugmentation):
         batch = ricap({"images": images, "labels": one_hot}, training=True, seed=tf.stack([4, step]))
     """
 
-    def __init__(self, beta: float = 0.3, draws: str = "batch", devices: int = 1, sub_batches: int = 1,
-                 seed: int | None = None, **kwargs):
+    def __init__(
+        self,
+        beta: float = 0.3,
+        draws: str = "batch",
+        devices: int = 1,
+        sub_batches: int = 1,
+        seed: int | None = None,
+        **kwargs,
+    ):
         super().__init__(draws=draws, devices=devices, sub_batches=sub_batches, seed=seed, **kwargs)
         if isinstance(beta, bool) or not float(beta) > 0.0:
             raise ValueError(f"beta must be a positive number, got {beta!r}")
         self.beta = float(beta)
 
     def augment(self, images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return ricap(images, labels, seed, beta=self.beta, draws=self.draws, devices=self.devices,
-                     sub_batches=self.sub_batches)
+        return ricap(
+            images, labels, seed, beta=self.beta, draws=self.draws, devices=self.devices, sub_batches=self.sub_batches
+        )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta": self.beta}
@@ -116,8 +124,9 @@ def ricap_draws(seed: tf.Tensor, batch, height, width, beta: float) -> RicapDraw
     return RicapDraws(sources, h, w, offset_y, offset_x)
 
 
-def ricap_block_draws(seed: tf.Tensor, batch, height, width, beta: float, devices: int = 1,
-                      sub_batches: int = 1) -> RicapDraws:
+def ricap_block_draws(
+    seed: tf.Tensor, batch, height, width, beta: float, devices: int = 1, sub_batches: int = 1
+) -> RicapDraws:
     """Per-device-batch draws: one boundary and one crop offset per region for each of the `devices`
     blocks of B / devices rows (Takahashi et al.'s once-per-batch draws), and per region one
     `common.block_partners` permutation (shared by the block's sub-batches). Returned per row."""
@@ -168,8 +177,8 @@ def ricap(
     out = tf.zeros_like(images)
     for k, (is_bottom, is_right) in enumerate(((False, False), (False, True), (True, False), (True, True))):
         source = tf.gather(images, drawn.sources[:, k])
-        src_rows = tf.clip_by_value(drawn.offset_y[:, k:k + 1] + local_rows, 0, height - 1)
-        src_cols = tf.clip_by_value(drawn.offset_x[:, k:k + 1] + local_cols, 0, width - 1)
+        src_rows = tf.clip_by_value(drawn.offset_y[:, k : k + 1] + local_rows, 0, height - 1)
+        src_cols = tf.clip_by_value(drawn.offset_x[:, k : k + 1] + local_cols, 0, width - 1)
         patch = tf.gather(source, src_rows, axis=1, batch_dims=1)
         patch = tf.gather(patch, src_cols, axis=2, batch_dims=1)
         in_rows = bottom if is_bottom else ~bottom

@@ -45,7 +45,16 @@ _SVHN_MEAN = (0.4377, 0.4438, 0.4728)
 _SVHN_STD = (0.198, 0.201, 0.197)
 
 CIFAR10_CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 # The digits test split is fixed once and for all (seed 0, 20%, stratified), independent of the
@@ -125,8 +134,7 @@ def load_dataset(
     tensorflow-datasets. `num_classes` applies to npz files only (default: largest label + 1).
     `val_size` None holds out `default_val_size(len(train))` images; `len(result.val)` says how many.
     """
-    info, train, test = _load_source(name, data_dir=data_dir, want_train=True, want_test=True,
-                                     num_classes=num_classes)
+    info, train, test = _load_source(name, data_dir=data_dir, want_train=True, want_test=True, num_classes=num_classes)
     if val_size is None:
         val_size = default_val_size(len(train))
     train, val = _hold_out(train, val_size=val_size, seed=seed, dataset=info.name)
@@ -145,16 +153,25 @@ def synthetic_splits(name: str, n: int, *, seed: int = 0) -> tuple[Splits, int]:
     if name not in TFDS_TRAIN_SIZES:
         raise UserError(f"no synthetic stand-in for dataset {name!r}; choose from {', '.join(TFDS_TRAIN_SIZES)}")
     classes = 100 if name == "cifar100" else 10
-    mean, std = {"cifar10": (_CIFAR10_MEAN, _CIFAR10_STD), "cifar100": (_CIFAR100_MEAN, _CIFAR100_STD),
-                 "svhn": (_SVHN_MEAN, _SVHN_STD)}[name]
+    mean, std = {
+        "cifar10": (_CIFAR10_MEAN, _CIFAR10_STD),
+        "cifar100": (_CIFAR100_MEAN, _CIFAR100_STD),
+        "svhn": (_SVHN_MEAN, _SVHN_STD),
+    }[name]
     info = DatasetInfo(
-        name=name, num_classes=classes,
+        name=name,
+        num_classes=classes,
         class_names=CIFAR10_CLASS_NAMES if name == "cifar10" else tuple(str(i) for i in range(classes)),
-        image_shape=_TFDS_SHAPES[name], mean=mean, std=std, allow_flip=name != "svhn",
+        image_shape=_TFDS_SHAPES[name],
+        mean=mean,
+        std=std,
+        allow_flip=name != "svhn",
     )
     rng = np.random.default_rng(seed)
-    train = Split(images=rng.integers(0, 256, (n, *info.image_shape), dtype=np.uint8),
-                  labels=rng.integers(0, classes, n).astype(np.int64))
+    train = Split(
+        images=rng.integers(0, 256, (n, *info.image_shape), dtype=np.uint8),
+        labels=rng.integers(0, classes, n).astype(np.int64),
+    )
     empty = Split(images=train.images[:0], labels=train.labels[:0])
     return Splits(info=info, train=train, val=empty, test=None), TFDS_TRAIN_SIZES[name]
 
@@ -177,13 +194,12 @@ def load_split(
     if split not in SPLIT_NAMES:
         raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLIT_NAMES)}")
     want_train = split != "test"
-    info, train, test = _load_source(name, data_dir=data_dir, want_train=want_train,
-                                     want_test=not want_train, num_classes=num_classes)
+    info, train, test = _load_source(
+        name, data_dir=data_dir, want_train=want_train, want_test=not want_train, num_classes=num_classes
+    )
     if split == "test":
         if test is None:
-            raise UserError(
-                f"{info.name} has no test split: use --split all (every image in the file) or --split val"
-            )
+            raise UserError(f"{info.name} has no test split: use --split all (every image in the file) or --split val")
         return info, test
     assert train is not None
     if split == "all":
@@ -210,8 +226,7 @@ def load_npz(path: str, *, num_classes: int | None = None) -> Split:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(
-            f"cannot read {path} as an npz archive ({_one_line(e)}): write it with "
-            "np.savez(path, image=..., label=...)"
+            f"cannot read {path} as an npz archive ({_one_line(e)}): write it with np.savez(path, image=..., label=...)"
         ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         # np.load also reads .npy files and returns a bare array.
@@ -284,7 +299,7 @@ def _load_source(
     if not isinstance(name, str):
         raise UserError(f"dataset name must be a string, got {name!r}")
     if name.startswith("npz:"):
-        return _load_npz_source(name[len("npz:"):], num_classes=num_classes)
+        return _load_npz_source(name[len("npz:") :], num_classes=num_classes)
     if num_classes is not None:
         raise UserError(f"the number of classes can only be set for npz:PATH datasets, not {name}")
     if name == "digits":
@@ -314,9 +329,7 @@ def _load_tfds(
     wanted = [s for s, want in (("train", want_train), ("test", want_test)) if want]
     splits: dict[str, Split] = {}
     try:
-        loaded, tfds_info = tfds.load(
-            tfds_name, split=wanted, as_supervised=True, data_dir=data_dir, with_info=True
-        )
+        loaded, tfds_info = tfds.load(tfds_name, split=wanted, as_supervised=True, data_dir=data_dir, with_info=True)
         for split_name, ds in zip(wanted, loaded):
             # Read in chunks and concatenate rather than `batch_size=-1`: that asks for a single batch
             # of `info.splits.total_num_examples` examples, which tfds's own `mock_data` leaves unset
@@ -407,9 +420,7 @@ def _load_npz_source(path: str, *, num_classes: int | None) -> tuple[DatasetInfo
     split = load_npz(path, num_classes=num_classes)
     k = num_classes if num_classes is not None else int(split.labels.max()) + 1
     if k < 2:
-        raise UserError(
-            f"{path}: every label is 0, so there is only one class: a classifier needs at least 2 classes"
-        )
+        raise UserError(f"{path}: every label is 0, so there is only one class: a classifier needs at least 2 classes")
     # Statistics over the whole file (not only the part left after the validation split) so they do
     # not depend on the validation seed.
     mean, std = _channel_stats(split.images, max_images=_NPZ_STATS_MAX_IMAGES)
@@ -471,7 +482,7 @@ def _channel_stats(images: np.ndarray, max_images: int | None = None) -> tuple[t
     total_sq = np.zeros(channels, np.float64)
     count = 0
     for start in range(0, idx.shape[0], _STATS_CHUNK):
-        chunk = images[idx[start:start + _STATS_CHUNK]].astype(np.float64) / 255.0
+        chunk = images[idx[start : start + _STATS_CHUNK]].astype(np.float64) / 255.0
         flat = chunk.reshape(-1, channels)
         total += flat.sum(axis=0)
         total_sq += np.square(flat).sum(axis=0)

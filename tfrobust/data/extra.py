@@ -41,7 +41,7 @@ import mmap
 import os
 import struct
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -158,7 +158,9 @@ def discover(paths: tuple[str, ...] | list[str]) -> list[str]:
         elif path.endswith(".npz") or path.endswith(_NPY_IMAGE_SUFFIX):
             files.append(path)
         elif path.endswith(_NPY_LABEL_SUFFIX):
-            raise UserError(f"{path} holds labels: give its images ({path[: -len(_NPY_LABEL_SUFFIX)]}{_NPY_IMAGE_SUFFIX})")
+            raise UserError(
+                f"{path} holds labels: give its images ({path[: -len(_NPY_LABEL_SUFFIX)]}{_NPY_IMAGE_SUFFIX})"
+            )
         else:
             raise UserError(
                 f"{path} is not extra data: give an .npz file (arrays image, label), a *image.npy file "
@@ -194,7 +196,8 @@ def open_extra_data(
         if info is not None and own != tuple(info.image_shape):
             hint = (
                 f" (it has {own[-1]} channels, the original data {info.image_shape[-1]})"
-                if own[:2] == tuple(info.image_shape[:2]) else ""
+                if own[:2] == tuple(info.image_shape[:2])
+                else ""
             )
             raise UserError(
                 f"{shard.path}: images are {'x'.join(map(str, own))} but {info.name} images are "
@@ -221,7 +224,9 @@ def open_extra_data(
     return ExtraData(shards=tuple(shards), image_shape=shape)  # type: ignore[arg-type]
 
 
-def read_member_chunks(path: str, key: str, rows_per_chunk: int) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
+def read_member_chunks(
+    path: str, key: str, rows_per_chunk: int
+) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
     """Streams one array of an npz file (compressed or not), `rows_per_chunk` rows at a time.
 
     For `tfrobust pack`: a compressed member cannot be memory-mapped, but it can be decompressed
@@ -235,7 +240,9 @@ def read_member_chunks(path: str, key: str, rows_per_chunk: int) -> tuple[tuple[
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise UserError(f"cannot read {key!r} from {path} (missing, truncated or corrupt: {_one_line(e)})") from None
     if fortran or dtype.hasobject:
-        raise UserError(f"{path}: {key!r} is {'Fortran-ordered' if fortran else 'an object array'}: save a plain C-ordered numeric array")
+        raise UserError(
+            f"{path}: {key!r} is {'Fortran-ordered' if fortran else 'an object array'}: save a plain C-ordered numeric array"
+        )
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if len(shape) > 0 else dtype.itemsize
 
     def chunks() -> Iterator[np.ndarray]:
@@ -324,7 +331,9 @@ def _map_npy(path: str) -> np.ndarray:
             shape, fortran, dtype = _read_npy_header(handle, version)
             offset = handle.tell()
     except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"cannot read {path} as a .npy array ({_one_line(e)}): the file is truncated or not an npy file") from None
+        raise UserError(
+            f"cannot read {path} as a .npy array ({_one_line(e)}): the file is truncated or not an npy file"
+        ) from None
     return _memmap(path, offset, shape, fortran, dtype, available=size - offset)
 
 
@@ -371,14 +380,17 @@ def _map_npz_member(path: str, key: str, *, required: bool) -> np.ndarray | None
             shape, fortran, dtype = _read_npy_header(handle, version)
             offset = handle.tell()
     except (OSError, ValueError, EOFError, struct.error) as e:
-        raise UserError(f"cannot read {key!r} from {path} (the file looks truncated or corrupt: {_one_line(e)})") from None
+        raise UserError(
+            f"cannot read {key!r} from {path} (the file looks truncated or corrupt: {_one_line(e)})"
+        ) from None
     # The member ends at start + file_size (its stored size): the array must fit in it and in the file.
     available = min(start + info.file_size, file_size) - offset
     return _memmap(path, offset, shape, fortran, dtype, available=available, what=f"{key!r} in {path}")
 
 
-def _memmap(path: str, offset: int, shape, fortran: bool, dtype: np.dtype, *, available: int,
-            what: str | None = None) -> np.ndarray:
+def _memmap(
+    path: str, offset: int, shape, fortran: bool, dtype: np.dtype, *, available: int, what: str | None = None
+) -> np.ndarray:
     what = what or path
     if dtype.hasobject:
         raise UserError(f"{what} is an object array (dtype object), which is not allowed: save a plain numeric array")
@@ -417,7 +429,7 @@ def _check_label_range(shard: Shard, num_classes: int | None) -> None:
     assert labels is not None
     low, high = None, None
     for start in range(0, labels.shape[0], _LABEL_SCAN_CHUNK):
-        chunk = np.asarray(labels[start:start + _LABEL_SCAN_CHUNK])
+        chunk = np.asarray(labels[start : start + _LABEL_SCAN_CHUNK])
         lo, hi = int(chunk.min()), int(chunk.max())
         low = lo if low is None else min(low, lo)
         high = hi if high is None else max(high, hi)

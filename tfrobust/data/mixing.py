@@ -77,7 +77,9 @@ def permutation_key(seed: int, stream: int, rotation: int) -> int:
     key = np.uint64(0)
     for part in (seed, stream, rotation):
         with np.errstate(over="ignore"):
-            key = _mix64(np.uint64(key) ^ (np.uint64(int(part) & 0xFFFF_FFFF_FFFF_FFFF) + np.uint64(0x9E3779B97F4A7C15)))
+            key = _mix64(
+                np.uint64(key) ^ (np.uint64(int(part) & 0xFFFF_FFFF_FFFF_FFFF) + np.uint64(0x9E3779B97F4A7C15))
+            )
     return int(key)
 
 
@@ -219,10 +221,14 @@ class MixedBatches:
         real_rows, generated_rows = plan.real * plan.repeats, plan.generated
         images, labels = [], []
         for k in range(plan.devices):
-            images += [real_images[k * real_rows:(k + 1) * real_rows],
-                       generated_images[k * generated_rows:(k + 1) * generated_rows]]
-            labels += [real_labels[k * real_rows:(k + 1) * real_rows],
-                       generated_labels[k * generated_rows:(k + 1) * generated_rows]]
+            images += [
+                real_images[k * real_rows : (k + 1) * real_rows],
+                generated_images[k * generated_rows : (k + 1) * generated_rows],
+            ]
+            labels += [
+                real_labels[k * real_rows : (k + 1) * real_rows],
+                generated_labels[k * generated_rows : (k + 1) * generated_rows],
+            ]
         return np.concatenate(images), np.concatenate(labels)
 
 
@@ -261,9 +267,7 @@ def mixed_train_dataset(
     if not 0.0 <= label_smoothing < 1.0:
         raise UserError(f"--extra-label-smoothing must be in [0, 1), got {label_smoothing}")
     if plan.real_per_batch > len(real):
-        raise UserError(
-            f"{plan.real_per_batch} original images per batch but the training split has only {len(real)}"
-        )
+        raise UserError(f"{plan.real_per_batch} original images per batch but the training split has only {len(real)}")
     if plan.generated and not extra.labelled:
         raise UserError("the extra data has no labels: label it first with tfrobust pseudolabel")
     if tuple(real.images.shape[1:]) != tuple(extra.image_shape):

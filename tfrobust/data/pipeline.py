@@ -15,7 +15,7 @@ captured tensor as a constant, which fails above 2 GB (about 700K 32x32x3 images
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -103,9 +103,7 @@ def train_dataset(
     n = len(split.labels)
     _check_batch_size(batch_size)
     if batch_size > n:
-        raise UserError(
-            f"batch size {batch_size} is larger than the training set ({n} images): lower --batch-size"
-        )
+        raise UserError(f"batch size {batch_size} is larger than the training set ({n} images): lower --batch-size")
     if steps_per_epoch < 1 or steps_per_epoch * batch_size > n:
         raise UserError(
             f"{steps_per_epoch} steps of {batch_size} images do not fit in one epoch of {n} images: "

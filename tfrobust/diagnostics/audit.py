@@ -46,7 +46,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -58,8 +59,13 @@ from tfrobust.attacks.pgd import pgd40_attack
 from tfrobust.attacks.square import Square
 from tfrobust.diagnostics.output import ReportDir, pyplot, text_table
 from tfrobust.errors import UserError
-from tfrobust.evaluation import (SQUARE_MASKING_THRESHOLD, attack_batches, check_randomized, fixed_layout_logits,
-                                 misclassified)
+from tfrobust.evaluation import (
+    SQUARE_MASKING_THRESHOLD,
+    attack_batches,
+    check_randomized,
+    fixed_layout_logits,
+    misclassified,
+)
 from tfrobust.numerics import full_float32, numerics_record
 from tfrobust.threat_model import resolve_threat_model
 
@@ -111,7 +117,9 @@ class AuditConfig:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         unknown = [c for c in self.checks if c not in CHECKS]
         if unknown or not self.checks:
-            raise UserError(f"unknown check {unknown[0] if unknown else '(none given)'!r}; choose from {', '.join(CHECKS)}")
+            raise UserError(
+                f"unknown check {unknown[0] if unknown else '(none given)'!r}; choose from {', '.join(CHECKS)}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,8 +131,9 @@ class _Runner:
     engine's single-attack runner (`evaluation.attack_batches`: batches in order, `evaluation.verify`,
     inside the ball and [0, 1] and misclassified in the fixed layout on a fresh forward pass)."""
 
-    def __init__(self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 batch_size: int, seed: int):
+    def __init__(
+        self, logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int
+    ):
         self.logits_fn = logits_fn
         self.predict = tf.function(logits_fn, reduce_retracing=True)
         self.images = images.astype(np.float32)
@@ -146,9 +155,17 @@ class _Runner:
         points already misclassified clean, which are never attacked.)"""
         fn = tf.function(lambda x, y, seed: attack(self.logits_fn, x, y, seed), reduce_retracing=True)
         out = np.zeros(len(self.images), bool)
-        results = attack_batches(fn, self.predict, self.images, self.onehot, np.flatnonzero(self.correct),
-                                 batch_size=self.batch_size, norm=norm, eps=eps,
-                                 seed=lambda b: tf.constant([self.seed, stream * 100_003 + b], tf.int64))
+        results = attack_batches(
+            fn,
+            self.predict,
+            self.images,
+            self.onehot,
+            np.flatnonzero(self.correct),
+            batch_size=self.batch_size,
+            norm=norm,
+            eps=eps,
+            seed=lambda b: tf.constant([self.seed, stream * 100_003 + b], tf.int64),
+        )
         for result in results:
             out[result.index] = result.broken
         return out
@@ -162,8 +179,9 @@ def _accuracy(mask: np.ndarray) -> float:
 # The checks
 
 
-def check_eps_sweep(runner: _Runner, *, norm: str, eps: float, config: AuditConfig,
-                    progress: Callable[[], None] = lambda: None) -> CheckResult:
+def check_eps_sweep(
+    runner: _Runner, *, norm: str, eps: float, config: AuditConfig, progress: Callable[[], None] = lambda: None
+) -> CheckResult:
     """Fig. 10(a): APGD-CE (1 restart × 100) robust accuracy against eps = multiple × eps."""
     multiples = sorted(set(float(m) for m in config.eps_multiples))
     base = APGD(norm, eps, "ce", n_iter=100, n_restarts=1)
@@ -184,16 +202,23 @@ def check_eps_sweep(runner: _Runner, *, norm: str, eps: float, config: AuditConf
     return CheckResult(
         name="eps_sweep",
         passed=bool(passed),
-        threshold=(f"APGD-CE accuracy at {multiples[-1]:g}×eps <= {100 * config.max_accuracy_at_largest_eps:g}% "
-                   f"and never rising by more than {100 * config.eps_rise_tolerance:g} points as eps grows"),
-        details={"attack": "APGD-CE, 1 restart x 100 iterations", "points": points,
-                 "accuracy_at_largest_eps": final, "largest_rise": largest_rise},
+        threshold=(
+            f"APGD-CE accuracy at {multiples[-1]:g}×eps <= {100 * config.max_accuracy_at_largest_eps:g}% "
+            f"and never rising by more than {100 * config.eps_rise_tolerance:g} points as eps grows"
+        ),
+        details={
+            "attack": "APGD-CE, 1 restart x 100 iterations",
+            "points": points,
+            "accuracy_at_largest_eps": final,
+            "largest_rise": largest_rise,
+        },
         measured=f"{100 * final:.2f}% at {multiples[-1]:g}×eps, largest rise {100 * largest_rise:.2f} points",
     )
 
 
-def check_steps_sweep(runner: _Runner, *, norm: str, eps: float, config: AuditConfig,
-                      progress: Callable[[], None] = lambda: None) -> CheckResult:
+def check_steps_sweep(
+    runner: _Runner, *, norm: str, eps: float, config: AuditConfig, progress: Callable[[], None] = lambda: None
+) -> CheckResult:
     """Fig. 10(b): APGD-CE robust accuracy at the model's eps against the number of iterations."""
     steps = sorted(set(int(k) for k in config.steps))
     base = APGD(norm, eps, "ce", n_iter=100, n_restarts=1)
@@ -206,16 +231,21 @@ def check_steps_sweep(runner: _Runner, *, norm: str, eps: float, config: AuditCo
     return CheckResult(
         name="steps_sweep",
         passed=bool(change <= config.steps_tolerance),
-        threshold=(f"APGD-CE accuracy changes by <= {100 * config.steps_tolerance:g} points between "
-                   f"{steps[-2]} and {steps[-1]} iterations"),
+        threshold=(
+            f"APGD-CE accuracy changes by <= {100 * config.steps_tolerance:g} points between "
+            f"{steps[-2]} and {steps[-1]} iterations"
+        ),
         details={"attack": "APGD-CE, 1 restart", "eps": eps, "points": points, "last_change": change},
-        measured=(f"{100 * points[-2]['robust_accuracy']:.2f}% -> {100 * points[-1]['robust_accuracy']:.2f}% "
-                  f"({100 * change:.2f} points)"),
+        measured=(
+            f"{100 * points[-2]['robust_accuracy']:.2f}% -> {100 * points[-1]['robust_accuracy']:.2f}% "
+            f"({100 * change:.2f} points)"
+        ),
     )
 
 
-def check_square(runner: _Runner, *, norm: str, eps: float, config: AuditConfig,
-                 progress: Callable[[], None] = lambda: None) -> CheckResult:
+def check_square(
+    runner: _Runner, *, norm: str, eps: float, config: AuditConfig, progress: Callable[[], None] = lambda: None
+) -> CheckResult:
     """Table 6: does gradient-free Square break points the gradient attacks (APGD-CE, APGD-T) left robust?"""
     num_classes = runner.onehot.shape[1]
     ce = APGD(norm, eps, "ce", n_iter=100, n_restarts=1)
@@ -234,8 +264,10 @@ def check_square(runner: _Runner, *, norm: str, eps: float, config: AuditConfig,
     return CheckResult(
         name="square_vs_gradient",
         passed=bool(fraction <= config.square_threshold),
-        threshold=(f"Square breaks <= {100 * config.square_threshold:g}% of the points that APGD-CE and "
-                   "APGD-T left robust (AutoAttack's check_square_sr)"),
+        threshold=(
+            f"Square breaks <= {100 * config.square_threshold:g}% of the points that APGD-CE and "
+            "APGD-T left robust (AutoAttack's check_square_sr)"
+        ),
         details={
             "clean_accuracy": _accuracy(runner.correct),
             "gradient_robust_accuracy": _accuracy(runner.correct & ~gradient),
@@ -253,7 +285,7 @@ def check_square(runner: _Runner, *, norm: str, eps: float, config: AuditConfig,
 
 def _unit(delta: np.ndarray, norm: str) -> np.ndarray:
     flat = delta.reshape(-1).astype(np.float64)
-    size = np.abs(flat).max() if norm == "linf" else np.sqrt((flat ** 2).sum())
+    size = np.abs(flat).max() if norm == "linf" else np.sqrt((flat**2).sum())
     return (delta / size).astype(np.float32) if size > 0 else np.zeros_like(delta)
 
 
@@ -270,8 +302,8 @@ def roughness(surface: np.ndarray) -> float:
 def landscape(runner: _Runner, index: int, *, norm: str, eps: float, config: AuditConfig) -> dict[str, Any]:
     """Fig. 11's surface for image `index`: margin z_y − max_{i≠y} z_i over x + α·u + β·v (clipped to
     [0, 1]), u = normalised PGD-40 perturbation, v = a unit-norm Rademacher direction."""
-    x = runner.images[index:index + 1]
-    y = runner.onehot[index:index + 1]
+    x = runner.images[index : index + 1]
+    y = runner.onehot[index : index + 1]
     seed = tf.constant([runner.seed, 90_000 + index], tf.int64)
     adv = pgd40_attack(norm, eps)(runner.logits_fn, tf.constant(x), tf.constant(y), seed).numpy()
     u = _unit(adv[0] - x[0], norm)
@@ -282,22 +314,31 @@ def landscape(runner: _Runner, index: int, *, norm: str, eps: float, config: Aud
     points = np.clip(x[0] + alphas[..., None, None, None] * u + betas[..., None, None, None] * v, 0.0, 1.0)
     points = points.reshape(-1, *x.shape[1:]).astype(np.float32)
     logits = runner.logits(points)
-    labels = np.repeat(runner.labels[index:index + 1], len(points))
+    labels = np.repeat(runner.labels[index : index + 1], len(points))
     surface = -np.asarray(margin_loss(tf.constant(logits), tf.constant(labels))).reshape(alphas.shape)
     delta = (points - x).reshape(len(points), -1).astype(np.float64)
-    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta**2).sum(1))
     inside = (size <= eps * (1 + 1e-6) + 1e-6).reshape(alphas.shape)
-    clean_margin = float(-np.asarray(margin_loss(tf.constant(runner.clean_logits[index:index + 1]),
-                                                 tf.constant(runner.labels[index:index + 1])))[0])
-    pgd_margin = float(-np.asarray(margin_loss(tf.constant(runner.logits(adv)), tf.constant(runner.labels[index:index + 1])))[0])
+    clean_margin = float(
+        -np.asarray(
+            margin_loss(
+                tf.constant(runner.clean_logits[index : index + 1]), tf.constant(runner.labels[index : index + 1])
+            )
+        )[0]
+    )
+    pgd_margin = float(
+        -np.asarray(margin_loss(tf.constant(runner.logits(adv)), tf.constant(runner.labels[index : index + 1])))[0]
+    )
     grid_adversarial = bool(np.any(inside & (surface < 0)))
     return {
         "index": int(index),
         "label": int(runner.labels[index]),
         "clean_margin": clean_margin,
         "pgd40_margin": pgd_margin,
-        "pgd40_step": {"alpha": float(np.abs(adv[0] - x[0]).max() if norm == "linf" else np.linalg.norm(adv[0] - x[0])),
-                       "beta": 0.0},
+        "pgd40_step": {
+            "alpha": float(np.abs(adv[0] - x[0]).max() if norm == "linf" else np.linalg.norm(adv[0] - x[0])),
+            "beta": 0.0,
+        },
         "grid_adversarial_in_ball": grid_adversarial,
         # Missed: correctly classified, PGD-40 found nothing, the grid found a misclassified point in the ball.
         "missed_by_pgd40": bool(clean_margin > 0 and pgd_margin > 0 and grid_adversarial),
@@ -309,8 +350,9 @@ def landscape(runner: _Runner, index: int, *, norm: str, eps: float, config: Aud
     }
 
 
-def check_landscape(runner: _Runner, *, norm: str, eps: float, config: AuditConfig,
-                    progress: Callable[[], None] = lambda: None) -> CheckResult:
+def check_landscape(
+    runner: _Runner, *, norm: str, eps: float, config: AuditConfig, progress: Callable[[], None] = lambda: None
+) -> CheckResult:
     """Fig. 11: loss landscapes of the first `landscape_images` points, with the two statistics of the
     module docstring (missed by PGD-40, roughness)."""
     count = min(config.landscape_images, len(runner.images))
@@ -323,14 +365,22 @@ def check_landscape(runner: _Runner, *, norm: str, eps: float, config: AuditConf
     return CheckResult(
         name="loss_landscape",
         passed=not missed and not rough,
-        threshold=(f"no image where the grid finds a misclassified point in the eps ball that PGD-40 missed, "
-                   f"and roughness (max second difference / range) <= {config.roughness_threshold:g}"),
-        details={"images": surfaces, "missed_by_pgd40": missed, "too_rough": rough,
-                 "max_roughness": max(s["roughness"] for s in surfaces),
-                 "grid": {"size": config.grid_size, "extent_in_eps": config.grid_extent},
-                 "directions": "u: PGD-40 (margin loss) perturbation / its norm; v: Rademacher / its norm"},
-        measured=(f"{len(missed)} of {count} images missed by PGD-40, max roughness "
-                  f"{max(s['roughness'] for s in surfaces):.3f}"),
+        threshold=(
+            f"no image where the grid finds a misclassified point in the eps ball that PGD-40 missed, "
+            f"and roughness (max second difference / range) <= {config.roughness_threshold:g}"
+        ),
+        details={
+            "images": surfaces,
+            "missed_by_pgd40": missed,
+            "too_rough": rough,
+            "max_roughness": max(s["roughness"] for s in surfaces),
+            "grid": {"size": config.grid_size, "extent_in_eps": config.grid_extent},
+            "directions": "u: PGD-40 (margin loss) perturbation / its norm; v: Rademacher / its norm",
+        },
+        measured=(
+            f"{len(missed)} of {count} images missed by PGD-40, max roughness "
+            f"{max(s['roughness'] for s in surfaces):.3f}"
+        ),
     )
 
 
@@ -401,27 +451,51 @@ def plot_landscapes(result: CheckResult, eps: float):
 # The command
 
 
-def run_checks(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, num_classes: int, norm: str,
-               eps: float, config: AuditConfig, progress: bool = False) -> tuple[list[CheckResult], list[str]]:
+def run_checks(
+    logits_fn: LogitsFn,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    norm: str,
+    eps: float,
+    config: AuditConfig,
+    progress: bool = False,
+) -> tuple[list[CheckResult], list[str]]:
     """Runs the configured checks on (images [N,H,W,C] in [0,1], labels [N]); returns (results, notes).
 
     With TensorFloat-32 off (`numerics.full_float32`), as every attack evaluation.
     """
     with full_float32():
-        return _run_checks(logits_fn, images, labels, num_classes=num_classes, norm=norm, eps=eps, config=config,
-                           progress=progress)
+        return _run_checks(
+            logits_fn, images, labels, num_classes=num_classes, norm=norm, eps=eps, config=config, progress=progress
+        )
 
 
-def _run_checks(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, num_classes: int, norm: str,
-                eps: float, config: AuditConfig, progress: bool) -> tuple[list[CheckResult], list[str]]:
+def _run_checks(
+    logits_fn: LogitsFn,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    norm: str,
+    eps: float,
+    config: AuditConfig,
+    progress: bool,
+) -> tuple[list[CheckResult], list[str]]:
     runner = _Runner(logits_fn, images, labels, num_classes, config.batch_size, config.seed)
     notes = []
-    randomised = check_randomized(runner.predict, tf.constant(images[:config.batch_size]),
-                                  runner.clean_logits[:config.batch_size])
+    randomised = check_randomized(
+        runner.predict, tf.constant(images[: config.batch_size]), runner.clean_logits[: config.batch_size]
+    )
     if randomised:
         notes.append(randomised)
-    units = {"eps": len(set(config.eps_multiples)), "steps": len(set(config.steps)), "square": 3,
-             "landscape": min(config.landscape_images, len(images))}
+    units = {
+        "eps": len(set(config.eps_multiples)),
+        "steps": len(set(config.steps)),
+        "square": 3,
+        "landscape": min(config.landscape_images, len(images)),
+    }
     bar = keras.utils.Progbar(sum(units[c] for c in config.checks), unit_name="step") if progress else None
     done = [0]
 
@@ -430,16 +504,23 @@ def _run_checks(logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, *, 
         if bar is not None:
             bar.update(done[0])
 
-    functions = {"eps": check_eps_sweep, "steps": check_steps_sweep, "square": check_square,
-                 "landscape": check_landscape}
+    functions = {
+        "eps": check_eps_sweep,
+        "steps": check_steps_sweep,
+        "square": check_square,
+        "landscape": check_landscape,
+    }
     # Every sweep point is a new attack configuration, hence a new trace by design: TensorFlow's
     # "excessive retracing" warning would only be noise here.
     logger = tf.get_logger()
     level = logger.level
     logger.setLevel("ERROR")
     try:
-        results = [functions[name](runner, norm=norm, eps=eps, config=config, progress=tick)
-                   for name in CHECKS if name in config.checks]
+        results = [
+            functions[name](runner, norm=norm, eps=eps, config=config, progress=tick)
+            for name in CHECKS
+            if name in config.checks
+        ]
     finally:
         logger.setLevel(level)
     return results, notes
@@ -464,7 +545,9 @@ class AuditSettings:
     eps: float | None = None
     n_examples: int = 200
     overwrite: bool = False
-    trust_model: bool = False  # run the model without `tfrobust.inspection` (`export.load_model`); audit.json records it
+    trust_model: bool = (
+        False  # run the model without `tfrobust.inspection` (`export.load_model`); audit.json records it
+    )
 
 
 def run_audit(settings: AuditSettings) -> dict[str, Any]:
@@ -483,16 +566,29 @@ def _run_audit(settings: AuditSettings) -> dict[str, Any]:
         raise UserError(f"--n-examples must be >= 1, got {settings.n_examples}")
     model = load_model(settings.model_path, trust_model=settings.trust_model)
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
-    info, split = load_split(dataset, settings.split, val_size=training.get("val_size", 1024),
-                             seed=training.get("seed", 0), data_dir=settings.data_dir or training.get("data_dir"))
+    info, split = load_split(
+        dataset,
+        settings.split,
+        val_size=training.get("val_size", 1024),
+        seed=training.get("seed", 0),
+        data_dir=settings.data_dir or training.get("data_dir"),
+    )
     n = min(settings.n_examples, len(split))
     images = split.images[:n].astype(np.float32) / 255.0
     labels = split.labels[:n]
     # Opened once the inputs are known to be usable, before the long work: a refusal comes at once.
     folder = ReportDir(settings.out, command="audit", overwrite=settings.overwrite)
     start = time.time()
-    results, notes = run_checks(model.logits, images, labels, num_classes=info.num_classes, norm=norm, eps=eps,
-                                config=settings.config, progress=True)
+    results, notes = run_checks(
+        model.logits,
+        images,
+        labels,
+        num_classes=info.num_classes,
+        norm=norm,
+        eps=eps,
+        config=settings.config,
+        progress=True,
+    )
     for result in results:
         if result.name == "eps_sweep":
             folder.save_figure("eps_sweep.png", plot_eps(result, eps))
@@ -515,17 +611,37 @@ def _run_audit(settings: AuditSettings) -> dict[str, Any]:
         "config": dataclasses.asdict(settings.config),
         "seconds": round(time.time() - start, 1),
         "numerics": numerics_record(),
-        "caveat": ("a flagged check is evidence of gradient masking (or of too weak an attack) on these points; "
-                   "passing every check does not prove robustness"),
+        "caveat": (
+            "a flagged check is evidence of gradient masking (or of too weak an attack) on these points; "
+            "passing every check does not prove robustness"
+        ),
     }
     folder.write_json("audit.json", report)
     table = verdict_table(results)
     head = f"{model.path}  {info.name}/{settings.split}  n={n}  {norm} eps={eps:.5g}"
-    folder.write_text("audit.md", "\n".join([
-        "# Gradient-masking audit", "", head, "", "```", table, "```", "",
-        f"Overall: {'no check flagged' if report['passed'] else 'FLAGGED'}. {report['caveat']}.", "",
-        *[f"- note: {note}" for note in notes],
-        *[f"![{name}]({name}.png)" for name in ("eps_sweep", "steps_sweep", "loss_landscape")
-          if f"{name}.png" in folder.files], ""]))
+    folder.write_text(
+        "audit.md",
+        "\n".join(
+            [
+                "# Gradient-masking audit",
+                "",
+                head,
+                "",
+                "```",
+                table,
+                "```",
+                "",
+                f"Overall: {'no check flagged' if report['passed'] else 'FLAGGED'}. {report['caveat']}.",
+                "",
+                *[f"- note: {note}" for note in notes],
+                *[
+                    f"![{name}]({name}.png)"
+                    for name in ("eps_sweep", "steps_sweep", "loss_landscape")
+                    if f"{name}.png" in folder.files
+                ],
+                "",
+            ]
+        ),
+    )
     folder.finish()
     return {"report": report, "table": f"{head}\n{table}", "files": [folder.path(f) for f in folder.files]}

@@ -56,8 +56,7 @@ def preview_grid(
     layer = build_augmentation(names, image_shape=info.image_shape, allow_flip=info.allow_flip)
     rows = [("original", images.numpy(), labels.numpy())]
     for draw in range(draws):
-        out_batch = layer({"images": images, "labels": labels}, training=True,
-                          seed=tf.constant([seed, draw], tf.int64))
+        out_batch = layer({"images": images, "labels": labels}, training=True, seed=tf.constant([seed, draw], tf.int64))
         rows.append((f"{format_aug(names)} #{draw + 1}", out_batch["images"].numpy(), out_batch["labels"].numpy()))
 
     cols = len(index)
@@ -66,8 +65,13 @@ def preview_grid(
         for c in range(cols):
             ax = axes[r][c]
             picture = np.clip(pictures[c], 0.0, 1.0)
-            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray" if picture.shape[-1] == 1 else None,
-                      vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.imshow(
+                picture[..., 0] if picture.shape[-1] == 1 else picture,
+                cmap="gray" if picture.shape[-1] == 1 else None,
+                vmin=0.0,
+                vmax=1.0,
+                interpolation="nearest",
+            )
             ax.set_title(_label_text(soft[c], info.class_names), fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -38,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -73,26 +74,31 @@ def model_extractor(path: str, *, trust_model: bool = False) -> Extractor:
 
     model = load_model(path, trust_model=trust_model)
     if model.features is None:
-        raise UserError(f"{path} exposes no penultimate features (no 'features' endpoint, or no final Dense layer): "
-                        "re-export it with this tfrobust version (tfrobust export RUN_DIR), or give a .keras "
-                        "classifier ending in a Dense layer")
+        raise UserError(
+            f"{path} exposes no penultimate features (no 'features' endpoint, or no final Dense layer): "
+            "re-export it with this tfrobust version (tfrobust export RUN_DIR), or give a .keras "
+            "classifier ending in a Dense layer"
+        )
     layer = model.metadata.get("features", {}).get("layer", "final Dense")
-    return Extractor(f"{model.path} (input of layer {layer!r})",
-                     lambda images: np.asarray(model.features(tf.constant(images, tf.float32))).reshape(len(images), -1),
-                     model.metadata)
+    return Extractor(
+        f"{model.path} (input of layer {layer!r})",
+        lambda images: np.asarray(model.features(tf.constant(images, tf.float32))).reshape(len(images), -1),
+        model.metadata,
+    )
 
 
 def embed(images: np.ndarray, extractor: Extractor, batch_size: int, bar: Any = None) -> np.ndarray:
     out = []
     for start in range(0, len(images), batch_size):
-        out.append(np.asarray(extractor.fn(images[start:start + batch_size]), np.float64))
+        out.append(np.asarray(extractor.fn(images[start : start + batch_size]), np.float64))
         if bar is not None:
             bar.add(1)
     return np.concatenate(out)
 
 
-def project(train: np.ndarray, test: np.ndarray, others: list[np.ndarray], dims: int,
-            seed: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], int]:
+def project(
+    train: np.ndarray, test: np.ndarray, others: list[np.ndarray], dims: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], int]:
     """PCA fitted on train+test features (App. D: "top-100 PCA components"), applied to all."""
     from sklearn.decomposition import PCA
 
@@ -124,8 +130,7 @@ def _row(sources: np.ndarray, names: tuple[str, ...]) -> dict[str, Any]:
     counts = {name: int((sources == i).sum()) for i, name in enumerate(names)}
     total = max(len(sources), 1)
     proportions = {name: counts[name] / total for name in names}
-    return {"counts": counts, "proportions": proportions,
-            "entropy_nats": entropy(np.array(list(proportions.values())))}
+    return {"counts": counts, "proportions": proportions, "entropy_nats": entropy(np.array(list(proportions.values())))}
 
 
 def neighbour_statistics(train: np.ndarray, test: np.ndarray, samples: np.ndarray) -> dict[str, Any]:
@@ -146,8 +151,17 @@ def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(labels.astype(np.int64), minlength=num_classes)[:num_classes].tolist()
 
 
-def augmented_set(images: np.ndarray, labels: np.ndarray, *, aug: str, image_shape, allow_flip: bool,
-                  num_classes: int, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def augmented_set(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    aug: str,
+    image_shape,
+    allow_flip: bool,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Applies the augmentation chain `aug` (as training does) to uint8 images; returns float images in
     [0, 1] and the dominant class of each (soft) label."""
     import tensorflow as tf
@@ -157,28 +171,45 @@ def augmented_set(images: np.ndarray, labels: np.ndarray, *, aug: str, image_sha
     names = parse_aug(aug)
     # Per-example mixing draws: the statistics are per sample, and independent samples measure the
     # augmentation's distribution (training draws once per device batch by default, same marginals).
-    layer = build_augmentation(names, image_shape=image_shape, allow_flip=allow_flip,
-                               options=mixing_options(names, draws="example"))
+    layer = build_augmentation(
+        names, image_shape=image_shape, allow_flip=allow_flip, options=mixing_options(names, draws="example")
+    )
     out_images, out_labels = [], []
     for b, start in enumerate(range(0, len(images), batch_size)):
-        batch = {"images": tf.constant(images[start:start + batch_size], tf.float32) / 255.0,
-                 "labels": tf.one_hot(labels[start:start + batch_size], num_classes)}
+        batch = {
+            "images": tf.constant(images[start : start + batch_size], tf.float32) / 255.0,
+            "labels": tf.one_hot(labels[start : start + batch_size], num_classes),
+        }
         result = layer(batch, training=True, seed=tf.constant([seed, b], tf.int64))
         out_images.append(np.clip(result["images"].numpy(), 0.0, 1.0))
         out_labels.append(result["labels"].numpy().argmax(-1))
     return np.concatenate(out_images).astype(np.float32), np.concatenate(out_labels)
 
 
-def diversity(train: np.ndarray, test: np.ndarray, samples: np.ndarray, extractor: Extractor, *,
-              pca_dims: int = 100, batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+def diversity(
+    train: np.ndarray,
+    test: np.ndarray,
+    samples: np.ndarray,
+    extractor: Extractor,
+    *,
+    pca_dims: int = 100,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Nearest-neighbour statistics of `samples` against `train` and `test` (all float images in [0, 1])."""
     steps = sum(math.ceil(len(a) / batch_size) for a in (train, test, samples))
     bar = keras.utils.Progbar(steps, unit_name="batch") if progress else None
     features = [embed(a, extractor, batch_size, bar) for a in (train, test, samples)]
     train_p, test_p, (set_p,), dims = project(features[0], features[1], [features[2]], pca_dims, seed)
     stats = neighbour_statistics(train_p, test_p, set_p)
-    return {"extractor": extractor.name, "feature_size": int(features[0].shape[1]), "pca_components": dims,
-            "n": {"train": len(train), "test": len(test), "set": len(samples)}, **stats}
+    return {
+        "extractor": extractor.name,
+        "feature_size": int(features[0].shape[1]),
+        "pca_components": dims,
+        "n": {"train": len(train), "test": len(test), "set": len(samples)},
+        **stats,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,8 +244,15 @@ def _table(result: dict[str, Any], set_name: str) -> str:
         p = result["baselines"][name]["proportions"]
         rows.append([f"{name} (original data)", _percent(p["train"]), _percent(p["test"]), "-", "-"])
     p = result["set"]["proportions"]
-    rows.append([set_name, _percent(p["train"]), _percent(p["test"]), _percent(p["self"]),
-                 f"{result['set']['entropy_nats']:.2f}"])
+    rows.append(
+        [
+            set_name,
+            _percent(p["train"]),
+            _percent(p["test"]),
+            _percent(p["self"]),
+            f"{result['set']['entropy_nats']:.2f}",
+        ]
+    )
     return text_table(["setup", "train", "test", "self", "entropy (nats)"], rows)
 
 
@@ -222,8 +260,11 @@ def plot_diversity(result: dict[str, Any], set_name: str, class_names: list[str]
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     setups = ["train (original)", "test (original)", set_name]
-    shares = [result["baselines"]["train"]["proportions"], result["baselines"]["test"]["proportions"],
-              result["set"]["proportions"]]
+    shares = [
+        result["baselines"]["train"]["proportions"],
+        result["baselines"]["test"]["proportions"],
+        result["set"]["proportions"],
+    ]
     left = np.zeros(len(setups))
     for source, colour in zip(SOURCES, ("tab:blue", "tab:orange", "tab:green")):
         values = np.array([100 * s.get(source, 0.0) for s in shares])
@@ -256,31 +297,41 @@ def run_diversity(settings: DiversitySettings) -> dict[str, Any]:
         raise UserError(f"--set takes npz:PATH, got {settings.set_path!r}")
     if settings.n < 2 or settings.pca_dims < 1 or settings.batch_size < 1:
         raise UserError("--n must be >= 2, --pca-dims and --batch-size >= 1")
-    extractor = (pixel_extractor() if settings.extractor == PIXELS
-                 else model_extractor(settings.extractor, trust_model=settings.trust_model))
+    extractor = (
+        pixel_extractor()
+        if settings.extractor == PIXELS
+        else model_extractor(settings.extractor, trust_model=settings.trust_model)
+    )
     classifier = load_model(settings.classifier, trust_model=settings.trust_model) if settings.classifier else None
-    dataset = (settings.dataset or (classifier.metadata if classifier else {}).get("dataset", {}).get("name")
-               or extractor.metadata.get("dataset", {}).get("name"))
+    dataset = (
+        settings.dataset
+        or (classifier.metadata if classifier else {}).get("dataset", {}).get("name")
+        or extractor.metadata.get("dataset", {}).get("name")
+    )
     if dataset is None:
         raise UserError("give --dataset (no model with tfrobust metadata to take it from)")
     info, train_split = load_split(dataset, "train", val_size=0, data_dir=settings.data_dir)
     if settings.test_path is not None:
         if not settings.test_path.startswith("npz:"):
             raise UserError(f"--test takes npz:PATH, got {settings.test_path!r}")
-        test_split = load_npz(settings.test_path[len("npz:"):], num_classes=info.num_classes)
+        test_split = load_npz(settings.test_path[len("npz:") :], num_classes=info.num_classes)
         if tuple(test_split.images.shape[1:]) != tuple(info.image_shape):
-            raise UserError(f"the --test images are {list(test_split.images.shape[1:])} but {info.name}'s are "
-                            f"{list(info.image_shape)}")
+            raise UserError(
+                f"the --test images are {list(test_split.images.shape[1:])} but {info.name}'s are "
+                f"{list(info.image_shape)}"
+            )
     else:
         _, test_split = load_split(dataset, "test", data_dir=settings.data_dir)
 
     rng = np.random.default_rng(settings.seed)
     if settings.set_path is not None:
-        candidate = load_npz(settings.set_path[len("npz:"):], num_classes=info.num_classes)
+        candidate = load_npz(settings.set_path[len("npz:") :], num_classes=info.num_classes)
         if tuple(candidate.images.shape[1:]) != tuple(info.image_shape):
-            raise UserError(f"the set's images are {list(candidate.images.shape[1:])} but {info.name}'s are "
-                            f"{list(info.image_shape)}")
-        set_size, set_name = len(candidate), os.path.basename(settings.set_path[len("npz:"):])
+            raise UserError(
+                f"the set's images are {list(candidate.images.shape[1:])} but {info.name}'s are "
+                f"{list(info.image_shape)}"
+            )
+        set_size, set_name = len(candidate), os.path.basename(settings.set_path[len("npz:") :])
     else:
         candidate, set_size, set_name = None, len(train_split), f"aug {settings.aug}"
     n = min(settings.n, len(train_split), len(test_split), set_size)
@@ -299,39 +350,85 @@ def run_diversity(settings: DiversitySettings) -> dict[str, Any]:
         # module docstring for why the sources are the reference images).
         source = rng.permutation(train_index)
         samples, set_labels = augmented_set(
-            train_split.images[source], train_split.labels[source], aug=settings.aug, image_shape=info.image_shape,
-            allow_flip=info.allow_flip, num_classes=info.num_classes, batch_size=settings.batch_size,
-            seed=settings.seed)
+            train_split.images[source],
+            train_split.labels[source],
+            aug=settings.aug,
+            image_shape=info.image_shape,
+            allow_flip=info.allow_flip,
+            num_classes=info.num_classes,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+        )
     folder = ReportDir(settings.out, command="diversity", overwrite=settings.overwrite)
-    result = diversity(train, test, samples, extractor, pca_dims=settings.pca_dims, batch_size=settings.batch_size,
-                       seed=settings.seed, progress=True)
+    result = diversity(
+        train,
+        test,
+        samples,
+        extractor,
+        pca_dims=settings.pca_dims,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        progress=True,
+    )
     quality: dict[str, Any] = {"set_class_counts": class_counts(set_labels, info.num_classes)}
     if classifier is not None:
         import tensorflow as tf
 
         def predict(images: np.ndarray) -> np.ndarray:
-            return np.concatenate([np.asarray(classifier.logits(tf.constant(images[i:i + settings.batch_size]))).argmax(-1)
-                                   for i in range(0, len(images), settings.batch_size)])
+            return np.concatenate(
+                [
+                    np.asarray(classifier.logits(tf.constant(images[i : i + settings.batch_size]))).argmax(-1)
+                    for i in range(0, len(images), settings.batch_size)
+                ]
+            )
 
         predicted = predict(samples)
-        quality.update({
-            "classifier": classifier.path,
-            "label_agreement": float((predicted == set_labels).mean()),
-            "classifier_test_accuracy": float((predict(test) == test_split.labels[test_index]).mean()),
-            "classifier_class_counts": class_counts(predicted, info.num_classes),
-        })
-    result = {"dataset": info.name, "set": set_name, "seed": settings.seed, "trust_model": settings.trust_model,
-              **result, "quality": quality,
-              "entropy_unit": "nats (natural logarithm, as Table 1); maximum ln 3 = 1.099"}
+        quality.update(
+            {
+                "classifier": classifier.path,
+                "label_agreement": float((predicted == set_labels).mean()),
+                "classifier_test_accuracy": float((predict(test) == test_split.labels[test_index]).mean()),
+                "classifier_class_counts": class_counts(predicted, info.num_classes),
+            }
+        )
+    result = {
+        "dataset": info.name,
+        "set": set_name,
+        "seed": settings.seed,
+        "trust_model": settings.trust_model,
+        **result,
+        "quality": quality,
+        "entropy_unit": "nats (natural logarithm, as Table 1); maximum ln 3 = 1.099",
+    }
     folder.write_json("diversity.json", result)
     folder.save_figure("diversity.png", plot_diversity(result, set_name, list(info.class_names)))
     table = _table(result, set_name)
-    lines = [f"extractor: {result['extractor']} (the paper: LPIPS-VGG); PCA {result['pca_components']} components "
-             f"fitted on train+test; n = {n} each", table]
+    lines = [
+        f"extractor: {result['extractor']} (the paper: LPIPS-VGG); PCA {result['pca_components']} components "
+        f"fitted on train+test; n = {n} each",
+        table,
+    ]
     if "label_agreement" in quality:
-        lines.append(f"label agreement with {quality['classifier']}: {_percent(quality['label_agreement'])} "
-                     f"(its accuracy on the test sample: {_percent(quality['classifier_test_accuracy'])})")
-    folder.write_text("diversity.md", "\n".join(["# Nearest-neighbour diversity", "", f"{info.name}, set: {set_name}",
-                                                  "", "```", *lines, "```", "", "![diversity](diversity.png)", ""]))
+        lines.append(
+            f"label agreement with {quality['classifier']}: {_percent(quality['label_agreement'])} "
+            f"(its accuracy on the test sample: {_percent(quality['classifier_test_accuracy'])})"
+        )
+    folder.write_text(
+        "diversity.md",
+        "\n".join(
+            [
+                "# Nearest-neighbour diversity",
+                "",
+                f"{info.name}, set: {set_name}",
+                "",
+                "```",
+                *lines,
+                "```",
+                "",
+                "![diversity](diversity.png)",
+                "",
+            ]
+        ),
+    )
     folder.finish()
     return {"report": result, "table": "\n".join(lines), "files": [folder.path(f) for f in folder.files]}

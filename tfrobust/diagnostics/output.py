@@ -36,12 +36,16 @@ class ReportDir:
         entries = os.listdir(path) if os.path.isdir(path) else []
         if entries:
             if not overwrite:
-                raise UserError(f"--out {path} exists and is not empty: choose another --out, or pass --overwrite "
-                                "to replace the report in it")
+                raise UserError(
+                    f"--out {path} exists and is not empty: choose another --out, or pass --overwrite "
+                    "to replace the report in it"
+                )
             manifest = os.path.join(path, MANIFEST)
             if not os.path.isfile(manifest):
-                raise UserError(f"--out {path} holds files that no tfrobust report wrote (no {MANIFEST}); "
-                                "--overwrite only replaces a previous report: choose another --out")
+                raise UserError(
+                    f"--out {path} holds files that no tfrobust report wrote (no {MANIFEST}); "
+                    "--overwrite only replaces a previous report: choose another --out"
+                )
             try:
                 with open(manifest) as handle:
                     previous = json.load(handle)
@@ -96,8 +100,12 @@ class ReportDir:
 
     def finish(self) -> None:
         """Writes the manifest: the list of files this report owns (what a later --overwrite may delete)."""
-        write_json_atomic(os.path.join(self.root, MANIFEST), {"command": self.command, "files": self._written},
-                          indent=2, sort_keys=False)
+        write_json_atomic(
+            os.path.join(self.root, MANIFEST),
+            {"command": self.command, "files": self._written},
+            indent=2,
+            sort_keys=False,
+        )
 
 
 def pyplot():

@@ -115,8 +115,7 @@ def read_run(path: str, name: str | None = None) -> RunRecord:
             raise UserError(f"unreadable {summary_path}: expected a JSON object, got {type(summary).__name__}")
     examples = epoch_examples_from_checkpoint(os.path.join(path, CHECKPOINT_NAME))
     note = None if examples else "no checkpoint.npz with the samples per epoch: schedule curves left out"
-    return RunRecord(name or os.path.basename(os.path.normpath(path)), path, config, columns, summary, examples,
-                     note)
+    return RunRecord(name or os.path.basename(os.path.normpath(path)), path, config, columns, summary, examples, note)
 
 
 def schedule_curves(config: dict[str, Any], epoch_examples: int) -> dict[str, np.ndarray]:
@@ -131,8 +130,12 @@ def schedule_curves(config: dict[str, Any], epoch_examples: int) -> dict[str, np
 
     batch = int(config["batch_size"])
     schedule = training_schedule(
-        peak=float(config["learning_rate"]), warmup_epochs=int(config["warmup_epochs"]),
-        epochs=int(config["epochs"]), epoch_examples=epoch_examples, batch_size=batch, kind=config["schedule"],
+        peak=float(config["learning_rate"]),
+        warmup_epochs=int(config["warmup_epochs"]),
+        epochs=int(config["epochs"]),
+        epoch_examples=epoch_examples,
+        batch_size=batch,
+        kind=config["schedule"],
     )
     steps = np.arange(steps_after_epochs(int(config["epochs"]), epoch_examples, batch), dtype=np.int64)
     return {
@@ -151,9 +154,13 @@ def run_numbers(run: RunRecord) -> dict[str, Any]:
     cols = run.columns
     epochs = run.epochs_done
     select_on = "val_avg_clean_accuracy" if run.config.get("loss") == "standard" else "val_avg_pgd40_accuracy"
-    out: dict[str, Any] = {"epochs_logged": int(epochs.max()) if epochs.size else 0,
-                           "epochs_configured": run.config.get("epochs"), "select_on": select_on,
-                           "last": None, "best": None}
+    out: dict[str, Any] = {
+        "epochs_logged": int(epochs.max()) if epochs.size else 0,
+        "epochs_configured": run.config.get("epochs"),
+        "select_on": select_on,
+        "last": None,
+        "best": None,
+    }
     if select_on not in cols:
         return out
     validated = np.flatnonzero(_finite(cols[select_on]))
@@ -226,8 +233,14 @@ def plot_schedules(runs: list[RunRecord]):
         if drawn:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no run with a checkpoint\n(samples per epoch unknown)", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "no run with a checkpoint\n(samples per epoch unknown)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
     fig.tight_layout()
     return fig
 
@@ -244,8 +257,14 @@ def plot_training(runs: list[RunRecord]):
             axes[0].plot(epochs, run.columns["loss"], color=colour, marker=".", label=run.name)
         for key, style in (("clean_accuracy", "--"), ("adv_accuracy", "-")):
             if key in run.columns:
-                axes[1].plot(epochs, 100 * run.columns[key], style, color=colour, marker=".",
-                             label=f"{run.name} ({key.split('_')[0]})")
+                axes[1].plot(
+                    epochs,
+                    100 * run.columns[key],
+                    style,
+                    color=colour,
+                    marker=".",
+                    label=f"{run.name} ({key.split('_')[0]})",
+                )
     axes[0].set_title("training loss")
     axes[1].set_title("training accuracy (clean dashed, adversarial solid)")
     axes[1].set_ylabel("accuracy (%)")
@@ -263,17 +282,33 @@ def _pct(value: float | None) -> str:
 
 
 def _rows(runs: list[RunRecord], numbers: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "epochs", "best epoch", "best avg clean", "best avg PGD-40", "last avg clean",
-              "last avg PGD-40", "last raw clean", "last raw PGD-40"]
+    header = [
+        "run",
+        "epochs",
+        "best epoch",
+        "best avg clean",
+        "best avg PGD-40",
+        "last avg clean",
+        "last avg PGD-40",
+        "last raw clean",
+        "last raw PGD-40",
+    ]
     rows = []
     for run, n in zip(runs, numbers):
         best, last = n["best"] or {}, n["last"] or {}
-        rows.append([
-            run.name, f"{n['epochs_logged']}/{n['epochs_configured']}", str(best.get("epoch", "—")),
-            _pct(best.get("val_avg_clean_accuracy")), _pct(best.get("val_avg_pgd40_accuracy")),
-            _pct(last.get("val_avg_clean_accuracy")), _pct(last.get("val_avg_pgd40_accuracy")),
-            _pct(last.get("val_raw_clean_accuracy")), _pct(last.get("val_raw_pgd40_accuracy")),
-        ])
+        rows.append(
+            [
+                run.name,
+                f"{n['epochs_logged']}/{n['epochs_configured']}",
+                str(best.get("epoch", "—")),
+                _pct(best.get("val_avg_clean_accuracy")),
+                _pct(best.get("val_avg_pgd40_accuracy")),
+                _pct(last.get("val_avg_clean_accuracy")),
+                _pct(last.get("val_avg_pgd40_accuracy")),
+                _pct(last.get("val_raw_clean_accuracy")),
+                _pct(last.get("val_raw_pgd40_accuracy")),
+            ]
+        )
     return header, rows
 
 
@@ -291,14 +326,24 @@ def build_report(run_dirs: list[str], out: str, *, overwrite: bool = False) -> d
     folder.save_figure("training.png", plot_training(runs))
     header, rows = _rows(runs, numbers)
 
-    lines = ["# Training report", "",
-             "Validation accuracy on the held-out training images (model selection's split, never the test "
-             "set); PGD-40 is model selection's attack (margin loss, Adam, Rebuffi et al. 2021 Sec. 6.1). "
-             "`best` is the epoch the run's selection metric picked; `avg` the weight average, `raw` the "
-             "raw weights.", "", markdown_table(header, rows), "",
-             "![validation accuracy](accuracy.png)", "", "![learning rate and EMA decay](schedules.png)", "",
-             "![training loss and accuracy](training.png)", ""]
-    for run, n in zip(runs, numbers):
+    lines = [
+        "# Training report",
+        "",
+        "Validation accuracy on the held-out training images (model selection's split, never the test "
+        "set); PGD-40 is model selection's attack (margin loss, Adam, Rebuffi et al. 2021 Sec. 6.1). "
+        "`best` is the epoch the run's selection metric picked; `avg` the weight average, `raw` the "
+        "raw weights.",
+        "",
+        markdown_table(header, rows),
+        "",
+        "![validation accuracy](accuracy.png)",
+        "",
+        "![learning rate and EMA decay](schedules.png)",
+        "",
+        "![training loss and accuracy](training.png)",
+        "",
+    ]
+    for run, _n in zip(runs, numbers):
         lines += [f"## {run.name}", "", f"Run directory: `{os.path.abspath(run.path)}`", ""]
         if run.summary and run.summary.get("export"):
             lines += [f"Exported model: `{run.summary['export']}`", ""]
@@ -311,8 +356,15 @@ def build_report(run_dirs: list[str], out: str, *, overwrite: bool = False) -> d
     folder.write_text("report.md", "\n".join(lines))
     report = {
         "runs": [
-            {"name": run.name, "path": os.path.abspath(run.path), "epoch_examples": run.epoch_examples,
-             "note": run.note, "config": run.config, "summary": run.summary, **n}
+            {
+                "name": run.name,
+                "path": os.path.abspath(run.path),
+                "epoch_examples": run.epoch_examples,
+                "note": run.note,
+                "config": run.config,
+                "summary": run.summary,
+                **n,
+            }
             for run, n in zip(runs, numbers)
         ],
     }

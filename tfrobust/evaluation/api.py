@@ -56,9 +56,9 @@ from tfrobust.evaluation.versions import (
 )
 from tfrobust.export import (
     LoadedModel,
-    warn_if_probabilities,
     check_input_range,
     load_model,
+    warn_if_probabilities,
 )
 from tfrobust.numerics import full_float32
 from tfrobust.threat_model import model_threat_model
@@ -114,16 +114,25 @@ class Evaluation:
         return self.result.adversarial
 
 
-def check_options(*, attack: AttackLike, batch_size: int, report: str | None = None, save_examples: str | None = None,
-                  n_examples: int | None = None, eot_iter: int | None = None, report_format: str = "json",
-                  flag: Callable[[str], str] = str) -> None:
+def check_options(
+    *,
+    attack: AttackLike,
+    batch_size: int,
+    report: str | None = None,
+    save_examples: str | None = None,
+    n_examples: int | None = None,
+    eot_iter: int | None = None,
+    report_format: str = "json",
+    flag: Callable[[str], str] = str,
+) -> None:
     """Raises `UserError` for an unknown cascade or attack (`versions.resolve_attack`), a batch size, example
     count or EOT count below 1, an unknown report format, an existing report, examples file or RobustBench
     entry (never overwritten), or an examples path not ending in .npz. `flag` names an option in the
     messages (the command line's `--batch-size`, the API's `batch_size`)."""
     resolve_attack(attack)
-    if eot_iter is not None and (isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer))
-                                 or eot_iter < 1):
+    if eot_iter is not None and (
+        isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer)) or eot_iter < 1
+    ):
         raise UserError(f"{flag('eot_iter')} must be an integer >= 1, got {eot_iter!r}")
     if report_format not in REPORT_FORMATS:
         raise UserError(f"unknown report format {report_format!r}; choose from: {', '.join(REPORT_FORMATS)}")
@@ -152,8 +161,9 @@ def warn_if_slow() -> None:
         warnings.warn(slow, UserWarning, stacklevel=3)
 
 
-def as_logits_model(model: ModelLike, input_range: Sequence[float] = (0.0, 1.0), *,
-                    trust_model: bool = False) -> LoadedModel:
+def as_logits_model(
+    model: ModelLike, input_range: Sequence[float] = (0.0, 1.0), *, trust_model: bool = False
+) -> LoadedModel:
     """`model` as a `tfrobust.export.LoadedModel`: `logits(images in [0, 1])` -> float32 logits, with its
     metadata (a tfrobust export's; empty for anything else) and a name for the report.
 
@@ -169,14 +179,17 @@ def as_logits_model(model: ModelLike, input_range: Sequence[float] = (0.0, 1.0),
         logits = warn_if_probabilities(keras_logits_fn(model), None)
         loaded = LoadedModel(logits, {}, model.name, keepalive=model)
     elif callable(model):
+
         def logits(images: tf.Tensor) -> tf.Tensor:
             return tf.cast(model(images), tf.float32)
 
         name = getattr(model, "__name__", type(model).__name__)
         loaded = LoadedModel(warn_if_probabilities(logits, None), {}, name, keepalive=model)
     else:
-        raise UserError(f"cannot evaluate a {type(model).__name__}: give a keras.Model, the path of a .keras file "
-                        "or SavedModel directory, or a callable mapping images to logits")
+        raise UserError(
+            f"cannot evaluate a {type(model).__name__}: give a keras.Model, the path of a .keras file "
+            "or SavedModel directory, or a callable mapping images to logits"
+        )
     if (low, high) != (0.0, 1.0):
         base = loaded.logits
         loaded = dataclasses.replace(loaded, logits=lambda images: base(images * (high - low) + low))
@@ -196,8 +209,10 @@ def class_labels(labels: Any, num_images: int) -> np.ndarray:
         one_hot = (np.isin(labels, (0, 1)).all(axis=1) & (labels.sum(axis=1) == 1)) if labels.size else np.ones(0, bool)
         if not one_hot.all():
             row = int(np.flatnonzero(~one_hot)[0])
-            raise UserError(f"labels row {row} is not one-hot ({labels[row].tolist()[:10]}): give class indices [N] "
-                            "or one-hot rows [N, classes]; soft labels have no single true class to evaluate against")
+            raise UserError(
+                f"labels row {row} is not one-hot ({labels[row].tolist()[:10]}): give class indices [N] "
+                "or one-hot rows [N, classes]; soft labels have no single true class to evaluate against"
+            )
         labels = labels.argmax(axis=1)
     elif labels.ndim != 1:
         raise UserError(f"labels have shape {list(labels.shape)}: give class indices [N] or one-hot rows [N, classes]")
@@ -244,7 +259,8 @@ def check_data(
             if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
                 raise UserError(
                     f"{name} range over {low:g}..{high:g}: give floats in [0, 1] or uint8 0..255 (eps is in [0, 1] "
-                    "units; a model that expects another range takes input_range=(low, high))")
+                    "units; a model that expects another range takes input_range=(low, high))"
+                )
     raw = np.asarray(labels)
     one_hot_width = raw.shape[1] if raw.ndim == 2 and raw.shape[1] > 1 else None
     labels = class_labels(raw, len(images))
@@ -255,8 +271,10 @@ def check_data(
         try:
             shape = tuple(logits_fn(tf.constant(probe)).shape)
         except (tf.errors.OpError, ValueError, TypeError) as error:
-            raise UserError(f"the model fails on {name} of shape {list(images.shape[1:])}: {type(error).__name__}: "
-                            f"{str(error)[:200]}") from None
+            raise UserError(
+                f"the model fails on {name} of shape {list(images.shape[1:])}: {type(error).__name__}: "
+                f"{str(error)[:200]}"
+            ) from None
         if len(shape) != 2 or shape[-1] is None:
             raise UserError(f"the model's output has shape {list(shape)}: expected logits [N, classes]")
         if num_classes is not None and int(num_classes) > int(shape[-1]):
@@ -267,8 +285,10 @@ def check_data(
     if one_hot_width is not None and one_hot_width != num_classes:
         raise UserError(f"labels are one-hot rows of {one_hot_width} classes but there are {num_classes} classes")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise UserError(f"labels range over {int(labels.min())}..{int(labels.max())} but there are {num_classes} "
-                        f"classes: labels must be in 0..{num_classes - 1}")
+        raise UserError(
+            f"labels range over {int(labels.min())}..{int(labels.max())} but there are {num_classes} "
+            f"classes: labels must be in 0..{num_classes - 1}"
+        )
     return images, labels, int(num_classes)
 
 
@@ -331,10 +351,26 @@ def evaluate_arrays(
         warnings.warn(note, UserWarning, stacklevel=2)
     data = _batches(images, labels, num_classes, batch_size)
     evaluator = Evaluator(resolve_attack(attack), norm=norm, eps=eps, eot_iter=eot_iter)
-    result = evaluator.run(logits_fn, data, seed=seed, progress=verbose,
-                           keep_adversarial=keep_adversarial or save_examples is not None, state=state)
-    report = make_report(result, model=model_name, dataset=dataset, split=split, attack=attack_label(attack),
-                         norm=norm, eps=eps, seed=seed, eot_iter=eot_iter, notes=notes)
+    result = evaluator.run(
+        logits_fn,
+        data,
+        seed=seed,
+        progress=verbose,
+        keep_adversarial=keep_adversarial or save_examples is not None,
+        state=state,
+    )
+    report = make_report(
+        result,
+        model=model_name,
+        dataset=dataset,
+        split=split,
+        attack=attack_label(attack),
+        norm=norm,
+        eps=eps,
+        seed=seed,
+        eot_iter=eot_iter,
+        notes=notes,
+    )
     report["trust_model"] = bool(trust_model)
     if save_examples:
         report["examples"] = save_examples
@@ -410,8 +446,14 @@ def evaluate(
         print(evaluation.table)
         evaluation = tfrobust.evaluate("saved_models/cifar10-wrn-28-10-trades", x_test, y_test)  # its metadata's eps
     """
-    check_options(attack=attack, batch_size=batch_size, report=report, save_examples=save_examples,
-                  eot_iter=eot_iter, report_format=report_format)
+    check_options(
+        attack=attack,
+        batch_size=batch_size,
+        report=report,
+        save_examples=save_examples,
+        eot_iter=eot_iter,
+        report_format=report_format,
+    )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UserError(f"seed must be an integer, got {seed!r}")
     with full_float32():
@@ -420,14 +462,34 @@ def evaluate(
         norm, eps = model_threat_model(loaded.metadata, norm, eps)
         dataset_info = loaded.metadata.get("dataset") or {}
         images, labels, num_classes = check_data(
-            loaded.logits, images, labels, num_classes=dataset_info.get("num_classes"),
-            input_shape=loaded.metadata.get("input_shape"))
+            loaded.logits,
+            images,
+            labels,
+            num_classes=dataset_info.get("num_classes"),
+            input_shape=loaded.metadata.get("input_shape"),
+        )
         return evaluate_arrays(
-            loaded.logits, images, labels, num_classes=num_classes, attack=attack, norm=norm, eps=eps,
-            batch_size=batch_size, seed=seed, model_name=loaded.path, dataset=dataset, split=split,
-            keep_adversarial=keep_adversarial, report_path=report, save_examples=save_examples, verbose=verbose,
-            eot_iter=eot_iter, report_format=report_format, metadata=loaded.metadata,
-            trust_model=trust_model)
+            loaded.logits,
+            images,
+            labels,
+            num_classes=num_classes,
+            attack=attack,
+            norm=norm,
+            eps=eps,
+            batch_size=batch_size,
+            seed=seed,
+            model_name=loaded.path,
+            dataset=dataset,
+            split=split,
+            keep_adversarial=keep_adversarial,
+            report_path=report,
+            save_examples=save_examples,
+            verbose=verbose,
+            eot_iter=eot_iter,
+            report_format=report_format,
+            metadata=loaded.metadata,
+            trust_model=trust_model,
+        )
 
 
 def autoattack(
@@ -476,9 +538,22 @@ def autoattack(
             raise UserError(f'attacks_to_run is for version="custom"; version={version!r} runs its own attacks')
         attack = AUTOATTACK_VERSIONS[version]
     else:
-        raise UserError(f"unknown AutoAttack version {version!r}; choose from: "
-                        f"{', '.join([*AUTOATTACK_VERSIONS, 'custom'])}")
-    evaluation = evaluate(model, images, labels, attack=attack, norm=norm, eps=eps, batch_size=batch_size,
-                          seed=seed, input_range=input_range, keep_adversarial=True, verbose=verbose,
-                          eot_iter=eot_iter, trust_model=trust_model)
+        raise UserError(
+            f"unknown AutoAttack version {version!r}; choose from: {', '.join([*AUTOATTACK_VERSIONS, 'custom'])}"
+        )
+    evaluation = evaluate(
+        model,
+        images,
+        labels,
+        attack=attack,
+        norm=norm,
+        eps=eps,
+        batch_size=batch_size,
+        seed=seed,
+        input_range=input_range,
+        keep_adversarial=True,
+        verbose=verbose,
+        eot_iter=eot_iter,
+        trust_model=trust_model,
+    )
     return evaluation.adversarial

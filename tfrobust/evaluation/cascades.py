@@ -40,10 +40,18 @@ STAGES: dict[str, Callable[[str, float], StageAttack]] = {
     # AutoAttack standard: APGD-CE 1 restart x 100; APGD-T 9 targets x 1 restart x 100; FAB-T 9 targets x 100;
     # Square 5000 queries. L1 (`set_version("standard")` with norm "L1"): APGD-CE 5 restarts and APGD-T 5
     # targets, both with the 3·eps, 2·eps, eps schedule (`use_largereps`); FAB-T and Square as above.
-    "apgd-ce": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=5 if norm == "l1" else 1,
-                                      use_largereps=norm == "l1"),
-    "apgd-t": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1,
-                                     n_target_classes=5 if norm == "l1" else 9, use_largereps=norm == "l1"),
+    "apgd-ce": lambda norm, eps: APGD(
+        norm, eps, "ce", n_iter=100, n_restarts=5 if norm == "l1" else 1, use_largereps=norm == "l1"
+    ),
+    "apgd-t": lambda norm, eps: APGD(
+        norm,
+        eps,
+        "dlr-targeted",
+        n_iter=100,
+        n_restarts=1,
+        n_target_classes=5 if norm == "l1" else 9,
+        use_largereps=norm == "l1",
+    ),
     "apgd-dlr": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1, use_largereps=norm == "l1"),
     "fab-t": lambda norm, eps: FABTargeted(norm, eps, n_iter=100, n_target_classes=9, n_restarts=1),
     "square": lambda norm, eps: Square(norm, eps, n_queries=5000, n_restarts=1),
@@ -56,7 +64,8 @@ STAGES: dict[str, Callable[[str, float], StageAttack]] = {
 # Stages that follow the model's gradient; Square breaking points they left robust suggests gradient
 # masking (AutoAttack's `check_square_sr`).
 GRADIENT_STAGES = frozenset(
-    {"pgd40", "apgd-ce", "apgd-t", "apgd-dlr", "fab-t", "apgd-ce-5x100", "apgd-dlr-5x100", "mt"})
+    {"pgd40", "apgd-ce", "apgd-t", "apgd-dlr", "fab-t", "apgd-ce-5x100", "apgd-dlr-5x100", "mt"}
+)
 
 # A cascade name (the CLI's --attack) -> its stages, in order.
 CASCADES: dict[str, tuple[str, ...]] = {
@@ -81,33 +90,53 @@ CASCADES: dict[str, tuple[str, ...]] = {
 # a stage "NAME@VERSION" the attack as VERSION configures it (docs/method.md, "AutoAttack versions").
 # None of these depends on the norm: plus and rand set the same counts for Linf, L2 and L1 (and never the L1
 # `use_largereps` schedule); the reference warns that plus with L1 is untested (`VERSION_NORM_NOTES`).
-STAGES.update({
-    # Untargeted FAB; standard's configuration (`fab.n_restarts = 1`), 100 iterations.
-    "fab": lambda norm, eps: FAB(norm, eps, n_iter=100, n_restarts=1),
-    # plus: `apgd.n_restarts = 5` (APGD-CE and APGD-DLR), `fab.n_restarts = 5`, APGD-T 9 targets x 1 restart.
-    "apgd-ce@plus": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=5),
-    "apgd-dlr@plus": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=5),
-    "fab@plus": lambda norm, eps: FAB(norm, eps, n_iter=100, n_restarts=5),
-    "apgd-t@plus": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1, n_target_classes=9),
-    # rand: `apgd.n_restarts = 1`, `apgd.eot_iter = 20` (APGD-CE and APGD-DLR).
-    "apgd-ce@rand": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=1, eot_iter=20),
-    "apgd-dlr@rand": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1, eot_iter=20),
-})
-GRADIENT_STAGES = GRADIENT_STAGES | {"fab", "apgd-ce@plus", "apgd-dlr@plus", "fab@plus", "apgd-t@plus",
-                                     "apgd-ce@rand", "apgd-dlr@rand"}
-CASCADES.update({
-    # plus: APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T, in the reference's order (`attacks_to_run`).
-    # Square and FAB-T are configured as in the standard version (5000 queries; 9 targets x 1 restart: the
-    # reference's `fab-t` branch sets `fab.n_restarts = 1`).
-    "aa-plus": ("apgd-ce@plus", "apgd-dlr@plus", "fab@plus", "square", "apgd-t@plus", "fab-t"),
-    # rand: APGD-CE and APGD-DLR, 1 restart x 100 iterations, each gradient averaged over 20 calls (EOT).
-    "aa-rand": ("apgd-ce@rand", "apgd-dlr@rand"),
-    "fab": ("fab",),
-})
+STAGES.update(
+    {
+        # Untargeted FAB; standard's configuration (`fab.n_restarts = 1`), 100 iterations.
+        "fab": lambda norm, eps: FAB(norm, eps, n_iter=100, n_restarts=1),
+        # plus: `apgd.n_restarts = 5` (APGD-CE and APGD-DLR), `fab.n_restarts = 5`, APGD-T 9 targets x 1 restart.
+        "apgd-ce@plus": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=5),
+        "apgd-dlr@plus": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=5),
+        "fab@plus": lambda norm, eps: FAB(norm, eps, n_iter=100, n_restarts=5),
+        "apgd-t@plus": lambda norm, eps: APGD(norm, eps, "dlr-targeted", n_iter=100, n_restarts=1, n_target_classes=9),
+        # rand: `apgd.n_restarts = 1`, `apgd.eot_iter = 20` (APGD-CE and APGD-DLR).
+        "apgd-ce@rand": lambda norm, eps: APGD(norm, eps, "ce", n_iter=100, n_restarts=1, eot_iter=20),
+        "apgd-dlr@rand": lambda norm, eps: APGD(norm, eps, "dlr", n_iter=100, n_restarts=1, eot_iter=20),
+    }
+)
+GRADIENT_STAGES = GRADIENT_STAGES | {
+    "fab",
+    "apgd-ce@plus",
+    "apgd-dlr@plus",
+    "fab@plus",
+    "apgd-t@plus",
+    "apgd-ce@rand",
+    "apgd-dlr@rand",
+}
+CASCADES.update(
+    {
+        # plus: APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T, in the reference's order (`attacks_to_run`).
+        # Square and FAB-T are configured as in the standard version (5000 queries; 9 targets x 1 restart: the
+        # reference's `fab-t` branch sets `fab.n_restarts = 1`).
+        "aa-plus": ("apgd-ce@plus", "apgd-dlr@plus", "fab@plus", "square", "apgd-t@plus", "fab-t"),
+        # rand: APGD-CE and APGD-DLR, 1 restart x 100 iterations, each gradient averaged over 20 calls (EOT).
+        "aa-rand": ("apgd-ce@rand", "apgd-dlr@rand"),
+        "fab": ("fab",),
+    }
+)
 # The reference's name of each stage's attack (its `attacks_to_run` entries), for the report.
 REFERENCE_ATTACKS = {
-    "apgd-ce": "apgd-ce", "apgd-t": "apgd-t", "apgd-dlr": "apgd-dlr", "fab": "fab", "fab-t": "fab-t",
-    "square": "square", "apgd-ce@plus": "apgd-ce", "apgd-dlr@plus": "apgd-dlr", "fab@plus": "fab",
-    "apgd-t@plus": "apgd-t", "apgd-ce@rand": "apgd-ce", "apgd-dlr@rand": "apgd-dlr",
+    "apgd-ce": "apgd-ce",
+    "apgd-t": "apgd-t",
+    "apgd-dlr": "apgd-dlr",
+    "fab": "fab",
+    "fab-t": "fab-t",
+    "square": "square",
+    "apgd-ce@plus": "apgd-ce",
+    "apgd-dlr@plus": "apgd-dlr",
+    "fab@plus": "fab",
+    "apgd-t@plus": "apgd-t",
+    "apgd-ce@rand": "apgd-ce",
+    "apgd-dlr@rand": "apgd-dlr",
 }
 # ---- end of AutoAttack's versions ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def check_randomized(predict: LogitsFn, images: tf.Tensor, first: np.ndarray, ca
     the warning names AutoAttack's version for it, `--attack aa-rand` (the reference's message says
     `version="rand"`).
     """
+
     def normalised(out: np.ndarray) -> np.ndarray:
         out = out.astype(np.float64)
         return out / (np.linalg.norm(out, axis=-1, keepdims=True) + 1e-10)
@@ -47,16 +48,17 @@ def check_randomized(predict: LogitsFn, images: tf.Tensor, first: np.ndarray, ca
     differ = max(float(np.linalg.norm(normalised(o) - reference, axis=-1).max()) for o in outputs[1:])
     classes_change = any(np.any(o.argmax(-1) != outputs[0].argmax(-1)) for o in outputs[1:])
     if differ > RANDOMNESS_TOLERANCE or classes_change:
-        return (f"the model's outputs differ between identical calls (largest difference of normalised outputs "
-                f"{differ:.3g}): it looks like a randomised defence (dropout/noise at inference?); this "
-                "deterministic evaluation is not reliable for it: evaluate it with `--attack aa-rand` "
-                "(AutoAttack's rand version: APGD-CE and APGD-DLR with expectation over transformation, 20 "
-                "calls per step; Python: attack=\"aa-rand\")")
+        return (
+            f"the model's outputs differ between identical calls (largest difference of normalised outputs "
+            f"{differ:.3g}): it looks like a randomised defence (dropout/noise at inference?); this "
+            "deterministic evaluation is not reliable for it: evaluate it with `--attack aa-rand` "
+            "(AutoAttack's rand version: APGD-CE and APGD-DLR with expectation over transformation, 20 "
+            'calls per step; Python: attack="aa-rand")'
+        )
     return None
 
 
-def check_square(stage_names: Sequence[str], clean_accuracy: float,
-                 robust_after_stage: Sequence[float]) -> str | None:
+def check_square(stage_names: Sequence[str], clean_accuracy: float, robust_after_stage: Sequence[float]) -> str | None:
     """A warning when Square lowered robust accuracy below what the gradient attacks before it reached.
 
     AutoAttack's `check_square_sr`: in a cascade Square attacks only the points every gradient attack
@@ -70,9 +72,11 @@ def check_square(stage_names: Sequence[str], clean_accuracy: float,
         before = robust_after_stage[index - 1] if index else clean_accuracy
         drop = before - robust_after_stage[index]
         if drop > SQUARE_MASKING_THRESHOLD:
-            return (f"Square (gradient-free) lowered the robust accuracy by {100 * drop:.2f} points after the "
-                    "gradient attacks: a sign of gradient masking; the evaluation may be unreliable, consider "
-                    "more Square queries/restarts or an adaptive attack")
+            return (
+                f"Square (gradient-free) lowered the robust accuracy by {100 * drop:.2f} points after the "
+                "gradient attacks: a sign of gradient masking; the evaluation may be unreliable, consider "
+                "more Square queries/restarts or an adaptive attack"
+            )
     return None
 
 
@@ -106,5 +110,7 @@ def onednn_warning() -> str | None:
         return None
     if tf.config.list_physical_devices("GPU"):
         return None
-    return ("TensorFlow runs without its oneDNN CPU kernels because it was imported before tfrobust: attacks "
-            "may run ~1.7x slower; import tfrobust first, or set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow loads")
+    return (
+        "TensorFlow runs without its oneDNN CPU kernels because it was imported before tfrobust: attacks "
+        "may run ~1.7x slower; import tfrobust first, or set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow loads"
+    )

@@ -101,7 +101,7 @@ def fixed_layout_logits(logits_fn: LogitsFn, images: np.ndarray, rows: int = VER
         return np.zeros([0, 0], np.float32)
     padded = np.zeros([-(-n // rows) * rows, *images.shape[1:]], np.float32)
     padded[:n] = images
-    out = [np.asarray(logits_fn(tf.constant(padded[i:i + rows])), np.float32) for i in range(0, len(padded), rows)]
+    out = [np.asarray(logits_fn(tf.constant(padded[i : i + rows])), np.float32) for i in range(0, len(padded), rows)]
     return np.concatenate(out)[:n]
 
 
@@ -160,14 +160,18 @@ def attack_batches(
     """
     labels = onehot.argmax(axis=-1)
     for k, start in enumerate(range(0, len(todo), batch_size)):
-        batch = todo[start:start + batch_size]
+        batch = todo[start : start + batch_size]
         result = load(k, batch) if load is not None else None
         if result is None:
             began = time.time()
             candidate = attack(tf.constant(images[batch]), tf.constant(onehot[batch]), seed(k)).numpy()
             broken = verify(predict, images[batch], candidate, labels[batch], norm, eps)
-            result = GroupResult(index=batch, broken=broken, seconds=time.time() - began,
-                                 adversarial=candidate[broken] if keep_adversarial else None)
+            result = GroupResult(
+                index=batch,
+                broken=broken,
+                seconds=time.time() - began,
+                adversarial=candidate[broken] if keep_adversarial else None,
+            )
             if store is not None:
                 store(k, result)
         yield result
@@ -184,21 +188,25 @@ class Evaluator:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise UserError(f"unknown attack {unknown[0]!r}; choose from: {', '.join(STAGES)}")
-        if eot_iter is not None and (isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer))
-                                     or eot_iter < 1):
+        if eot_iter is not None and (
+            isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer)) or eot_iter < 1
+        ):
             raise UserError(f"eot_iter must be an integer >= 1, got {eot_iter!r}")
         self.stage_names = tuple(stages)
         self.norm = norm
         self.eps = float(eps)
         attacks = tuple(STAGES[s](norm, self.eps) for s in self.stage_names)
         if eot_iter is not None:
-            attacks = tuple(dataclasses.replace(a, eot_iter=int(eot_iter)) if hasattr(a, "eot_iter") else a
-                            for a in attacks)
+            attacks = tuple(
+                dataclasses.replace(a, eot_iter=int(eot_iter)) if hasattr(a, "eot_iter") else a for a in attacks
+            )
         self._attacks = attacks
         self.stage_eot_iter = tuple(getattr(a, "eot_iter", None) for a in attacks)
         self._compiled: dict[tuple, tuple[Callable, tuple[Callable, ...]]] = {}
 
-    def _functions(self, logits_fn: LogitsFn, image_shape: tuple, num_classes: int) -> tuple[Callable, tuple[Callable, ...]]:
+    def _functions(
+        self, logits_fn: LogitsFn, image_shape: tuple, num_classes: int
+    ) -> tuple[Callable, tuple[Callable, ...]]:
         """Traced prediction and attack functions for `logits_fn`, made once per logits function and shape.
 
         Keyed by the function object itself (kept alive by the cache, so no id is ever reused). The batch
@@ -213,8 +221,9 @@ class Evaluator:
             seed = tf.TensorSpec([2], tf.int64)
             predict = tf.function(logits_fn, input_signature=[images])
             attacks = tuple(
-                tf.function(lambda x, y, s, attack=attack: attack(logits_fn, x, y, s),
-                            input_signature=[images, labels, seed])
+                tf.function(
+                    lambda x, y, s, attack=attack: attack(logits_fn, x, y, s), input_signature=[images, labels, seed]
+                )
                 for attack in self._attacks
             )
             self._compiled[key] = (predict, attacks)
@@ -244,11 +253,27 @@ class Evaluator:
         result is the uninterrupted one. Runs with TensorFloat-32 off (`numerics.full_float32`).
         """
         with full_float32():
-            return self._run(logits_fn, dataset, seed=seed, keep_adversarial=keep_adversarial, progress=progress,
-                             state=state, pool_size=pool_size)
+            return self._run(
+                logits_fn,
+                dataset,
+                seed=seed,
+                keep_adversarial=keep_adversarial,
+                progress=progress,
+                state=state,
+                pool_size=pool_size,
+            )
 
-    def _run(self, logits_fn: LogitsFn, dataset: tf.data.Dataset, *, seed: int, keep_adversarial: bool,
-             progress: bool, state: EvalState | None, pool_size: int) -> EvalResult:
+    def _run(
+        self,
+        logits_fn: LogitsFn,
+        dataset: tf.data.Dataset,
+        *,
+        seed: int,
+        keep_adversarial: bool,
+        progress: bool,
+        state: EvalState | None,
+        pool_size: int,
+    ) -> EvalResult:
         if pool_size < 1:
             raise UserError(f"pool size must be >= 1, got {pool_size}")
         start = time.time()
@@ -289,8 +314,17 @@ class Evaluator:
                     if randomised:
                         findings.append(randomised)
             correct, broken_at, adv, seconds = self._run_pool(
-                predict, attacks, x, labels, seed=seed, pool_index=pool_index, batch_size=batch_size,
-                keep_adversarial=keep_adversarial, state=state, progress=progress)
+                predict,
+                attacks,
+                x,
+                labels,
+                seed=seed,
+                pool_index=pool_index,
+                batch_size=batch_size,
+                keep_adversarial=keep_adversarial,
+                state=state,
+                progress=progress,
+            )
             clean_parts.append(correct)
             broken_parts.append(broken_at)
             if keep_adversarial:
@@ -301,8 +335,10 @@ class Evaluator:
         broken_at = np.concatenate(broken_parts) if broken_parts else np.zeros([0], np.int16)
         n = int(clean.shape[0])
         # Robust after stage s: correct and not broken by stages 0..s (broken_at -1 or > s + 1).
-        after = tuple(float(np.sum(clean & ((broken_at == -1) | (broken_at > s + 1)))) / n if n else float("nan")
-                      for s in range(len(self.stage_names)))
+        after = tuple(
+            float(np.sum(clean & ((broken_at == -1) | (broken_at > s + 1)))) / n if n else float("nan")
+            for s in range(len(self.stage_names))
+        )
         masking = check_square(self.stage_names, float(clean.mean()) if n else float("nan"), after)
         if masking:
             findings.append(masking)
@@ -322,9 +358,20 @@ class Evaluator:
             stage_eot_iter=self.stage_eot_iter,
         )
 
-    def _run_pool(self, predict: Callable, attacks: tuple[Callable, ...], x: np.ndarray, labels: np.ndarray, *,
-                  seed: int, pool_index: int, batch_size: int, keep_adversarial: bool, state: EvalState | None,
-                  progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    def _run_pool(
+        self,
+        predict: Callable,
+        attacks: tuple[Callable, ...],
+        x: np.ndarray,
+        labels: np.ndarray,
+        *,
+        seed: int,
+        pool_index: int,
+        batch_size: int,
+        keep_adversarial: bool,
+        state: EvalState | None,
+        progress: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """The cascade on one pool: (clean correct, broken_at, adversarial or None, seconds per stage)."""
         correct = ~misclassified(fixed_layout_logits(predict, x), labels.argmax(axis=-1))  # `verify`'s rule
         broken_at = np.where(correct, -1, 0).astype(np.int16)
@@ -335,14 +382,19 @@ class Evaluator:
             num_batches = -(-len(todo) // batch_size)
             bar = keras.utils.Progbar(num_batches, unit_name="batch") if progress and num_batches else None
             if bar is not None:
-                print(f"stage {stage + 1}/{len(self.stage_names)} {name}: {len(todo)} robust points in "
-                      f"{num_batches} batches" + (f" (pool {pool_index + 1})" if pool_index else ""), flush=True)
+                print(
+                    f"stage {stage + 1}/{len(self.stage_names)} {name}: {len(todo)} robust points in "
+                    f"{num_batches} batches" + (f" (pool {pool_index + 1})" if pool_index else ""),
+                    flush=True,
+                )
 
             def load(k: int, batch: np.ndarray, stage: int = stage) -> GroupResult | None:
                 saved = state.load_group((pool_index, stage, k), batch) if state is not None else None
                 if saved is not None and keep_adversarial and saved.adversarial is None:
-                    raise UserError(f"{state.directory} was saved without adversarial examples: resume with the "
-                                    "same --save-examples choice")
+                    raise UserError(
+                        f"{state.directory} was saved without adversarial examples: resume with the "
+                        "same --save-examples choice"
+                    )
                 return saved
 
             def store(k: int, result: GroupResult, stage: int = stage) -> None:
@@ -354,9 +406,20 @@ class Evaluator:
                 # each batch as the uninterrupted one does.
                 return tf.constant([seed, (pool_index * 100 + stage) * 1_000_000 + k], tf.int64)
 
-            results = attack_batches(attacks[stage], predict, x, labels, todo, batch_size=batch_size, seed=seed_of,
-                                     norm=self.norm, eps=self.eps, keep_adversarial=keep_adversarial, load=load,
-                                     store=store)
+            results = attack_batches(
+                attacks[stage],
+                predict,
+                x,
+                labels,
+                todo,
+                batch_size=batch_size,
+                seed=seed_of,
+                norm=self.norm,
+                eps=self.eps,
+                keep_adversarial=keep_adversarial,
+                load=load,
+                store=store,
+            )
             for k, result in enumerate(results):
                 hit = result.index[result.broken]
                 broken_at[hit] = stage + 1

@@ -24,8 +24,19 @@ from tfrobust.fileio import save_npz_atomic, write_json_atomic
 from tfrobust.numerics import numerics_record
 
 
-def make_report(result: EvalResult, *, model: str, dataset: str, split: str, attack: str, norm: str, eps: float,
-                seed: int, eot_iter: int | None = None, notes: Sequence[str] = ()) -> dict:
+def make_report(
+    result: EvalResult,
+    *,
+    model: str,
+    dataset: str,
+    split: str,
+    attack: str,
+    norm: str,
+    eps: float,
+    seed: int,
+    eot_iter: int | None = None,
+    notes: Sequence[str] = (),
+) -> dict:
     """The JSON report of `result`: what was evaluated and the protocol it follows (`reference`:
     `versions.reference_record`), eps as given and in 255ths, the accuracies after each stage, the worst
     case per example in counts (misclassified clean, first broken by each stage, robust), the warnings
@@ -39,8 +50,9 @@ def make_report(result: EvalResult, *, model: str, dataset: str, split: str, att
     broken = [int(np.sum(broken_at == s + 1)) for s in range(len(result.stage_names))]
     eot = result.stage_eot_iter or (None,) * len(result.stage_names)
     stages = []
-    for name, value, seconds, count, calls in zip(result.stage_names, result.robust_after_stage,
-                                                  result.stage_seconds, broken, eot):
+    for name, value, seconds, count, calls in zip(
+        result.stage_names, result.robust_after_stage, result.stage_seconds, broken, eot
+    ):
         entry = {"attack": name, "robust_accuracy": value, "broken": count, "seconds": round(seconds, 2)}
         if calls is not None:
             entry["eot_iter"] = calls
@@ -59,12 +71,20 @@ def make_report(result: EvalResult, *, model: str, dataset: str, split: str, att
         "clean_accuracy": result.clean_accuracy,
         "robust_accuracy": result.robust_accuracy,
         "stages": stages,
-        "counts": {"clean_correct": int(result.clean_correct.sum()), "robust": int(result.robust.sum()),
-                   "misclassified_clean": int(np.sum(broken_at == 0)), "broken_by_stage": broken},
+        "counts": {
+            "clean_correct": int(result.clean_correct.sum()),
+            "robust": int(result.robust.sum()),
+            "misclassified_clean": int(np.sum(broken_at == 0)),
+            "broken_by_stage": broken,
+        },
         "seconds": round(result.seconds, 2),
         "warnings": list(notes) + list(result.warnings),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
-                     "onednn": onednn_enabled()},
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+            "onednn": onednn_enabled(),
+        },
         # The arithmetic of the attacks and of the verdicts (see `tfrobust.evaluation.engine`).
         "numerics": {**numerics_record(), "verify_rows": VERIFY_ROWS, "ties": "correct"},
     }
@@ -84,8 +104,10 @@ def format_table(report: dict) -> str:
     width = max(len(name) for name, _, _ in rows) + 2
     head = f"{report['model']}  {report['dataset']}/{report['split']}  n={report['num_examples']}  {report['norm']} eps={report['eps']:.5g}"
     lines = [head, f"{'stage':<{width}}accuracy   seconds", "-" * (width + 19)]
-    lines += [f"{name:<{width}}{100 * value:7.2f}%" + ("" if seconds is None else f"  {seconds:8.1f}")
-              for name, value, seconds in rows]
+    lines += [
+        f"{name:<{width}}{100 * value:7.2f}%" + ("" if seconds is None else f"  {seconds:8.1f}")
+        for name, value, seconds in rows
+    ]
     return "\n".join(lines)
 
 
@@ -101,19 +123,42 @@ def save_examples(path: str, result: EvalResult, *, labels: np.ndarray, norm: st
     `broken_at` (-1 robust, 0 misclassified clean, s + 1 first broken by stage s of `stage_names`),
     `worst_case` (the same in words: "robust", "misclassified" or the stage's name), `adversarial` (float32
     in [0, 1]; the clean image where no attack succeeded), `norm`, `eps`."""
-    save_npz_atomic(path, dict(
-        index=np.arange(result.num_examples), label=np.asarray(labels, np.int64),
-        clean_correct=result.clean_correct, robust=result.robust, broken_at=result.broken_at,
-        worst_case=worst_case(result), stage_names=np.array(result.stage_names), adversarial=result.adversarial,
-        norm=np.array(norm), eps=np.array(eps)))
+    save_npz_atomic(
+        path,
+        dict(
+            index=np.arange(result.num_examples),
+            label=np.asarray(labels, np.int64),
+            clean_correct=result.clean_correct,
+            robust=result.robust,
+            broken_at=result.broken_at,
+            worst_case=worst_case(result),
+            stage_names=np.array(result.stage_names),
+            adversarial=result.adversarial,
+            norm=np.array(norm),
+            eps=np.array(eps),
+        ),
+    )
 
 
 # ---- RobustBench entries (`--format robustbench`) ------------------------------------------------------------
 
 # The fields of a RobustBench leaderboard entry, in the order of its `model_info/<dataset>/<threat model>/
 # <Name>.json` files and of `robustbench.utils.ModelInfo` (github.com/RobustBench/robustbench).
-ROBUSTBENCH_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-                      "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote")
+ROBUSTBENCH_FIELDS = (
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+    "footnote",
+)
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
 ROBUSTBENCH_NORMS = ("linf", "l2")  # its Linf and L2 leaderboards (the others are corruptions)
 # Test images a RobustBench entry is evaluated on (its `benchmark(n_examples=...)` for the leaderboards).
@@ -164,16 +209,19 @@ def robustbench_entry(report: dict, metadata: dict[str, Any] | None = None) -> t
         entry["number_forward_passes"] = 1
     notes = []
     if report["attack"] != "aa":
-        notes.append(f"autoattack_acc is AutoAttack's standard version (--attack aa); this evaluation ran "
-                     f"{report['attack']!r}")
+        notes.append(
+            f"autoattack_acc is AutoAttack's standard version (--attack aa); this evaluation ran {report['attack']!r}"
+        )
     if report["norm"] not in ROBUSTBENCH_NORMS:
         notes.append(f"RobustBench has no {report['norm']} leaderboard (Linf and L2 only)")
     if not entry["dataset"]:
         notes.append(f"dataset {dataset_name!r} is not a RobustBench dataset ({', '.join(ROBUSTBENCH_DATASETS)})")
     expected = ROBUSTBENCH_EXAMPLES.get(entry["dataset"])
     if expected and (report["num_examples"] != expected or report["split"] != "test"):
-        notes.append(f"RobustBench evaluates the first {expected} test images; this evaluation used "
-                     f"{report['num_examples']} of split {report['split']!r}")
+        notes.append(
+            f"RobustBench evaluates the first {expected} test images; this evaluation used "
+            f"{report['num_examples']} of split {report['split']!r}"
+        )
     empty = [field for field in ROBUSTBENCH_FIELDS if entry[field] == ""]
     return entry, {"empty_fields": empty, "notes": notes}
 

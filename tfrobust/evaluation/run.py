@@ -48,14 +48,19 @@ class EvalSettings:
     save_examples: str | None = None  # npz of per-example flags and adversarial examples
     eot_iter: int | None = None  # model calls per APGD gradient (EOT); None: each stage's own (aa-rand: 20)
     report_format: str = "json"  # "robustbench": also <report>.robustbench.json, a RobustBench entry
-    trust_model: bool = False  # run the model without `tfrobust.inspection` (`export.load_model`); the report records it
+    trust_model: bool = (
+        False  # run the model without `tfrobust.inspection` (`export.load_model`); the report records it
+    )
 
 
 def model_fingerprint(path: str) -> str:
     """A digest of the files that define a model (graph, variable index with its per-tensor checksums,
     or the .keras file): a resumed evaluation must attack the same model."""
-    files = [path] if os.path.isfile(path) else [
-        os.path.join(path, name) for name in ("saved_model.pb", os.path.join("variables", "variables.index"))]
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else [os.path.join(path, name) for name in ("saved_model.pb", os.path.join("variables", "variables.index"))]
+    )
     digest = hashlib.sha256()
     for name in files:
         if os.path.isfile(name):
@@ -95,29 +100,47 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
     from tfrobust.data.datasets import default_split, load_split
     from tfrobust.export import load_model, resolve_model_dir
 
-    check_options(attack=settings.attack, batch_size=settings.batch_size, n_examples=settings.n_examples,
-                  report=settings.report, save_examples=settings.save_examples, eot_iter=settings.eot_iter,
-                  report_format=settings.report_format, flag=_flag)
+    check_options(
+        attack=settings.attack,
+        batch_size=settings.batch_size,
+        n_examples=settings.n_examples,
+        report=settings.report,
+        save_examples=settings.save_examples,
+        eot_iter=settings.eot_iter,
+        report_format=settings.report_format,
+        flag=_flag,
+    )
     if settings.val_size is not None and settings.val_size < 0:
         raise UserError(f"--val-size must be >= 0, got {settings.val_size}")
     if state is not None:
         # Before the model loads: a resumed evaluation runs no model but the one it started with.
-        resolved = settings.model_path if settings.model_path.endswith(".keras") else resolve_model_dir(settings.model_path)
+        resolved = (
+            settings.model_path if settings.model_path.endswith(".keras") else resolve_model_dir(settings.model_path)
+        )
         if state.settings.get("model_sha256") != model_fingerprint(resolved):
-            raise UserError(f"the model at {resolved} changed since the interrupted evaluation: delete {state.directory}")
+            raise UserError(
+                f"the model at {resolved} changed since the interrupted evaluation: delete {state.directory}"
+            )
     model = load_model(settings.model_path, trust_model=settings.trust_model)
     warn_if_slow()
     dataset, norm, eps, training = resolve_threat_model(model.metadata, settings.dataset, settings.norm, settings.eps)
     split_name = settings.split or default_split(dataset)
     info, split = load_split(
-        dataset, split_name,
-        val_size=settings.val_size if settings.val_size is not None else training.get("val_size", 1024), seed=training.get("seed", 0),
+        dataset,
+        split_name,
+        val_size=settings.val_size if settings.val_size is not None else training.get("val_size", 1024),
+        seed=training.get("seed", 0),
         data_dir=settings.data_dir or training.get("data_dir"),
     )
     n = len(split) if settings.n_examples is None else min(settings.n_examples, len(split))
-    images, labels, num_classes = check_data(model.logits, split.images[:n], split.labels[:n],
-                                             num_classes=info.num_classes,
-                                             input_shape=model.metadata.get("input_shape"), name=f"{dataset} images")
+    images, labels, num_classes = check_data(
+        model.logits,
+        split.images[:n],
+        split.labels[:n],
+        num_classes=info.num_classes,
+        input_shape=model.metadata.get("input_shape"),
+        name=f"{dataset} images",
+    )
     path = settings.report
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -130,13 +153,31 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         recorded = dataclasses.replace(settings, report=path)
         state = EvalState.create(state_dir_for(path), {**dataclasses.asdict(recorded), "model_sha256": fingerprint})
-        print(f"progress is saved in {state.directory}; if interrupted, continue with: tfrobust eval --resume {path}",
-              flush=True)
+        print(
+            f"progress is saved in {state.directory}; if interrupted, continue with: tfrobust eval --resume {path}",
+            flush=True,
+        )
     evaluation = evaluate_arrays(
-        model.logits, images, labels, num_classes=num_classes, attack=settings.attack, norm=norm, eps=eps,
-        batch_size=settings.batch_size, seed=settings.seed, model_name=model.path, dataset=info.name,
-        split=split_name, report_path=path, save_examples=settings.save_examples, state=state, verbose=True,
-        eot_iter=settings.eot_iter, report_format=settings.report_format, metadata=model.metadata,
-        trust_model=settings.trust_model)
+        model.logits,
+        images,
+        labels,
+        num_classes=num_classes,
+        attack=settings.attack,
+        norm=norm,
+        eps=eps,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        model_name=model.path,
+        dataset=info.name,
+        split=split_name,
+        report_path=path,
+        save_examples=settings.save_examples,
+        state=state,
+        verbose=True,
+        eot_iter=settings.eot_iter,
+        report_format=settings.report_format,
+        metadata=model.metadata,
+        trust_model=settings.trust_model,
+    )
     state.remove()
     return {"report": evaluation.report, "table": evaluation.table, "report_path": path}

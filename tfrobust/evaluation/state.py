@@ -53,7 +53,7 @@ class EvalState:
         self.settings = settings
 
     @classmethod
-    def create(cls, directory: str, settings: dict) -> "EvalState":
+    def create(cls, directory: str, settings: dict) -> EvalState:
         """A new state directory; refuses one that exists (an interrupted evaluation the user may want)."""
         if os.path.exists(directory):
             raise UserError(
@@ -61,11 +61,13 @@ class EvalState:
                 f"{directory[: -len('.state')]}` or delete the folder"
             )
         os.makedirs(directory)
-        write_bytes_atomic(os.path.join(directory, SETTINGS_NAME), json.dumps(settings, indent=2, sort_keys=True).encode())
+        write_bytes_atomic(
+            os.path.join(directory, SETTINGS_NAME), json.dumps(settings, indent=2, sort_keys=True).encode()
+        )
         return cls(directory, settings)
 
     @classmethod
-    def open(cls, directory: str) -> "EvalState":
+    def open(cls, directory: str) -> EvalState:
         """The state of an interrupted evaluation; its settings are those to resume with."""
         path = os.path.join(directory, SETTINGS_NAME)
         if not os.path.isfile(path):
@@ -101,16 +103,22 @@ class EvalState:
                     adversarial=data["adversarial"] if "adversarial" in data.files else None,
                 )
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated or bit-flipped
-            raise UserError(f"cannot read {path} ({' '.join(str(error).split())[:200]}): delete it to recompute "
-                            "that batch") from None
+            raise UserError(
+                f"cannot read {path} ({' '.join(str(error).split())[:200]}): delete it to recompute that batch"
+            ) from None
         if not np.array_equal(result.index, index):
-            raise UserError(f"{path} holds other points than this evaluation attacks now (the model's predictions "
-                            f"or the data changed since the interruption): delete {self.directory} and start again")
+            raise UserError(
+                f"{path} holds other points than this evaluation attacks now (the model's predictions "
+                f"or the data changed since the interruption): delete {self.directory} and start again"
+            )
         return result
 
     def save_group(self, key: tuple[int, int, int], result: GroupResult) -> None:
-        arrays = {"index": np.asarray(result.index, np.int64), "broken": result.broken,
-                  "seconds": np.float64(result.seconds)}
+        arrays = {
+            "index": np.asarray(result.index, np.int64),
+            "broken": result.broken,
+            "seconds": np.float64(result.seconds),
+        }
         if result.adversarial is not None:
             arrays["adversarial"] = result.adversarial
         save_npz_atomic(self._path(key), arrays)

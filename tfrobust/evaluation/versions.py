@@ -41,7 +41,7 @@ AUTOATTACK_VERSIONS = {"standard": "aa", "plus": "aa-plus", "rand": "aa-rand"}
 # What the reference says about a version run with a norm it was not tuned for (`set_version`).
 VERSION_NORM_NOTES = {
     ("plus", "l1"): 'AutoAttack\'s "plus" version is used with the L1 norm: the reference prints "please check" '
-                    "(its settings are tuned for Linf and L2)",
+    "(its settings are tuned for Linf and L2)",
 }
 
 # Other cascades: the protocol each follows.
@@ -80,13 +80,17 @@ def resolve_attack(attack: str | Sequence[str]) -> tuple[str, ...]:
     else:
         raise UserError(f"attack must be a cascade name or a list of attacks, got {attack!r}")
     if not items or not all(items):
-        raise UserError(f"empty attack in {attack!r}: give a cascade ({', '.join(CASCADES)}) or a comma list of "
-                        f"attacks ({', '.join(STAGES)})")
+        raise UserError(
+            f"empty attack in {attack!r}: give a cascade ({', '.join(CASCADES)}) or a comma list of "
+            f"attacks ({', '.join(STAGES)})"
+        )
     unknown = [item for item in items if item not in STAGES]
     if unknown:
         where = "" if isinstance(attack, str) and "," not in attack else f" in {attack!r}"
-        raise UserError(f"unknown attack {unknown[0]!r}{where}; choose a cascade ({', '.join(CASCADES)}) or a comma "
-                        f"list of attacks ({', '.join(STAGES)})")
+        raise UserError(
+            f"unknown attack {unknown[0]!r}{where}; choose a cascade ({', '.join(CASCADES)}) or a comma "
+            f"list of attacks ({', '.join(STAGES)})"
+        )
     return tuple(items)
 
 
@@ -148,6 +152,8 @@ def eps_warning(norm: str, eps: float) -> str | None:
     if not near:
         return None
     value, text = min(near, key=lambda pair: abs(eps - pair[0]))
-    return (f"eps {eps:.6g} ({eps * 255:.4f}/255) is within {100 * abs(eps - value) / value:.2f}% of the common "
-            f"{norm} radius {text} = {value:.10g} but not equal to it: results at {text} (leaderboards, papers) are "
-            f"not comparable with this one; for {text}, pass eps {value!r}")
+    return (
+        f"eps {eps:.6g} ({eps * 255:.4f}/255) is within {100 * abs(eps - value) / value:.2f}% of the common "
+        f"{norm} radius {text} = {value:.10g} but not equal to it: results at {text} (leaderboards, papers) are "
+        f"not comparable with this one; for {text}, pass eps {value!r}"
+    )

@@ -42,7 +42,9 @@ class GaussianGenerator(Generator):
     def fit(self, split: Split, info: DatasetInfo) -> None:
         images, labels = split.images, np.asarray(split.labels)
         if images.ndim != 4 or images.dtype != np.uint8:
-            raise UserError(f"the Gaussian generator needs uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
+            raise UserError(
+                f"the Gaussian generator needs uint8 images [N, H, W, C], got {images.dtype} {images.shape}"
+            )
         k = info.num_classes
         dim = int(np.prod(images.shape[1:]))
         means = np.zeros((k, dim), np.float64)
@@ -86,7 +88,7 @@ class GaussianGenerator(Generator):
         for c in range(k):
             rows = np.flatnonzero(labels == c)
             for start in range(0, rows.shape[0], _CHUNK):
-                part = rows[start:start + _CHUNK]
+                part = rows[start : start + _CHUNK]
                 z = rng.standard_normal((part.shape[0], dim), dtype=np.float32)
                 x = self.means[c].astype(np.float32) + z @ self.factors[c].T
                 images[part] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
@@ -103,7 +105,7 @@ class GaussianGenerator(Generator):
 
 def _chunks(images: np.ndarray, index: np.ndarray):
     for start in range(0, index.shape[0], _CHUNK):
-        part = images[index[start:start + _CHUNK]]
+        part = images[index[start : start + _CHUNK]]
         yield part.reshape(part.shape[0], -1).astype(np.float64)
 
 

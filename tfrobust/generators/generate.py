@@ -46,9 +46,17 @@ def generate(
         raise UserError(f"--n must be a positive number of images, got {n!r}")
     model = make_generator(generator)
     counts = shard_counts(int(n), shard_size)
-    params = {"generator": generator, "dataset": dataset, "n": int(n), "shard_size": int(shard_size),
-              "seed": int(seed), "val_size": int(val_size),
-              "dataset_file_size": os.path.getsize(dataset[4:]) if dataset.startswith("npz:") and os.path.isfile(dataset[4:]) else None}
+    params = {
+        "generator": generator,
+        "dataset": dataset,
+        "n": int(n),
+        "shard_size": int(shard_size),
+        "seed": int(seed),
+        "val_size": int(val_size),
+        "dataset_file_size": os.path.getsize(dataset[4:])
+        if dataset.startswith("npz:") and os.path.isfile(dataset[4:])
+        else None,
+    }
     splits = load_dataset(dataset, val_size=val_size, seed=seed, data_dir=data_dir)
     out = OutputDir(output, command="generate", params=params, overwrite=overwrite)
     if out.complete:

@@ -134,8 +134,9 @@ class OutputDir:
             return None
 
     def _write_state(self, *, complete: bool) -> None:
-        _write_json(os.path.join(self.path, STATE_NAME),
-                    {"command": self.command, "params": self.params, "complete": complete})
+        _write_json(
+            os.path.join(self.path, STATE_NAME), {"command": self.command, "params": self.params, "complete": complete}
+        )
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
@@ -149,8 +150,14 @@ def shard_counts(total: int, shard_size: int) -> list[int]:
     return [min(shard_size, total - start) for start in range(0, total, shard_size)]
 
 
-def pack(inputs: list[str] | tuple[str, ...], output: str, *, shard_size: int = 100_000, overwrite: bool = False,
-         progress: bool = True) -> dict[str, Any]:
+def pack(
+    inputs: list[str] | tuple[str, ...],
+    output: str,
+    *,
+    shard_size: int = 100_000,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Rewrites extra data (compressed npz included) as uncompressed, memory-mappable npz shards.
 
     Streams: a compressed member is decompressed `shard_size` rows at a time, so memory stays at one
@@ -166,7 +173,9 @@ def pack(inputs: list[str] | tuple[str, ...], output: str, *, shard_size: int = 
         if path.endswith(".npz") and extra.is_compressed_npz(path):
             shape, dtype, _ = extra.read_member_chunks(path, extra.IMAGE_KEY, 1)
             if dtype != np.uint8 or len(shape) != 4 or shape[0] == 0 or shape[-1] not in (1, 3):
-                raise UserError(f"{path}: 'image' is {dtype} {shape}; expected uint8 N x H x W x C with N > 0, C = 1 or 3")
+                raise UserError(
+                    f"{path}: 'image' is {dtype} {shape}; expected uint8 N x H x W x C with N > 0, C = 1 or 3"
+                )
             with zipfile.ZipFile(path) as archive:
                 has_label = f"{extra.LABEL_KEY}.npy" in archive.namelist()
             if has_label:
@@ -182,10 +191,15 @@ def pack(inputs: list[str] | tuple[str, ...], output: str, *, shard_size: int = 
         raise UserError(f"the inputs have different image shapes {sorted(shapes)}: pack each shape separately")
     labelled = [s[2] for s in sources]
     if any(labelled) and not all(labelled):
-        raise UserError(f"{sources[labelled.index(False)][0]} has no labels but other inputs do: label every input or none")
+        raise UserError(
+            f"{sources[labelled.index(False)][0]} has no labels but other inputs do: label every input or none"
+        )
     total = sum(s[1][0] for s in sources)
-    params = {"inputs": [os.path.abspath(p) for p in files], "sizes": [os.path.getsize(p) for p in files],
-              "shard_size": shard_size}
+    params = {
+        "inputs": [os.path.abspath(p) for p in files],
+        "sizes": [os.path.getsize(p) for p in files],
+        "shard_size": shard_size,
+    }
     out = OutputDir(output, command="pack", params=params, overwrite=overwrite)
     counts = shard_counts(total, shard_size)
     if out.complete:
@@ -194,7 +208,7 @@ def pack(inputs: list[str] | tuple[str, ...], output: str, *, shard_size: int = 
 
     def stream():
         """Yields (images, labels or None) in input order, at most `shard_size` rows at a time."""
-        for path, shape, has_label, compressed in sources:
+        for path, _shape, has_label, compressed in sources:
             if compressed:
                 _, _, images = extra.read_member_chunks(path, extra.IMAGE_KEY, shard_size)
                 labels = extra.read_member_chunks(path, extra.LABEL_KEY, shard_size)[2] if has_label else None
@@ -226,8 +240,14 @@ def pack(inputs: list[str] | tuple[str, ...], output: str, *, shard_size: int = 
             done += size
             if bar is not None:
                 bar.update(done)
-    summary = {"command": "pack", "inputs": list(files), "images": total, "shards": len(counts),
-               "labelled": all(labelled), "image_shape": list(next(iter(shapes))), "output": output}
+    summary = {
+        "command": "pack",
+        "inputs": list(files),
+        "images": total,
+        "shards": len(counts),
+        "labelled": all(labelled),
+        "image_shape": list(next(iter(shapes))),
+        "output": output,
+    }
     out.finish(summary)
     return summary
-

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import keras
 from keras import ops
-
 
 _local = threading.local()
 
@@ -144,9 +143,14 @@ class BatchNorm(keras.layers.BatchNormalization):
         beta = tf.cast(self.beta, tf.float32)
         if not training:
             outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
-                is_training=False, data_format="NHWC",
+                x,
+                gamma,
+                beta,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon,
+                is_training=False,
+                data_format="NHWC",
             )
             return tf.cast(outputs, self.compute_dtype)
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(

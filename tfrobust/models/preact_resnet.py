@@ -10,7 +10,7 @@ code has no PreAct-ResNet; its convolutions would get Haiku's default init like 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 

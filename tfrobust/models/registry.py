@@ -7,7 +7,7 @@ Parameter counts at 32x32x3, 10 classes: WRN-28-10 36,497,146 and PreAct-ResNet-
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 

@@ -6,7 +6,7 @@ speak [0, 1] pixels, and the eps ball is defined in that space.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import ops

@@ -23,7 +23,7 @@ Usage:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 
@@ -45,7 +45,12 @@ def conv3x3(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
     """3x3 conv, no bias, Haiku's default init; "same" padding pads bottom/right only for stride 2 on even
     sizes (reference)."""
     return keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer=FanInTruncatedNormal(),
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=FanInTruncatedNormal(),
         name=name,
     )
 
@@ -70,8 +75,13 @@ def _wrn_block(x, filters: int, stride: int, activation: str, synchronized: bool
     out = conv3x3(filters, 1, f"{name}_conv_1")(out)
     if has_shortcut:
         shortcut = keras.layers.Conv2D(
-            filters, 1, strides=stride, padding="valid", use_bias=False,
-            kernel_initializer=FanInTruncatedNormal(), name=f"{name}_shortcut",
+            filters,
+            1,
+            strides=stride,
+            padding="valid",
+            use_bias=False,
+            kernel_initializer=FanInTruncatedNormal(),
+            name=f"{name}_shortcut",
         )(a)
     else:
         if stride != 1:

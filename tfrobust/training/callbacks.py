@@ -8,7 +8,7 @@ selection state included), then the CSV/TensorBoard loggers (which see the valid
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -184,7 +184,9 @@ class ModelSelection(keras.callbacks.Callback):
             norm = self.norm or (trainer.norm if trainer is not None else None)
             eps = self.eps if self.eps is not None else (trainer.eps if trainer is not None else None)
             if norm is None or eps is None:
-                raise UserError("ModelSelection(validation_data=...) outside an AdversarialTrainer needs norm= and eps=")
+                raise UserError(
+                    "ModelSelection(validation_data=...) outside an AdversarialTrainer needs norm= and eps="
+                )
             self._evaluator = Evaluator(["pgd40"], norm=norm, eps=eps)
             self.validation_data = _one_hot_batches(self.validation_data, model)
         if id(model) not in self._logits_fns:
@@ -215,7 +217,9 @@ class ModelSelection(keras.callbacks.Callback):
             self.best = {"epoch": done, **metrics}
             if self.best_path is not None:
                 weights = ckpt.by_path(self.averaging.averaged_network.weights, "network")
-                ckpt.save_arrays(self.best_path, {"network": _values(weights)}, {"best": self.best}, what="best weights")
+                ckpt.save_arrays(
+                    self.best_path, {"network": _values(weights)}, {"best": self.best}, what="best weights"
+                )
             else:
                 self.best_weights = [np.array(w.numpy()) for w in self.averaging.averaged_network.weights]
         print(
@@ -265,8 +269,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     `epoch` epochs and `epoch_step` steps of the next one done.
     """
 
-    def __init__(self, path: str, averaging: WeightAveraging, selection: ModelSelection, *,
-                 epoch_examples: int | None = None):
+    def __init__(
+        self, path: str, averaging: WeightAveraging, selection: ModelSelection, *, epoch_examples: int | None = None
+    ):
         super().__init__()
         self.path = path
         self.averaging = averaging
@@ -279,17 +284,22 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.save(epoch + 1)
 
-    def save(self, epochs_done: int, *, epoch_step: int = 0,
-             extra_groups: dict[str, dict[str, keras.Variable]] | None = None) -> None:
+    def save(
+        self, epochs_done: int, *, epoch_step: int = 0, extra_groups: dict[str, dict[str, keras.Variable]] | None = None
+    ) -> None:
         """Writes the state after `epochs_done` epochs and `epoch_step` steps of the next, with
         `extra_groups` (a mid-epoch checkpoint's training metrics) beside the usual groups."""
         optimizer = self.model.optimizer
         variables = {**checkpoint_groups(self.model, self.averaging), **(extra_groups or {})}
         groups = {group: _values(group_variables) for group, group_variables in variables.items()}
         state = {
-            "epoch": int(epochs_done), "epoch_step": int(epoch_step), "best": _jsonable(self.selection.best),
-            "latest": self.selection.latest, "steps": int(optimizer.iterations.numpy()),
-            "optimizer": type(optimizer).__name__, "epoch_examples": self.epoch_examples,
+            "epoch": int(epochs_done),
+            "epoch_step": int(epoch_step),
+            "best": _jsonable(self.selection.best),
+            "latest": self.selection.latest,
+            "steps": int(optimizer.iterations.numpy()),
+            "optimizer": type(optimizer).__name__,
+            "epoch_examples": self.epoch_examples,
         }
         ckpt.save_arrays(self.path, groups, state, what="checkpoint")
 
@@ -334,27 +344,43 @@ def _jsonable(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
-def restore(path: str, model: keras.Model, averaging: WeightAveraging, selection: ModelSelection, *,
-            epoch_examples: int | None = None) -> int:
+def restore(
+    path: str,
+    model: keras.Model,
+    averaging: WeightAveraging,
+    selection: ModelSelection,
+    *,
+    epoch_examples: int | None = None,
+) -> int:
     """Loads a `TrainingCheckpoint` into a run from `run.build_run` (optimizer already built); returns the
     number of epochs done. Refuses a checkpoint of another optimizer class or (when `epoch_examples` is
     given) another epoch length: its momenta or its step count would not mean the same thing here."""
     return restore_position(path, model, averaging, selection, epoch_examples=epoch_examples)[0]
 
 
-def restore_position(path: str, model: keras.Model, averaging: WeightAveraging, selection: ModelSelection, *,
-                     epoch_examples: int | None = None) -> tuple[int, int, dict[str, np.ndarray]]:
+def restore_position(
+    path: str,
+    model: keras.Model,
+    averaging: WeightAveraging,
+    selection: ModelSelection,
+    *,
+    epoch_examples: int | None = None,
+) -> tuple[int, int, dict[str, np.ndarray]]:
     """`restore`, returning (epochs done, steps done of the next epoch, the training metrics' saved state):
     a mid-epoch checkpoint (`TrainingCheckpoint.save` with `epoch_step`) continues at that step, its
     metrics restored by `tfrobust.training.faults.Preemption` once `fit` has reset them."""
     groups, state = ckpt.load_arrays(path)
     optimizer = type(model.optimizer).__name__
     if state.get("optimizer") != optimizer:
-        raise UserError(f"checkpoint {path} was written with the optimizer {state.get('optimizer')!r}, this run "
-                        f"uses {optimizer!r} (another tfrobust version): it cannot continue this run")
+        raise UserError(
+            f"checkpoint {path} was written with the optimizer {state.get('optimizer')!r}, this run "
+            f"uses {optimizer!r} (another tfrobust version): it cannot continue this run"
+        )
     if epoch_examples is not None and state.get("epoch_examples") != epoch_examples:
-        raise UserError(f"checkpoint {path} counts {state.get('epoch_examples')} samples per epoch, this run "
-                        f"{epoch_examples}: it cannot continue this run")
+        raise UserError(
+            f"checkpoint {path} counts {state.get('epoch_examples')} samples per epoch, this run "
+            f"{epoch_examples}: it cannot continue this run"
+        )
     for group in ("network", "averaging", "optimizer"):
         if group not in groups:
             raise UserError(f"unreadable checkpoint {path}: no {group!r} arrays")

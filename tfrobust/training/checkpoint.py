@@ -34,7 +34,8 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -55,14 +56,17 @@ def by_path(variables: Iterable[Any], what: str) -> dict[str, Any]:
     for variable in variables:
         key = str(variable.path)
         if key in keyed:
-            raise UserError(f"cannot checkpoint the {what}: two of its variables have the path {key!r} "
-                            "(give its layers distinct names)")
+            raise UserError(
+                f"cannot checkpoint the {what}: two of its variables have the path {key!r} "
+                "(give its layers distinct names)"
+            )
         keyed[key] = variable
     return keyed
 
 
-def save_arrays(path: str, groups: Mapping[str, Mapping[str, Any]], state: dict[str, Any], *,
-                what: str = "checkpoint") -> None:
+def save_arrays(
+    path: str, groups: Mapping[str, Mapping[str, Any]], state: dict[str, Any], *, what: str = "checkpoint"
+) -> None:
     """Writes `{group: {key: array or variable}}` and a JSON `state` to `path` atomically; a write the
     system refuses is the `WriteError` line "cannot write {what} {path}: {reason}" (`tfrobust.fileio`)."""
     if FORMAT_KEY in state:
@@ -151,8 +155,9 @@ def check_group(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray], 
     if unexpected:
         problems.append(f"{what} has {_plural(len(unexpected))} this model lacks ({_listed(unexpected)})")
     if reshaped:
-        problems.append(f"{what} has {_plural(len(reshaped))} of another shape (model vs checkpoint: "
-                        f"{_listed(reshaped)})")
+        problems.append(
+            f"{what} has {_plural(len(reshaped))} of another shape (model vs checkpoint: {_listed(reshaped)})"
+        )
     if problems:
         raise UserError(f"checkpoint {path} does not fit this model: {'; '.join(problems)}")
 

@@ -60,10 +60,17 @@ def nonfinite_code(loss: tf.Tensor, gradients: list) -> tf.Tensor:
     def any_of(check, tensors):
         return tf.reduce_any(tf.stack([tf.reduce_any(check(t)) for t in tensors])) if tensors else tf.constant(False)
 
-    flags = tf.cast(tf.stack([
-        tf.reduce_any(tf.math.is_nan(loss)), tf.reduce_any(tf.math.is_inf(loss)),
-        any_of(tf.math.is_nan, values), any_of(tf.math.is_inf, values),
-    ]), tf.float32)
+    flags = tf.cast(
+        tf.stack(
+            [
+                tf.reduce_any(tf.math.is_nan(loss)),
+                tf.reduce_any(tf.math.is_inf(loss)),
+                any_of(tf.math.is_nan, values),
+                any_of(tf.math.is_inf, values),
+            ]
+        ),
+        tf.float32,
+    )
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
         flags = context.all_reduce(tf.distribute.ReduceOp.SUM, flags)  # one replica's NaN stops them all
@@ -77,8 +84,12 @@ def describe_code(code: float) -> str:
     return " and ".join(parts) or f"unknown non-finite code {code}"
 
 
-_GROUP_NAMES = {"network": "the network's weights", "averaging": "the weight average",
-                "optimizer": "the optimizer's state", METRICS_GROUP: "the training metrics"}
+_GROUP_NAMES = {
+    "network": "the network's weights",
+    "averaging": "the weight average",
+    "optimizer": "the optimizer's state",
+    METRICS_GROUP: "the training metrics",
+}
 
 
 def nonfinite_groups(groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -90,8 +101,14 @@ def nonfinite_groups(groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
         values = [v for v in values if v.dtype.is_floating]
         if values:
             names.append(group)
-            checks.append(tf.stack([tf.reduce_any(tf.stack([tf.reduce_any(tf.math.is_nan(v)) for v in values])),
-                                    tf.reduce_any(tf.stack([tf.reduce_any(tf.math.is_inf(v)) for v in values]))]))
+            checks.append(
+                tf.stack(
+                    [
+                        tf.reduce_any(tf.stack([tf.reduce_any(tf.math.is_nan(v)) for v in values])),
+                        tf.reduce_any(tf.stack([tf.reduce_any(tf.math.is_inf(v)) for v in values])),
+                    ]
+                )
+            )
     if not checks:
         return []
     flags = tf.stack(checks).numpy()
@@ -143,8 +160,14 @@ class FaultGuard(_Position):
     (module docstring). Must be the run's first callback: it removes `NONFINITE_KEY` from the logs before
     the loggers see them and raises before any later callback acts on the step or the epoch."""
 
-    def __init__(self, averaging: cb.WeightAveraging, checkpoint_path: str, epoch_steps: Callable[[int], int],
-                 resume_epoch: int = 0, resume_step: int = 0):
+    def __init__(
+        self,
+        averaging: cb.WeightAveraging,
+        checkpoint_path: str,
+        epoch_steps: Callable[[int], int],
+        resume_epoch: int = 0,
+        resume_step: int = 0,
+    ):
         super().__init__(epoch_steps, resume_epoch, resume_step)
         self.averaging = averaging
         self.checkpoint_path = checkpoint_path
@@ -168,8 +191,7 @@ class FaultGuard(_Position):
 
     def _stopped(self, where: str, what: str) -> str:
         described = describe_checkpoint(self.checkpoint_path)
-        last = (f"the last good checkpoint {described} is untouched" if not described.startswith("no ")
-                else described)
+        last = f"the last good checkpoint {described} is untouched" if not described.startswith("no ") else described
         return f"training stopped at {where}: {what}; {last}"
 
 
@@ -179,9 +201,17 @@ class Preemption(_Position):
     the training metrics' running sums at the start of a run resumed mid-epoch (`resume_metrics`). Must
     come after `TrainingCheckpoint` and the loggers."""
 
-    def __init__(self, stop: threading.Event | None, checkpoint: cb.TrainingCheckpoint, guard: FaultGuard,
-                 epoch_steps: Callable[[int], int], run_dir: str, resume_epoch: int = 0, resume_step: int = 0,
-                 resume_metrics: Mapping[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        stop: threading.Event | None,
+        checkpoint: cb.TrainingCheckpoint,
+        guard: FaultGuard,
+        epoch_steps: Callable[[int], int],
+        run_dir: str,
+        resume_epoch: int = 0,
+        resume_step: int = 0,
+        resume_metrics: Mapping[str, np.ndarray] | None = None,
+    ):
         super().__init__(epoch_steps, resume_epoch, resume_step)
         self.stop = stop
         self.checkpoint = checkpoint
@@ -225,8 +255,10 @@ class Preemption(_Position):
             raise Interrupted(self.message("the start" if first else f"the end of epoch {epochs_done}"))
 
     def message(self, where: str) -> str:
-        return (f"training stopped on request (SIGTERM) at {where}: the run is saved in "
-                f"{describe_checkpoint(self.checkpoint.path)}; continue with: tfrobust train --resume {self.run_dir}")
+        return (
+            f"training stopped on request (SIGTERM) at {where}: the run is saved in "
+            f"{describe_checkpoint(self.checkpoint.path)}; continue with: tfrobust train --resume {self.run_dir}"
+        )
 
 
 @contextlib.contextmanager

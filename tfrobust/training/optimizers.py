@@ -27,8 +27,9 @@ class TraceSGD(keras.optimizers.Optimizer):
     """SGD whose momentum trace accumulates raw gradients and whose learning rate scales the update
     afterwards: optax `chain(trace(momentum, nesterov), scale_by_schedule(lr), scale(-1))`."""
 
-    def __init__(self, learning_rate=0.1, momentum: float = 0.9, nesterov: bool = True, name: str | None = None,
-                 **kwargs):
+    def __init__(
+        self, learning_rate=0.1, momentum: float = 0.9, nesterov: bool = True, name: str | None = None, **kwargs
+    ):
         super().__init__(learning_rate=learning_rate, name=name or "trace_sgd", **kwargs)
         momentum = float(momentum)
         if not 0.0 <= momentum <= 1.0:

@@ -40,7 +40,8 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -137,7 +138,9 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
     """Builds data, model, optimizer and callbacks for `config` (resolved) writing into `run_dir`."""
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)  # initial weights too are a function of the seed
-    splits = splits or load_dataset(config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir)
+    splits = splits or load_dataset(
+        config.dataset, val_size=config.val_size, seed=config.seed, data_dir=config.data_dir
+    )
     strategy = distribute.make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     distribute.check_batch_size(config.batch_size, replicas, config.aug_repeats)
@@ -164,14 +167,25 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
         jit = distribute.resolve_jit_compile(config.jit_compile, replicas=replicas, synchronized_bn=synchronized_bn)
         # The attack is the trainer's default (`trainer.training_attack`), built for this strategy's replicas.
         trainer = AdversarialTrainer(
-            network, loss=config.loss, eps=eps, norm=config.norm, beta=config.beta,
-            attack_steps=config.attack_steps, attack_optimizer=config.inner_optimizer,
-            weight_decay=config.weight_decay, seed=config.seed,
-            labels_as_attack_target=produces_soft_labels(parse_aug(config.aug)), xla_per_replica=jit and replicas > 1,
+            network,
+            loss=config.loss,
+            eps=eps,
+            norm=config.norm,
+            beta=config.beta,
+            attack_steps=config.attack_steps,
+            attack_optimizer=config.inner_optimizer,
+            weight_decay=config.weight_decay,
+            seed=config.seed,
+            labels_as_attack_target=produces_soft_labels(parse_aug(config.aug)),
+            xla_per_replica=jit and replicas > 1,
         )
         schedule = training_schedule(
-            peak=config.learning_rate, warmup_epochs=config.warmup_epochs, epochs=config.epochs,
-            epoch_examples=epoch_examples, batch_size=config.batch_size, kind=config.schedule,
+            peak=config.learning_rate,
+            warmup_epochs=config.warmup_epochs,
+            epochs=config.epochs,
+            epoch_examples=epoch_examples,
+            batch_size=config.batch_size,
+            kind=config.schedule,
         )
         # optax's SGD (utils.sgd_momentum): the trace holds raw gradients, the lr scales the update.
         optimizer = TraceSGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
@@ -183,15 +197,27 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
     val_data = eval_dataset(splits.val, num_classes=info.num_classes, batch_size=min(config.batch_size, 256))
     every = config.eval_every if len(splits.val) else 0
     selection = cb.ModelSelection(
-        averaging, validation_data=val_data, norm=config.norm, eps=eps, seed=config.seed, every=every,
-        total_epochs=config.epochs, best_path=os.path.join(run_dir, BEST_NAME),
+        averaging,
+        validation_data=val_data,
+        norm=config.norm,
+        eps=eps,
+        seed=config.seed,
+        every=every,
+        total_epochs=config.epochs,
+        best_path=os.path.join(run_dir, BEST_NAME),
         select_on="val_avg_clean_accuracy" if config.loss == "standard" else "val_avg_pgd40_accuracy",
     )
     return Run(config, splits, strategy, trainer, averaging, selection, epoch_examples, data_pass_steps)
 
 
-def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, verbose: Any = "auto",
-          stop: threading.Event | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig | None,
+    out_dir: str,
+    *,
+    resume: bool = False,
+    verbose: Any = "auto",
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
     """Trains (or resumes) the run in `out_dir`, exports the selected averaged model, returns the summary.
 
     `stop` (`faults.stop_on_sigterm` gives one that SIGTERM sets): once set, the run writes a checkpoint at
@@ -227,8 +253,7 @@ def train(config: TrainConfig | None, out_dir: str, *, resume: bool = False, ver
                 except WriteError:
                     _undo_start(run_dir, created)  # the same command can start the run again
                     raise
-            return _train_locked(config, run_dir, chief=chief, verbose=verbose, splits=splits, extra=extra,
-                                 stop=stop)
+            return _train_locked(config, run_dir, chief=chief, verbose=verbose, splits=splits, extra=extra, stop=stop)
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -248,8 +273,11 @@ def _resolve_val_size(config: TrainConfig) -> tuple[Splits, TrainConfig]:
     splits = load_dataset(config.dataset, val_size=None, seed=config.seed, data_dir=config.data_dir)
     held_out, total = len(splits.val), len(splits.train) + len(splits.val)
     if held_out < DEFAULT_VAL_SIZE:
-        print(f"validation: {held_out} of the {total} training images held out (default {DEFAULT_VAL_SIZE}, "
-              "at most a fifth of the training set; --val-size sets it)", flush=True)
+        print(
+            f"validation: {held_out} of the {total} training images held out (default {DEFAULT_VAL_SIZE}, "
+            "at most a fifth of the training set; --val-size sets it)",
+            flush=True,
+        )
     return splits, dataclasses.replace(config, val_size=held_out)
 
 
@@ -263,19 +291,33 @@ def _open_extra_data(config: TrainConfig, splits: Splits | None = None) -> tuple
     return splits, extra
 
 
-def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: Any, splits: Splits | None = None,
-                  extra: ExtraData | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+def _train_locked(
+    config: TrainConfig,
+    run_dir: str,
+    *,
+    chief: bool,
+    verbose: Any,
+    splits: Splits | None = None,
+    extra: ExtraData | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
     run = build_run(config, run_dir, splits)
     checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
     initial_epoch, initial_step, saved_metrics = 0, 0, {}
     if os.path.exists(checkpoint_path):
         initial_epoch, initial_step, saved_metrics = cb.restore_position(
-            checkpoint_path, run.trainer, run.averaging, run.selection, epoch_examples=run.epoch_examples)
+            checkpoint_path, run.trainer, run.averaging, run.selection, epoch_examples=run.epoch_examples
+        )
         if initial_step and not (initial_epoch < config.epochs and initial_step < run.epoch_steps(initial_epoch)):
-            raise UserError(f"unreadable checkpoint {checkpoint_path}: step {initial_step} of epoch "
-                            f"{initial_epoch + 1} is not inside this run's epochs")
-        within = (f", step {initial_step} of {run.epoch_steps(initial_epoch)} of epoch {initial_epoch + 1}"
-                  if initial_step else "")
+            raise UserError(
+                f"unreadable checkpoint {checkpoint_path}: step {initial_step} of epoch "
+                f"{initial_epoch + 1} is not inside this run's epochs"
+            )
+        within = (
+            f", step {initial_step} of {run.epoch_steps(initial_epoch)} of epoch {initial_epoch + 1}"
+            if initial_step
+            else ""
+        )
         print(f"resuming {run_dir} after epoch {initial_epoch} of {config.epochs}{within}", flush=True)
     replicas = run.strategy.num_replicas_in_sync
 
@@ -283,14 +325,22 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
         """The batches of epoch `epoch` after its first `skip`: the data streams from optimizer step
         `run.epoch_start(epoch) + skip` on."""
         first_pass, first_step = divmod(run.epoch_start(epoch) + skip, run.data_pass_steps)
-        data, _ = training_stream(config, run.splits, extra, replicas=replicas, first_epoch=first_pass,
-                                  first_step=first_step, steps_per_epoch=run.data_pass_steps)
+        data, _ = training_stream(
+            config,
+            run.splits,
+            extra,
+            replicas=replicas,
+            first_epoch=first_pass,
+            first_step=first_step,
+            steps_per_epoch=run.data_pass_steps,
+        )
         return data
 
     counts = None
     if extra is not None:
-        real_rows, generated_rows = samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats, 1,
-                                                      devices=replicas)
+        real_rows, generated_rows = samples_per_epoch(
+            config.batch_size, config.real_ratio, config.aug_repeats, 1, devices=replicas
+        )
         counts = cb.SampleCounts(real_rows, generated_rows, run.epoch_steps)
     log_path = os.path.join(run_dir, "log.csv")
     if initial_epoch > 0:
@@ -300,8 +350,9 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
     checkpoint = cb.TrainingCheckpoint(checkpoint_path, run.averaging, run.selection, epoch_examples=run.epoch_examples)
     resumed_at = {"resume_epoch": initial_epoch, "resume_step": initial_step}
     guard = faults.FaultGuard(run.averaging, checkpoint_path, run.epoch_steps, **resumed_at)
-    preemption = faults.Preemption(stop, checkpoint, guard, run.epoch_steps, run_dir, resume_metrics=saved_metrics,
-                                   **resumed_at)
+    preemption = faults.Preemption(
+        stop, checkpoint, guard, run.epoch_steps, run_dir, resume_metrics=saved_metrics, **resumed_at
+    )
     callbacks = _OneTrainingRun(
         [
             guard,  # first: a non-finite step or state stops the run before any other callback acts on it
@@ -313,8 +364,12 @@ def _train_locked(config: TrainConfig, run_dir: str, *, chief: bool, verbose: An
             keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),
             preemption,  # last: at an epoch's end the checkpoint and the logs are written before it stops
         ],
-        add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=config.epochs,
-        steps=run.epoch_steps(initial_epoch) - initial_step, model=run.trainer,
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=config.epochs,
+        steps=run.epoch_steps(initial_epoch) - initial_step,
+        model=run.trainer,
     )
     start = time.time()
     # One `fit` per epoch: Keras epochs have a fixed number of steps, the reference's alternate between two
@@ -386,23 +441,41 @@ def training_stream(
     # augment.registry.default_options. Layers run in float32 whatever the training precision.
     names = parse_aug(config.aug)
     augment = build_augmentation(
-        names, image_shape=info.image_shape, allow_flip=info.allow_flip,
+        names,
+        image_shape=info.image_shape,
+        allow_flip=info.allow_flip,
         options=mixing_options(names, draws=config.mix_draws, devices=replicas, sub_batches=config.aug_repeats),
     )
     augment_fn = (lambda batch, seed: augment(batch, training=True, seed=seed)) if names else None
     if extra is None:
         data = train_dataset(
-            splits.train, num_classes=info.num_classes, batch_size=config.batch_size, seed=config.seed,
-            first_epoch=first_epoch, first_step=first_step, steps_per_epoch=steps_per_epoch, augment=augment_fn,
-            repeats=config.aug_repeats, devices=replicas,
+            splits.train,
+            num_classes=info.num_classes,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            first_epoch=first_epoch,
+            first_step=first_step,
+            steps_per_epoch=steps_per_epoch,
+            augment=augment_fn,
+            repeats=config.aug_repeats,
+            devices=replicas,
         )
         return data, None
     # Generated data (docs/generated_data.md): the reference's composition, exact in every batch.
     data = mixed_train_dataset(
-        splits.train, extra, num_classes=info.num_classes, batch_size=config.batch_size,
-        real_ratio=config.real_ratio, label_smoothing=config.extra_label_smoothing, seed=config.seed,
-        first_epoch=first_epoch, first_step=first_step, steps_per_epoch=steps_per_epoch, augment=augment_fn,
-        repeats=config.aug_repeats, devices=replicas,
+        splits.train,
+        extra,
+        num_classes=info.num_classes,
+        batch_size=config.batch_size,
+        real_ratio=config.real_ratio,
+        label_smoothing=config.extra_label_smoothing,
+        seed=config.seed,
+        first_epoch=first_epoch,
+        first_step=first_step,
+        steps_per_epoch=steps_per_epoch,
+        augment=augment_fn,
+        repeats=config.aug_repeats,
+        devices=replicas,
     )
     return data, samples_per_epoch(config.batch_size, config.real_ratio, config.aug_repeats, 1, devices=replicas)
 
@@ -456,12 +529,18 @@ def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
     # gradients, which can overstate robustness.
     keras.mixed_precision.set_global_policy("float32")
     network = build_model(
-        config.model, input_shape=info.image_shape, num_classes=info.num_classes, mean=info.mean, std=info.std,
+        config.model,
+        input_shape=info.image_shape,
+        num_classes=info.num_classes,
+        mean=info.mean,
+        std=info.std,
         activation=config.activation,
     )
     network.set_weights([w.numpy() for w in averaged.weights])
     metadata = export_metadata(
-        dataset=info, norm=config.norm, eps=config.resolved_eps,
+        dataset=info,
+        norm=config.norm,
+        eps=config.resolved_eps,
         weights=f"weight average (EMA tau {config.ema_decay}), {selected} by {run.selection.select_on}",
         validation=run.selection.best if selected == "best" else run.selection.latest,
         training_config=dataclasses.asdict(config),

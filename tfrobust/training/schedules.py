@@ -36,8 +36,10 @@ def steps_after_epochs(epochs: int, epoch_examples: int, batch_size: int) -> int
     """Optimizer steps done after `epochs` epochs of `epoch_examples` samples: floor(epochs * examples /
     batch), the reference's `steps_from_epochs` (experiment.py; exact integer arithmetic)."""
     if epoch_examples < batch_size or batch_size < 1:
-        raise UserError(f"an epoch of {epoch_examples} examples needs a batch size of 1 to {epoch_examples}, "
-                        f"got {batch_size}: lower --batch-size")
+        raise UserError(
+            f"an epoch of {epoch_examples} examples needs a batch size of 1 to {epoch_examples}, "
+            f"got {batch_size}: lower --batch-size"
+        )
     return int(epochs) * int(epoch_examples) // int(batch_size)
 
 
@@ -81,8 +83,9 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def training_schedule(*, peak: float, warmup_epochs: int, epochs: int, epoch_examples: int, batch_size: int,
-                      kind: str) -> WarmupSchedule:
+def training_schedule(
+    *, peak: float, warmup_epochs: int, epochs: int, epoch_examples: int, batch_size: int, kind: str
+) -> WarmupSchedule:
     """The run's schedule: warm-up and length in optimizer steps by `steps_after_epochs` (experiment.py:
     `learning_rate_warmup = steps_from_epochs(10)`, `num_steps = steps_from_epochs(num_epochs)`)."""
     return WarmupSchedule(

@@ -190,7 +190,8 @@ class AdversarialTrainer(keras.Model):
         if preprocess is not None and not isinstance(preprocess, keras.layers.Layer):
             raise UserError(
                 f"preprocess must be a keras layer (serialisable, e.g. keras.layers.Normalization), got "
-                f"{type(preprocess).__name__}: express a rescaling as input_range")
+                f"{type(preprocess).__name__}: express a rescaling as input_range"
+            )
         self.network = model
         self.loss_kind = loss
         self.beta = float(beta)
@@ -205,8 +206,13 @@ class AdversarialTrainer(keras.Model):
         if attack is None:
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             attack = training_attack(
-                loss, self.norm, self.eps, num_steps=self.attack_steps, optimizer=attack_optimizer,
-                replicas=replicas, unroll=replicas > 1 and _has_synchronized_batch_norm(model),
+                loss,
+                self.norm,
+                self.eps,
+                num_steps=self.attack_steps,
+                optimizer=attack_optimizer,
+                replicas=replicas,
+                unroll=replicas > 1 and _has_synchronized_batch_norm(model),
             )
         elif loss == "standard":
             raise UserError('loss "standard" trains without an attack: give no attack=')
@@ -255,7 +261,8 @@ class AdversarialTrainer(keras.Model):
         if not self.network.built:
             raise UserError(
                 "AdversarialTrainer needs a built model: create it with keras.Input(shape) or call "
-                "model.build((None, height, width, channels)) first")
+                "model.build((None, height, width, channels)) first"
+            )
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.network.trainable_variables)
@@ -264,7 +271,8 @@ class AdversarialTrainer(keras.Model):
         if self._custom_attack:
             raise UserError(
                 "an AdversarialTrainer with a custom attack= has no config: save its model "
-                "(trainer.network.save(...)) or build the attack from loss/norm/eps/attack_steps")
+                "(trainer.network.save(...)) or build the attack from loss/norm/eps/attack_steps"
+            )
         return {
             "name": self.name,
             "model": keras.saving.serialize_keras_object(self.network),
@@ -276,8 +284,9 @@ class AdversarialTrainer(keras.Model):
             "attack_optimizer": self.attack_optimizer,
             "weight_decay": self.weight_decay,
             "input_range": list(self.input_range),
-            "preprocess": (keras.saving.serialize_keras_object(self.preprocess)
-                           if self.preprocess is not None else None),
+            "preprocess": (
+                keras.saving.serialize_keras_object(self.preprocess) if self.preprocess is not None else None
+            ),
             "labels_as_attack_target": self.labels_as_attack_target,
             "seed": self.seed,
             "xla_per_replica": self.xla_per_replica,
@@ -354,7 +363,8 @@ class AdversarialTrainer(keras.Model):
         if shape is None or len(shape) != 2 or shape[-1] is None:
             raise UserError(
                 f"the model must return logits of shape [batch, classes], its output shape is {shape}: add a "
-                "classification head (e.g. keras.applications with include_top=True, classifier_activation=None)")
+                "classification head (e.g. keras.applications with include_top=True, classifier_activation=None)"
+            )
         return int(shape[-1])
 
     def prepare_batch(self, data) -> tuple[tf.Tensor, tf.Tensor]:
@@ -386,7 +396,8 @@ class AdversarialTrainer(keras.Model):
         if labels.shape.rank != 2 or labels.dtype.is_integer:
             raise UserError(
                 f"labels must be class ids [batch] or one-hot / soft float [batch, classes], got {labels.dtype.name} "
-                f"of shape {labels.shape}")
+                f"of shape {labels.shape}"
+            )
         if labels.shape[-1] != classes:
             raise UserError(f"labels have {labels.shape[-1]} classes but the model's logits have {classes}")
         return images, tf.cast(labels, tf.float32)
@@ -447,8 +458,14 @@ class AdversarialTrainer(keras.Model):
             # Keras sums gradients across replicas: scale each replica's mean loss by 1 / replicas.
             scaled = total / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
         gradients = tape.gradient(scaled, network.trainable_variables)
-        return {"gradients": gradients, "total": total, "parts": parts, "clean_logits": clean_logits,
-                "adv_logits": adv_logits, "adv_images": adv_images}
+        return {
+            "gradients": gradients,
+            "total": total,
+            "parts": parts,
+            "clean_logits": clean_logits,
+            "adv_logits": adv_logits,
+            "adv_images": adv_images,
+        }
 
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
