@@ -4,7 +4,7 @@ checks, and the report against the one `tfrobust eval` writes.
 Known answer: a linear classifier (4x4x1 images, 3 classes) whose Linf robustness inside [0, 1] has a closed
 form, computed here in NumPy: the worst case of each logit difference over {|x' - x| <= eps} ∩ [0, 1] picks,
 per pixel, the interval end its coefficient points to. PGD-40 (the model-selection attack) finds it on this
-model (tests/test_evaluation.py), so every kind of model must give exactly that robust set.
+model (tests/evaluation/test_evaluation.py), so every kind of model must give exactly that robust set.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Run by tests/test_distribute.py in a fresh process (two logical CPU devices must exist before TensorFlow
+"""Run by tests/training/test_distribute.py in a fresh process (two logical CPU devices must exist before TensorFlow
 initialises): per-replica BatchNorm (the default, the reference's) against synchronised BatchNorm under
 MirroredStrategy, the run's wiring of `sync_batch_norm`, and which rows each replica trains on.
 Prints a JSON report.

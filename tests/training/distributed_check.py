@@ -1,4 +1,4 @@
-"""Run by tests/test_distribute.py in a fresh process: two logical CPU devices must exist before
+"""Run by tests/training/test_distribute.py in a fresh process: two logical CPU devices must exist before
 TensorFlow initialises. Trains the same steps on one device and mirrored on two, prints a JSON report."""
 
 import json

@@ -1,4 +1,4 @@
-"""Run by tests/test_xla.py in a fresh process (two logical CPU devices must exist before TensorFlow
+"""Run by tests/training/test_xla.py in a fresh process (two logical CPU devices must exist before TensorFlow
 initialises, and one process holds one mirrored step): three mirrored training steps with
 `--jit-compile` given as argv[2]; the weights and weight averages go to the npz argv[3]."""
 

@@ -91,7 +91,7 @@ def fixed_layout_logits(logits_fn: LogitsFn, images: np.ndarray, rows: int = VER
     Convolution and matrix-product kernels (oneDNN, cuDNN, cuBLAS) are chosen per input shape, and two
     kernels round differently; with one shape for every call, the logits of an example depend only on the
     example and its row, and a network in inference mode computes each row alone (no cross-example
-    operation), so they do not depend on the other rows (tests/test_evaluation.py checks it on the CPU).
+    operation), so they do not depend on the other rows (tests/evaluation/test_evaluation.py checks it on the CPU).
     On a GPU this holds in full float32 only: through PyTorch's cuDNN on an H200, a WRN-28-10 row was
     bit-identical across the contents and positions of 64-row batches with TF32 off, and moved by up to
     5e-7 with TF32 on (benchmarks/gpu_row_independence.py); evaluations run with TF32 off (`numerics`).

@@ -1,7 +1,7 @@
 """Model registry: a plain dict from the CLI's `--model` name to a builder (no string parsing, no importlib).
 
 Parameter counts at 32x32x3, 10 classes: WRN-28-10 36,497,146 and PreAct-ResNet-18 12,556,234
-(asserted by `tests/test_models.py`), WRN-70-16 266,875,386, as docs/method.md, "Model", lists (36M, 267M).
+(asserted by `tests/models/test_models.py`), WRN-70-16 266,875,386, as docs/method.md, "Model", lists (36M, 267M).
 """
 
 from __future__ import annotations
