@@ -685,3 +685,33 @@ def test_onednn_warning_only_when_tensorflow_was_imported_first(tensorflow_first
         assert warned == str(enabled == "False")
     else:
         assert (enabled, warned) == ("True", "False")
+
+
+def test_sigterm_keeps_the_state_and_says_how_to_resume(eval_files, tmp_path, monkeypatch):
+    """SIGTERM during the second attacked batch: `Interrupted` names the --resume command, the first batch
+    stays in the state, the process's own SIGTERM handler comes back, and --resume finishes the report."""
+    import signal
+
+    from tfrobust.errors import Interrupted
+    from tfrobust.evaluation import engine, resume_eval
+
+    _, _, model_dir = eval_files
+    monkeypatch.setitem(CASCADES, "two-stage", ("pgd40", "apgd-ce"))
+    real_verify = engine.verify
+    calls = []
+
+    def terminated_in_second_batch(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "verify", terminated_in_second_batch)
+    path = str(tmp_path / "stopped.json")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match=f"continue with: tfrobust eval --resume {path}$"):
+        run_eval(EvalSettings(model_path=model_dir, attack="two-stage", split="train", batch_size=BATCH, report=path))
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "pool0000_stage00_batch00000.npz" in os.listdir(path + ".state") and not os.path.exists(path)
+    monkeypatch.setattr(engine, "verify", real_verify)
+    assert resume_eval(path)["report"]["num_examples"] == N

@@ -12,12 +12,16 @@ the same (`model_fingerprint`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 
-from tfrobust.errors import UserError
+from tfrobust.errors import Interrupted, UserError
 from tfrobust.evaluation.api import (
     check_data,
     check_options,
@@ -157,27 +161,52 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
             f"progress is saved in {state.directory}; if interrupted, continue with: tfrobust eval --resume {path}",
             flush=True,
         )
-    evaluation = evaluate_arrays(
-        model.logits,
-        images,
-        labels,
-        num_classes=num_classes,
-        attack=settings.attack,
-        norm=norm,
-        eps=eps,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        model_name=model.path,
-        dataset=info.name,
-        split=split_name,
-        report_path=path,
-        save_examples=settings.save_examples,
-        state=state,
-        verbose=True,
-        eot_iter=settings.eot_iter,
-        report_format=settings.report_format,
-        metadata=model.metadata,
-        trust_model=settings.trust_model,
+    stopped = (
+        f"evaluation stopped on request (SIGTERM): its progress is saved in {state.directory}; "
+        f"continue with: tfrobust eval --resume {path}"
     )
+    with _sigterm_raises(stopped):
+        evaluation = evaluate_arrays(
+            model.logits,
+            images,
+            labels,
+            num_classes=num_classes,
+            attack=settings.attack,
+            norm=norm,
+            eps=eps,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            model_name=model.path,
+            dataset=info.name,
+            split=split_name,
+            report_path=path,
+            save_examples=settings.save_examples,
+            state=state,
+            verbose=True,
+            eot_iter=settings.eot_iter,
+            report_format=settings.report_format,
+            metadata=model.metadata,
+            trust_model=settings.trust_model,
+        )
     state.remove()
     return {"report": evaluation.report, "table": evaluation.table, "report_path": path}
+
+
+@contextlib.contextmanager
+def _sigterm_raises(message: str) -> Iterator[None]:
+    """While the block runs, SIGTERM (a scheduler's stop) raises `Interrupted(message)` instead of ending the
+    process. Every attacked batch is already in the evaluation state (written atomically), so at most the
+    batch in progress is lost; the CLI prints `message` and exits with status 143. Only the main thread
+    can take signals: elsewhere the block runs with the process's own handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(message)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
