@@ -7,8 +7,8 @@ the clean pass and the attack use batch statistics without updating the moving o
 pass updates them (docs/api.md, "BatchNorm"). The saved model takes [0, 1] images
 (`trainer.inference_model`).
 
-    python examples/finetune_keras_application.py --out /tmp/finetuned            # ImageNet weights, CIFAR-10 at 96x96
-    python examples/finetune_keras_application.py --tiny --out /tmp/finetuned     # random weights, synthetic data
+    python examples/finetune_keras_application.py --out runs/finetuned            # ImageNet weights, CIFAR-10 at 96x96
+    python examples/finetune_keras_application.py --tiny --out runs/finetuned     # random weights, synthetic data
 
 Runtime and result:
 - `--tiny` (MobileNetV3Small with random weights, 256 synthetic 32x32 images, 1 epoch of 8 steps, a 2-step

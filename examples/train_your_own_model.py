@@ -5,8 +5,8 @@ The library side of tfrobust (docs/api.md): `tfrobust.AdversarialTrainer` wraps 
 attack) in `fit`; `tfrobust.layers.CutMix` and `PadCrop` augment inside the `tf.data` map;
 `tfrobust.callbacks.WeightAveraging` keeps the weight average that is evaluated and saved.
 
-    python examples/train_your_own_model.py --out /tmp/own_model            # CIFAR-10, 20 epochs
-    python examples/train_your_own_model.py --tiny --out /tmp/own_model     # synthetic data, seconds
+    python examples/train_your_own_model.py --out runs/own_model            # CIFAR-10, 20 epochs
+    python examples/train_your_own_model.py --tiny --out runs/own_model     # synthetic data, seconds
 
 Runtime and result:
 - `--tiny` (600 synthetic 16x16 images of 10 classes, 4 epochs of 9 steps, a 2-step attack): 16 s on an
