@@ -48,7 +48,7 @@ from support import write_digits_npz
 from tfrobust.cli import cli
 
 SEED = 17
-OPTION_CASES = 6  # invalid option values tried per command (all with TFROBUST_DAMAGE_ALL=1)
+OPTION_CASES = 4  # invalid option values tried per command (all with TFROBUST_DAMAGE_ALL=1)
 SAMPLED_READS = 2  # files of a command's `sampled_reads` damaged (all with TFROBUST_DAMAGE_ALL=1)
 MODEL = "saved_models/tiny/1"
 STATE = "eval/report.json.state"
