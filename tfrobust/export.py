@@ -59,7 +59,8 @@ def export_metadata(*, dataset: Any, norm: str, eps: float, weights: str, **fiel
     Every export carries `tfrobust_version`, `tensorflow_version`, `dataset` (the `DatasetInfo`: name,
     class names, image shape, mean/std), the threat model `norm` / `eps` (`tfrobust eval`'s defaults) and
     `weights` (where the weights come from, in words); `fields` adds the producer's own (training:
-    `validation`, `training_config`, `run_dir`; `tfrobust import`: `arch`, `source`, ...).
+    `validation`, `training_config`, `run_dir`; `tfrobust import`: `arch`, `source`, ...; `export_model`:
+    `input_range`). `dataset` may also be a plain dict (`export_model`: name, classes, class names).
     `export_network` adds `format`, `input_shape` and `features`.
     """
     import tfrobust
@@ -67,7 +68,7 @@ def export_metadata(*, dataset: Any, norm: str, eps: float, weights: str, **fiel
     metadata = {
         "tfrobust_version": tfrobust.__version__,
         "tensorflow_version": tf.__version__,
-        "dataset": dataclasses.asdict(dataset),
+        "dataset": dataclasses.asdict(dataset) if dataclasses.is_dataclass(dataset) else dict(dataset),
         "norm": norm,
         "eps": eps,
         "weights": weights,
@@ -432,7 +433,6 @@ def export_model(
                                      class_names=["cat", "dog"])     # saved_models/my-cnn/1
         evaluation = tfrobust.evaluate(path, x_test, y_test)         # Linf 8/255, from the metadata
     """
-    import tfrobust
     from tfrobust.threat_model import resolve
 
     if not isinstance(model, keras.Model):
@@ -488,14 +488,12 @@ def export_model(
         class_names = [str(c) for c in class_names]
         if num_classes is not None and len(class_names) != num_classes:
             raise UserError(f"{len(class_names)} class names but the model outputs {num_classes} logits")
-    full = {
-        "tfrobust_version": tfrobust.__version__,
-        "tensorflow_version": tf.__version__,
-        "dataset": {"name": dataset, "num_classes": num_classes, "class_names": class_names},
-        "norm": norm,
-        "eps": eps,
-        "input_range": [low, high],
-        "weights": f"the Keras model {model.name!r} (tfrobust.export.export_model)",
+    full = export_metadata(
+        dataset={"name": dataset, "num_classes": num_classes, "class_names": class_names},
+        norm=norm,
+        eps=eps,
+        weights=f"the Keras model {model.name!r} (tfrobust.export.export_model)",
+        input_range=[low, high],
         **extra,
-    }
+    )
     return export_network(network, root=root, name=name, metadata=full, version=version)
