@@ -1,5 +1,5 @@
 """A run killed with SIGKILL resumes from its last checkpoint, and one stopped by SIGTERM mid-epoch from the
-checkpoint of that step; both end where an uninterrupted run ends."""
+checkpoint of that step; the run they interrupt in turn ends where an uninterrupted run ends."""
 
 import csv
 import os
@@ -109,55 +109,39 @@ def read_log(run_dir):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_the_uninterrupted_run(tmp_path, digits_npz, straight):
-    npz = digits_npz
-    killed = str(tmp_path / "killed")
-
-    command, env = tfrobust(*tiny_train_args(npz, killed, str(tmp_path / "sm2"), epochs=EPOCHS))
+def test_resume_after_sigkill_then_sigterm_mid_epoch_matches_the_uninterrupted_run(tmp_path, digits_npz, straight):
+    """A run killed with SIGKILL after its first checkpoint (epoch 1) resumes from it; that resumed run gets
+    SIGTERM after optimizer step 18 (step 6 of the 13 of epoch 2): the checkpoint of that step, exit status
+    143 and the --resume command. Resumed again, the run ends as the uninterrupted one, the CSV log included.
+    One chain of three processes checks both interruptions and both resumes."""
+    run = str(tmp_path / "run")
+    command, env = tfrobust(*tiny_train_args(digits_npz, run, str(tmp_path / "sm"), epochs=EPOCHS))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while checkpoint_epoch(killed) < 1 and time.time() < deadline and process.poll() is None:
+    while checkpoint_epoch(run) < 1 and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_at_kill = checkpoint_epoch(killed)
-    assert 1 <= done_at_kill < EPOCHS, "the kill must land mid-run"
-    assert not os.path.exists(os.path.join(killed, "summary.json"))
+    # Epoch 2's checkpoint is 13 steps and a validation away: the kill lands right after epoch 1's.
+    assert checkpoint_epoch(run) == 1, "the kill must land after the first checkpoint, before the second"
+    assert not os.path.exists(os.path.join(run, "summary.json"))
 
-    command, env = tfrobust("train", "--resume", killed)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming {killed} after epoch {done_at_kill}" in result.stdout
-    assert_same_run(straight(), killed)
-
-
-@pytest.mark.slow
-def test_resume_after_sigterm_mid_epoch_matches_the_uninterrupted_run(tmp_path, digits_npz, straight):
-    """SIGTERM after optimizer step 18 (step 6 of the 13 of epoch 2): the checkpoint of that step, exit status
-    143 and the --resume command; resumed, the run ends as the uninterrupted one, the CSV log included."""
-    stopped = str(tmp_path / "stopped")
-    _, env = tfrobust()
-    command = [
-        sys.executable,
-        "-c",
-        SIGTERM_AT_STEP,
-        "18",
-        *tiny_train_args(digits_npz, stopped, str(tmp_path / "sm"), epochs=EPOCHS),
-    ]
+    command = [sys.executable, "-c", SIGTERM_AT_STEP, "18", "train", "--resume", run]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 143, result.stderr[-2000:]
-    checkpoint = os.path.join(stopped, "checkpoint.npz")
+    assert f"resuming {run} after epoch 1 of {EPOCHS}\n" in result.stdout
+    checkpoint = os.path.join(run, "checkpoint.npz")
     assert result.stderr.strip().splitlines()[-1] == (
         f"training stopped on request (SIGTERM) at epoch 2, step 6 of 13: the run is saved in {checkpoint} "
-        f"(epoch 2, step 6); continue with: tfrobust train --resume {stopped}"
+        f"(epoch 2, step 6); continue with: tfrobust train --resume {run}"
     )
-    saved = state(stopped)
+    saved = state(run)
     assert (saved["epoch"], saved["epoch_step"], saved["steps"]) == (1, 6, 18)
-    assert [row["epoch"] for row in read_log(stopped)] == ["0"]
-    assert not os.path.exists(os.path.join(stopped, "summary.json"))
+    assert [row["epoch"] for row in read_log(run)] == ["0"]
+    assert not os.path.exists(os.path.join(run, "summary.json"))
 
-    command, env = tfrobust("train", "--resume", stopped)
+    command, env = tfrobust("train", "--resume", run)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming {stopped} after epoch 1 of {EPOCHS}, step 6 of 13 of epoch 2" in result.stdout
-    assert_same_run(straight(), stopped, exact=True)
+    assert f"resuming {run} after epoch 1 of {EPOCHS}, step 6 of 13 of epoch 2" in result.stdout
+    assert_same_run(straight(), run, exact=True)
