@@ -225,9 +225,15 @@ def test_unknown_preset():
 
 
 @pytest.mark.parametrize("aug", ["padcrop+autoaugment+cutout+cutmix", "randaugment+mixup", "ricap", "none"])
-def test_train_with_each_augmentation(npz, tmp_path, aug):
-    """One short epoch per augmentation through the CLI (issue 4's end-to-end check)."""
+def test_train_with_each_augmentation_and_the_default_val_size(npz, tmp_path, aug):
+    """One short epoch per augmentation through the CLI (issue 4's end-to-end check). Without --val-size on
+    400 images each run holds out 80 (a fifth), said in one line; warm-up = run: one warning line. The
+    augmentation does not enter either line, so every case checks both."""
     args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm"), epochs=1)
+    at = args.index("--val-size")
+    del args[at : at + 2]
+    at = args.index("--warmup-epochs")
+    args[at + 1] = "1"
     args += ["--aug", aug, "--eval-every", "0", "--attack-steps", "1"]
     result = invoke(args)
     assert result.exit_code == 0, result.output
@@ -237,6 +243,14 @@ def test_train_with_each_augmentation(npz, tmp_path, aug):
 
     (row,) = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert np.isfinite(float(row["loss"])) and float(row["loss"]) > 0
+    held = [line for line in result.output.splitlines() if line.startswith("validation:")]
+    assert held == [
+        "validation: 80 of the 400 training images held out (default 1024, at most a fifth of "
+        "the training set; --val-size sets it)"
+    ]
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "--warmup-epochs 1 >= --epochs 1" in warnings[0]
+    assert config["val_size"] == 80
 
 
 def test_unknown_augmentation(npz, tmp_path):
@@ -288,25 +302,6 @@ def test_eval_of_an_npz_file_uses_every_image_by_default(trained, npz, tmp_path)
         "no test split",
         "--split all",
     )
-
-
-def test_default_val_size_adapts_to_a_small_dataset_and_warns_of_a_whole_run_warmup(npz, tmp_path):
-    """No --val-size on 400 images: 80 held out (a fifth), said in one line; warm-up = run: one warning line."""
-    args = tiny_train_args(npz, str(tmp_path / "run"), str(tmp_path / "sm"), epochs=1)
-    at = args.index("--val-size")
-    del args[at : at + 2]
-    at = args.index("--warmup-epochs")
-    args[at + 1] = "1"
-    result = invoke(args + ["--eval-every", "0", "--attack-steps", "1"])
-    assert result.exit_code == 0, result.output
-    held = [line for line in result.output.splitlines() if line.startswith("validation:")]
-    assert held == [
-        "validation: 80 of the 400 training images held out (default 1024, at most a fifth of "
-        "the training set; --val-size sets it)"
-    ]
-    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "--warmup-epochs 1 >= --epochs 1" in warnings[0]
-    assert json.load(open(tmp_path / "run" / "config.json"))["val_size"] == 80
 
 
 @pytest.mark.parametrize(
