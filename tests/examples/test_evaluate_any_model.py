@@ -3,10 +3,12 @@
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from support import REPO as ROOT
 
 SCRIPT = os.path.join(ROOT, "examples", "evaluate_any_model.py")
@@ -39,7 +41,7 @@ def test_tiny_trains_exports_and_evaluates_with_autoattack(tmp_path):
     assert keras_accuracy == robust == round(100 * report["robust_accuracy"], 2)
 
 
-def test_a_users_model_and_npz(tmp_path):
+def test_a_users_model_and_npz(tmp_path, monkeypatch, capsys):
     import keras
 
     inputs = keras.Input((4, 4, 1))
@@ -64,5 +66,14 @@ def test_a_users_model_and_npz(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "n=10  linf eps=0.05" in result.stdout and "pgd40" in result.stdout
-    bad = run("--model", str(tmp_path / "user.keras"), "--data", str(tmp_path / "data.npz"), "--eps", "8", cwd=tmp_path)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("Error: --eps 8")
+    # The refusal runs the script as `python` does (`__name__ == "__main__"`, its exit status from
+    # sys.exit) in this process: a second interpreter would only import TensorFlow again.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [SCRIPT, "--model", str(tmp_path / "user.keras"), "--data", str(tmp_path / "data.npz"), "--eps", "8"],
+    )
+    with pytest.raises(SystemExit) as bad:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    assert bad.value.code == 1 and capsys.readouterr().err.strip().splitlines()[-1].startswith("Error: --eps 8")
