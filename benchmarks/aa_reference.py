@@ -1,44 +1,43 @@
-"""tfrobust's AutoAttack against a PyTorch AutoAttack on the same model and images: accuracy per stage and time.
+"""tfrobust's AutoAttack against the reference AutoAttack (PyTorch) on the same model and images: accuracy per stage and time.
 
-What it does: takes a model trained by `tfrobust train` (its run directory), evaluates the exported
-SavedModel with `tfrobust.evaluation.run_eval(attack="aa")` (APGD-CE, APGD-T, FAB-T, Square, as
-`tfrobust eval --attack aa`), and the same weights in PyTorch with torchattacks 3.5.1's ports of the
-reference attacks (Croce & Hein 2020, github.com/fra31/auto-attack), configured exactly as the reference's
-`AutoAttack(version="standard")` (`autoattack/autoattack.py`, `__init__` and `set_version`, the same for
-Linf and L2), every setting passed explicitly (`reference_attacks`):
+What it does: takes a model trained by `tfrobust train` (its run directory), evaluates its exported SavedModel
+with `tfrobust.evaluate` (`--attack aa`, `aa-plus` or `aa-rand` for `--version standard`, `plus`, `rand`;
+the report is `tfrobust eval`'s), and the same weights in PyTorch with the reference:
 
-- APGD-CE: 1 restart x 100 iterations, loss "ce", eot_iter 1, rho 0.75 (torchattacks' default steps: 10);
-- APGD-T: 9 target classes x 1 restart x 100 iterations, eot_iter 1, rho 0.75 (torchattacks takes
-  n_classes - 1 targets: 99 on CIFAR-100; the script sets n_target_classes = min(9, classes - 1));
-- FAB-T: 9 target classes x 1 restart x 100 iterations, alpha_max 0.1, eta 1.05, beta 0.9 (the reference
-  class's defaults; torchattacks' steps default 10, targets n_classes - 1 as above);
-- Square: 5000 queries, 1 restart, p_init 0.8, loss "margin", resc_schedule False (torchattacks'
-  default is True, the reference class's default too, but AutoAttack builds Square with False: p halves
-  after iterations 10, 50, 200, 500, 1000, 2000, 4000 of a 5000-query run, unrescaled).
+- `--reference autoattack` (default): the reference itself, Croce & Hein's `pyautoattack` 0.2.0 (their PyPI
+  package of github.com/fra31/auto-attack), `AutoAttack(model, norm=..., eps=..., version=..., seed=...)`
+  and its `run_standard_evaluation`, untouched: every version (standard, plus, rand) and norm (Linf, L2,
+  L1). The accuracy after each stage and its time are read from the reference's own log lines; its final
+  adversarial examples are checked to lie inside the ball and [0, 1].
+- `--reference torchattacks`: torchattacks 3.5.1's ports of the reference attacks, configured as the
+  reference's `version="standard"` at Linf/L2 (`reference_attacks`, every setting passed explicitly):
+  APGD-CE 1 restart x 100 iterations, rho 0.75; APGD-T min(9, classes - 1) targets x 1 x 100; FAB-T
+  min(9, classes - 1) targets x 1 x 100, alpha_max 0.1, eta 1.05, beta 0.9; Square 5000 queries, p_init
+  0.8, margin loss, `resc_schedule=False` (torchattacks' defaults differ: 10 steps, n_classes - 1 targets,
+  rescaled Square). Its own `AutoAttack` class builds APGD, APGD-T and FAB with 10 iterations, hence not used.
 
-Both cascades attack only the points still robust, per stage, starting from the clean image, and count
-only verified successes (inside the ball and [0, 1], misclassified). On a GPU the PyTorch side runs in
-full float32: TF32 is off for cuDNN convolutions (`torch.backends.cudnn.allow_tf32`, True by default) and
-matrix products, as tfrobust's evaluation turns it off in TensorFlow (`tfrobust.numerics`).
+`--noise SIGMA` makes the model randomised on both sides (Gaussian input noise N(0, SIGMA^2), a fresh draw per
+call), the case the `rand` version is for. Both cascades attack only the points still robust, per stage,
+starting from the clean image. On a GPU the PyTorch side runs in full float32 (TF32 off for cuDNN and matrix
+products), as `tfrobust eval` runs TensorFlow (`tfrobust.numerics`).
 
-Why not torchattacks' own `AutoAttack` class: in 3.5.1 it builds APGD, APGD-T and FAB with their default
-10 iterations instead of 100 (a weaker attack than the reference). Why not tf2onnx + onnx2torch for the
-conversion: onnx2torch imports torchvision, and no torchvision wheel here runs with torch 2.13.0 CPU
-(0.29 pulls torch 2.14 + CUDA; 0.28 fails to register its ops). The PyTorch model is instead the
-published architecture (`tests/torch_reference.py`, the one `tfrobust import` is tested against) loaded
-with `tfrobust.importer.reference_state_dict(network)`; the script checks that its logits match the
-SavedModel's on every evaluated image before attacking.
+The PyTorch model is the published architecture (`tests/torch_reference.py`, the one `tfrobust import` is
+tested against) loaded with `tfrobust.importer.reference_state_dict(network)`; the script checks that its
+logits match the SavedModel's on every evaluated image before attacking. (tf2onnx + onnx2torch is not
+usable: onnx2torch imports torchvision, and no torchvision wheel here runs with torch 2.13.0 CPU.)
 
-    pip install --no-deps --target pydeps torchattacks==3.5.1   # its deps would replace torch
-    PYTHONPATH=pydeps python benchmarks/aa_reference.py --run exp/runs/std \\
-        --data exp/c10_test.npz --n-examples 500 --eps 1 2 --out benchmarks/results/aa_reference_std.json
+    pip install --no-deps --target pydeps pyautoattack==0.2.0 torchattacks==3.5.1   # deps would replace torch
+    PYTHONPATH=pydeps python benchmarks/aa_reference.py --run exp/runs/std101 \\
+        --data exp/c10_test.npz --n-examples 200 --eps 2 --version plus --out plus.json
+    PYTHONPATH=pydeps python benchmarks/aa_reference.py ... --norm l1 --eps 2 --out l1.json
+    PYTHONPATH=pydeps python benchmarks/aa_reference.py ... --version rand --noise 0.03 --out rand.json
 
 Where TensorFlow is not installed (a GPU machine with PyTorch only), run the reference side alone from a bundle:
 
     python benchmarks/aa_reference.py --run RUN --data D.npz --eps 8 --write-bundle bundle.npz --out unused.json
-    python benchmarks/aa_reference.py --bundle bundle.npz --eps 8 --out ref.json   # torch + torchattacks only
+    python benchmarks/aa_reference.py --bundle bundle.npz --eps 8 --out ref.json   # torch + the reference only
 
-Measured results are in the README ("Evaluation: comparison with a PyTorch AutoAttack") and in the JSON
+Measured results are in benchmarks/README.md ("AutoAttack against a PyTorch AutoAttack") and in the JSON
 written by --out.
 """
 
@@ -234,15 +233,171 @@ def torch_cascade(
     return result
 
 
+def torch_noisy(model, sigma: float):
+    """`model` behind Gaussian input noise of standard deviation `sigma` (a fresh draw per call)."""
+    import torch
+
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            return self.inner(x + sigma * torch.randn_like(x))
+
+    return Noisy().eval()
+
+
+def tf_noisy(logits, sigma: float):
+    """The TensorFlow side of `torch_noisy`: `logits` behind Gaussian input noise (a fresh draw per call)."""
+    import tensorflow as tf
+
+    def noisy(x):
+        return logits(x + sigma * tf.random.normal(tf.shape(x)))
+
+    return noisy
+
+
+class _StageLog:
+    """Collects the reference's own per-attack log lines ("robust accuracy after APGD-CE: 27.50% (total time
+    12.3 s)") from its `auto-attack` logger: the per-stage accuracy and the cumulative attack time its
+    `run_standard_evaluation` reports, without re-implementing its loop."""
+
+    PATTERN = r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)% \(total time ([0-9.]+) s\)"
+
+    def __init__(self):
+        import logging
+
+        self.lines: list[str] = []
+        self.handler = logging.Handler(level=logging.DEBUG)
+        self.handler.emit = lambda record: self.lines.append(record.getMessage())
+        self.logger = logging.getLogger("auto-attack")
+
+    def __enter__(self):
+        import logging
+
+        self.level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+    def stages(self) -> list[dict]:
+        import re
+
+        found, previous = [], 0.0
+        for line in self.lines:
+            match = re.fullmatch(self.PATTERN, line)
+            if match:
+                total = float(match.group(3))
+                found.append(
+                    {
+                        "attack": match.group(1).lower(),
+                        "robust_accuracy": float(match.group(2)) / 100,
+                        "seconds": round(total - previous, 2),
+                    }
+                )
+                previous = total
+        return found
+
+
+def autoattack_cascade(
+    model, x: np.ndarray, y: np.ndarray, norm: str, eps: float, version: str, batch: int, seed: int
+) -> dict:
+    """The reference AutoAttack itself (pyautoattack 0.2.0, Croce & Hein's package of github.com/fra31/auto-
+    attack): `AutoAttack(model, norm=..., eps=..., version=..., seed=...)` and its `run_standard_evaluation`,
+    untouched. Per-stage accuracy and time come from its own log lines (`_StageLog`); the final adversarial
+    examples are checked here (inside the ball and [0, 1]) and the reference's own verdicts (`y_adv`) used,
+    as it decides them (for a randomised model, on one call)."""
+    import torch
+    from pyautoattack import AutoAttack
+
+    numerics = full_float32_torch()
+    device = _device(model)
+    torch.manual_seed(seed)
+    adversary = AutoAttack(
+        model, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=eps, version=version, seed=seed, device=device
+    )
+    xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous().to(device)
+    yt = torch.tensor(y).to(device)
+    began = time.time()
+    with _StageLog() as log:
+        x_adv, y_adv = adversary.run_standard_evaluation(xt, yt, batch_size=batch)
+    wall = time.time() - began
+    clean = [line for line in log.lines if line.startswith("initial accuracy: ")]
+    adv = x_adv.detach().permute(0, 2, 3, 1).cpu().numpy()
+    delta = (adv - x).reshape(len(x), -1).astype(np.float64)
+    size = {"linf": np.abs(delta).max(1), "l2": np.sqrt((delta**2).sum(1)), "l1": np.abs(delta).sum(1)}[norm]
+    flat = adv.reshape(len(x), -1)
+    inside = (size <= eps * (1 + 1e-6) + 1e-6) & (flat.min(1) >= 0) & (flat.max(1) <= 1)
+    broken = y_adv.cpu().numpy() != y
+    stages = log.stages()
+    return {
+        "implementation": "pyautoattack 0.2.0 (fra31/auto-attack)",
+        "version": version,
+        "attacks_to_run": list(adversary.attacks_to_run),
+        "clean_accuracy": float(clean[0].split(": ")[1].rstrip("%")) / 100 if clean else float("nan"),
+        "stages": stages,
+        "robust_accuracy": stages[-1]["robust_accuracy"] if stages else float("nan"),
+        "seconds": round(sum(s["seconds"] for s in stages), 2),
+        "wall_seconds": round(wall, 2),
+        "broken_outside_threat_model": int((broken & ~inside).sum()),
+        "max_perturbation": float(size.max()),
+        "log": log.lines,
+        "numerics": numerics,
+    }
+
+
+VERSIONS = {"standard": "aa", "plus": "aa-plus", "rand": "aa-rand"}  # reference version -> tfrobust --attack
+
+
+def eps_value(eps_units: float, norm: str) -> float:
+    """`--eps` in 1/255 units for Linf, as it is for L2 and L1."""
+    return eps_units / 255.0 if norm == "linf" else eps_units
+
+
+def reference_side(args, model, x, y, eps: float, num_classes: int) -> dict:
+    """The reference cascade for `args.version` / `args.norm`, by `args.reference`."""
+    if args.noise:
+        model = torch_noisy(model, args.noise)
+    if args.reference == "torchattacks":
+        return torch_cascade(model, x, y, args.norm, eps, args.batch_size, args.seed, num_classes)
+    return autoattack_cascade(model, x, y, args.norm, eps, args.version, args.batch_size, args.seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", help="Run directory of `tfrobust train` (its summary names the export).")
     parser.add_argument("--data", help="npz with `image`/`label` of held-out images.")
     parser.add_argument("--n-examples", type=int, default=500)
     parser.add_argument(
-        "--eps", type=float, nargs="+", default=[1.0, 2.0], help="Radii in 1/255 units (linf) or raw (l2)."
+        "--eps", type=float, nargs="+", default=[1.0, 2.0], help="Radii in 1/255 units (linf) or raw (l2, l1)."
     )
-    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"])
+    parser.add_argument(
+        "--version",
+        default="standard",
+        choices=sorted(VERSIONS),
+        help="AutoAttack version: tfrobust runs --attack aa / aa-plus / aa-rand, the reference version=... .",
+    )
+    parser.add_argument(
+        "--reference",
+        default="autoattack",
+        choices=["autoattack", "torchattacks"],
+        help="autoattack: the reference package itself (pyautoattack, every version and norm); torchattacks: "
+        "its ports, the standard version at Linf/L2 only.",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="Attack a randomised model: the network behind Gaussian input noise N(0, SIGMA^2), a fresh draw per "
+        "call, on both sides (for --version rand).",
+    )
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["both", "tf", "torch"], default="both")
@@ -260,6 +415,8 @@ def main() -> None:
     args = parser.parse_args()
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists")
+    if args.reference == "torchattacks" and (args.version != "standard" or args.norm == "l1"):
+        raise SystemExit("--reference torchattacks runs the standard version at linf/l2 only")
     if args.bundle:
         return main_bundle(args)
     if not args.run or not args.data:
@@ -270,8 +427,8 @@ def main() -> None:
     import tensorflow as tf
     import torch
 
-    import tfrobust  # noqa: F401
-    from tfrobust.evaluation import EvalSettings, onednn_enabled, run_eval
+    import tfrobust
+    from tfrobust.evaluation import onednn_enabled
     from tfrobust.export import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -282,9 +439,8 @@ def main() -> None:
     with np.load(args.data, allow_pickle=False) as data:
         x = data["image"][: args.n_examples].astype(np.float32) / 255.0
         y = data["label"][: args.n_examples].astype(np.int64)
-    saved = np.concatenate(
-        [np.asarray(load_model(export_path).logits(tf.constant(x[i : i + 250]))) for i in range(0, len(x), 250)]
-    )
+    saved_model = load_model(export_path)
+    saved = np.concatenate([np.asarray(saved_model.logits(tf.constant(x[i : i + 250]))) for i in range(0, len(x), 250)])
     ref = torch_logits(reference, x)
     gap = float(np.abs(saved - ref).max())
     agree = float((saved.argmax(-1) == ref.argmax(-1)).mean())
@@ -300,11 +456,15 @@ def main() -> None:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     results = {
-        "run": os.path.abspath(args.run),
+        "run": args.run,
         "model": export_path,
         "data": args.data,
         "n_examples": len(x),
         "norm": args.norm,
+        "version": args.version,
+        "tfrobust_attack": VERSIONS[args.version],
+        "reference": args.reference,
+        "noise_sigma": args.noise,
         "seed": args.seed,
         "max_logit_gap": gap,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -312,29 +472,26 @@ def main() -> None:
         "eps": {},
     }
     for eps_units in args.eps:
-        eps = eps_units / 255.0 if args.norm == "linf" else eps_units
+        eps = eps_value(eps_units, args.norm)
         entry = {}
         if args.only in ("both", "tf"):
-            report = os.path.join(out_dir, f"tfrobust-aa-{args.norm}-{eps_units:g}-{time.strftime('%H%M%S')}.json")
-            entry["tfrobust"] = run_eval(
-                EvalSettings(
-                    model_path=export_path,
-                    attack="aa",
-                    dataset=f"npz:{args.data}",
-                    split="train",
-                    val_size=0,
-                    norm=args.norm,
-                    eps=eps,
-                    n_examples=len(x),
-                    batch_size=args.batch_size,
-                    seed=args.seed,
-                    report=report,
-                )
-            )["report"]
-        if args.only in ("both", "torch"):
-            entry["reference"] = torch_cascade(
-                reference, x, y, args.norm, eps, args.batch_size, args.seed, info.num_classes
+            tag = f"{VERSIONS[args.version]}-{args.norm}-{eps_units:g}-{time.strftime('%H%M%S')}"
+            tf.random.set_seed(args.seed)  # the noise draws of --noise
+            began = time.time()
+            evaluation = tfrobust.evaluate(
+                tf_noisy(saved_model.logits, args.noise) if args.noise else export_path,
+                x,
+                y,
+                attack=VERSIONS[args.version],
+                norm=args.norm,
+                eps=eps,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                report=os.path.join(out_dir, f"tfrobust-{tag}.json"),
             )
+            entry["tfrobust"] = {**evaluation.report, "wall_seconds": round(time.time() - began, 2)}
+        if args.only in ("both", "torch"):
+            entry["reference"] = reference_side(args, reference, x, y, eps, info.num_classes)
         results["eps"][f"{eps_units:g}"] = entry
         print(format_comparison(eps_units, args.norm, entry), flush=True)
     with open(args.out, "x") as handle:
@@ -353,14 +510,16 @@ def main_bundle(args) -> None:
         "bundle": args.bundle,
         "n_examples": len(x),
         "norm": args.norm,
+        "version": args.version,
+        "reference": args.reference,
+        "noise_sigma": args.noise,
         "seed": args.seed,
         "machine": machine,
         "versions": {"torch": torch.__version__},
         "eps": {},
     }
     for eps_units in args.eps:
-        eps = eps_units / 255.0 if args.norm == "linf" else eps_units
-        entry = {"reference": torch_cascade(model, x, y, args.norm, eps, args.batch_size, args.seed, num_classes)}
+        entry = {"reference": reference_side(args, model, x, y, eps_value(eps_units, args.norm), num_classes)}
         results["eps"][f"{eps_units:g}"] = entry
         print(format_comparison(eps_units, args.norm, entry), flush=True)
     with open(args.out, "x") as handle:
@@ -369,25 +528,30 @@ def main_bundle(args) -> None:
 
 
 def format_comparison(eps_units: float, norm: str, entry: dict) -> str:
-    """Markdown rows: stage, tfrobust accuracy and seconds, reference accuracy and seconds."""
+    """Markdown rows: stage, tfrobust accuracy and seconds, reference accuracy and seconds (stages in order;
+    both sides run the same version, so row i is the same attack on both)."""
     unit = "/255" if norm == "linf" else ""
     lines = [
         f"\n{norm} eps {eps_units:g}{unit}",
-        "| stage | tfrobust | s | reference (torchattacks) | s |",
+        "| stage | tfrobust | s | reference | s |",
         "|---|---|---|---|---|",
     ]
     tf_side, ref_side = entry.get("tfrobust"), entry.get("reference")
+    rows = max(len(side["stages"]) for side in (tf_side, ref_side) if side)
 
     def cell(side, index):
-        if side is None:
-            return "-", "-"
+        if side is None or (index is not None and index >= len(side["stages"])):
+            return "-", "-", ""
         if index is None:
-            return f"{100 * side['clean_accuracy']:.1f}%", ""
+            return f"{100 * side['clean_accuracy']:.1f}%", "", ""
         stage = side["stages"][index]
-        return f"{100 * stage['robust_accuracy']:.1f}%", f"{stage['seconds']:.0f}"
+        return f"{100 * stage['robust_accuracy']:.1f}%", f"{stage['seconds']:.0f}", stage["attack"]
 
-    for index, name in [(None, "clean")] + list(enumerate(STAGES)):
+    for index in [None, *range(rows)]:
         a, b = cell(tf_side, index), cell(ref_side, index)
+        name = "clean" if index is None else (a[2] or b[2])
+        if index is not None and a[2] and b[2] and a[2].split("@")[0] != b[2]:  # "apgd-ce@plus" is "apgd-ce"
+            name = f"{a[2]} / {b[2]}"
         lines.append(f"| {name} | {a[0]} | {a[1]} | {b[0]} | {b[1]} |")
     if tf_side and ref_side:
         lines.append(f"| total time | | {tf_side['seconds']:.0f} | | {ref_side['seconds']:.0f} |")

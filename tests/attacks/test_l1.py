@@ -87,6 +87,23 @@ def test_projection_equals_numpy_bisection(eps):
         np.testing.assert_allclose(ours, np.clip(x + delta, 0.0, 1.0) - x, atol=1e-7)
 
 
+@pytest.mark.parametrize("steps", [0, 2, 20])
+def test_projection_is_exact_whether_the_bracket_holds_one_knot_value_or_many(steps):
+    """Few bisection steps leave many distinct knot values in the bracket (the sorted construction then
+    solves those rows), many steps one or none (solved on its segment); ties (equal |δ_i|, as Square's
+    patterns and APGD-L1's sparse steps make) and box faces included. Every way gives the NumPy bisection."""
+    rng = np.random.default_rng(7)
+    x, delta = _cases(rng, n=10, shape=(3, 8, 8))
+    delta[6] = np.sign(delta[6]) * 0.05  # every |δ_i| equal
+    delta[7] = np.round(delta[7] * 20) / 20  # a few distinct values, each shared by many coordinates
+    x[8] = np.round(x[8] * 4) / 4
+    for eps in (0.3, 2.0, 9.0):
+        ours = l1_box_projection(tf.constant(delta), tf.constant(x), eps, bisection_steps=steps).numpy()
+        expected = np_l1_box_projection(delta, x, eps).reshape(ours.shape)
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-7)
+        assert np.all(np.abs(ours.reshape(len(x), -1).astype(np.float64)).sum(1) <= eps * (1 + 1e-6) + 1e-7)
+
+
 def test_projection_is_the_closest_feasible_point():
     """p = P(y) exactly when ⟨y − p, z − p⟩ <= 0 for every feasible z (the projection onto a closed convex
     set): checked against random points z of the ball ∩ box, some on its surface."""
