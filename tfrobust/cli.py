@@ -298,6 +298,12 @@ def export(run_dir: str, which: str, export_dir: str | None, name: str | None) -
     help="robustbench: also write <report>.robustbench.json, the fields of a RobustBench leaderboard entry [json].",
 )
 @click.option(
+    "--jit-compile",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    help="Compile each attack with XLA at a fixed batch shape: auto (with a GPU or TPU) | on | off [auto].",
+)
+@click.option(
     "--resume",
     "resume_report",
     default=None,

@@ -521,11 +521,23 @@ def test_run_eval_end_to_end(eval_files, result):
     # Whether TF ran its oneDNN kernels decides CPU timings; None would mean TF's private query moved.
     assert isinstance(report["versions"]["onednn"], bool)
     assert report["numerics"] == {"tf32": False, "verify_rows": VERIFY_ROWS, "ties": "correct"}
+    assert report["jit_compile"] is False  # --jit-compile auto on a CPU
 
     before = open(report_path).read()
     with pytest.raises(UserError, match="exists"):
         run_eval(settings)
     assert open(report_path).read() == before
+
+
+def test_run_eval_under_xla_records_it_and_breaks_the_same_points(eval_files, result, tmp_path):
+    _, _, model_dir = eval_files
+    settings = EvalSettings(
+        model_path=model_dir, split="train", batch_size=BATCH, report=str(tmp_path / "xla.json"), jit_compile="on"
+    )
+    report = run_eval(settings)["report"]
+    assert report["jit_compile"] is True
+    assert report["counts"]["robust"] == int(result.robust.sum())
+    assert report["counts"]["clean_correct"] == int(result.clean_correct.sum())
 
 
 def test_run_eval_default_report_path_and_limit(eval_files, tmp_path, monkeypatch):

@@ -191,6 +191,9 @@ class APGD:
     eot_loss: str = "last"  # "last" (the reference's) or "mean" (the loss averaged over the eot_iter calls)
     # Drop an example from the run at its first misclassified iterate (None: when eot_iter == 1).
     exit_on_success: bool | None = None
+    # Every tensor at the batch's shape, the examples that leave a run masked instead of dropped, as XLA
+    # needs (`common.run_targets`, "Fixed shapes"); the same per-example results.
+    fixed_shape: bool = False
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
@@ -218,6 +221,8 @@ class APGD:
             raise UserError(f"unknown APGD eot_loss {self.eot_loss!r}; choose one of {', '.join(EOT_LOSSES)}")
         if self.exit_on_success is not None and not isinstance(self.exit_on_success, bool):
             raise UserError(f"APGD exit_on_success must be None, True or False, got {self.exit_on_success!r}")
+        if not isinstance(self.fixed_shape, bool):
+            raise UserError(f"APGD fixed_shape must be True or False, got {self.fixed_shape!r}")
 
     @property
     def exits_on_success(self) -> bool:
@@ -254,13 +259,15 @@ class APGD:
         # Clean-misclassified points are never attacked (the reference's `acc = y_pred == y`).
         robust = correctly_classified(logits, y)
 
-        def run(xs, ys, target, restart, run_seed):
-            return self.single_run(model_fn, xs, ys, target, run_seed)
+        def run(xs, ys, target, restart, run_seed, live=None):
+            return self.single_run(model_fn, xs, ys, target, run_seed, live)
 
         if num_targets == 0:
             return x  # a loss the model's classes cannot define (see `notes`): nothing to run
         targets = top_targets(logits, y, num_targets) if self.targeted else None
-        return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts, targets=targets)
+        return run_targets(
+            run, x, y, robust, seed, n_restarts=self.n_restarts, targets=targets, fixed_shape=self.fixed_shape
+        )
 
     def _evaluate(
         self, model_fn: ModelFn, x_k: tf.Tensor, y_k: tf.Tensor, target_k: tf.Tensor | None
@@ -311,7 +318,13 @@ class APGD:
 
     @no_autograph
     def single_run(
-        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, seed: tf.Tensor
+        self,
+        model_fn: ModelFn,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        target: tf.Tensor | None,
+        seed: tf.Tensor,
+        live: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """One APGD run from a random start on every example of `x`: (x_adv, misclassified).
 
@@ -326,9 +339,13 @@ class APGD:
 
         With `exits_on_success` False (EOT on a randomised model, by default), every example runs all
         iterations and returns its last misclassified iterate, the reference's `x_best_adv`.
+
+        `live` ([b] bool, fixed shapes only): the rows to attack; the others are computed and discarded.
+        With `fixed_shape`, an example that leaves the run is masked (its row computed and discarded)
+        instead of dropped; the loop runs while some live example remains.
         """
         if self.norm == "l1":
-            return self.single_run_l1(model_fn, x, y, target, seed)
+            return self.single_run_l1(model_fn, x, y, target, seed, live)
         projection = make_projection(self.norm, self.eps)
         eps = tf.constant(self.eps, tf.float32)
         rank = x.shape.rank
@@ -375,7 +392,11 @@ class APGD:
         # A start that is already misclassified is the example's adversarial point (the reference's
         # x_best_adv before the first step).
         out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
-        if self.exits_on_success:
+        if self.fixed_shape:
+            active["live"] = _live_rows(live, batch)
+            if self.exits_on_success:
+                active["live"] = tf.logical_and(active["live"], tf.logical_not(wrong))
+        elif self.exits_on_success:
             active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
 
         def body(i, out_adv, out_wrong, s):
@@ -389,9 +410,7 @@ class APGD:
             x_new = projection.project(x_k + a * (z - x_k) + (1.0 - a) * (x_k - s["x_old"]), x_c)
 
             misclassified, losses, grad = evaluate(x_new, s["y"], s.get("target"))
-            broken = tf.boolean_mask(s["index"], misclassified)[:, None]
-            out_adv = tf.tensor_scatter_nd_update(out_adv, broken, tf.boolean_mask(x_new, misclassified))
-            out_wrong = tf.tensor_scatter_nd_update(out_wrong, broken, tf.ones_like(broken[:, 0], tf.bool))
+            out_adv, out_wrong = _record(s, misclassified, x_new, out_adv, out_wrong, self.fixed_shape)
 
             improved = losses > s["loss_best"]
             improved_b = tf.reshape(improved, per_example)
@@ -439,11 +458,10 @@ class APGD:
             )
             if not self.exits_on_success:
                 return i + 1, out_adv, out_wrong, s  # the last misclassified iterate wins (the reference's)
-            keep = tf.logical_not(misclassified)
-            return i + 1, out_adv, out_wrong, {k: tf.boolean_mask(v, keep) for k, v in s.items()}
+            return i + 1, out_adv, out_wrong, _leave(s, tf.logical_not(misclassified), self.fixed_shape)
 
         def cond(i, out_adv, out_wrong, s):
-            return tf.logical_and(i < self.n_iter, tf.size(s["index"]) > 0)
+            return tf.logical_and(i < self.n_iter, _any_left(s, self.fixed_shape))
 
         invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
         _, out_adv, out_wrong, _ = tf.while_loop(
@@ -457,7 +475,13 @@ class APGD:
 
     @no_autograph
     def single_run_l1(
-        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, target: tf.Tensor | None, seed: tf.Tensor
+        self,
+        model_fn: ModelFn,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        target: tf.Tensor | None,
+        seed: tf.Tensor,
+        live: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """One APGD-L1 run on every example of `x`: (x_adv, misclassified), as `single_run`.
 
@@ -476,14 +500,16 @@ class APGD:
         t = rng.normal(tf.shape(x), seed)
         if not self.use_largereps:
             start = x + t + (l1_box_projection(t, x, self.eps) - t)  # `attack_single_run` without x_init
-            return self.l1_stage(model_fn, x, y, target, start, self.eps, self.n_iter, from_start=False, last=True)
+            return self.l1_stage(
+                model_fn, x, y, target, start, self.eps, self.n_iter, from_start=False, last=True, live=live
+            )
         stages = largereps_schedule(self.n_iter)
         start = _l1_step_to_ball(x, x + t, stages[0][0] * self.eps)  # `decr_eps_pgd`'s x_init
         for number, (multiple, n_iter) in enumerate(stages):
             last = number == len(stages) - 1
             radius = multiple * self.eps
             start = _l1_step_to_ball(x, start, radius)
-            result = self.l1_stage(model_fn, x, y, target, start, radius, n_iter, from_start=True, last=last)
+            result = self.l1_stage(model_fn, x, y, target, start, radius, n_iter, from_start=True, last=last, live=live)
             if not last:
                 start = result[0]
         return result
@@ -501,6 +527,7 @@ class APGD:
         *,
         from_start: bool,
         last: bool,
+        live: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, ...]:
         """n_iter APGD-L1 iterations at radius `eps` from `start` (the reference's `attack_single_run`, L1).
 
@@ -522,7 +549,7 @@ class APGD:
         Returns (x_adv, misclassified) when `last` (the run's result; examples leave at their first
         misclassified iterate, as in `single_run`), else (x_best,) for the next stage: every example runs
         all n_iter iterations, a misclassification counting for nothing at a radius above the threat
-        model's.
+        model's. `live` and `fixed_shape` as in `single_run`.
         """
         x = tf.convert_to_tensor(x, tf.float32)
         rank = x.shape.rank
@@ -561,7 +588,11 @@ class APGD:
         if target is not None:
             active["target"] = target
         out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
-        if last:
+        if self.fixed_shape:
+            active["live"] = _live_rows(live, batch)
+            if last:
+                active["live"] = tf.logical_and(active["live"], tf.logical_not(wrong))
+        elif last:
             active = {k: tf.boolean_mask(v, tf.logical_not(wrong)) for k, v in active.items()}
 
         def body(i, out_adv, out_wrong, s):
@@ -577,9 +608,7 @@ class APGD:
 
             misclassified, losses, grad = self._evaluate(model_fn, x_new, s["y"], s.get("target"))
             if last:
-                broken = tf.boolean_mask(s["index"], misclassified)[:, None]
-                out_adv = tf.tensor_scatter_nd_update(out_adv, broken, tf.boolean_mask(x_new, misclassified))
-                out_wrong = tf.tensor_scatter_nd_update(out_wrong, broken, tf.ones_like(broken[:, 0], tf.bool))
+                out_adv, out_wrong = _record(s, misclassified, x_new, out_adv, out_wrong, self.fixed_shape)
 
             improved = losses > s["loss_best"]
             improved_b = tf.reshape(improved, per_example)
@@ -616,11 +645,11 @@ class APGD:
                 sp_old=sp_old,
             )
             if last:
-                s = {k: tf.boolean_mask(v, tf.logical_not(misclassified)) for k, v in s.items()}
+                s = _leave(s, tf.logical_not(misclassified), self.fixed_shape)
             return i + 1, out_adv, out_wrong, s
 
         def cond(i, out_adv, out_wrong, s):
-            return tf.logical_and(i < n_iter, tf.size(s["index"]) > 0)
+            return tf.logical_and(i < n_iter, _any_left(s, self.fixed_shape))
 
         invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
         _, out_adv, out_wrong, s = tf.while_loop(
@@ -633,6 +662,43 @@ class APGD:
         if last:
             return out_adv, out_wrong
         return (s["x_best"],)
+
+
+def _live_rows(live: tf.Tensor | None, batch: tf.Tensor) -> tf.Tensor:
+    """The rows a fixed-shape run attacks: `live`, or every row."""
+    return tf.ones([batch], tf.bool) if live is None else tf.convert_to_tensor(live, tf.bool)
+
+
+def _record(
+    s: dict, misclassified: tf.Tensor, x_new: tf.Tensor, out_adv: tf.Tensor, out_wrong: tf.Tensor, fixed_shape: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(out_adv, out_wrong) with the active examples misclassified at `x_new` recorded at their rows.
+
+    Dropping examples keeps their batch positions in `s["index"]`; with fixed shapes the rows never move
+    and the rows that left the run (`s["live"]` false) are not recorded.
+    """
+    if fixed_shape:
+        hit = tf.logical_and(misclassified, s["live"])
+        per_example = [-1] + [1] * (x_new.shape.rank - 1)
+        return tf.where(tf.reshape(hit, per_example), x_new, out_adv), tf.logical_or(out_wrong, hit)
+    broken = tf.boolean_mask(s["index"], misclassified)[:, None]
+    out_adv = tf.tensor_scatter_nd_update(out_adv, broken, tf.boolean_mask(x_new, misclassified))
+    out_wrong = tf.tensor_scatter_nd_update(out_wrong, broken, tf.ones_like(broken[:, 0], tf.bool))
+    return out_adv, out_wrong
+
+
+def _leave(s: dict, keep: tf.Tensor, fixed_shape: bool) -> dict:
+    """The run's state with the examples where `keep` is false gone: dropped, or masked (fixed shapes)."""
+    if fixed_shape:
+        return dict(s, live=tf.logical_and(s["live"], keep))
+    return {k: tf.boolean_mask(v, keep) for k, v in s.items()}
+
+
+def _any_left(s: dict, fixed_shape: bool) -> tf.Tensor:
+    """Whether some example is still in the run."""
+    if fixed_shape:
+        return tf.reduce_any(s["live"])
+    return tf.size(s["index"]) > 0
 
 
 def _l1_step_to_ball(x: tf.Tensor, point: tf.Tensor, eps: float) -> tf.Tensor:

@@ -13,13 +13,23 @@ what makes a cascade cheap: on a robust model most points fall in the first run.
 
 An attack supplies one run as a function and lets `run_targets` drive it::
 
-    def single_run(x, y, target, restart, seed):      # the still-robust points only
+    def single_run(x, y, target, restart, seed, live=None):   # the still-robust points only
         ...
-        return x_adv, broken                           # [b, ...], [b] bool
+        return x_adv, broken                                   # [b, ...], [b] bool
 
     x, y, logits = clean_pass(model_fn, images, labels, "MyAttack")
     targets = top_targets(logits, y, target_count(9, logits.shape[-1]))
     x_adv = run_targets(single_run, x, y, correctly_classified(logits, y), seed, n_restarts=1, targets=targets)
+
+Fixed shapes (`fixed_shape=True`, the attacks' field of that name, for XLA, which compiles only tensors of a
+static shape): no tensor changes its number of rows. Where the default gathers the still-robust points
+into a smaller batch, `run_targets` moves them to the front of a batch of the full size, in their order
+(`partition`), and passes `single_run` the rows that hold them as `live` ([B] bool; None by default); a run
+masks the rows that leave it instead of dropping them. The live rows are then the rows of the default's
+smaller batch, at the same positions, and the random draws of a run match row for row: a Philox draw of
+shape [B, ...] begins with the draw of shape [b, ...] (`rng`), and draws made per remaining point (Square's
+windows) are taken at each row's `rank` among the remaining ones. The other rows are computed and discarded;
+rows never interact (the model runs in inference mode), so the live rows' results are the default's.
 """
 
 from __future__ import annotations
@@ -36,9 +46,9 @@ from tfrobust.errors import UserError
 ModelFn = Callable[[tf.Tensor], tf.Tensor]
 
 # (clean images of the survivors [b, ...], their labels [b] int32, their target class [b] int32 or None for
-# an untargeted attack, the restart number of this target [int32 scalar], the run's seed [2])
-#   -> (adversarial images [b, ...], broken [b] bool)
-SingleRun = Callable[[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# an untargeted attack, the restart number of this target [int32 scalar], the run's seed [2]; under fixed
+# shapes a sixth argument, the live rows [b] bool) -> (adversarial images [b, ...], broken [b] bool)
+SingleRun = Callable[..., tuple[tf.Tensor, tf.Tensor]]
 
 # The attacks' loops are explicit tf.while_loop/tf.cond, so AutoGraph has nothing to convert; converting
 # these functions anyway makes tracing several times slower (seconds per attack). Applied to every
@@ -158,6 +168,25 @@ def run_schedule(
     return r % num_targets, r // num_targets
 
 
+def partition(mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(order [B] int32, count): a permutation of the rows that puts the rows where `mask` holds first and
+    the others after them, each group in its own order, and the number of rows where it holds.
+
+    `tf.gather(t, order)[:count]` is `tf.boolean_mask(t, mask)`, at a static shape (fixed shapes, above).
+    """
+    m = tf.cast(mask, tf.int32)
+    count = tf.reduce_sum(m)
+    position = tf.where(mask, tf.cumsum(m, exclusive=True), count + tf.cumsum(1 - m, exclusive=True))
+    order = tf.scatter_nd(position[:, None], tf.range(tf.size(m)), tf.shape(m))
+    return order, count
+
+
+def rank(mask: tf.Tensor) -> tf.Tensor:
+    """[B] int32: per row where `mask` holds, its position among those rows (the row it has in
+    `tf.boolean_mask(t, mask)`); elsewhere the number of such rows before it (a valid row, discarded)."""
+    return tf.cumsum(tf.cast(mask, tf.int32), exclusive=True)
+
+
 @no_autograph
 def run_targets(
     single_run: SingleRun,
@@ -169,6 +198,7 @@ def run_targets(
     n_restarts: int,
     targets: tf.Tensor | None = None,
     order: str = TARGET_MAJOR,
+    fixed_shape: bool = False,
 ) -> tf.Tensor:
     """Runs `single_run` `num_runs(...)` times, each time on the still-robust points only; returns x_adv.
 
@@ -182,6 +212,8 @@ def run_targets(
       n_restarts: runs per target (target-major), runs in all (cycle, untargeted).
       targets: [B, T] int32 target classes (`top_targets`), or None for an untargeted attack.
       order: TARGET_MAJOR or CYCLE (see `run_schedule`).
+      fixed_shape: the still-robust points are moved to the front of a full-size batch and passed with
+        `live` (see "Fixed shapes" in the module docstring) instead of gathered into a smaller batch.
 
     Per example, the first run that breaks it supplies its returned point; the others come back as x. The
     loop over runs is a `tf.while_loop` (the traced graph holds one copy of the attack whatever the number
@@ -196,6 +228,8 @@ def run_targets(
     batch_shape = [-1] + [1] * (x.shape.rank - 1)
 
     def body(r, adv, robust):
+        if fixed_shape:
+            return fixed_body(r, adv, robust)
         idx = tf.where(robust)[:, 0]
         column, restart = run_schedule(r, n_restarts, num_targets, order)
 
@@ -210,6 +244,30 @@ def run_targets(
             return new_adv, new_robust
 
         adv, robust = tf.cond(tf.size(idx) > 0, attack, lambda: (adv, robust))
+        return r + 1, adv, robust
+
+    def fixed_body(r, adv, robust):
+        # The survivors first, in their order, at the shape of the batch; `live` marks their rows.
+        rows, count = partition(robust)
+        column, restart = run_schedule(r, n_restarts, num_targets, order)
+        live = tf.range(tf.size(rows)) < count
+
+        def attack():
+            target = None if targets is None else tf.gather(targets[:, column], rows)
+            adv_s, broken_s = single_run(
+                tf.gather(x, rows), tf.gather(y, rows), target, restart, rng.fold_in(seed, r), live
+            )
+            broken_s = tf.logical_and(broken_s, live)
+            old = tf.gather(adv, rows)
+            new_adv = tf.tensor_scatter_nd_update(
+                adv, rows[:, None], tf.where(tf.reshape(broken_s, batch_shape), adv_s, old)
+            )
+            new_robust = tf.tensor_scatter_nd_update(
+                robust, rows[:, None], tf.logical_and(tf.gather(robust, rows), tf.logical_not(broken_s))
+            )
+            return new_adv, new_robust
+
+        adv, robust = tf.cond(count > 0, attack, lambda: (adv, robust))
         return r + 1, adv, robust
 
     _, adv, _ = tf.while_loop(

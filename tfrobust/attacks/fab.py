@@ -52,6 +52,7 @@ from tfrobust.attacks.common import (
     top_targets,
 )
 from tfrobust.attacks.projection import check_eps, check_norm
+from tfrobust.errors import UserError
 
 
 def _binary_search(num: int, test: Callable[[tf.Tensor], tf.Tensor], n: tf.Tensor) -> tf.Tensor:
@@ -241,6 +242,11 @@ def closest_boundary(model_fn: ModelFn, x1: tf.Tensor, y: tf.Tensor, norm: str) 
     return tf.gather(df, closest, batch_dims=1), tf.gather(dg, closest, batch_dims=1)
 
 
+def _check_fixed_shape(fixed_shape: bool) -> None:
+    if not isinstance(fixed_shape, bool):
+        raise UserError(f"FAB fixed_shape must be True or False, got {fixed_shape!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class FABTargeted:
     """FAB-T (see the module docstring). AutoAttack standard: `FABTargeted(norm, eps)`.
@@ -263,11 +269,15 @@ class FABTargeted:
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
+    # Every tensor at the batch's shape, the examples that leave a run masked instead of dropped, as XLA
+    # needs (`common.run_targets`, "Fixed shapes"); the same per-example results.
+    fixed_shape: bool = False
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_eps(self.eps)
         check_counts("FAB", n_iter=self.n_iter, n_target_classes=self.n_target_classes, n_restarts=self.n_restarts)
+        _check_fixed_shape(self.fixed_shape)
 
     def num_targets(self, num_classes: int) -> int:
         return target_count(self.n_target_classes, num_classes)
@@ -280,15 +290,22 @@ class FABTargeted:
         x, y, logits = clean_pass(model_fn, x, labels, "FAB")
         targets = top_targets(logits, y, self.num_targets(logits.shape[-1]))
 
-        def run(xs, ys, target, restart, run_seed):
+        def run(xs, ys, target, restart, run_seed, live=None):
             # The reference's `use_rand_start=(counter > 0)`: the first restart of a target starts at x.
             adv, dist = self.single_run(
-                model_fn, xs, ys, target, run_seed, random_start=tf.greater(restart, 0), stop_at=self.eps
+                model_fn, xs, ys, target, run_seed, random_start=tf.greater(restart, 0), stop_at=self.eps, live=live
             )
             return adv, dist <= self.eps
 
         return run_targets(
-            run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts, targets=targets
+            run,
+            x,
+            y,
+            correctly_classified(logits, y),
+            seed,
+            n_restarts=self.n_restarts,
+            targets=targets,
+            fixed_shape=self.fixed_shape,
         )
 
     @no_autograph
@@ -301,6 +318,7 @@ class FABTargeted:
         seed: tf.Tensor,
         random_start: tf.Tensor | bool = False,
         stop_at: float | None = None,
+        live: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """One FAB-T run towards `target` on every example: (smallest misclassified point found or the
         clean image, its norm or +inf). `target` None: untargeted FAB (`FAB`), each step towards the
@@ -310,6 +328,9 @@ class FABTargeted:
         cascade passes eps: further iterations could only shrink a norm that already counts as a
         success, so the run's success flags are the reference's; the returned point is the first one found
         within eps instead of the smallest). None runs every example for all iterations (minimum norm).
+
+        With `fixed_shape`, an example that leaves the run is masked (its row computed and discarded)
+        instead of dropped; `live` ([b] bool, fixed shapes only) marks the rows to attack.
         """
         x = tf.convert_to_tensor(x, tf.float32)
         batch = tf.shape(x)[0]
@@ -355,22 +376,33 @@ class FABTargeted:
             dist = tf.reshape(flat_norm(x1 - x_c, self.norm), [-1])
             closer = tf.logical_and(is_adv, dist < s["best"])
             best = tf.where(closer, dist, s["best"])
-            where = tf.boolean_mask(s["index"], closer)[:, None]
-            out_adv = tf.tensor_scatter_nd_update(out_adv, where, tf.boolean_mask(x1, closer))
-            out_best = tf.tensor_scatter_nd_update(out_best, where, tf.boolean_mask(dist, closer))
+            if self.fixed_shape:  # rows never move; the rows out of the run are not recorded
+                hit = tf.logical_and(closer, s["live"])
+                out_adv = tf.where(tf.reshape(hit, per_example), x1, out_adv)
+                out_best = tf.where(hit, dist, out_best)
+            else:
+                where = tf.boolean_mask(s["index"], closer)[:, None]
+                out_adv = tf.tensor_scatter_nd_update(out_adv, where, tf.boolean_mask(x1, closer))
+                out_best = tf.tensor_scatter_nd_update(out_best, where, tf.boolean_mask(dist, closer))
             x1 = tf.where(tf.reshape(is_adv, per_example), x_c + (x1 - x_c) * self.beta, x1)
             s = dict(s, x1=x1, best=best)
             if stop_at is not None:
                 keep = best > stop_at
-                s = {k: tf.boolean_mask(v, keep) for k, v in s.items()}
+                if self.fixed_shape:
+                    s = dict(s, live=tf.logical_and(s["live"], keep))
+                else:
+                    s = {k: tf.boolean_mask(v, keep) for k, v in s.items()}
             return i + 1, out_adv, out_best, s
 
         def cond(i, out_adv, out_best, s):
-            return tf.logical_and(i < self.n_iter, tf.size(s["index"]) > 0)
+            left = tf.reduce_any(s["live"]) if self.fixed_shape else tf.size(s["index"]) > 0
+            return tf.logical_and(i < self.n_iter, left)
 
         active = dict(index=tf.range(batch), x=x, x1=x1, y=y, best=tf.fill([batch], float("inf")))
         if target is not None:
             active["target"] = target
+        if self.fixed_shape:
+            active["live"] = tf.ones([batch], tf.bool) if live is None else tf.convert_to_tensor(live, tf.bool)
         invariants = {k: tf.TensorShape([None]).concatenate(v.shape[1:]) for k, v in active.items()}
         out_best = tf.fill([batch], float("inf"))
         _, adv, best, _ = tf.while_loop(
@@ -410,11 +442,13 @@ class FAB:
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
+    fixed_shape: bool = False  # as FAB-T's
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
         check_eps(self.eps)
         check_counts("FAB", n_iter=self.n_iter, n_restarts=self.n_restarts)
+        _check_fixed_shape(self.fixed_shape)
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
         """Untargeted FAB runs on any model of two or more classes: nothing to say."""
@@ -427,11 +461,19 @@ class FAB:
     def __call__(self, model_fn: ModelFn, x: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         x, y, logits = clean_pass(model_fn, x, labels, "FAB")
 
-        def run(xs, ys, target, restart, run_seed):
+        def run(xs, ys, target, restart, run_seed, live=None):
             # The reference's `use_rand_start=(counter > 0)`: the first restart starts at x.
             adv, dist = self.single_run(
-                model_fn, xs, ys, None, run_seed, random_start=tf.greater(restart, 0), stop_at=self.eps
+                model_fn, xs, ys, None, run_seed, random_start=tf.greater(restart, 0), stop_at=self.eps, live=live
             )
             return adv, dist <= self.eps
 
-        return run_targets(run, x, y, correctly_classified(logits, y), seed, n_restarts=self.n_restarts)
+        return run_targets(
+            run,
+            x,
+            y,
+            correctly_classified(logits, y),
+            seed,
+            n_restarts=self.n_restarts,
+            fixed_shape=self.fixed_shape,
+        )

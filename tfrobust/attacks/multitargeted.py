@@ -81,6 +81,9 @@ class MultiTargeted:
     n_target_classes: int = 9
     lr: float = 0.1
     restarts_per_target: bool = False
+    # The runs over the still-robust points at the batch's shape, as XLA needs (`common.run_targets`,
+    # "Fixed shapes"); each run's PGD has no early exit: the same per-example results.
+    fixed_shape: bool = False
 
     def __post_init__(self) -> None:
         check_pgd_norm(self.norm, "MultiTargeted")
@@ -114,7 +117,7 @@ class MultiTargeted:
         targets = top_targets(logits, y, self.num_targets(num_classes))
         pgd = self.pgd
 
-        def run(xs, ys, target, restart, run_seed):
+        def run(xs, ys, target, restart, run_seed, live=None):
             direction = tf.one_hot(target, num_classes) - tf.one_hot(ys, num_classes)
             adv = pgd(model_fn, xs, direction, run_seed)
             wrong = tf.not_equal(tf.cast(tf.argmax(model_fn(adv), axis=-1), tf.int32), ys)
@@ -129,4 +132,5 @@ class MultiTargeted:
             n_restarts=self.n_restarts,
             targets=targets,
             order=TARGET_MAJOR if self.restarts_per_target else CYCLE,
+            fixed_shape=self.fixed_shape,
         )

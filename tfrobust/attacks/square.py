@@ -56,6 +56,7 @@ from tfrobust.attacks.common import (
     class_ids,
     flat_norm,
     no_autograph,
+    rank,
     run_targets,
 )
 from tfrobust.attacks.losses import margin
@@ -298,6 +299,9 @@ class Square:
     n_restarts: int = 1
     # The reference's `resc_schedule`; AutoAttack sets it False (see the module docstring).
     rescale_schedule: bool = False
+    # Every tensor at the batch's shape, the examples that leave a run masked instead of dropped, as XLA
+    # needs (`common.run_targets`, "Fixed shapes"); the same per-example results.
+    fixed_shape: bool = False
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
@@ -307,6 +311,8 @@ class Square:
             raise UserError(f"Square p_init must be in (0, 1], got {self.p_init!r}")
         if not isinstance(self.rescale_schedule, bool):
             raise UserError(f"Square rescale_schedule must be True or False, got {self.rescale_schedule!r}")
+        if not isinstance(self.fixed_shape, bool):
+            raise UserError(f"Square fixed_shape must be True or False, got {self.fixed_shape!r}")
 
     def notes(self, num_classes: int) -> tuple[str, ...]:
         return ()
@@ -318,17 +324,23 @@ class Square:
         # Square's own test, as in its iterations: a margin of 0 (a tie) counts as broken.
         robust = tf.greater(margin_of(model_fn(x), y), 0.0)
 
-        def run(xs, ys, target, restart, run_seed):
-            adv, margin, _ = self.single_run(model_fn, xs, ys, run_seed)
+        def run(xs, ys, target, restart, run_seed, live=None):
+            adv, margin, _ = self.single_run(model_fn, xs, ys, run_seed, live)
             return adv, margin <= 0.0
 
-        return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts)
+        return run_targets(run, x, y, robust, seed, n_restarts=self.n_restarts, fixed_shape=self.fixed_shape)
 
     @no_autograph
     def single_run(
-        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor
+        self, model_fn: ModelFn, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor, live: tf.Tensor | None = None
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """One run on every example: (best point, its margin, queries used per example)."""
+        """One run on every example: (best point, its margin, queries used per example).
+
+        An iteration draws a window per example still above margin 0, in the order of those examples.
+        With `fixed_shape` every row is computed and the rows of the others discarded; each example takes
+        the draws of its `rank` among the remaining ones, the draws it has without fixed shapes. `live`
+        ([b] bool, fixed shapes only): the rows to attack.
+        """
         x = tf.convert_to_tensor(x, tf.float32)
         seed = as_seed(seed)
         if x.shape.rank != 4 or None in x.shape[1:]:
@@ -366,11 +378,13 @@ class Square:
                 table[s, :s, :s] = PATTERNS[self.norm](s)
             eta_table = tf.constant(table)
 
-        def candidate(xs, xb, i, it_seed):
+        def candidate(xs, xb, i, it_seed, order=None):
             b = tf.shape(xs)[0]
             s = side_t[i]
             u = rng.uniform([b, 5], it_seed)
             signs = tf.sign(rng.uniform([b, 1, 1, c], rng.fold_in(it_seed, 1), -1.0, 1.0))
+            if order is not None:  # fixed shapes: row j takes the draws of row order[j]
+                u, signs = tf.gather(u, order), tf.gather(signs, order)
             vh, vw = corner(u[:, 0], h, s), corner(u[:, 1], w, s)
             if self.norm == "linf":
                 return linf_window_update(xs, xb, self.eps, s, vh, vw, signs)
@@ -392,6 +406,21 @@ class Square:
 
         def cond(i, x_best, margin, queries):
             return tf.logical_and(i < n_iter, tf.reduce_any(margin > 0.0))
+
+        if self.fixed_shape:
+            live = tf.ones([batch], tf.bool) if live is None else tf.convert_to_tensor(live, tf.bool)
+
+            def body(i, x_best, margin, queries):
+                active = tf.logical_and(live, margin > 0.0)
+                x_new = candidate(x, x_best, i, rng.fold_in(loop_seed, i), rank(active))
+                m_new = margin_of(model_fn(x_new), y)
+                better = tf.logical_and(active, m_new < margin)
+                x_best = tf.where(better[:, None, None, None], x_new, x_best)
+                margin = tf.where(better, m_new, margin)
+                return i + 1, x_best, margin, queries + tf.cast(active, tf.int32)
+
+            def cond(i, x_best, margin, queries):
+                return tf.logical_and(i < n_iter, tf.reduce_any(tf.logical_and(live, margin > 0.0)))
 
         _, x_best, margin, queries = tf.while_loop(
             cond, body, (tf.constant(0, tf.int32), x_best, margin, queries), maximum_iterations=max(n_iter, 0)

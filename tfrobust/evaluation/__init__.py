@@ -58,6 +58,7 @@ from tfrobust.evaluation.checks import (
 )
 from tfrobust.evaluation.engine import (
     DEFAULT_POOL_SIZE,
+    JIT_COMPILE_MODES,
     TOLERANCE,
     VERIFY_ROWS,
     EvalResult,
@@ -66,6 +67,8 @@ from tfrobust.evaluation.engine import (
     fixed_layout_logits,
     keras_logits_fn,
     misclassified,
+    pad_rows,
+    resolve_jit_compile,
     verify,
 )
 from tfrobust.evaluation.report import (
@@ -101,6 +104,7 @@ __all__ = [
     "COMMON_EPS",
     "DEFAULT_POOL_SIZE",
     "GRADIENT_STAGES",
+    "JIT_COMPILE_MODES",
     "RANDOMNESS_TOLERANCE",
     "ROBUSTBENCH_FIELDS",
     "SQUARE_MASKING_THRESHOLD",
@@ -135,10 +139,12 @@ __all__ = [
     "make_report",
     "misclassified",
     "model_fingerprint",
+    "pad_rows",
     "reference_record",
     "onednn_enabled",
     "onednn_warning",
     "resolve_attack",
+    "resolve_jit_compile",
     "resolve_threat_model",
     "resume_eval",
     "robustbench_entry",

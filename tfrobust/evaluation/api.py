@@ -36,7 +36,13 @@ import tensorflow as tf
 from tfrobust.errors import UserError
 from tfrobust.evaluation.cascades import LogitsFn
 from tfrobust.evaluation.checks import onednn_warning
-from tfrobust.evaluation.engine import EvalResult, Evaluator, keras_logits_fn
+from tfrobust.evaluation.engine import (
+    JIT_COMPILE_MODES,
+    EvalResult,
+    Evaluator,
+    keras_logits_fn,
+    resolve_jit_compile,
+)
 from tfrobust.evaluation.report import (
     format_table,
     make_report,
@@ -123,13 +129,16 @@ def check_options(
     n_examples: int | None = None,
     eot_iter: int | None = None,
     report_format: str = "json",
+    jit_compile: str | bool = "auto",
     flag: Callable[[str], str] = str,
 ) -> None:
     """Raises `UserError` for an unknown cascade or attack (`versions.resolve_attack`), a batch size, example
-    count or EOT count below 1, an unknown report format, an existing report, examples file or RobustBench
-    entry (never overwritten), or an examples path not ending in .npz. `flag` names an option in the
-    messages (the command line's `--batch-size`, the API's `batch_size`)."""
+    count or EOT count below 1, an unknown report format or XLA mode (`jit_compile`), an existing report,
+    examples file or RobustBench entry (never overwritten), or an examples path not ending in .npz. `flag`
+    names an option in the messages (the command line's `--batch-size`, the API's `batch_size`)."""
     resolve_attack(attack)
+    if not isinstance(jit_compile, (bool, np.bool_)) and jit_compile not in JIT_COMPILE_MODES:
+        raise UserError(f"{flag('jit_compile')} must be one of {', '.join(JIT_COMPILE_MODES)}, got {jit_compile!r}")
     if eot_iter is not None and (
         isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer)) or eot_iter < 1
     ):
@@ -333,6 +342,7 @@ def evaluate_arrays(
     report_format: str = "json",
     metadata: dict[str, Any] | None = None,
     trust_model: bool = False,
+    jit_compile: str | bool = "auto",
 ) -> Evaluation:
     """The cascade `attack` on checked data (`check_data`), its report, and the files asked for.
 
@@ -344,13 +354,16 @@ def evaluate_arrays(
     warning (`versions.eps_warning`) and the version's caveats for the norm are issued before the attacks
     run and lead the report's warnings. `report_format="robustbench"` also builds the RobustBench entry
     (`report.robustbench_entry`, with the model's `metadata`) and writes it next to the report
-    (`report.robustbench_path`).
+    (`report.robustbench_path`). `jit_compile`: the attacks under XLA (`engine.resolve_jit_compile`:
+    "auto" is on with a GPU or TPU); the report records the resolved setting.
     """
     notes = [note for note in (eps_warning(norm, eps), *version_notes(attack, norm)) if note]
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     data = _batches(images, labels, num_classes, batch_size)
-    evaluator = Evaluator(resolve_attack(attack), norm=norm, eps=eps, eot_iter=eot_iter)
+    evaluator = Evaluator(
+        resolve_attack(attack), norm=norm, eps=eps, eot_iter=eot_iter, jit_compile=resolve_jit_compile(jit_compile)
+    )
     result = evaluator.run(
         logits_fn,
         data,
@@ -370,6 +383,7 @@ def evaluate_arrays(
         seed=seed,
         eot_iter=eot_iter,
         notes=notes,
+        jit_compile=evaluator.jit_compile,
     )
     report["trust_model"] = bool(trust_model)
     if save_examples:
@@ -407,6 +421,7 @@ def evaluate(
     eot_iter: int | None = None,
     report_format: str = "json",
     trust_model: bool = False,
+    jit_compile: str | bool = "auto",
 ) -> Evaluation:
     """Clean and robust accuracy of `model` on `images`, `labels` under the cascade `attack`.
 
@@ -434,6 +449,9 @@ def evaluate(
     `trust_model`: load a model path without inspecting it first (`tfrobust.inspection`: a SavedModel's ops,
     a `.keras` file's layers; a `.keras` file then loads with Keras's `safe_mode=False`). Only for a model
     you trust: its graph may read or write files or run Python. The report records it.
+    `jit_compile`: "auto" (XLA where TensorFlow sees a GPU or TPU), "on" or "off" (or True/False): each
+    attack compiled with XLA at a fixed batch shape (docs/xla.md, "Evaluation under XLA"); the report
+    records the resolved setting ("jit_compile").
 
     Returns an `Evaluation`; its `report` is what `tfrobust eval` writes for the same model and images.
     Attacks and verdicts run in full float32 (TensorFloat-32 off, `tfrobust.numerics`).
@@ -453,6 +471,7 @@ def evaluate(
         save_examples=save_examples,
         eot_iter=eot_iter,
         report_format=report_format,
+        jit_compile=jit_compile,
     )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UserError(f"seed must be an integer, got {seed!r}")
@@ -489,6 +508,7 @@ def evaluate(
             report_format=report_format,
             metadata=loaded.metadata,
             trust_model=trust_model,
+            jit_compile=jit_compile,
         )
 
 

@@ -17,6 +17,13 @@ correct (the reference's argmax would pick whichever tied index its kernel retur
 The clean pass uses the same rule. Attacks, re-verification and model selection run in full float32,
 TensorFloat-32 off (`tfrobust.numerics`); the report records it (`numerics`).
 
+Under XLA (`Evaluator(jit_compile=True)`, docs/xla.md, "Evaluation under XLA") every attack and the
+prediction compile once at a fixed batch shape: the attacks run with `fixed_shape` (the points that leave
+a run are masked instead of dropped, `tfrobust.attacks.common.run_targets`), a batch of fewer points than
+the batch size (regrouped survivors, a dataset's last batch) is padded with zero images of class 0, and the
+padded rows' results are dropped (`attack_batches(pad_to=...)`). Rows never interact, so the real rows'
+results are those of the unpadded batch.
+
 One attack over a set of points runs through `attack_batches` (batches in order, each success verified):
 the cascade's stages (`Evaluator`) and the gradient-masking audit (`tfrobust.diagnostics.audit`) both use
 it. The stages and cascades are in `cascades.py`, the checks against a false sense of security in
@@ -132,6 +139,19 @@ def verify(
     return inside & in_box & misclassified(fixed_layout_logits(logits_fn, adv), labels)
 
 
+def pad_rows(rows: np.ndarray, size: int, *, onehot: bool = False) -> np.ndarray:
+    """`rows` padded to `size` rows (float32): zero rows, or one-hot rows of class 0 for labels (`onehot`).
+    Rows beyond `size` are an error of the caller."""
+    n = int(rows.shape[0])
+    if n > size:
+        raise ValueError(f"{n} rows do not fit a batch of {size}")
+    padded = np.zeros([size, *rows.shape[1:]], np.float32)
+    padded[:n] = rows
+    if onehot:
+        padded[n:, 0] = 1.0
+    return padded
+
+
 def attack_batches(
     attack: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor],
     predict: LogitsFn,
@@ -146,6 +166,7 @@ def attack_batches(
     keep_adversarial: bool = False,
     load: Callable[[int, np.ndarray], GroupResult | None] | None = None,
     store: Callable[[int, GroupResult], None] | None = None,
+    pad_to: int | None = None,
 ) -> Iterator[GroupResult]:
     """One attack over the points `todo` (indices into `images`, `onehot`), `batch_size` points at a time in
     the order of `todo`: yields one `GroupResult` per batch, batch k holding todo[k * batch_size:][:batch_size].
@@ -156,7 +177,9 @@ def attack_batches(
     batch's verdicts do not depend on the other points of its batch. With `keep_adversarial`, the
     verified adversarial examples come with the result. `load(k, batch)` returns batch k's result saved by
     an interrupted run (yielded instead of attacking) or None; `store(k, result)` is called with every
-    batch computed here (the evaluation's resumable state, `state.EvalState`).
+    batch computed here (the evaluation's resumable state, `state.EvalState`). With `pad_to`, the attack
+    always gets `pad_to` rows: a smaller batch is padded with zero images of class 0 (`pad_rows`) and the
+    candidates of the padded rows are dropped.
     """
     labels = onehot.argmax(axis=-1)
     for k, start in enumerate(range(0, len(todo), batch_size)):
@@ -164,7 +187,10 @@ def attack_batches(
         result = load(k, batch) if load is not None else None
         if result is None:
             began = time.time()
-            candidate = attack(tf.constant(images[batch]), tf.constant(onehot[batch]), seed(k)).numpy()
+            batch_x, batch_y = images[batch], onehot[batch]
+            if pad_to is not None:
+                batch_x, batch_y = pad_rows(batch_x, pad_to), pad_rows(batch_y, pad_to, onehot=True)
+            candidate = attack(tf.constant(batch_x), tf.constant(batch_y), seed(k)).numpy()[: len(batch)]
             broken = verify(predict, images[batch], candidate, labels[batch], norm, eps)
             result = GroupResult(
                 index=batch,
@@ -177,14 +203,44 @@ def attack_batches(
         yield result
 
 
+# `tfrobust eval --jit-compile` and `evaluate(jit_compile=...)`.
+JIT_COMPILE_MODES = ("auto", "on", "off")
+
+
+def resolve_jit_compile(mode: str | bool) -> bool:
+    """Whether an evaluation runs under XLA: "on" (or True), "off" (or False), or "auto": on where TensorFlow
+    sees a GPU or TPU, off on CPUs, where XLA's backend does not call oneDNN's convolutions (training's
+    `--jit-compile auto`, docs/xla.md)."""
+    if isinstance(mode, (bool, np.bool_)):
+        return bool(mode)
+    if mode not in JIT_COMPILE_MODES:
+        raise UserError(f"jit_compile must be one of {', '.join(JIT_COMPILE_MODES)} (or True/False), got {mode!r}")
+    if mode == "auto":
+        return any(d.device_type in ("GPU", "TPU") for d in tf.config.list_logical_devices())
+    return mode == "on"
+
+
 class Evaluator:
     """Runs a fixed cascade of attacks; configured once, never mutated between runs.
 
     `eot_iter`: model calls averaged per gradient step (EOT) by every APGD stage; None keeps each stage's
     own (20 for AutoAttack rand's stages, 1 otherwise). FAB and Square have no EOT (nor in the reference).
+
+    `jit_compile`: compile each attack and the prediction with XLA (`tf.function(jit_compile=True)`) at a
+    fixed batch shape, once per run: the attacks with `fixed_shape`, every batch padded to the batch size
+    (module docstring). False (the default, and the CPU's choice: `tfrobust eval --jit-compile auto`) traces
+    them as plain graphs with a free batch dimension.
     """
 
-    def __init__(self, stages: Sequence[str], *, norm: str, eps: float, eot_iter: int | None = None):
+    def __init__(
+        self,
+        stages: Sequence[str],
+        *,
+        norm: str,
+        eps: float,
+        eot_iter: int | None = None,
+        jit_compile: bool = False,
+    ):
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
             raise UserError(f"unknown attack {unknown[0]!r}; choose from: {', '.join(STAGES)}")
@@ -192,6 +248,9 @@ class Evaluator:
             isinstance(eot_iter, bool) or not isinstance(eot_iter, (int, np.integer)) or eot_iter < 1
         ):
             raise UserError(f"eot_iter must be an integer >= 1, got {eot_iter!r}")
+        if not isinstance(jit_compile, (bool, np.bool_)):
+            raise UserError(f"jit_compile must be True or False, got {jit_compile!r}")
+        self.jit_compile = bool(jit_compile)
         self.stage_names = tuple(stages)
         self.norm = norm
         self.eps = float(eps)
@@ -200,29 +259,42 @@ class Evaluator:
             attacks = tuple(
                 dataclasses.replace(a, eot_iter=int(eot_iter)) if hasattr(a, "eot_iter") else a for a in attacks
             )
+        if self.jit_compile:
+            attacks = tuple(
+                dataclasses.replace(a, fixed_shape=True) if hasattr(a, "fixed_shape") else a for a in attacks
+            )
         self._attacks = attacks
         self.stage_eot_iter = tuple(getattr(a, "eot_iter", None) for a in attacks)
         self._compiled: dict[tuple, tuple[Callable, tuple[Callable, ...]]] = {}
 
     def _functions(
-        self, logits_fn: LogitsFn, image_shape: tuple, num_classes: int
+        self, logits_fn: LogitsFn, image_shape: tuple, num_classes: int, batch_size: int
     ) -> tuple[Callable, tuple[Callable, ...]]:
         """Traced prediction and attack functions for `logits_fn`, made once per logits function and shape.
 
-        Keyed by the function object itself (kept alive by the cache, so no id is ever reused). The batch
-        dimension is None in the input signature: each function is traced once, whatever the size of the
-        shrinking subsets of still-robust points (`reduce_retracing` traced twice, a cost of seconds per
-        attack graph that the reference's eager PyTorch never pays).
+        Keyed by the function object itself (kept alive by the cache, so no id is ever reused). Without
+        XLA the batch dimension is None in the input signature: each function is traced once, whatever the
+        size of the shrinking subsets of still-robust points (`reduce_retracing` traced twice, a cost of
+        seconds per attack graph that the reference's eager PyTorch never pays). With `jit_compile` it is
+        fixed: `batch_size` rows for the attacks, `VERIFY_ROWS` for the prediction (every verdict's forward
+        pass has that shape, `fixed_layout_logits`), each compiled once.
         """
-        key = (logits_fn, tuple(image_shape), num_classes)
+        key = (logits_fn, tuple(image_shape), num_classes, batch_size if self.jit_compile else None)
         if key not in self._compiled:
-            images = tf.TensorSpec([None, *image_shape], tf.float32)
-            labels = tf.TensorSpec([None, num_classes], tf.float32)
+            rows = batch_size if self.jit_compile else None
+            images = tf.TensorSpec([rows, *image_shape], tf.float32)
+            labels = tf.TensorSpec([rows, num_classes], tf.float32)
             seed = tf.TensorSpec([2], tf.int64)
-            predict = tf.function(logits_fn, input_signature=[images])
+            jit = {"jit_compile": True} if self.jit_compile else {}
+            verify_rows = VERIFY_ROWS if self.jit_compile else None
+            predict = tf.function(
+                logits_fn, input_signature=[tf.TensorSpec([verify_rows, *image_shape], tf.float32)], **jit
+            )
             attacks = tuple(
                 tf.function(
-                    lambda x, y, s, attack=attack: attack(logits_fn, x, y, s), input_signature=[images, labels, seed]
+                    lambda x, y, s, attack=attack: attack(logits_fn, x, y, s),
+                    input_signature=[images, labels, seed],
+                    **jit,
                 )
                 for attack in self._attacks
             )
@@ -300,17 +372,21 @@ class Evaluator:
             if not count:
                 break
             x, labels = np.concatenate(pool_x), np.concatenate(pool_labels)
-            predict, attacks = self._functions(logits_fn, tuple(x.shape[1:]), int(labels.shape[-1]))
+            predict, attacks = self._functions(logits_fn, tuple(x.shape[1:]), int(labels.shape[-1]), batch_size)
             if pool_index == 0:
                 # Once, on the first batch (resumed or not): the model's classes and its determinism.
                 first = tf.constant(x[:batch_size])
-                logits = np.asarray(predict(first))
+                # Under XLA the prediction takes `VERIFY_ROWS` rows only.
+                predict_any = (
+                    (lambda t, f=predict: fixed_layout_logits(f, np.asarray(t))) if self.jit_compile else predict
+                )
+                logits = np.asarray(predict_any(first))
                 for attack in self._attacks:
                     findings.extend(getattr(attack, "notes", lambda k: ())(int(logits.shape[-1])))
                 # An EOT evaluation expects a randomised model: the check would only repeat it (the
                 # reference skips it for its rand version).
                 if not any((e or 1) > 1 for e in self.stage_eot_iter):
-                    randomised = check_randomized(predict, first, logits)
+                    randomised = check_randomized(predict_any, first, logits)
                     if randomised:
                         findings.append(randomised)
             correct, broken_at, adv, seconds = self._run_pool(
@@ -419,6 +495,7 @@ class Evaluator:
                 keep_adversarial=keep_adversarial,
                 load=load,
                 store=store,
+                pad_to=batch_size if self.jit_compile else None,
             )
             for k, result in enumerate(results):
                 hit = result.index[result.broken]

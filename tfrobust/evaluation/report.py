@@ -36,6 +36,7 @@ def make_report(
     seed: int,
     eot_iter: int | None = None,
     notes: Sequence[str] = (),
+    jit_compile: bool = False,
 ) -> dict:
     """The JSON report of `result`: what was evaluated and the protocol it follows (`reference`:
     `versions.reference_record`), eps as given and in 255ths, the accuracies after each stage, the worst
@@ -44,7 +45,8 @@ def make_report(
 
     Each stage entry holds its robust accuracy after it, the points it broke first (`broken`), its wall
     time, and for an APGD stage its model calls per gradient (`eot_iter`). `eot_iter` is the evaluation's
-    override (None: each stage's own).
+    override (None: each stage's own). `jit_compile`: whether the attacks ran under XLA (the resolved
+    setting, `engine.resolve_jit_compile`).
     """
     broken_at = result.broken_at if result.broken_at is not None else np.zeros([0], np.int16)
     broken = [int(np.sum(broken_at == s + 1)) for s in range(len(result.stage_names))]
@@ -67,6 +69,7 @@ def make_report(
         "norm": norm,
         **eps_record(eps),
         "eot_iter": eot_iter,
+        "jit_compile": bool(jit_compile),
         "seed": seed,
         "clean_accuracy": result.clean_accuracy,
         "robust_accuracy": result.robust_accuracy,

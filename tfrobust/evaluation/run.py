@@ -55,6 +55,7 @@ class EvalSettings:
     trust_model: bool = (
         False  # run the model without `tfrobust.inspection` (`export.load_model`); the report records it
     )
+    jit_compile: str = "auto"  # the attacks under XLA: auto (with a GPU or TPU) | on | off; the report records it
 
 
 def model_fingerprint(path: str) -> str:
@@ -112,6 +113,7 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
         save_examples=settings.save_examples,
         eot_iter=settings.eot_iter,
         report_format=settings.report_format,
+        jit_compile=settings.jit_compile,
         flag=_flag,
     )
     if settings.val_size is not None and settings.val_size < 0:
@@ -187,6 +189,7 @@ def _run_eval(settings: EvalSettings, *, state: EvalState | None) -> dict:
             report_format=settings.report_format,
             metadata=model.metadata,
             trust_model=settings.trust_model,
+            jit_compile=settings.jit_compile,
         )
     state.remove()
     return {"report": evaluation.report, "table": evaluation.table, "report_path": path}

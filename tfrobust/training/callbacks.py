@@ -129,6 +129,9 @@ class ModelSelection(keras.callbacks.Callback):
     (a `tf.data.Dataset` of (images in [0, 1], labels) batches, labels integer or one-hot), the reference's
     PGD-40 (`tfrobust.attacks.pgd40_attack`: margin loss, 40 Adam steps) at `norm` / `eps` (default: those of
     the `AdversarialTrainer` being fitted, through its `input_range` / `preprocess`), seeded by `seed`.
+    `jit_compile`: PGD-40 and its verdicts under XLA (`tfrobust.evaluation.Evaluator(jit_compile=...)`);
+    None follows the training step of the `AdversarialTrainer` being fitted (its `jit_compile`, or
+    `xla_per_replica`: `tfrobust train --jit-compile` as resolved), and is off for any other model.
     `total_epochs` defaults to `fit`'s `epochs`. Put it after the `WeightAveraging` it reads.
 
     Example::
@@ -152,6 +155,7 @@ class ModelSelection(keras.callbacks.Callback):
         total_epochs: int | None = None,
         best_path: str | None = None,
         select_on: str = "val_avg_pgd40_accuracy",
+        jit_compile: bool | None = None,
     ):
         super().__init__()
         if select_on not in self.KEYS:
@@ -163,6 +167,9 @@ class ModelSelection(keras.callbacks.Callback):
         self.evaluate = evaluate if evaluate is not None else self._pgd40_accuracy
         self.validation_data = validation_data
         self.norm, self.eps, self.seed = norm, eps, int(seed)
+        if jit_compile is not None and not isinstance(jit_compile, bool):
+            raise UserError(f"ModelSelection jit_compile must be None, True or False, got {jit_compile!r}")
+        self.jit_compile = jit_compile
         self._evaluator = None
         self._logits_fns: dict[int, Callable] = {}
         self.every = int(every)
@@ -173,6 +180,15 @@ class ModelSelection(keras.callbacks.Callback):
         self.latest: dict[str, float] = {}
 
     KEYS = ("val_raw_clean_accuracy", "val_raw_pgd40_accuracy", "val_avg_clean_accuracy", "val_avg_pgd40_accuracy")
+
+    def _resolved_jit(self, trainer: keras.Model | None) -> bool:
+        """`jit_compile`, or None: the fitted trainer's training step under XLA (one program or one per
+        replica)."""
+        if self.jit_compile is not None:
+            return self.jit_compile
+        if trainer is None:
+            return False
+        return bool(getattr(trainer, "jit_compile", False)) or bool(getattr(trainer, "xla_per_replica", False))
 
     def _pgd40_accuracy(self, model: keras.Model) -> dict[str, float]:
         """Clean and PGD-40 accuracy of `model` on `validation_data` (tfrobust.evaluation's `Evaluator`)."""
@@ -187,7 +203,7 @@ class ModelSelection(keras.callbacks.Callback):
                 raise UserError(
                     "ModelSelection(validation_data=...) outside an AdversarialTrainer needs norm= and eps="
                 )
-            self._evaluator = Evaluator(["pgd40"], norm=norm, eps=eps)
+            self._evaluator = Evaluator(["pgd40"], norm=norm, eps=eps, jit_compile=self._resolved_jit(trainer))
             self.validation_data = _one_hot_batches(self.validation_data, model)
         if id(model) not in self._logits_fns:
             # One logits function per model, so the evaluator traces its attack once per model.
