@@ -199,12 +199,16 @@ def test_model_selection_follows_the_training_steps_xla_setting():
     network = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten(), keras.layers.Dense(CLASSES)])
     trainer = AdversarialTrainer(network, eps=4 / 255)
     held_out = tf.data.Dataset.from_tensor_slices((X[:10], ONEHOT[:10])).batch(BATCH)  # batches of 8 and 2
+    accelerator = resolve_jit_compile("auto")
     for jit in (False, True):
         trainer.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
         selection = ModelSelection(WeightAveraging(network), validation_data=held_out)
         selection.set_model(trainer)
-        assert selection._resolved_jit(trainer) is jit
-    measured = selection.evaluate(network)  # the trainer's XLA setting: PGD-40 compiled, padded
+        # Under XLA where the step is and an accelerator is present; never on a CPU (XLA's CPU backend is slower).
+        assert selection._resolved_jit(trainer) is (jit and accelerator)
+    selection = ModelSelection(WeightAveraging(network), validation_data=held_out, jit_compile=True)
+    selection.set_model(trainer)
+    measured = selection.evaluate(network)  # PGD-40 compiled, the batch of 2 padded
     assert selection._evaluator.jit_compile is True and 0.0 <= measured["robust_accuracy"] <= 1.0
     graph = ModelSelection(WeightAveraging(network), validation_data=held_out, jit_compile=False)
     graph.set_model(trainer)

@@ -131,7 +131,8 @@ class ModelSelection(keras.callbacks.Callback):
     the `AdversarialTrainer` being fitted, through its `input_range` / `preprocess`), seeded by `seed`.
     `jit_compile`: PGD-40 and its verdicts under XLA (`tfrobust.evaluation.Evaluator(jit_compile=...)`);
     None follows the training step of the `AdversarialTrainer` being fitted (its `jit_compile`, or
-    `xla_per_replica`: `tfrobust train --jit-compile` as resolved), and is off for any other model.
+    `xla_per_replica`: `tfrobust train --jit-compile` as resolved) where a GPU or TPU is present, and is off
+    on CPUs and for any other model.
     `total_epochs` defaults to `fit`'s `epochs`. Put it after the `WeightAveraging` it reads.
 
     Example::
@@ -182,13 +183,18 @@ class ModelSelection(keras.callbacks.Callback):
     KEYS = ("val_raw_clean_accuracy", "val_raw_pgd40_accuracy", "val_avg_clean_accuracy", "val_avg_pgd40_accuracy")
 
     def _resolved_jit(self, trainer: keras.Model | None) -> bool:
-        """`jit_compile`, or None: the fitted trainer's training step under XLA (one program or one per
-        replica)."""
+        """`jit_compile`, or None: XLA where the fitted trainer's training step is XLA-compiled (one program or
+        one per replica) and TensorFlow sees a GPU or TPU. Not on CPUs, whatever the step: Keras's own
+        `jit_compile="auto"` compiles a CPU step too, and XLA's CPU backend runs PGD-40 slower than the
+        plain graph (docs/xla.md)."""
+        from tfrobust.evaluation import resolve_jit_compile
+
         if self.jit_compile is not None:
             return self.jit_compile
         if trainer is None:
             return False
-        return bool(getattr(trainer, "jit_compile", False)) or bool(getattr(trainer, "xla_per_replica", False))
+        step_xla = bool(getattr(trainer, "jit_compile", False)) or bool(getattr(trainer, "xla_per_replica", False))
+        return step_xla and resolve_jit_compile("auto")
 
     def _pgd40_accuracy(self, model: keras.Model) -> dict[str, float]:
         """Clean and PGD-40 accuracy of `model` on `validation_data` (tfrobust.evaluation's `Evaluator`)."""
