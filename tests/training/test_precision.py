@@ -212,19 +212,19 @@ def small_logit_networks():
 
 def test_float16_underflow_weakens_the_attack_and_the_scaled_gradient_restores_it(small_logit_networks):
     fp32, fp16 = small_logit_networks
-    x = tf.constant(np.random.default_rng(0).uniform(size=(16, 16, 16, 3)), tf.float32)
+    x = tf.constant(np.random.default_rng(0).uniform(size=(8, 16, 16, 3)), tf.float32)
     target = tf.nn.softmax(fp32(x, training=False))
-    attack = trades_attack("linf", 8 / 255, num_steps=10)
-    scale = attack_gradient_scale(tf.constant(2.0**15), tf.constant(16))  # the trainer's S at the first step
+    attack = trades_attack("linf", 8 / 255, num_steps=5)
+    scale = attack_gradient_scale(tf.constant(2.0**15), tf.constant(8))  # the trainer's S at the first step
     reached = {}
     for name, model_fn in (
         ("fp32", lambda im: fp32(im, training=False)),
         ("fp16", lambda im: fp16(im, training=False)),
         ("fp16 scaled", loss_scaled_logits(lambda im: fp16(im, training=False), scale)),
     ):
-        x_adv = attack(model_fn, x, target, tf.constant([0, 1]))
+        x_adv = tf.function(lambda: attack(model_fn, x, target, tf.constant([0, 1])), autograph=False)()
         reached[name] = float(tf.reduce_mean(kl_to_target(fp32(x_adv, training=False), target)))
-    # Measured: 2.95e-5 (fp32), 1.0e-5 (fp16: most input gradients underflow to 0), 2.96e-5 (scaled).
+    # Measured: 3.06e-5 (fp32), 8.7e-6 (fp16: most input gradients underflow to 0), 3.06e-5 (scaled).
     assert reached["fp16"] < 0.6 * reached["fp32"], reached
     assert reached["fp16 scaled"] == pytest.approx(reached["fp32"], rel=0.05), reached
 
