@@ -38,6 +38,23 @@ def test_profiler_flops_equal_the_analytic_count_of_a_wide_resnet():
     assert analytic <= counted <= 1.01 * analytic
 
 
+def test_the_measured_peak_multiplies_in_the_compute_dtype(monkeypatch):
+    import tensorflow as tf
+
+    from tfrobust.benchmark import measured_matmul_peak
+    from tfrobust.config import PRECISIONS
+
+    seen, matmul = [], tf.matmul
+    monkeypatch.setattr(tf, "matmul", lambda a, b: seen.append(a.dtype) or matmul(a, b))
+    for precision in PRECISIONS:
+        assert measured_matmul_peak(precision, size=8, repeats=1) > 0
+    assert dict(zip(PRECISIONS, seen)) == {
+        "float32": tf.float32,
+        "mixed_bfloat16": tf.bfloat16,
+        "mixed_float16": tf.float16,
+    }
+
+
 def test_known_peaks_are_per_precision():
     for name, peaks in PEAK_TFLOPS.items():
         assert set(peaks) <= {"mixed_bfloat16", "float32"} and all(v > 0 for v in peaks.values()), name

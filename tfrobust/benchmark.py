@@ -36,7 +36,7 @@ from tfrobust.errors import UserError
 # Dense peak TFLOP/s by device name (vendor datasheets), for the compute precision of a step: bf16 under
 # mixed_bfloat16, and for float32 the TensorFloat-32 rate where TensorFlow uses it for float32
 # convolutions by default (Ampere and later), the plain float32 rate before. Unlisted devices and
-# precisions: a matmul measured on the device.
+# precisions (mixed_float16 everywhere): a matmul measured on the device in the compute dtype.
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
     "H200": {"mixed_bfloat16": 989.4, "float32": 494.7},
     "H100 PCIe": {"mixed_bfloat16": 756.0, "float32": 378.0},
@@ -114,7 +114,7 @@ def measured_matmul_peak(precision: str, size: int = 2048, repeats: int = 10) ->
     """FLOP/s of a square matmul in the step's compute dtype on the default device."""
     import tensorflow as tf
 
-    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    dtype = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}.get(precision, tf.float32)
     a = tf.cast(tf.random.uniform((size, size)), dtype)
     b = tf.cast(tf.random.uniform((size, size)), dtype)
     matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))

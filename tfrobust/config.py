@@ -30,7 +30,7 @@ from tfrobust.threat_model import DEFAULT_EPS, TRAIN_NORMS, check_eps
 
 INNER_OPTIMIZERS = ("adam", "sign")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE = ("auto", "on", "off")  # auto: XLA on GPUs and TPUs, off on CPUs (docs/xla.md)
 ACTIVATIONS = ("swish", "relu")
 # The registries' names (each asserted equal to its registry, see the module docstring):
@@ -203,7 +203,13 @@ class TrainConfig:
         "With several replicas: BatchNorm statistics over the global batch instead of per replica "
         "[{default}: per replica, as the reference].",
     )
-    precision: str = _option("float32", "{choices}", PRECISIONS)
+    precision: str = _option(
+        "float32",
+        "{choices}: the layers' compute dtype; weights, BatchNorm statistics, logits, losses and the exported "
+        "model stay float32. bfloat16 on TPUs and NVIDIA A100 or newer; float16 (with dynamic loss scaling) "
+        'on GPUs without bfloat16, e.g. V100, T4 (docs/xla.md, "Precision")',
+        PRECISIONS,
+    )
     jit_compile: str = _option(
         "auto",
         "XLA-compile the train step: {default} (default: on GPUs and TPUs, off on CPUs, where XLA skips "

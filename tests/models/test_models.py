@@ -458,12 +458,13 @@ def test_frozen_context_applies_to_call_sites_traced_inside_tf_function():
 # Mixed precision
 
 
-def test_mixed_bfloat16_logits_are_float32():
+@pytest.mark.parametrize("policy, compute", [("mixed_bfloat16", tf.bfloat16), ("mixed_float16", tf.float16)])
+def test_mixed_precision_logits_are_float32(policy, compute):
     previous = keras.config.dtype_policy()
     try:
-        keras.config.set_dtype_policy("mixed_bfloat16")
+        keras.config.set_dtype_policy(policy)
         model = randomize_weights(build_model("wrn-10-1", **DIGITS), seed=10)
-        assert model.get_layer("init_conv").compute_dtype == "bfloat16"
+        assert model.get_layer("init_conv").compute_dtype == compute.name
         assert model.get_layer("init_conv").kernel.dtype == "float32"
         assert model.get_layer("standardize").compute_dtype == "float32"
         x = _images((8, 8, 1), batch=2)
@@ -474,7 +475,7 @@ def test_mixed_bfloat16_logits_are_float32():
         with frozen_batch_statistics(model):
             assert model(x, training=True).dtype == tf.float32
             bn = model.get_layer("layer_0_block_0_batchnorm_1")
-            assert bn(tf.zeros((1, 8, 8, 16), tf.bfloat16), training=True).dtype == tf.bfloat16
+            assert bn(tf.zeros((1, 8, 8, 16), compute), training=True).dtype == compute
     finally:
         keras.config.set_dtype_policy(previous)
     assert keras.config.dtype_policy().name == "float32"

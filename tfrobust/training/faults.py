@@ -8,7 +8,8 @@ replicas the flags are summed over replicas first, so every replica reports the 
 an epoch's end, checks that the network's weights, the weight averages and the optimizer's state are
 finite. Either check stops training at once with one `NonFiniteError` line naming the epoch, the step,
 the quantity and the last good checkpoint, which is never overwritten: no callback after the guard runs
-for that step or epoch. The export refuses non-finite weights too (`tfrobust.export.export_network`).
+for that step or epoch. Under float16 loss scaling a non-finite gradient is an overflow that the optimizer
+skips (`loss_scaled_code`): training goes on; a non-finite loss or weight still stops it. The export refuses non-finite weights too (`tfrobust.export.export_network`).
 
 Stop requests. `stop_on_sigterm` makes SIGTERM (what cloud schedulers and Kubernetes send before they kill
 a machine) set an event instead of ending the process. `Preemption`, the last callback of a run, reads the
@@ -75,6 +76,17 @@ def nonfinite_code(loss: tf.Tensor, gradients: list) -> tf.Tensor:
     if context is not None and context.num_replicas_in_sync > 1:
         flags = context.all_reduce(tf.distribute.ReduceOp.SUM, flags)  # one replica's NaN stops them all
     return tf.reduce_sum(tf.cast(flags > 0, tf.float32) * tf.constant([1.0, 2.0, 4.0, 8.0]))
+
+
+def loss_scaled_code(code: tf.Tensor, loss_scale: tf.Tensor) -> tf.Tensor:
+    """The `nonfinite_code` of a step under dynamic loss scaling (float16 training,
+    `optimizers.StepCountingLossScaleOptimizer`): a non-finite gradient there is an overflow of the scaled
+    float16 gradients, which the optimizer answers by skipping the update and halving the scale, so its
+    bits (4, 8) are dropped while `loss_scale` (the scale this step's loss was multiplied by) is at least 1.
+    Below 1 the gradients overflow even unscaled: then they count, as without loss scaling. The loss's bits
+    (1, 2) always count: the loss is float32 and unscaled, so a non-finite one is no overflow of the scale."""
+    loss_bits = tf.math.floormod(code, 4.0)
+    return tf.where(tf.cast(loss_scale, tf.float32) >= 1.0, loss_bits, code)
 
 
 def describe_code(code: float) -> str:

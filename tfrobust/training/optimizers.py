@@ -1,4 +1,5 @@
-"""`TraceSGD`: the reference's SGD with (Nesterov) momentum, as a Keras optimizer.
+"""`TraceSGD`: the reference's SGD with (Nesterov) momentum, as a Keras optimizer; and
+`StepCountingLossScaleOptimizer`, the dynamic loss scaling of `--precision mixed_float16`.
 
 The reference (`adversarial_robustness/jax` utils.py `sgd_momentum`) chains optax's
 `trace(decay=momentum, nesterov=True)`, `scale_by_schedule(learning_rate)` and `scale(-1)`:
@@ -57,3 +58,40 @@ class TraceSGD(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update({"momentum": self.momentum, "nesterov": self.nesterov})
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfrobust")
+class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's dynamic loss scaling for float16 training, whose skipped steps still count as steps.
+
+    `keras.optimizers.LossScaleOptimizer` (what `keras.Model.compile` wraps an optimizer in under a
+    `mixed_float16` policy): the train step multiplies the loss by the scale (`scale_loss`) before the
+    gradient; `apply_gradients` divides the gradients by it and, when every gradient is finite, lets the
+    wrapped optimizer update. A non-finite gradient (float16 overflow) skips the update and halves the
+    scale; after `dynamic_growth_steps` finite steps in a row the scale doubles. Initial scale 2**15, growth
+    period 2000: Keras's defaults.
+
+    One difference: Keras's wrapped optimizer counts only applied updates in `iterations`, so each skipped
+    step delays the learning-rate schedule by a step and moves it off the epochs it is defined by (warm-up
+    and decay in epochs of the data, docs/method.md, "Optimizer and schedule"). Here a skipped step advances
+    `iterations` too: the schedule and the attack's seed (`AdversarialTrainer._step_seed`) stay functions of
+    the step number, as in a float32 or bfloat16 run.
+
+    Example::
+
+        optimizer = StepCountingLossScaleOptimizer(TraceSGD(0.1, momentum=0.9))  # what compile wraps under fp16
+    """
+
+    def __init__(self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000, name=None, **kwargs):
+        # Keras's name for the optimizer it wraps: checkpoint keys `loss_scale_optimizer/dynamic_scale`, ...
+        super().__init__(
+            inner_optimizer,
+            initial_scale=initial_scale,
+            dynamic_growth_steps=dynamic_growth_steps,
+            name=name or "loss_scale_optimizer",
+            **kwargs,
+        )
+
+    def _stateful_handle_non_finite_grads(self):
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer.iterations.assign_add(1)

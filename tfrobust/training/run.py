@@ -191,7 +191,9 @@ def build_run(config: TrainConfig, run_dir: str, splits: Splits | None = None) -
         optimizer = TraceSGD(learning_rate=schedule, momentum=config.momentum, nesterov=True)
         trainer.compile(optimizer=optimizer, jit_compile=jit and replicas == 1)
         trainer.build(tuple((None, *info.image_shape)))
-        optimizer.build(network.trainable_variables)
+        # Built now, so that a checkpoint can be restored into it before `fit`: the optimizer, or under
+        # mixed_float16 the loss-scale optimizer that `compile` wrapped it in (its scale is checkpointed).
+        trainer.optimizer.build(network.trainable_variables)
         averaging = cb.WeightAveraging(network, config.ema_decay)
 
     val_data = eval_dataset(splits.val, num_classes=info.num_classes, batch_size=min(config.batch_size, 256))
@@ -525,8 +527,8 @@ def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
     if which == "best" and os.path.exists(best_path):
         cb.load_best_weights(best_path, averaged)
         selected = "best"
-    # Export in float32 whatever the training precision: attacks on a bf16 model get quantised
-    # gradients, which can overstate robustness.
+    # Export in float32 whatever the training precision: attacks on a bf16 or fp16 model get quantised
+    # (or underflowing) gradients, which can overstate robustness.
     keras.mixed_precision.set_global_policy("float32")
     network = build_model(
         config.model,

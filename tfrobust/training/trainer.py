@@ -34,6 +34,25 @@ class ids ([B] or [B, 1]) or one-hot / soft [B, K] vectors, converted once per s
 
 Randomness: the attack's seed is (seed, optimizer step), so a resumed run draws what an uninterrupted
 one would have drawn.
+
+Precision (docs/xla.md, "Precision"). Under `mixed_bfloat16` or `mixed_float16` the model's layers compute
+in the low precision while its weights, BatchNorm statistics and logits stay float32; the losses, the
+attack's loss, the weight average and the optimizer run in float32. float16 has bfloat16's precision
+problem the other way round: a narrow exponent range (smallest normal 6.1e-5, largest 65504), so small
+gradients underflow to 0 on the way back through the network. Two scalings handle it:
+
+- the training loss, as Keras's own `train_step` does: `compile` wraps the optimizer in
+  `optimizers.StepCountingLossScaleOptimizer` (dynamic loss scaling) when the model computes in float16,
+  the step multiplies the loss by the scale before the gradient (`optimizer.scale_loss`), and the
+  optimizer divides the gradients by it and skips a step whose gradients overflowed (`faults.FaultGuard`
+  lets such a step pass; a non-finite loss still stops training);
+- the attack's input gradient (`loss_scaled_logits`): the gradient at the logits is multiplied by a power
+  of two S before it enters the float16 network and the input gradient is divided by S in float32, so the
+  attack's direction does not lose the pixels whose gradients underflow float16. S is the largest power of
+  two at most loss scale / (examples per replica x replicas): the factor that multiplies each example's
+  loss in the scaled training loss, whose backward pass (TRADES: beta times the attack's along the
+  adversarial logits) the dynamic scale keeps finite. An input-gradient element that overflows anyway
+  counts as 0.
 """
 
 from __future__ import annotations
@@ -51,7 +70,8 @@ from tfrobust.errors import UserError
 from tfrobust.threat_model import TRAIN_NORMS
 from tfrobust.training import losses
 from tfrobust.training.distribute import ReplicaShardedInit
-from tfrobust.training.faults import NONFINITE_KEY, nonfinite_code
+from tfrobust.training.faults import NONFINITE_KEY, loss_scaled_code, nonfinite_code
+from tfrobust.training.optimizers import StepCountingLossScaleOptimizer
 
 LOSSES = ("trades", "pgd-at", "standard")
 
@@ -103,11 +123,79 @@ def training_attack(
     return attack
 
 
+def computes_in_float16(network: keras.Model) -> bool:
+    """Whether a layer of `network` computes in float16 (built under a `mixed_float16` policy)."""
+    return any(
+        getattr(layer, "compute_dtype", None) == "float16" for layer in network._flatten_layers(include_self=True)
+    )
+
+
+def _power_of_two_floor(x: tf.Tensor) -> tf.Tensor:
+    """The largest power of two <= x, for a positive normal float32 x: x with its mantissa bits cleared."""
+    bits = tf.bitwise.bitwise_and(tf.bitcast(tf.cast(x, tf.float32), tf.int32), tf.constant(0x7F800000, tf.int32))
+    return tf.bitcast(bits, tf.float32)
+
+
+def attack_gradient_scale(loss_scale: tf.Tensor, examples: tf.Tensor) -> tf.Tensor:
+    """S of the attack's input gradient under loss scaling (module docstring, "Precision"): the largest power
+    of two at most `loss_scale / examples`, `examples` the per-replica batch times the replicas; at least the
+    smallest normal float32, so that dividing by it stays finite."""
+    ratio = tf.cast(loss_scale, tf.float32) / tf.cast(examples, tf.float32)
+    return tf.maximum(_power_of_two_floor(ratio), tf.constant(2.0**-126, tf.float32))
+
+
+def loss_scaled_logits(
+    model_fn: Callable[[tf.Tensor], tf.Tensor], scale: tf.Tensor
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """`model_fn` (images -> logits) with float32 logits whose backward pass runs `scale` times larger.
+
+    The forward pass is `model_fn`'s. Backwards, the gradient at the logits is multiplied by `scale` (float32,
+    before the cast into a float16 network) and the gradient at the images divided by it in float32, so a
+    float16 network's intermediate gradients are `scale` times larger and underflow less; with `scale` a
+    power of two nothing else changes where nothing underflows or overflows. Elements of the image gradient
+    that overflowed (inf or NaN after the division) count as 0: an attack step is then smaller for those
+    pixels rather than NaN. The attack losses cast logits to float32 anyway (`tfrobust.attacks.losses`).
+
+    Example::
+
+        model_fn = loss_scaled_logits(lambda x: model(x, training=False), tf.constant(1024.0))
+        x_adv = attack(model_fn, images, target, seed)
+    """
+    scale = tf.cast(scale, tf.float32)
+
+    @tf.custom_gradient
+    def unscale_at_images(images):
+        def gradient(upstream):
+            unscaled = upstream / scale
+            return tf.where(tf.math.is_finite(unscaled), unscaled, tf.zeros_like(unscaled))
+
+        return tf.identity(images), gradient
+
+    @tf.custom_gradient
+    def scale_at_logits(logits):
+        return tf.identity(logits), lambda upstream: upstream * scale
+
+    def scaled(images: tf.Tensor) -> tf.Tensor:
+        return scale_at_logits(tf.cast(model_fn(unscale_at_images(images)), tf.float32))
+
+    return scaled
+
+
 def _has_synchronized_batch_norm(network: keras.Model) -> bool:
     return any(
         isinstance(layer, keras.layers.BatchNormalization) and getattr(layer, "synchronized", False)
         for layer in network._flatten_layers(include_self=True)
     )
+
+
+def _plus(gradient: Any, value: tf.Tensor) -> Any:
+    """`gradient + value` for a dense gradient or `tf.IndexedSlices`; None stays None."""
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        values = gradient.values + tf.cast(value, gradient.values.dtype)
+        return tf.IndexedSlices(values, gradient.indices, gradient.dense_shape)
+    return gradient + tf.cast(value, gradient.dtype)
 
 
 def _accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -238,13 +326,25 @@ class AdversarialTrainer(keras.Model):
 
     def compile(self, optimizer: Any = "rmsprop", **kwargs: Any) -> None:
         """`keras.Model.compile` with the optimizer (and `jit_compile`, `steps_per_execution`, ...); the loss
-        and the metrics are the trainer's own, so `loss=` and `metrics=` are refused."""
+        and the metrics are the trainer's own, so `loss=` and `metrics=` are refused.
+
+        A model that computes in float16 gets dynamic loss scaling, as `keras.Model.compile` gives a
+        `mixed_float16` model: the optimizer is wrapped in `optimizers.StepCountingLossScaleOptimizer`
+        unless it is a `keras.optimizers.LossScaleOptimizer` already or `auto_scale_loss=False`."""
         for key in ("loss", "loss_weights", "metrics", "weighted_metrics"):
             if kwargs.get(key) is not None:
                 raise UserError(f"AdversarialTrainer.compile takes no {key}=: the loss is AdversarialTrainer(loss=...)")
         if kwargs.get("jit_compile", "auto") == "auto" and self.distribute_strategy.num_replicas_in_sync > 1:
             # One XLA program cannot span several devices (see `xla_per_replica`).
             kwargs["jit_compile"] = False
+        optimizer = keras.optimizers.get(optimizer)
+        if (
+            kwargs.get("auto_scale_loss", True)
+            and optimizer is not None
+            and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            and computes_in_float16(self.network)
+        ):
+            optimizer = StepCountingLossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, **kwargs)
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
@@ -404,6 +504,13 @@ class AdversarialTrainer(keras.Model):
 
     # ------------------------------------------------------------------ the step
 
+    def _loss_scale(self) -> tf.Tensor | None:
+        """The dynamic loss scale of this step (float32), None without loss scaling."""
+        optimizer = getattr(self, "optimizer", None)  # None before `compile`
+        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return None
+        return tf.convert_to_tensor(optimizer.dynamic_scale if optimizer.built else optimizer.initial_scale, tf.float32)
+
     def _step_seed(self) -> tf.Tensor:
         """Stateless seed of this step's attack: (run seed, optimizer step), the same on every replica
         (`distribute.ReplicaShardedInit` gives each replica its rows of the global batch's start)."""
@@ -417,14 +524,23 @@ class AdversarialTrainer(keras.Model):
         """Steps 1-4 of the module docstring: everything of a training step but the optimizer update.
 
         `images` float32 in [0, 1], `labels` float [B, K] (`prepare_batch`). Returns a dict with "gradients"
-        (one per `network.trainable_variables`, of the loss divided by the number of replicas), "total" (the
-        loss with weight decay), "parts" (its terms), "clean_logits" (None for PGD-AT), "adv_logits" (None for
-        `standard`) and "adv_images" (None for `standard`). Runs the adversarial forward pass, so the moving
-        BatchNorm statistics are updated once.
+        (one per `network.trainable_variables`, of the loss divided by the number of replicas and multiplied
+        by the optimizer's loss scale, `optimizer.scale_loss`), "total" (the loss with weight decay, unscaled),
+        "parts" (its terms), "clean_logits" (None for PGD-AT), "adv_logits" (None for `standard`),
+        "adv_images" (None for `standard`) and "loss_scale" (the dynamic loss scale the gradients carry, None
+        without loss scaling). Runs the adversarial forward pass, so the moving BatchNorm statistics are
+        updated once.
         """
         labels = tf.cast(labels, tf.float32)
         network = self.network
         adv_images = None
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        loss_scale = self._loss_scale()
+        attack_logits = self._frozen_logits
+        if loss_scale is not None:
+            # float16 underflow in the attack's backward pass (module docstring, "Precision").
+            examples = tf.shape(images)[0] * replicas
+            attack_logits = loss_scaled_logits(self._frozen_logits, attack_gradient_scale(loss_scale, examples))
         with tf.GradientTape() as tape:
             if self.loss_kind == "standard":
                 clean_logits = self._logits(images, training=True)
@@ -445,7 +561,7 @@ class AdversarialTrainer(keras.Model):
                     clean_logits = None
                     target = labels
                 with tape.stop_recording():
-                    adv_images = self.attack(self._frozen_logits, images, target, self._step_seed())
+                    adv_images = self.attack(attack_logits, images, target, self._step_seed())
                 adv_images = tf.stop_gradient(adv_images)
                 adv_logits = self._logits(adv_images, training=True)  # the only pass that updates BN statistics
                 if self.loss_kind == "trades":
@@ -456,7 +572,9 @@ class AdversarialTrainer(keras.Model):
             if network.losses:  # the model's own regularisers, as Keras's train_step adds them
                 total = total + tf.cast(tf.add_n(network.losses), tf.float32)
             # Keras sums gradients across replicas: scale each replica's mean loss by 1 / replicas.
-            scaled = total / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+            scaled = total / tf.cast(replicas, tf.float32)
+            if getattr(self, "optimizer", None) is not None:
+                scaled = self.optimizer.scale_loss(scaled)  # the loss scale under float16, as Keras's train_step
         gradients = tape.gradient(scaled, network.trainable_variables)
         return {
             "gradients": gradients,
@@ -465,6 +583,7 @@ class AdversarialTrainer(keras.Model):
             "clean_logits": clean_logits,
             "adv_logits": adv_logits,
             "adv_images": adv_images,
+            "loss_scale": loss_scale,
         }
 
     @tf.autograph.experimental.do_not_convert
@@ -472,7 +591,17 @@ class AdversarialTrainer(keras.Model):
         images, labels = self.prepare_batch(data)
         network = self.network
         step = (self._xla_loss_and_gradients or self.loss_and_gradients)(images, labels)
-        self.optimizer.apply_gradients(zip(step["gradients"], network.trainable_variables))
+        gradients = step["gradients"]
+        # Whether this step's loss and gradients are finite, read by `faults.FaultGuard` after the step.
+        nonfinite = nonfinite_code(step["total"], gradients)
+        if step["loss_scale"] is not None:
+            if self.distribute_strategy.num_replicas_in_sync > 1:
+                # Keras's LossScaleOptimizer decides to skip from the first replica's gradients, before they
+                # are summed: a NaN on every replica where one replica overflowed makes all of them skip.
+                poison = tf.where(nonfinite >= 4.0, tf.constant(float("nan")), tf.constant(0.0))
+                gradients = [_plus(g, poison) for g in gradients]
+            nonfinite = loss_scaled_code(nonfinite, step["loss_scale"])
+        self.optimizer.apply_gradients(zip(gradients, network.trainable_variables))
 
         parts, clean_logits, adv_logits = step["parts"], step["clean_logits"], step["adv_logits"]
         self.loss_tracker.update_state(step["total"])
@@ -485,8 +614,6 @@ class AdversarialTrainer(keras.Model):
         self.clean_accuracy.update_state(_accuracy(clean_logits, labels))
         if adv_logits is not None:
             self.adv_accuracy.update_state(_accuracy(adv_logits, labels))
-        # Whether this step's loss and gradients are finite, read by `faults.FaultGuard` after the step.
-        nonfinite = nonfinite_code(step["total"], step["gradients"])
         return self._results({**{m.name: m.result() for m in self.metrics}, NONFINITE_KEY: nonfinite})
 
     def _get_metrics_result_or_logs(self, logs):
