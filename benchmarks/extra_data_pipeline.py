@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -78,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-generated", type=int, default=1_000_000)
     parser.add_argument("--n-real", type=int, default=50_000)
-    parser.add_argument("--dir", default="/tmp/tfrobust-bench-extra")
+    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "tfrobust-bench-extra"))
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--augs", nargs="+", default=["none", "padcrop+cutmix"])
