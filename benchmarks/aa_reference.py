@@ -248,12 +248,18 @@ def torch_noisy(model, sigma: float):
     return Noisy().eval()
 
 
-def tf_noisy(logits, sigma: float):
-    """The TensorFlow side of `torch_noisy`: `logits` behind Gaussian input noise (a fresh draw per call)."""
+def tf_noisy(logits, sigma: float, seed: int):
+    """The TensorFlow side of `torch_noisy`: `logits` behind Gaussian input noise (a fresh draw per call).
+
+    The draws come from one `tf.random.Generator`, whose state every `tf.function` shares, as PyTorch's
+    global generator is shared: an op-seeded `tf.random.normal` under `tf.random.set_seed` would start the
+    same stream in each of the evaluation's functions (`tfrobust.evaluation.check_random_streams`)."""
     import tensorflow as tf
 
+    generator = tf.random.Generator.from_seed(seed)
+
     def noisy(x):
-        return logits(x + sigma * tf.random.normal(tf.shape(x)))
+        return logits(x + sigma * generator.normal(tf.shape(x)))
 
     return noisy
 
@@ -476,10 +482,9 @@ def main() -> None:
         entry = {}
         if args.only in ("both", "tf"):
             tag = f"{VERSIONS[args.version]}-{args.norm}-{eps_units:g}-{time.strftime('%H%M%S')}"
-            tf.random.set_seed(args.seed)  # the noise draws of --noise
             began = time.time()
             evaluation = tfrobust.evaluate(
-                tf_noisy(saved_model.logits, args.noise) if args.noise else export_path,
+                tf_noisy(saved_model.logits, args.noise, args.seed) if args.noise else export_path,
                 x,
                 y,
                 attack=VERSIONS[args.version],

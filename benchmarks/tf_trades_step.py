@@ -54,6 +54,38 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return 2.0 * size**3 * repeats / (time.perf_counter() - start)
 
 
+def op_time_by_type(logdir: str, top: int = 25) -> dict:
+    """Kernel time per TensorFlow op type in the newest trace under `logdir` (its `*.xplane.pb`).
+
+    Sums the duration of every TF op event of the host plane ("name:Type" events on the executor's
+    threads), so with inter-op parallelism the total can exceed the wall time; the shares are of that
+    total. Returns {"total_ms", "by_type": [[type, ms, share], ...] (largest first, the first `top`)}.
+    """
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    path = max(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as handle:
+        space.ParseFromString(handle.read())
+    totals: dict[str, float] = {}
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" not in name or "::" in name or ": " in name:
+                    continue  # TF op events are "op_name:OpType"; runtime scopes are "A::B" or "A: B"
+                op_type = name.rsplit(":", 1)[1]
+                totals[op_type] = totals.get(op_type, 0.0) + event.duration_ps / 1e9
+    total = sum(totals.values())
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {"total_ms": total, "by_type": [[k, round(v, 2), round(v / total, 4)] for k, v in ranked]}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="wrn-16-4")
@@ -66,6 +98,12 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--measure-peak", action="store_true", help="also time a 2048^3 fp32 matmul")
     p.add_argument("--json", default=None, metavar="OUT")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="after timing, trace 2 more steps with TensorFlow's profiler into DIR and add the op time by op type",
+    )
     args = p.parse_args(argv)
 
     keras.mixed_precision.set_global_policy(args.precision)
@@ -120,6 +158,12 @@ def main(argv=None) -> dict:
         peak = measure_matmul_peak()
         result["matmul_peak_gflops"] = peak / 1e9
         result["mfu_vs_matmul_peak"] = per_image * args.batch_size / seconds / peak
+    if args.profile:
+        tf.profiler.experimental.start(args.profile)
+        for _ in range(2):
+            float(step((x, y))["loss"])
+        tf.profiler.experimental.stop()
+        result["profile"] = op_time_by_type(args.profile)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as handle:

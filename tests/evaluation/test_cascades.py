@@ -22,6 +22,7 @@ from tfrobust.evaluation import (
     CASCADES,
     STAGES,
     Evaluator,
+    check_random_streams,
     check_randomized,
     check_square,
 )
@@ -160,6 +161,28 @@ def test_randomised_defence_warning(noop):
     assert check_randomized(noisy, tf.constant(x), noisy(tf.constant(x)).numpy())
     det = tf.function(fixed_fn)
     assert check_randomized(det, tf.constant(x), det(tf.constant(x)).numpy()) is None
+
+
+def test_random_draws_that_start_over_in_each_function_are_caught(noop):
+    x = tf.constant(images(4, seed=48))
+    w = tf.constant(np.random.default_rng(49).normal(size=(16, 3)).astype(np.float32))
+
+    def net(z):
+        return tf.reshape(z, [-1, 16]) @ w
+
+    keras.utils.set_random_seed(0)  # a global seed: op-seeded ops start one stream in each function
+    op_seeded = lambda z: net(z + 0.1 * tf.random.normal(tf.shape(z)))  # noqa: E731
+    assert "tf.random.Generator" in check_random_streams(op_seeded, x)
+    generator = tf.random.Generator.from_seed(0)  # one state for every function: independent draws
+    assert check_random_streams(lambda z: net(z + 0.1 * generator.normal(tf.shape(z))), x) is None
+    dropout = keras.layers.Dropout(0.5)  # Keras draws from a SeedGenerator: a shared state as well
+    assert check_random_streams(lambda z: net(dropout(z, training=True)), x) is None
+    assert check_random_streams(net, x) is None
+    # The evaluation runs the check where it expects a randomised model (an EOT stage).
+    y = np.asarray(net(x)).argmax(-1)
+    with pytest.warns(UserWarning, match="start over in every new tf.function"):
+        result = Evaluator(["noop"], norm="linf", eps=0.1).run(op_seeded, _dataset(x.numpy(), y, 3))
+    assert any("tf.random.Generator" in w for w in result.warnings)
 
 
 def test_square_breaking_more_than_gradient_attacks_warns(monkeypatch):

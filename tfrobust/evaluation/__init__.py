@@ -51,6 +51,7 @@ from tfrobust.evaluation.cascades import (
 from tfrobust.evaluation.checks import (
     RANDOMNESS_TOLERANCE,
     SQUARE_MASKING_THRESHOLD,
+    check_random_streams,
     check_randomized,
     check_square,
     onednn_enabled,
@@ -126,6 +127,7 @@ __all__ = [
     "autoattack_version",
     "check_data",
     "check_options",
+    "check_random_streams",
     "check_randomized",
     "check_square",
     "class_labels",

@@ -2,7 +2,9 @@
 
 AutoAttack's `checks.py` (fra31/auto-attack), reported as warnings in the evaluation's result: a model
 whose outputs differ between identical calls (a randomised defence: a deterministic attack evaluation
-over-estimates its robustness, `check_randomized`); Square (gradient-free) breaking more than 0.2% of the
+over-estimates its robustness, `check_randomized`); a randomised model whose random draws start over in
+every new `tf.function` (the clean pass, the attacks and the re-verification would see one noise sequence
+several times instead of independent draws, `check_random_streams`: tfrobust's own check); Square (gradient-free) breaking more than 0.2% of the
 points the gradient attacks of the same cascade left robust (gradient masking, `check_square`). An attack
 that runs fewer targets than configured because the model has few classes reports it itself (its `notes`).
 
@@ -56,6 +58,39 @@ def check_randomized(predict: LogitsFn, images: tf.Tensor, first: np.ndarray, ca
             'calls per step; Python: attack="aa-rand")'
         )
     return None
+
+
+def check_random_streams(logits_fn: LogitsFn, images: tf.Tensor) -> str | None:
+    """A warning when a randomised model's draws start over in each new `tf.function`, else None.
+
+    The evaluation runs the model in several functions (the clean pass, each attack, the re-verification),
+    and AutoAttack's rand version assumes that every call is an independent draw (the reference's PyTorch
+    models draw from one global generator). TensorFlow's op-seeded random ops (`tf.random.normal` and the
+    like, outside a `tf.random.Generator`) break that under a global seed (`tf.random.set_seed`,
+    `keras.utils.set_random_seed`): the first random op of every function gets the same seed and starts
+    the same stream, so an attack's draws can repeat those of the clean pass or of the verification instead
+    of being independent of them. The sign: two calls in one function differ, and the first call of a
+    second function equals the first call of the first. A `tf.random.Generator` or Keras's `SeedGenerator`
+    (one state shared by every function) passes.
+
+    Example::
+
+        gen = tf.random.Generator.from_seed(0)
+        noisy = lambda x: model(x + 0.03 * gen.normal(tf.shape(x)))   # independent draws: None
+        check_random_streams(noisy, x_test[:8])
+    """
+    first, second = tf.function(logits_fn), tf.function(logits_fn)
+    a = np.asarray(first(images))
+    if np.array_equal(a, np.asarray(first(images))):
+        return None  # deterministic within a function: nothing to repeat
+    if not np.array_equal(a, np.asarray(second(images))):
+        return None
+    return (
+        "the model's random draws start over in every new tf.function (random ops seeded from the global "
+        "seed of tf.random.set_seed): the clean pass, the attacks and the re-verification see the same noise "
+        "sequence instead of independent draws, which biases the evaluation of a randomised model; draw the "
+        "randomness from a tf.random.Generator or keras.random.SeedGenerator (one state for every function)"
+    )
 
 
 def check_square(stage_names: Sequence[str], clean_accuracy: float, robust_after_stage: Sequence[float]) -> str | None:

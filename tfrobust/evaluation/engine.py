@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from tfrobust.errors import UserError
 from tfrobust.evaluation.cascades import STAGES, LogitsFn
-from tfrobust.evaluation.checks import check_randomized, check_square
+from tfrobust.evaluation.checks import check_random_streams, check_randomized, check_square
 from tfrobust.evaluation.state import EvalState, GroupResult
 from tfrobust.numerics import full_float32
 
@@ -51,6 +51,8 @@ TOLERANCE = 1e-6
 # Rows of every forward pass that decides a verdict (clean or adversarial): fixed, whatever the batch size
 # and the number of points still robust, so that the verdict of an example never depends on its batch.
 VERIFY_ROWS = 64
+# Rows of a randomised model's stream check (`check_random_streams`), which runs the model in two new functions.
+STREAM_CHECK_ROWS = 8
 # Examples attacked together, stage by stage (`Evaluator.run`): a CIFAR test set is one pool; float32
 # images of a pool are held in memory (10,000 CIFAR images: 123 MB).
 DEFAULT_POOL_SIZE = 10_000
@@ -385,10 +387,14 @@ class Evaluator:
                     findings.extend(getattr(attack, "notes", lambda k: ())(int(logits.shape[-1])))
                 # An EOT evaluation expects a randomised model: the check would only repeat it (the
                 # reference skips it for its rand version).
-                if not any((e or 1) > 1 for e in self.stage_eot_iter):
-                    randomised = check_randomized(predict_any, first, logits)
-                    if randomised:
-                        findings.append(randomised)
+                eot = any((e or 1) > 1 for e in self.stage_eot_iter)
+                randomised = None if eot else check_randomized(predict_any, first, logits)
+                if randomised:
+                    findings.append(randomised)
+                if eot or randomised:  # a randomised model: are its draws independent across functions?
+                    repeated = check_random_streams(logits_fn, first[:STREAM_CHECK_ROWS])
+                    if repeated:
+                        findings.append(repeated)
             correct, broken_at, adv, seconds = self._run_pool(
                 predict,
                 attacks,
