@@ -54,6 +54,26 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return 2.0 * size**3 * repeats / (time.perf_counter() - start)
 
 
+def measure_conv_peak(model: str, batch_size: int, image_size: int, repeats: int = 10) -> dict:
+    """FLOP/s of the network's 3x3 convolutions alone (forward, stride 1, its three widths at their
+    resolutions, float32, `tf.nn.conv2d` as oneDNN runs it): the ceiling the step's convolutions can reach
+    on this machine. Returns {"per_stage_gflops": [...], "conv_peak_gflops": the best}."""
+    _, width = flops.parse_wrn(model)
+    rates = []
+    for stage, channels in enumerate((16 * width, 32 * width, 64 * width)):
+        side = image_size // 2**stage
+        x = tf.random.uniform((batch_size, side, side, channels))
+        w = tf.random.uniform((3, 3, channels, channels))
+        conv = tf.function(lambda a, b: tf.reduce_sum(tf.nn.conv2d(a, b, 1, "SAME")))
+        conv(x, w)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            conv(x, w).numpy()
+        seconds = (time.perf_counter() - start) / repeats
+        rates.append(2 * batch_size * side * side * 9 * channels * channels / seconds / 1e9)
+    return {"per_stage_gflops": [round(r, 1) for r in rates], "conv_peak_gflops": max(rates)}
+
+
 def op_time_by_type(logdir: str, top: int = 25) -> dict:
     """Kernel time per TensorFlow op type in the newest trace under `logdir` (its `*.xplane.pb`).
 
@@ -97,6 +117,9 @@ def main(argv=None) -> dict:
     p.add_argument("--jit-compile", action="store_true", help="XLA (slower on CPU; the lever on GPU)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--measure-peak", action="store_true", help="also time a 2048^3 fp32 matmul")
+    p.add_argument(
+        "--measure-conv-peak", action="store_true", help="also time the network's 3x3 convolutions alone (forward)"
+    )
     p.add_argument("--json", default=None, metavar="OUT")
     p.add_argument(
         "--profile",
@@ -158,6 +181,9 @@ def main(argv=None) -> dict:
         peak = measure_matmul_peak()
         result["matmul_peak_gflops"] = peak / 1e9
         result["mfu_vs_matmul_peak"] = per_image * args.batch_size / seconds / peak
+    if args.measure_conv_peak:
+        result.update(measure_conv_peak(args.model, args.batch_size, args.image_size))
+        result["fraction_of_conv_peak"] = result["achieved_gflops"] / result["conv_peak_gflops"]
     if args.profile:
         tf.profiler.experimental.start(args.profile)
         for _ in range(2):
