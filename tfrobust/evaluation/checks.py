@@ -2,11 +2,12 @@
 
 AutoAttack's `checks.py` (fra31/auto-attack), reported as warnings in the evaluation's result: a model
 whose outputs differ between identical calls (a randomised defence: a deterministic attack evaluation
-over-estimates its robustness, `check_randomized`); a randomised model whose random draws start over in
-every new `tf.function` (the clean pass, the attacks and the re-verification would see one noise sequence
-several times instead of independent draws, `check_random_streams`: tfrobust's own check); Square (gradient-free) breaking more than 0.2% of the
-points the gradient attacks of the same cascade left robust (gradient masking, `check_square`). An attack
-that runs fewer targets than configured because the model has few classes reports it itself (its `notes`).
+over-estimates its robustness, `check_randomized`); Square (gradient-free) breaking more than 0.2% of the
+points the gradient attacks of the same cascade left robust (gradient masking, `check_square`). tfrobust
+adds a randomised model whose random draws start over in every new `tf.function` (the clean pass, the
+attacks and the re-verification would share draws instead of making independent ones,
+`check_random_streams`). An attack that runs fewer targets than configured because the model has few
+classes reports it itself (its `notes`).
 
 `onednn_enabled` and `onednn_warning` say whether TensorFlow runs its oneDNN CPU kernels, which decides the
 CPU speed of every attack; the report records it.
@@ -88,7 +89,7 @@ def check_random_streams(logits_fn: LogitsFn, images: tf.Tensor) -> str | None:
     return (
         "the model's random draws start over in every new tf.function (random ops seeded from the global "
         "seed of tf.random.set_seed): the clean pass, the attacks and the re-verification see the same noise "
-        "sequence instead of independent draws, which biases the evaluation of a randomised model; draw the "
+        "sequence instead of the independent draws AutoAttack's rand version assumes; draw the "
         "randomness from a tf.random.Generator or keras.random.SeedGenerator (one state for every function)"
     )
 
