@@ -85,7 +85,10 @@ def op_time_by_type(logdir: str, top: int = 25) -> dict:
 
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    path = max(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    traces = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    if not traces:
+        raise SystemExit(f"--profile {logdir}: TensorFlow's profiler wrote no trace there")
+    path = max(traces, key=os.path.getmtime)
     space = xplane_pb2.XSpace()
     with open(path, "rb") as handle:
         space.ParseFromString(handle.read())

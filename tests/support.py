@@ -35,6 +35,20 @@ def randomize_weights(model, seed: int = 0):
     return model
 
 
+def tiny_conv_bn_network():
+    """Conv -> Keras BatchNorm -> ReLU -> pool -> float32 logits on 6x6x1 images, 3 classes, seeded, built
+    under the current mixed-precision policy (the precision tests' network)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Activation("relu", name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="logits")(x), name="tiny")
+
+
 def write_digits_npz(path, n: int = 400) -> str:
     """A small real dataset for training tests: the first `n` scikit-learn digits as uint8 8x8x1 npz."""
     from sklearn.datasets import load_digits

@@ -4,6 +4,7 @@ step whose second replica has an infinite gradient; prints a JSON report of both
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
@@ -13,6 +14,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: support
+from support import tiny_conv_bn_network  # noqa: E402
 
 from tfrobust.training.faults import NONFINITE_KEY  # noqa: E402
 from tfrobust.training.optimizers import TraceSGD  # noqa: E402
@@ -36,13 +40,7 @@ class SecondReplicaOverflows(AdversarialTrainer):
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 keras.mixed_precision.set_global_policy("mixed_float16")
 with strategy.scope():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((6, 6, 1))
-    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.Activation("relu", name="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    network = keras.Model(inputs, keras.layers.Dense(3, dtype="float32", name="logits")(x), name="tiny")
+    network = tiny_conv_bn_network()
     trainer = SecondReplicaOverflows(network, eps=0.1, attack_steps=2, seed=1)
     trainer.compile(optimizer=TraceSGD(0.1, momentum=0.9))
     trainer.optimizer.build(network.trainable_variables)

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import REPO, randomize_weights
+from support import REPO, randomize_weights, tiny_conv_bn_network
 
 from tfrobust.attacks.losses import kl_to_target
 from tfrobust.attacks.pgd import trades_attack
@@ -56,14 +56,7 @@ def tiny_trainer(policy, optimizer=None):
     attack, compiled (and built) with TraceSGD or `optimizer`."""
     keras.mixed_precision.set_global_policy(policy)
     try:
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((6, 6, 1))
-        x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-        x = keras.layers.BatchNormalization(name="bn")(x)
-        x = keras.layers.Activation("relu", name="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-        logits = keras.layers.Dense(3, dtype="float32", name="logits")(x)
-        network = keras.Model(inputs, logits, name="tiny")
+        network = tiny_conv_bn_network()
         trainer = Poisoned(network, eps=0.1, attack_steps=2, seed=1)
         trainer.compile(optimizer=optimizer or TraceSGD(0.1, momentum=0.9))
         trainer.optimizer.build(network.trainable_variables)

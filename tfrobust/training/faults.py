@@ -9,7 +9,8 @@ an epoch's end, checks that the network's weights, the weight averages and the o
 finite. Either check stops training at once with one `NonFiniteError` line naming the epoch, the step,
 the quantity and the last good checkpoint, which is never overwritten: no callback after the guard runs
 for that step or epoch. Under float16 loss scaling a non-finite gradient is an overflow that the optimizer
-skips (`loss_scaled_code`): training goes on; a non-finite loss or weight still stops it. The export refuses non-finite weights too (`tfrobust.export.export_network`).
+skips (`loss_scaled_code`): training goes on; a non-finite loss or weight still stops it. The export
+refuses non-finite weights too (`tfrobust.export.export_network`).
 
 Stop requests. `stop_on_sigterm` makes SIGTERM (what cloud schedulers and Kubernetes send before they kill
 a machine) set an event instead of ending the process. `Preemption`, the last callback of a run, reads the
