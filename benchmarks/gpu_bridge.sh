@@ -6,6 +6,11 @@
 #   measure (GPU, JAX + torch): OUT=results_dir bash benchmarks/gpu_bridge.sh
 #   a subset:                   ONLY="check_l2_highest xla_wrn28_bf16" OUT=... bash benchmarks/gpu_bridge.sh
 #
+# With BUNDLE=FILE (an `aa_reference.py --write-bundle` npz) the export also writes the programs of
+# `tfrobust eval --attack aa --jit-compile on` for that model and its images (Linf EPS/255, default 2), and
+# the GPU call runs that cascade (xla_run_attack.py) next to the reference AutoAttack on the same bundle
+# (aa_reference.py --bundle; the reference package on PYTHONPATH, from PYDEPS, default pydeps).
+#
 # Every run is bounded by `timeout`, in order of importance, so a slow compile costs only its own line.
 set -u
 cd "$(dirname "$0")/.."
@@ -18,6 +23,10 @@ if [ "${1:-}" = "--export" ]; then
   python benchmarks/xla_export.py --model wrn-28-10 --batch-size 512 --precision mixed_bfloat16 --out $P/wrn28_b512_bf16
   python benchmarks/xla_export.py --model wrn-28-10 --batch-size 512 --precision float32 --out $P/wrn28_b512_fp32
   python benchmarks/xla_export.py --model wrn-70-16 --batch-size 512 --precision mixed_bfloat16 --out $P/wrn70_b512_bf16
+  if [ -n "${BUNDLE:-}" ]; then
+    cp "$BUNDLE" $P/aa_bundle.npz
+    python benchmarks/xla_export_attack.py --bundle $P/aa_bundle.npz --eps "${EPS:-2}" --attack aa --batch-size 500 --out $P/aa
+  fi
   exit 0
 fi
 OUT=${OUT:-gpu_results}
@@ -30,7 +39,7 @@ run() {  # NAME=... run SECONDS command...: the JSON goes to $OUT, the log to $L
   case " ${ONLY:-$NAME} " in *" $NAME "*) ;; *) return ;; esac
   local limit=$1; shift; echo "=== $*"
   timeout "$limit" "$@" > "$LOGS/$NAME.log" 2>&1; local rc=$?; echo "rc=$rc"
-  grep -E 'images_per_second|compile_seconds|"input"|passed|worst_relative|images/s|MFU' "$LOGS/$NAME.log" | tail -n 8
+  grep -E 'images_per_second|compile_seconds|"input"|passed|worst_relative|images/s|MFU|robust|compiled on' "$LOGS/$NAME.log" | tail -n 8
   [ $rc -eq 0 ] || tail -c 1500 "$LOGS/$NAME.log"
 }
 NAME=check_l2_highest run 120 python3 benchmarks/xla_run.py $P/wrn10_b8_l2_check --check --matmul-precision highest --json "$OUT/check_l2_highest.json"
@@ -40,4 +49,9 @@ NAME=xla_wrn28_fp32 run 150 python3 benchmarks/xla_run.py $P/wrn28_b512_fp32 --s
 NAME=xla_wrn70_bf16 run 200 python3 benchmarks/xla_run.py $P/wrn70_b512_bf16 --steps 5 --json "$OUT/xla_wrn70_bf16.json"
 NAME=torch_wrn70_bf16 run 120 python3 benchmarks/torch_trades_step.py --device cuda --bf16 --channels-last --model wrn-70-16 --batch-size 512 --steps 5 --json "$OUT/torch_wrn70_bf16.json"
 NAME=torch_wrn28_fp32 run 90 python3 benchmarks/torch_trades_step.py --device cuda --channels-last --model wrn-28-10 --batch-size 512 --steps 5 --json "$OUT/torch_wrn28_fp32.json"
+if [ -f $P/aa.json ]; then
+  NAME=xla_aa run 300 python3 benchmarks/xla_run_attack.py $P/aa --json "$OUT/xla_aa.json"
+  NAME=reference_aa run 300 env PYTHONPATH="${PYDEPS:-pydeps}" python3 benchmarks/aa_reference.py --bundle $P/aa_bundle.npz \
+    --eps "$(python3 -c "import json; print(round(json.load(open('$P/aa.json'))['eps'] * 255, 6))")" --out "$OUT/reference_aa.json"
+fi
 NAME=check_linf_default run 90 python3 benchmarks/xla_run.py $P/wrn10_b8_linf_check --check --tolerance 1e-2 --json "$OUT/check_linf_default.json"

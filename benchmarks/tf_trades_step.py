@@ -12,6 +12,7 @@ the honest ceiling when the nominal clock is unknown under a hypervisor.
 
     python benchmarks/tf_trades_step.py --model wrn-16-4 --batch-size 128 --json tf.json
     python benchmarks/tf_trades_step.py --model wrn-16-4 --batch-size 128 --precision mixed_bfloat16
+    python benchmarks/tf_trades_step.py --model wrn-16-4 --batch-size 128 --swish-gradient unfused  # tf.nn.silu
     python benchmarks/tf_trades_step.py --model wrn-28-10 --batch-size 512 --precision mixed_bfloat16 --jit-compile  # GPU
 
 Numbers measured with it are in benchmarks/README.md and docs/xla.md, with the hardware they came from.
@@ -35,6 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrobust.attacks.pgd import trades_attack  # noqa: E402
+from tfrobust.models import swish as swish_module  # noqa: E402
 from tfrobust.models.registry import build_model  # noqa: E402
 from tfrobust.training.optimizers import TraceSGD  # noqa: E402
 from tfrobust.training.trainer import AdversarialTrainer  # noqa: E402
@@ -79,7 +81,9 @@ def op_time_by_type(logdir: str, top: int = 25) -> dict:
 
     Sums the duration of every TF op event of the host plane ("name:Type" events on the executor's
     threads), so with inter-op parallelism the total can exceed the wall time; the shares are of that
-    total. Returns {"total_ms", "by_type": [[type, ms, share], ...] (largest first, the first `top`)}.
+    total. An XLA-compiled cluster inside the graph (the fused Swish gradient, `tfrobust.models.swish`)
+    runs as an XLA CPU executable, not as TF ops: its runs count as `XLA_CLUSTER`. Returns {"total_ms",
+    "by_type": [[type, ms, share], ...] (largest first, the first `top`)}.
     """
     import glob
 
@@ -100,6 +104,9 @@ def op_time_by_type(logdir: str, top: int = 25) -> dict:
         for line in plane.lines:
             for event in line.events:
                 name = names.get(event.metadata_id, "")
+                if name == "CpuExecutable::ExecuteAsyncOnStream":
+                    totals["XLA_CLUSTER"] = totals.get("XLA_CLUSTER", 0.0) + event.duration_ps / 1e9
+                    continue
                 if ":" not in name or "::" in name or ": " in name:
                     continue  # TF op events are "op_name:OpType"; runtime scopes are "A::B" or "A: B"
                 op_type = name.rsplit(":", 1)[1]
@@ -123,6 +130,13 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--measure-conv-peak", action="store_true", help="also time the network's 3x3 convolutions alone (forward)"
     )
+    p.add_argument(
+        "--swish-gradient",
+        default="fused",
+        choices=["fused", "unfused"],
+        help="fused: the models' own Swish (one XLA kernel for its gradient, tfrobust.models.swish); unfused: "
+        "tf.nn.silu's six-kernel gradient everywhere, for the comparison",
+    )
     p.add_argument("--json", default=None, metavar="OUT")
     p.add_argument(
         "--profile",
@@ -134,6 +148,8 @@ def main(argv=None) -> dict:
 
     keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(0)
+    if args.swish_gradient == "unfused":
+        swish_module.FUSED_MIN_ELEMENTS = 2**62  # no tensor is that large: tf.nn.silu throughout
     network = build_model(
         args.model,
         input_shape=(args.image_size, args.image_size, 3),
@@ -172,6 +188,7 @@ def main(argv=None) -> dict:
         "attack_steps": args.attack_steps,
         "precision": args.precision,
         "jit_compile": args.jit_compile,
+        "swish_gradient": args.swish_gradient,
         "seconds_per_step": seconds,
         "seconds_per_step_median": float(np.median(times)),
         "images_per_second": args.batch_size / seconds,

@@ -4,6 +4,7 @@ result, and the success sets equal the plain graph's (the float32 kernels of XLA
 differently, so the adversarial examples agree within float tolerance)."""
 
 import dataclasses
+import json
 
 import keras
 import numpy as np
@@ -216,3 +217,48 @@ def test_model_selection_follows_the_training_steps_xla_setting():
     assert graph._evaluator.jit_compile is False
     with pytest.raises(UserError, match="jit_compile must be None, True or False"):
         ModelSelection(WeightAveraging(network), validation_data=held_out, jit_compile="on")
+
+
+def test_exported_attack_programs_run_through_jax_as_tfrobust_eval_runs_them(tmp_path, monkeypatch):
+    """benchmarks/xla_export_attack.py + xla_run_attack.py: the HLO of an evaluation stage, run by JAX's XLA
+    client, gives TensorFlow's candidates, and the runner's cascade gives `Evaluator(jit_compile=True)`'s
+    verdicts point by point (seeds, padding, verification)."""
+    pytest.importorskip("jax")  # the [test] extra installs it; the runner needs nothing else
+    import sys
+
+    from support import REPO, randomize_weights
+
+    from tfrobust.evaluation.engine import keras_logits_fn
+    from tfrobust.importer import reference_state_dict
+    from tfrobust.models.registry import build_model
+
+    sys.path.insert(0, f"{REPO}/benchmarks")
+    import xla_export_attack
+    import xla_run_attack
+
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    network = randomize_weights(build_model("wrn-10-1", input_shape=(32, 32, 3), num_classes=10, mean=mean, std=std))
+    images = np.random.default_rng(0).uniform(0.0, 1.0, (12, 32, 32, 3)).astype(np.float32)
+    labels = network(images, training=False).numpy().argmax(-1)  # every point starts correct
+    arch = dict(depth=10, width=1, num_classes=10, mean=mean, std=std, activation="swish")
+    weights = {f"w/{k}": v for k, v in reference_state_dict(network, "wrn-10-1").items()}
+    bundle = str(tmp_path / "bundle.npz")
+    np.savez(bundle, image=images, label=labels, arch=np.array(json.dumps(arch)), **weights)
+
+    prefix, eps, iterations = str(tmp_path / "xla" / "aa"), 5 / 255, 3
+    xla_export_attack.main(
+        ["--bundle", bundle, "--eps", "5", "--attack", "apgd-t", "--batch-size", "8"]
+        + ["--iterations", str(iterations), "--values", "--out", prefix]
+    )
+    spec, programs, arrays = xla_run_attack.load(prefix, "highest")
+    checked = xla_run_attack.check(spec, programs, arrays, tolerance=1e-5)
+    assert checked["passed"], checked
+    result = xla_run_attack.evaluate(spec, programs, images, labels)
+    assert result["clean_accuracy"] == 1.0 and result["stages"][0]["attacked"] == 12
+
+    fast = xla_export_attack.stage_attack("apgd-t", "linf", eps, iterations)
+    monkeypatch.setitem(STAGES, "apgd-t", lambda norm, eps: fast)
+    data = tf.data.Dataset.from_tensor_slices((images, np.eye(10, dtype=np.float32)[labels])).batch(8)
+    expected = Evaluator(["apgd-t"], norm="linf", eps=eps, jit_compile=True).run(keras_logits_fn(network), data)
+    assert result["robust"] == expected.robust.tolist()
+    assert 0 < sum(result["robust"]) < 12  # some points broken, some not: the comparison decides something

@@ -18,6 +18,7 @@ from tfrobust.models.batch_norm import (
 )
 from tfrobust.models.registry import MODELS, build_model
 from tfrobust.models.standardize import Standardize
+from tfrobust.models.swish import swish
 
 CIFAR = dict(input_shape=(32, 32, 3), num_classes=10, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
 DIGITS = dict(input_shape=(8, 8, 1), num_classes=10, mean=(0.3,), std=(0.4,))
@@ -117,9 +118,9 @@ def test_relu_activation_option():
     model = build_model("wrn-10-1", activation="relu", **DIGITS)
     acts = [l for l in model.layers if isinstance(l, keras.layers.Activation)]
     assert acts and all(l.activation is keras.activations.relu for l in acts)
-    swish = build_model("wrn-10-1", **DIGITS)
-    acts = [l for l in swish.layers if isinstance(l, keras.layers.Activation)]
-    assert all(l.activation is keras.activations.silu for l in acts)
+    default = build_model("wrn-10-1", **DIGITS)
+    acts = [l for l in default.layers if isinstance(l, keras.layers.Activation)]
+    assert all(l.activation is swish for l in acts)
 
 
 def test_batchnorm_settings():
@@ -296,6 +297,7 @@ def test_keras_file_round_trip(tmp_path):
     x = _images((8, 8, 1), batch=4, seed=4)
     restored = run_model_saving_test(model, x, str(tmp_path / "model.keras"))
     assert isinstance(restored.get_layer("standardize"), Standardize)
+    assert restored.get_layer("head_act").activation is swish
     assert restored.get_layer("standardize").mean == (0.3,)
     assert all(isinstance(l, BatchNorm) for l in batch_norm_layers(restored))
     assert len(batch_norm_layers(restored)) == len(batch_norm_layers(model))

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import keras
 
 from tfrobust.models.standardize import Standardize
-from tfrobust.models.wide_resnet import ACTIVATIONS, bn_layer, conv3x3, head
+from tfrobust.models.wide_resnet import ACTIVATIONS, Activation, bn_layer, conv3x3, head
 
 
-def _preact_block(x, filters: int, stride: int, activation: str, synchronized: bool, name: str):
+def _preact_block(x, filters: int, stride: int, activation: Activation, synchronized: bool, name: str):
     has_shortcut = stride != 1 or x.shape[-1] != filters
     a = bn_layer(f"{name}_batchnorm_0", synchronized)(x)
     a = keras.layers.Activation(activation, name=f"{name}_act_0")(a)

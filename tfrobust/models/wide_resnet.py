@@ -23,17 +23,20 @@ Usage:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 
 from tfrobust.models.batch_norm import BatchNorm
 from tfrobust.models.initializers import FanInTruncatedNormal
 from tfrobust.models.standardize import Standardize
+from tfrobust.models.swish import swish
+
+Activation = str | Callable  # a Keras activation: a name or a function
 
 BN_MOMENTUM = 0.99  # Keras momentum is the decay of the moving average (PyTorch momentum 0.01).
 BN_EPSILON = 1e-5
-ACTIVATIONS = {"swish": "silu", "relu": "relu"}
+ACTIVATIONS = {"swish": swish, "relu": "relu"}  # the Keras activation of each option
 
 
 def bn_layer(name: str, synchronized: bool) -> BatchNorm:
@@ -55,7 +58,7 @@ def conv3x3(filters: int, stride: int, name: str) -> keras.layers.Conv2D:
     )
 
 
-def head(x, num_classes: int, activation: str, synchronized: bool):
+def head(x, num_classes: int, activation: Activation, synchronized: bool):
     """act(BN(x)) -> global average pool -> zero-initialised float32 logits (reference head)."""
     x = bn_layer("batchnorm", synchronized)(x)
     x = keras.layers.Activation(activation, name="head_act")(x)
@@ -65,7 +68,7 @@ def head(x, num_classes: int, activation: str, synchronized: bool):
     )(x)
 
 
-def _wrn_block(x, filters: int, stride: int, activation: str, synchronized: bool, name: str):
+def _wrn_block(x, filters: int, stride: int, activation: Activation, synchronized: bool, name: str):
     has_shortcut = x.shape[-1] != filters
     a = bn_layer(f"{name}_batchnorm_0", synchronized)(x)
     a = keras.layers.Activation(activation, name=f"{name}_act_0")(a)
