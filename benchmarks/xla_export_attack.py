@@ -7,7 +7,7 @@ installed (`aa_reference.py --bundle`), so both sides attack one model and one s
 
 For each stage the program is what `Evaluator(jit_compile=True)` compiles (`engine.Evaluator._functions`):
 `attack(logits_fn, images, labels, seed)` of `cascades.STAGES[stage](norm, eps)` with `fixed_shape=True`,
-at exactly `--batch-size` rows, traced by `tf.function(jit_compile=True)` and lowered to HLO
+at exactly `--batch-size` rows (at most the bundle's images, as `tfrobust eval` would batch them), traced by `tf.function(jit_compile=True)` and lowered to HLO
 (`experimental_get_compiler_ir(...)(stage="hlo_serialized")`). Parameters: images [B, H, W, C] float32,
 one-hot labels [B, K] float32, the stateless seed [2] int64, then every tensor the program captures (the
 network's variables) in TensorFlow's capture order; one output, the candidates [B, H, W, C]. The forward
@@ -128,13 +128,13 @@ def export(
 ) -> dict:
     """Writes the programs, PREFIX.json and PREFIX.npz (module docstring); returns the spec."""
     network, images, labels = network_from_bundle(bundle)
+    # `tfrobust eval` attacks batches of the data set's first batch's size: at most the number of images.
+    batch_size = min(batch_size, len(images))
     logits_fn = keras_logits_fn(network)
     num_classes = int(network.output_shape[-1])
     shape = tuple(images.shape[1:])
-    x = tf.constant(images[:batch_size]) if len(images) >= batch_size else None
-    if x is None:
-        x = tf.constant(np.concatenate([images, np.zeros([batch_size - len(images), *shape], np.float32)]))
-    y = tf.one_hot(np.resize(labels, batch_size), num_classes)
+    x = tf.constant(images[:batch_size])
+    y = tf.one_hot(labels[:batch_size], num_classes)
     seed_tensor = tf.constant([seed, 0], tf.int64)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     arrays: dict[str, np.ndarray] = {"images": images, "labels": labels}
@@ -190,7 +190,7 @@ def main(argv=None) -> None:
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--eps", type=float, required=True, help="Linf: in 1/255 units (8 means 8/255); L2: as is")
     p.add_argument("--attack", default="aa", help="a cascade (aa) or stages separated by commas (apgd-ce,apgd-t)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=250, help="at most the bundle's number of images")
     p.add_argument("--iterations", type=int, default=None, help="replace each stage's iterations (quick checks)")
     p.add_argument("--values", action="store_true", help="also save TensorFlow's candidates of the first batch")
     p.add_argument("--out", required=True, help="path prefix: PREFIX.json, PREFIX.*.hlo.pb, PREFIX.npz")
@@ -212,7 +212,7 @@ def main(argv=None) -> None:
         iterations=args.iterations,
         values=args.values,
     )
-    print(f"{args.out}: {', '.join(spec['stages'])} at batch {args.batch_size}, {args.norm} eps {eps:.5g}")
+    print(f"{args.out}: {', '.join(spec['stages'])} at batch {spec['batch_size']}, {args.norm} eps {eps:.5g}")
 
 
 if __name__ == "__main__":
