@@ -86,12 +86,17 @@ def test_benchmark_on_a_dataset_on_disk(tmp_path):
             "2",
             "--warmup",
             "1",
+            "--eval-attack",
+            "apgd-ce",
+            "--eval-batch-size",
+            "16",
             "--json",
             str(out),
         ]
     )
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and "whole run" in result.output
+    assert "eval apgd-ce" in result.output and "every point surviving every stage" in result.output
     report = json.loads(out.read_text())
     assert report["data"] == "digits (on disk)" and report["xla"] is False  # CPU: auto is off
     assert len(report["step_seconds"]) == 2 and report["images_per_second"] > 0
@@ -101,6 +106,12 @@ def test_benchmark_on_a_dataset_on_disk(tmp_path):
     assert report["run_steps"] == steps_after_epochs(3, train_size, 32)
     assert report["projected_run_hours"] == pytest.approx(report["run_steps"] * report["seconds_per_step"] / 3600)
     assert report["peak_memory_gib"] > 0
+    # The evaluation's cost: one batch in which every point is attacked and survives the whole stage.
+    cost = report["eval"]
+    assert cost["stages"] == ["apgd-ce"] and cost["batch_size"] == 16 and cost["jit_compile"] is False
+    assert cost["points_attacked"] == 16 and cost["points_broken"] == 0
+    assert cost["seconds_per_batch"]["apgd-ce"] > 0
+    assert cost["projected_seconds_at_most"] == pytest.approx(625 * cost["seconds_per_batch"]["apgd-ce"])
     # An existing JSON file is never overwritten.
     again = _run(["--dataset", "digits", "--model", "wrn-10-1", "--batch-size", "32", "--json", str(out)])
     assert again.exit_code == 1 and "exists" in again.output
@@ -142,3 +153,5 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert result.exit_code == 1 and "--steps" in result.output and "Traceback" not in result.output
     result = _run(["--model", "wrn-1-1"])
     assert result.exit_code == 1 and "model" in result.output
+    result = _run(["--dataset", "digits", "--eval-attack", "apgd-nope"])
+    assert result.exit_code == 1 and "unknown attack 'apgd-nope'" in result.output and "step 1" not in result.output

@@ -15,8 +15,15 @@ where it is on disk (digits, npz:PATH). Reported:
 - the projected time of the whole run: its optimizer steps (`epochs` of the full training set, as
   `tfrobust train` counts them) times the median step; model selection's PGD-40 passes are not included.
 
+With `eval_attack` (`--eval-attack aa`), also what `tfrobust eval --attack aa` costs on this hardware
+(`attack_cost`): the seconds of one batch of each stage, after a warm-up batch, when every point of the
+batch survives the stage, which is a stage's whole budget (APGD's iterations over every target and restart,
+FAB's, Square's queries). Broken points leave a stage early, so with a real model each stage costs at
+most this, and the projection to 10,000 images (a CIFAR test set) is an upper bound.
+
     tfrobust benchmark --preset cifar10-wrn-28-10-cutmix --precision mixed_bfloat16
     tfrobust benchmark --model wrn-16-4 --batch-size 128 --steps 5 --json bench.json
+    tfrobust benchmark --model wrn-28-10 --eval-attack aa --eval-batch-size 512
 """
 
 from __future__ import annotations
@@ -133,8 +140,24 @@ def peak_memory_gib() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak resident memory"
 
 
-def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=print) -> dict[str, Any]:
-    """Times `config`'s training step (see the module docstring); returns the JSON-able result."""
+# The radius at which `attack_cost` attacks: far below any pixel step (1/255), so no point of a network with
+# random logits breaks and every stage runs its whole budget; the work of a stage does not depend on it.
+SURVIVING_EPS = 1e-6
+# The evaluation set `attack_cost` projects to: a CIFAR test set.
+PROJECTED_EVAL_IMAGES = 10_000
+
+
+def benchmark(
+    config: TrainConfig,
+    *,
+    steps: int = 5,
+    warmup: int = 2,
+    eval_attack: str | None = None,
+    eval_batch_size: int = 256,
+    progress=print,
+) -> dict[str, Any]:
+    """Times `config`'s training step, and with `eval_attack` one batch of each of its stages (see the
+    module docstring); returns the JSON-able result."""
     import keras
     import tensorflow as tf
 
@@ -144,6 +167,12 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
 
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    if eval_attack is not None:
+        from tfrobust.evaluation.versions import resolve_attack
+
+        resolve_attack(eval_attack)  # a bad name is refused before minutes of timing
+        if eval_batch_size < 1:
+            raise UserError(f"--eval-batch-size must be >= 1, got {eval_batch_size}")
     config = dataclasses.replace(config, eval_every=0, extra_data=()).validate().resolved()
     n_images = config.batch_size * 2
     if config.dataset.startswith("npz:") or config.dataset == "digits":
@@ -182,7 +211,7 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
     peak, peak_source = device_peak(config.precision)
     memory, memory_source = peak_memory_gib()
     total_steps = steps_after_epochs(config.epochs, epoch_examples, config.batch_size)
-    return {
+    result = {
         "config": {
             k: getattr(config, k)
             for k in (
@@ -219,6 +248,76 @@ def benchmark(config: TrainConfig, *, steps: int = 5, warmup: int = 2, progress=
         "run_steps": total_steps,
         "projected_run_hours": total_steps * seconds / 3600,
     }
+    if eval_attack is not None:
+        result["eval"] = attack_cost(config, info, eval_attack, batch_size=eval_batch_size, progress=progress)
+    return result
+
+
+def attack_cost(config: TrainConfig, info, attack: str, *, batch_size: int = 256, progress=print) -> dict[str, Any]:
+    """Seconds per batch of each stage of `tfrobust eval --attack ATTACK` on `config`'s network, when every
+    point survives the stage (the module docstring), and the projection to `PROJECTED_EVAL_IMAGES` images.
+
+    The network is evaluated as `tfrobust eval` evaluates an export: float32, inference mode, TensorFloat-32
+    off, XLA as `--jit-compile auto` resolves it. Its weights are the initial ones with a random logits
+    layer (the initial one is zero, and every class would tie); the labels are its own predictions, so
+    every point starts correct, and the radius is `SURVIVING_EPS` at `config.norm`.
+
+    Example::
+
+        cost = attack_cost(make_config(None, {"model": "wrn-10-1", "dataset": "digits"}).resolved(),
+                           load_dataset("digits").info, "apgd-ce", batch_size=64)
+        cost["seconds_per_batch"]["apgd-ce"]
+    """
+    import keras
+    import tensorflow as tf
+
+    from tfrobust.evaluation import Evaluator, resolve_jit_compile
+    from tfrobust.evaluation.engine import keras_logits_fn
+    from tfrobust.evaluation.versions import resolve_attack
+    from tfrobust.models.registry import build_model
+
+    stages = resolve_attack(attack)
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")  # an evaluated export is float32
+    try:
+        network = build_model(
+            config.model,
+            input_shape=info.image_shape,
+            num_classes=info.num_classes,
+            mean=info.mean,
+            std=info.std,
+            activation=config.activation,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    rng = np.random.default_rng(config.seed)
+    head = network.get_layer("logits")
+    head.kernel.assign(rng.normal(0.0, 1.0 / np.sqrt(head.kernel.shape[0]), head.kernel.shape).astype(np.float32))
+    images = rng.uniform(0.0, 1.0, (batch_size, *info.image_shape)).astype(np.float32)
+    logits_fn = keras_logits_fn(network)
+    labels = np.asarray(logits_fn(tf.constant(images))).argmax(axis=-1)
+    data = tf.data.Dataset.from_tensors((images, np.eye(info.num_classes, dtype=np.float32)[labels]))
+    jit = resolve_jit_compile("auto")
+    evaluator = Evaluator(stages, norm=config.norm, eps=SURVIVING_EPS, jit_compile=jit)
+    progress(f"eval {attack}: a warm-up batch of {batch_size} (tracing{', XLA compilation' if jit else ''})")
+    evaluator.run(logits_fn, data)
+    progress(f"eval {attack}: the timed batch")
+    timed = evaluator.run(logits_fn, data, seed=1)
+    per_batch = dict(zip(stages, (float(s) for s in timed.stage_seconds)))
+    batches = -(-PROJECTED_EVAL_IMAGES // batch_size)
+    return {
+        "attack": attack,
+        "stages": list(stages),
+        "batch_size": batch_size,
+        "norm": config.norm,
+        "jit_compile": jit,
+        "seconds_per_batch": per_batch,
+        "images_per_second": {stage: batch_size / s for stage, s in per_batch.items()},
+        "points_attacked": int(timed.clean_correct.sum()),
+        "points_broken": int(timed.clean_correct.sum() - timed.robust.sum()),
+        "projected_images": PROJECTED_EVAL_IMAGES,
+        "projected_seconds_at_most": batches * sum(per_batch.values()),
+    }
 
 
 def table(result: dict[str, Any]) -> str:
@@ -246,5 +345,20 @@ def table(result: dict[str, Any]) -> str:
             "on this hardware, model selection not included",
         ),
     ]
+    if "eval" in result:
+        e = result["eval"]
+        stages = ", ".join(f"{stage} {s:.2f} s" for stage, s in e["seconds_per_batch"].items())
+        rows += [
+            (
+                f"eval {e['attack']}",
+                f"per batch of {e['batch_size']} ({e['norm']}, XLA {'on' if e['jit_compile'] else 'off'}): {stages}",
+            ),
+            (
+                "eval, projected",
+                f"at most {e['projected_seconds_at_most'] / 60:.1f} min for {e['projected_images']:,} images "
+                "(every point surviving every stage)"
+                + (f"; {e['points_broken']} point(s) broke, so not a bound" if e["points_broken"] else ""),
+            ),
+        ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -208,9 +208,24 @@ def train(out: str | None, resume_dir: str | None, preset: str | None, **options
     show_default=True,
     help="Untimed steps first (tracing, XLA compilation, autotuning).",
 )
+@click.option(
+    "--eval-attack",
+    default=None,
+    help="Also time one batch of each stage of `tfrobust eval --attack` this (e.g. aa) when no point breaks.",
+)
+@click.option("--eval-batch-size", type=int, default=256, show_default=True, help="The batch of --eval-attack.")
 @click.option("--json", "json_path", default=None, help="Also write the result as JSON to this file (must not exist).")
-def benchmark(preset: str | None, steps: int, warmup: int, json_path: str | None, **options: Any) -> None:
-    """Times the training step a run would take on this hardware: images/s, MFU, memory, projected time."""
+def benchmark(
+    preset: str | None,
+    steps: int,
+    warmup: int,
+    eval_attack: str | None,
+    eval_batch_size: int,
+    json_path: str | None,
+    **options: Any,
+) -> None:
+    """Times the training step a run would take on this hardware: images/s, MFU, memory, projected time;
+    with --eval-attack, also the cost of an evaluation."""
     from tfrobust import benchmark as bench
     from tfrobust.config import make_config
     from tfrobust.fileio import write_bytes_atomic
@@ -226,7 +241,14 @@ def benchmark(preset: str | None, steps: int, warmup: int, json_path: str | None
         folder = os.path.dirname(os.path.abspath(json_path))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise UserError(f"--json {json_path}: {folder} is not a writable directory")
-    result = bench.benchmark(config, steps=steps, warmup=warmup, progress=lambda line: click.echo(line, err=True))
+    result = bench.benchmark(
+        config,
+        steps=steps,
+        warmup=warmup,
+        eval_attack=eval_attack,
+        eval_batch_size=eval_batch_size,
+        progress=lambda line: click.echo(line, err=True),
+    )
     click.echo(bench.table(result))
     if json_path is not None:
         write_bytes_atomic(json_path, (json.dumps(result, indent=2) + "\n").encode())
