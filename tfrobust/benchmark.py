@@ -33,12 +33,15 @@ import platform
 import resource
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfrobust.config import TrainConfig
 from tfrobust.errors import UserError
+
+if TYPE_CHECKING:
+    from tfrobust.data.datasets import DatasetInfo
 
 # Dense peak TFLOP/s by device name (vendor datasheets), for the compute precision of a step: bf16 under
 # mixed_bfloat16, and for float32 the TensorFloat-32 rate where TensorFlow uses it for float32
@@ -253,7 +256,9 @@ def benchmark(
     return result
 
 
-def attack_cost(config: TrainConfig, info, attack: str, *, batch_size: int = 256, progress=print) -> dict[str, Any]:
+def attack_cost(
+    config: TrainConfig, info: DatasetInfo, attack: str, *, batch_size: int = 256, progress=print
+) -> dict[str, Any]:
     """Seconds per batch of each stage of `tfrobust eval --attack ATTACK` on `config`'s network, when every
     point survives the stage (the module docstring), and the projection to `PROJECTED_EVAL_IMAGES` images.
 
