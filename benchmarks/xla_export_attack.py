@@ -98,20 +98,18 @@ def _lower(function, args) -> tuple[bytes, list, float]:
     return hlo, list(concrete.captured_inputs), time.perf_counter() - start
 
 
-def _captured_values(captured) -> list[np.ndarray]:
-    """The values of captured tensors: resource handles read through their variables, constants as they are."""
+def _captured_values(captured, network) -> list[np.ndarray]:
+    """The values of captured tensors: a variable handle's variable of `network`, a constant as it is."""
+    variables = {id(v.value.handle): v.value for v in network.weights}  # Keras variable -> tf.Variable
     values = []
     for tensor in captured:
         if tensor.dtype == tf.resource:
-            values.append(tf.raw_ops.ReadVariableOp(resource=tensor, dtype=_resource_dtype(tensor)).numpy())
+            if id(tensor) not in variables:
+                raise RuntimeError(f"the program captures a variable that is not the network's: {tensor!r}")
+            values.append(variables[id(tensor)].numpy())
         else:
             values.append(tensor.numpy())
     return values
-
-
-def _resource_dtype(handle) -> tf.DType:
-    data = handle._handle_data  # the dtype and shape TensorFlow records with every variable handle
-    return tf.as_dtype(data.shape_and_type[0].dtype)
 
 
 def export(
@@ -144,12 +142,12 @@ def export(
             logits_fn, input_signature=[tf.TensorSpec([VERIFY_ROWS, *shape], tf.float32)], jit_compile=True
         )
         hlo, captured, seconds = _lower(predict, (tf.zeros([VERIFY_ROWS, *shape]),))
-        programs["predict"] = _write_program(out, "predict", hlo, captured, arrays, seconds)
+        programs["predict"] = _write_program(out, "predict", hlo, _captured_values(captured, network), arrays, seconds)
         for stage in stages:
             attack = stage_attack(stage, norm, eps, iterations)
             function = tf.function(_bound(attack, logits_fn), jit_compile=True)
             hlo, captured, seconds = _lower(function, (x, y, seed_tensor))
-            programs[stage] = _write_program(out, stage, hlo, captured, arrays, seconds)
+            programs[stage] = _write_program(out, stage, hlo, _captured_values(captured, network), arrays, seconds)
             if values:
                 arrays[f"tf_xla_{stage}"] = function(x, y, seed_tensor).numpy()
                 arrays[f"tf_{stage}"] = tf.function(function.python_function)(x, y, seed_tensor).numpy()
@@ -175,11 +173,11 @@ def export(
     return spec
 
 
-def _write_program(out: str, name: str, hlo: bytes, captured, arrays: dict, seconds: float) -> dict:
+def _write_program(out: str, name: str, hlo: bytes, captured: list, arrays: dict, seconds: float) -> dict:
     """Writes PREFIX.NAME.hlo.pb; the captured values go into `arrays` under NAME/k."""
     with open(f"{out}.{name}.hlo.pb", "wb") as handle:
         handle.write(hlo)
-    for k, value in enumerate(_captured_values(captured)):
+    for k, value in enumerate(captured):
         arrays[f"{name}/{k:04d}"] = value
     return {"hlo": f"{os.path.basename(out)}.{name}.hlo.pb", "captured": len(captured), "lowering_seconds": seconds}
 
