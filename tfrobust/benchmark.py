@@ -273,28 +273,15 @@ def attack_cost(
                            load_dataset("digits").info, "apgd-ce", batch_size=64)
         cost["seconds_per_batch"]["apgd-ce"]
     """
-    import keras
     import tensorflow as tf
 
     from tfrobust.evaluation import Evaluator, resolve_jit_compile
     from tfrobust.evaluation.engine import keras_logits_fn
     from tfrobust.evaluation.versions import resolve_attack
-    from tfrobust.models.registry import build_model
+    from tfrobust.training.run import float32_network
 
     stages = resolve_attack(attack)
-    policy = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")  # an evaluated export is float32
-    try:
-        network = build_model(
-            config.model,
-            input_shape=info.image_shape,
-            num_classes=info.num_classes,
-            mean=info.mean,
-            std=info.std,
-            activation=config.activation,
-        )
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
+    network = float32_network(config, info)  # as an evaluated export
     rng = np.random.default_rng(config.seed)
     head = network.get_layer("logits")
     head.kernel.assign(rng.normal(0.0, 1.0 / np.sqrt(head.kernel.shape[0]), head.kernel.shape).astype(np.float32))

@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from tfrobust.augment.registry import build_augmentation, mixing_options, parse_aug, produces_soft_labels
 from tfrobust.config import TrainConfig
-from tfrobust.data.datasets import DEFAULT_VAL_SIZE, Splits, load_dataset
+from tfrobust.data.datasets import DEFAULT_VAL_SIZE, DatasetInfo, Splits, load_dataset
 from tfrobust.data.extra import ExtraData, open_extra_data
 from tfrobust.data.mixing import mix_plan, mixed_train_dataset, samples_per_epoch
 from tfrobust.data.pipeline import eval_dataset, train_dataset
@@ -518,6 +518,31 @@ def truncate_log(path: str, epochs_done: int) -> None:
     write_text_atomic(path, "\n".join(kept) + "\n", what="training log")
 
 
+def float32_network(config: TrainConfig, info: DatasetInfo) -> keras.Model:
+    """`config`'s network for `info`'s images, built in float32 whatever the precision policy (restored).
+
+    Exports and evaluations are float32 whatever the training precision: attacks on a bf16 or fp16 model
+    get quantised (or underflowing) gradients, which can overstate robustness.
+
+    Example::
+
+        network = float32_network(config, run.splits.info)  # initial weights; set_weights to fill it
+    """
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return build_model(
+            config.model,
+            input_shape=info.image_shape,
+            num_classes=info.num_classes,
+            mean=info.mean,
+            std=info.std,
+            activation=config.activation,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
     """Exports the averaged model (best on validation, else the last) in float32; returns its path."""
     config, info = run.config, run.splits.info
@@ -527,17 +552,7 @@ def export_selected(run: Run, run_dir: str, which: str = "best") -> str:
     if which == "best" and os.path.exists(best_path):
         cb.load_best_weights(best_path, averaged)
         selected = "best"
-    # Export in float32 whatever the training precision: attacks on a bf16 or fp16 model get quantised
-    # (or underflowing) gradients, which can overstate robustness.
-    keras.mixed_precision.set_global_policy("float32")
-    network = build_model(
-        config.model,
-        input_shape=info.image_shape,
-        num_classes=info.num_classes,
-        mean=info.mean,
-        std=info.std,
-        activation=config.activation,
-    )
+    network = float32_network(config, info)
     network.set_weights([w.numpy() for w in averaged.weights])
     metadata = export_metadata(
         dataset=info,
