@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
         "program": os.path.basename(args.prefix),
         "device": f"{device.platform}: {getattr(device, 'device_kind', '')}",
         "jax": jax.__version__,
-        "host": platform.node(),
+        "host": platform.machine(),
         "norm": spec["norm"],
         "eps": spec["eps"],
         "batch_size": spec["batch_size"],

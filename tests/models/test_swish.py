@@ -1,5 +1,5 @@
-"""Tests for tfrobust.models.swish: the value is tf.nn.silu's, the fused gradient equals tf.nn.silu's
-gradient, and it is used exactly where the shape is static."""
+"""Tests for tfrobust.models.swish: the value is tf.nn.silu's, the fused gradient is as accurate as
+tf.nn.silu's, and it is used exactly where the shape is static and large."""
 
 import keras
 import numpy as np
