@@ -24,7 +24,8 @@ if [ "${1:-}" = "--export" ]; then
   python benchmarks/xla_export.py --model wrn-28-10 --batch-size 512 --precision float32 --out $P/wrn28_b512_fp32
   python benchmarks/xla_export.py --model wrn-70-16 --batch-size 512 --precision mixed_bfloat16 --out $P/wrn70_b512_bf16
   if [ -n "${BUNDLE:-}" ]; then
-    cp "$BUNDLE" $P/aa_bundle.npz
+    [ "$BUNDLE" -ef $P/aa_bundle.npz ] || cp "$BUNDLE" $P/aa_bundle.npz
+    rm -f $P/aa.json $P/aa.npz $P/aa.*.hlo.pb  # this script's own earlier export (xla_export_attack never overwrites)
     python benchmarks/xla_export_attack.py --bundle $P/aa_bundle.npz --eps "${EPS:-2}" --attack aa --batch-size 500 --out $P/aa
   fi
   exit 0
