@@ -56,6 +56,8 @@ class Program:
 
 
 def load(prefix: str, matmul_precision: str) -> tuple[dict, dict[str, Program], np.lib.npyio.NpzFile]:
+    if not os.path.isfile(prefix + ".json"):
+        raise SystemExit(f"{prefix}.json not found: give the prefix xla_export_attack.py --out wrote")
     with open(prefix + ".json") as handle:
         spec = json.load(handle)
     if spec.get("format") != "tfrobust-xla-attack-1":
