@@ -87,21 +87,97 @@ def test_projection_equals_numpy_bisection(eps):
         np.testing.assert_allclose(ours, np.clip(x + delta, 0.0, 1.0) - x, atol=1e-7)
 
 
-@pytest.mark.parametrize("steps", [0, 2, 20])
-def test_projection_is_exact_whether_the_bracket_holds_one_knot_value_or_many(steps):
+@pytest.mark.parametrize("steps, max_steps", [(0, 0), (2, 2), (0, 16), (20, 20), (20, 64)])
+def test_projection_is_exact_whether_the_bracket_holds_one_knot_value_or_many(steps, max_steps):
     """Few bisection steps leave many distinct knot values in the bracket (the sorted construction then
-    solves those rows), many steps one or none (solved on its segment); ties (equal |δ_i|, as Square's
-    patterns and APGD-L1's sparse steps make) and box faces included. Every way gives the NumPy bisection."""
+    solves those rows), more rounds of halving or many steps one or none (solved on its segment); ties
+    (equal |δ_i|, as Square's patterns and APGD-L1's sparse steps make) and box faces included. Every way
+    gives the NumPy bisection."""
     rng = np.random.default_rng(7)
     x, delta = _cases(rng, n=10, shape=(3, 8, 8))
     delta[6] = np.sign(delta[6]) * 0.05  # every |δ_i| equal
     delta[7] = np.round(delta[7] * 20) / 20  # a few distinct values, each shared by many coordinates
     x[8] = np.round(x[8] * 4) / 4
     for eps in (0.3, 2.0, 9.0):
-        ours = l1_box_projection(tf.constant(delta), tf.constant(x), eps, bisection_steps=steps).numpy()
+        ours = l1_box_projection(
+            tf.constant(delta), tf.constant(x), eps, bisection_steps=steps, max_bisection_steps=max_steps
+        ).numpy()
         expected = np_l1_box_projection(delta, x, eps).reshape(ours.shape)
         np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-7)
         assert np.all(np.abs(ours.reshape(len(x), -1).astype(np.float64)).sum(1) <= eps * (1 + 1e-6) + 1e-7)
+
+
+def _tiny_knot_rows():
+    """Six CIFAR-sized rows just outside their balls, the root α near 0 among many distinct knots of 1e-12
+    (Square-L1's pattern, ring weights 1/(ring+1)⁴, at a tiny mass); three of them hold only those."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0.1, 0.9, size=(6, 3, 32, 32)).astype(np.float32)
+    delta = (rng.normal(size=x.shape) * 0.01).astype(np.float32)
+    delta[:3] = 0.0
+    delta[:3, 1] = 0.01
+    delta[:, 0, 0, :16] = np.arange(1, 17, dtype=np.float32) * 1e-12
+    eps = (np.abs(delta.astype(np.float64)).reshape(6, -1).sum(1) * (1 - 1e-7)).astype(np.float32)
+    return x, delta, eps
+
+
+def test_a_root_among_tiny_knots_takes_more_halving_not_the_sort(monkeypatch):
+    """20 halvings of [0, max|δ_i|] leave several tiny knots inside the bracket: the rows keep halving their
+    own bracket and give the NumPy bisection's answer without the sorted construction (TensorFlow ops,
+    eagerly, where only the branch taken runs)."""
+    from tfrobust.attacks import projection
+
+    monkeypatch.setattr(projection, "L1_COMPILED_MIN_COORDINATES", 10**9)
+    x, delta, eps = _tiny_knot_rows()
+    sorted_calls = []
+    sort = projection._l1_threshold_sorted
+    monkeypatch.setattr(projection, "_l1_threshold_sorted", lambda *args: sorted_calls.append(1) or sort(*args))
+    only_20 = l1_box_projection(tf.constant(delta), tf.constant(x), eps, max_bisection_steps=20).numpy()
+    assert sorted_calls, "the case must hold two knot values in the bracket after 20 halvings"
+    sorted_calls.clear()
+    ours = l1_box_projection(tf.constant(delta), tf.constant(x), eps).numpy()
+    assert not sorted_calls
+    expected = np_l1_box_projection(delta, x, eps).reshape(ours.shape)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(only_20, expected, rtol=0, atol=2e-7)
+
+
+def test_compiled_projection_is_exact_and_each_row_its_own(monkeypatch):
+    """CIFAR-sized rows take the XLA program: the NumPy bisection's answer, the TensorFlow ops' answer, and
+    each row's answer the one it gets alone and in a batch of unknown size (padded with zero rows), bit
+    for bit."""
+    from tfrobust.attacks import projection
+
+    x, delta, eps = _tiny_knot_rows()
+    rng = np.random.default_rng(5)
+    x2, delta2 = _cases(rng, n=6, shape=(3, 32, 32))  # box faces, zero δ, δ inside the ball
+    x, delta = np.concatenate([x, x2]), np.concatenate([delta, delta2])
+    eps = np.concatenate([eps, np.full(6, 3.0, np.float32)])
+    assert x[0].size >= projection.L1_COMPILED_MIN_COORDINATES
+    ours = l1_box_projection(tf.constant(delta), tf.constant(x), eps).numpy()
+    expected = np_l1_box_projection(delta, x, eps).reshape(ours.shape)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-7)
+    dynamic = tf.function(
+        lambda d, v, e: l1_box_projection(d, v, e),
+        input_signature=[tf.TensorSpec([None, 3, 32, 32]), tf.TensorSpec([None, 3, 32, 32]), tf.TensorSpec([None])],
+    )
+    for rows in (slice(0, 12), slice(2, 11), slice(9, 10)):  # 9 rows pad to 10
+        np.testing.assert_array_equal(dynamic(delta[rows], x[rows], eps[rows]).numpy(), ours[rows])
+    for i in range(len(x)):
+        alone = l1_box_projection(tf.constant(delta[i : i + 1]), tf.constant(x[i : i + 1]), eps[i]).numpy()
+        np.testing.assert_array_equal(alone, ours[i : i + 1])
+    # Inside an attack compiled whole (`Evaluator(jit_compile=True)`), the program is part of the attack's.
+    inside_xla = tf.function(lambda d, v, e: l1_box_projection(d, v, e), jit_compile=True)
+    np.testing.assert_allclose(inside_xla(delta, x, eps).numpy(), ours, rtol=0, atol=1e-7)
+    monkeypatch.setattr(projection, "L1_COMPILED_MIN_COORDINATES", 10**9)
+    ops = l1_box_projection(tf.constant(delta), tf.constant(x), eps).numpy()
+    np.testing.assert_allclose(ops, ours, rtol=0, atol=1e-7)
+
+
+def test_padded_rows():
+    from tfrobust.attacks.projection import _padded_rows
+
+    got = [int(_padded_rows(tf.constant(n))) for n in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 86, 128, 129, 250)]
+    assert got == [1, 2, 3, 4, 5, 7, 8, 10, 16, 16, 20, 96, 128, 160, 256]
 
 
 def test_projection_is_the_closest_feasible_point():

@@ -9,6 +9,7 @@ here works on any tensor whose first axis is the batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar, Protocol
 
 import tensorflow as tf
@@ -134,9 +135,17 @@ class L2Projection:
 
 
 # Bisection steps on the soft threshold α before its exact solve (`l1_box_projection`): they leave a bracket
-# 2^-20 of max|δ_i| wide, which on 3x32x32 images holds at most one distinct knot value in every case
-# measured (and falls back to sorting every knot where it holds more).
+# 2^-20 of max|δ_i| wide. A row whose bracket still holds two distinct knot values keeps halving its own
+# bracket, `L1_BISECTION_ROUND` steps at a time, up to `L1_BISECTION_MAX_STEPS` in all: knots that differ
+# only by float32 rounding (a perturbation read back as (x + δ) − x, as Square-L1's and APGD-L1's iterates
+# are, gives equal pattern values that differ in their last bits) need about 10 more; a row left with two
+# after that takes the sorted construction.
 L1_BISECTION_STEPS = 20
+L1_BISECTION_ROUND = 8
+L1_BISECTION_MAX_STEPS = 64
+# Coordinates per example from which `l1_box_projection` runs as one XLA program (CIFAR's 3072 and larger;
+# tiny test images stay TensorFlow ops). A per-example threshold, so a row's path never depends on its batch.
+L1_COMPILED_MIN_COORDINATES = 1024
 
 
 def _l1_mass(a: tf.Tensor, room: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
@@ -166,7 +175,12 @@ def _l1_threshold_sorted(a: tf.Tensor, room: tf.Tensor, start: tf.Tensor, g0: tf
 
 
 def l1_box_projection(
-    delta: tf.Tensor, x: tf.Tensor, eps: float | tf.Tensor, *, bisection_steps: int = L1_BISECTION_STEPS
+    delta: tf.Tensor,
+    x: tf.Tensor,
+    eps: float | tf.Tensor,
+    *,
+    bisection_steps: int = L1_BISECTION_STEPS,
+    max_bisection_steps: int = L1_BISECTION_MAX_STEPS,
 ) -> tf.Tensor:
     """The exact Euclidean projection of the perturbation δ onto {d : ‖d‖₁ ≤ eps, x + d ∈ [0, 1]^D}.
 
@@ -185,36 +199,113 @@ def l1_box_projection(
     (one pass over δ each) leave a bracket [lo, hi] around the root; g is linear between knots, so with at
     most one distinct knot value v inside the bracket α is solved exactly on the segment [lo, v] or [v, hi]
     that holds it: α = b + (g(b) − eps) / #{i : start_i ≤ b < |δ_i|}. A row whose bracket still holds two
-    distinct knot values takes the sorted construction instead (`_l1_threshold_sorted`), so the result
-    is exact either way and depends on its own row only.
+    distinct knot values halves its own bracket further, `L1_BISECTION_ROUND` steps at a time, up to
+    `max_bisection_steps` in all, and one still holding two after that takes the sorted construction
+    (`_l1_threshold_sorted`); so the result is exact either way and depends on its own row only.
 
     `delta`, `x`: tensors of the same shape [B, ...] (x in [0, 1]); `eps` a scalar or a [B] tensor. The
     knots, sums and α are computed in float64: the reference's float32 result exceeds eps by up to 4e-4
     on 3x32x32 images, beyond the evaluation's 1e-6 tolerance on the radius, this one by about 2e-7
     (docs/method.md, "APGD"). Returns the projected perturbation in δ's dtype and shape.
+
+    Images of at least `L1_COMPILED_MIN_COORDINATES` coordinates are projected by one XLA program
+    (`_l1_project_rows_compiled`): the halvings are passes over δ that TensorFlow's kernels run one op at a
+    time (2.4x slower on 86 CIFAR images). A batch whose size is known only at run time is padded with
+    zero rows to the next multiple of a quarter of the power of two at or below it, so that a run whose
+    survivors shrink compiles a few shapes, not one per size; a zero row projects to zero, and every row is
+    computed alone, so padding changes no result.
     """
     shape, dtype = tf.shape(delta), delta.dtype
-    y = tf.cast(_flat(delta), tf.float64)
-    xf = tf.cast(_flat(x), tf.float64)
+    coordinates = delta.shape[1:].num_elements()  # None when the image's shape is not static
+    y, xf = (tf.reshape(t, [-1, coordinates]) if coordinates else _flat(t) for t in (delta, x))
     eps = tf.cast(eps, tf.float64)
-    eps = tf.reshape(eps, [-1, 1]) if eps.shape.rank else eps
+    eps = tf.broadcast_to(tf.reshape(eps, [-1, 1]), [tf.shape(y)[0], 1])
+    if coordinates is None or coordinates < L1_COMPILED_MIN_COORDINATES:
+        return tf.reshape(_l1_project_rows(y, xf, eps, bisection_steps, max_bisection_steps), shape)
+    project = _l1_project_rows_compiled(dtype.name, xf.dtype.name, bisection_steps, max_bisection_steps)
+    rows = y.shape[0]
+    if rows is not None:  # a static batch compiles once as it is
+        return tf.reshape(project(y, xf, eps), shape)
+    rows = tf.shape(y)[0]
+    extra = _padded_rows(rows) - rows
+    pad = [[0, extra], [0, 0]]
+    d = project(tf.pad(y, pad), tf.pad(xf, pad), tf.pad(eps, pad, constant_values=1.0))
+    return tf.reshape(d[:rows], shape)
+
+
+def _padded_rows(rows: tf.Tensor) -> tf.Tensor:
+    """`rows` rounded up to a multiple of a quarter of the largest power of two <= rows (at least 1)."""
+    powers = tf.constant([2**k for k in range(31)], tf.int32)
+    below = tf.gather(powers, tf.maximum(tf.searchsorted(powers, [rows], side="right")[0] - 1, 0))
+    step = tf.maximum(below // 4, 1)
+    return (rows + step - 1) // step * step
+
+
+@functools.cache
+def _l1_project_rows_compiled(dtype: str, x_dtype: str, bisection_steps: int, max_bisection_steps: int):
+    """`_l1_project_rows` as one XLA program per input shape (`l1_box_projection`)."""
+    specs = [
+        tf.TensorSpec([None, None], dtype),
+        tf.TensorSpec([None, None], x_dtype),
+        tf.TensorSpec([None, 1], tf.float64),
+    ]
+
+    @tf.function(jit_compile=True, input_signature=specs)
+    def project(y: tf.Tensor, xf: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
+        return _l1_project_rows(y, xf, eps, bisection_steps, max_bisection_steps)
+
+    return project
+
+
+def _l1_project_rows(
+    delta: tf.Tensor, x: tf.Tensor, eps: tf.Tensor, bisection_steps: int, max_bisection_steps: int
+) -> tf.Tensor:
+    """`l1_box_projection` of [B, D] rows (eps [B, 1] float64), in δ's dtype."""
+    dtype = delta.dtype
+    y = tf.cast(delta, tf.float64)
+    xf = tf.cast(x, tf.float64)
     a = tf.abs(y)
     room = tf.maximum(tf.where(y >= 0.0, 1.0 - xf, xf), 0.0)  # how far coordinate i may move in δ_i's direction
     start = tf.maximum(a - room, 0.0)  # α where coordinate i starts to shrink below its box face
     g0 = tf.reduce_sum(tf.minimum(a, room), axis=1, keepdims=True)  # g(0): the box-clipped δ
-    # Bisection: g(lo) > eps >= g(hi) throughout (g(max|δ_i|) = 0).
-    lo, g_lo, hi = tf.zeros_like(g0), g0, tf.reduce_max(a, axis=1, keepdims=True)
-    for _ in range(bisection_steps):
-        mid = 0.5 * (lo + hi)
-        g_mid = _l1_mass(a, room, mid)
-        above = g_mid > eps
-        lo, g_lo, hi = tf.where(above, mid, lo), tf.where(above, g_mid, g_lo), tf.where(above, hi, mid)
-    # The knot values strictly inside (lo, hi): none, or one value v (possibly shared by many coordinates).
     knots = tf.concat([start, a], axis=1)
-    inside = (knots > lo) & (knots < hi)
-    v = tf.reduce_min(tf.where(inside, knots, tf.constant(float("inf"), tf.float64)), axis=1, keepdims=True)
-    v_max = tf.reduce_max(tf.where(inside, knots, tf.constant(float("-inf"), tf.float64)), axis=1, keepdims=True)
-    solved = v_max <= v
+
+    def halve(lo, g_lo, hi, steps, frozen=None):
+        # Bisection: g(lo) > eps >= g(hi) throughout (g(max|δ_i|) = 0); `frozen` rows keep their bracket.
+        for _ in range(steps):
+            mid = 0.5 * (lo + hi)
+            g_mid = _l1_mass(a, room, mid)
+            above = g_mid > eps
+            new = (tf.where(above, mid, lo), tf.where(above, g_mid, g_lo), tf.where(above, hi, mid))
+            lo, g_lo, hi = new if frozen is None else (tf.where(frozen, old, n) for old, n in zip((lo, g_lo, hi), new))
+        return lo, g_lo, hi
+
+    def knots_inside(lo, hi):
+        # The smallest and largest knot value strictly inside (lo, hi): inf and -inf when there is none.
+        inside = (knots > lo) & (knots < hi)
+        v = tf.reduce_min(tf.where(inside, knots, tf.constant(float("inf"), tf.float64)), axis=1, keepdims=True)
+        v_max = tf.reduce_max(tf.where(inside, knots, tf.constant(float("-inf"), tf.float64)), axis=1, keepdims=True)
+        return v, v_max
+
+    lo, g_lo, hi = halve(tf.zeros_like(g0), g0, tf.reduce_max(a, axis=1, keepdims=True), bisection_steps)
+    v, v_max = knots_inside(lo, hi)
+    inside_ball = g0 <= eps  # α = 0: these rows need no bracket
+    rounds = max(max_bisection_steps - bisection_steps, 0) // L1_BISECTION_ROUND
+
+    def more_steps(r, lo, g_lo, hi, v, v_max):
+        # Only the rows with two distinct knot values inside move, so a row's α depends on the row alone.
+        lo, g_lo, hi = halve(lo, g_lo, hi, L1_BISECTION_ROUND, frozen=(v_max <= v) | inside_ball)
+        return (r + 1, lo, g_lo, hi, *knots_inside(lo, hi))
+
+    if rounds:
+        _, lo, g_lo, hi, v, v_max = tf.while_loop(
+            lambda r, lo, g_lo, hi, v, v_max: tf.logical_and(r < rounds, tf.reduce_any((v_max > v) & ~inside_ball)),
+            more_steps,
+            (tf.constant(0), lo, g_lo, hi, v, v_max),
+            maximum_iterations=rounds,
+        )
+    # At most one distinct knot value v inside (lo, hi) in the solved rows.
+    solved = (v_max <= v) | inside_ball
     no_knot = tf.math.is_inf(v)
     g_v = _l1_mass(a, room, tf.where(no_knot, lo, v))
     past_v = tf.logical_not(no_knot) & (g_v > eps)  # the root lies in [v, hi], else in [lo, v]
@@ -227,7 +318,7 @@ def l1_box_projection(
     )
     alpha = tf.where(g0 > eps, tf.maximum(alpha, 0.0), 0.0)
     d = tf.sign(y) * tf.minimum(tf.maximum(a - alpha, 0.0), room)
-    return tf.reshape(tf.cast(d, dtype), shape)
+    return tf.cast(d, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
