@@ -136,10 +136,9 @@ class L2Projection:
 
 # Bisection steps on the soft threshold α before its exact solve (`l1_box_projection`): they leave a bracket
 # 2^-20 of max|δ_i| wide. A row whose bracket still holds two distinct knot values keeps halving its own
-# bracket, `L1_BISECTION_ROUND` steps at a time, up to `L1_BISECTION_MAX_STEPS` in all: knots that differ
-# only by float32 rounding (a perturbation read back as (x + δ) − x, as Square-L1's and APGD-L1's iterates
-# are, gives equal pattern values that differ in their last bits) need about 10 more; a row left with two
-# after that takes the sorted construction.
+# bracket, `L1_BISECTION_ROUND` steps at a time, up to `L1_BISECTION_MAX_STEPS` in all: a Square-L1
+# candidate just outside the ball has its root near 0, among its pattern's many distinct knots of 1e-12, and
+# needs about 20 more; a row left with two after that takes the sorted construction.
 L1_BISECTION_STEPS = 20
 L1_BISECTION_ROUND = 8
 L1_BISECTION_MAX_STEPS = 64
@@ -210,7 +209,7 @@ def l1_box_projection(
 
     Images of at least `L1_COMPILED_MIN_COORDINATES` coordinates are projected by one XLA program
     (`_l1_project_rows_compiled`): the halvings are passes over δ that TensorFlow's kernels run one op at a
-    time (2.4x slower on 86 CIFAR images). A batch whose size is known only at run time is padded with
+    time (2.7x slower on 86 CIFAR images). A batch whose size is known only at run time is padded with
     zero rows to the next multiple of a quarter of the power of two at or below it, so that a run whose
     survivors shrink compiles a few shapes, not one per size; a zero row projects to zero, and every row is
     computed alone, so padding changes no result.
