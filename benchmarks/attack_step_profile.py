@@ -22,8 +22,8 @@ queries; and (4) the L1 projection alone on the images' random perturbations of 
 Measured 2026-12-01 on 2 vCPUs of an AMD EPYC (Zen4) with the projection's extra halving and its XLA
 program (WRN-10-1, 128 images, L1 eps 0.05, nothing broken), median of 3: projection x10 0.059 s against
 0.184 s (3.13); APGD-CE L1 100 iterations 8.71 s against 11.37 s (1.31); Square-L1 300 queries 11.05 s
-against 13.56 s (1.23). Before them, measured 2026-12-01 on 2 vCPUs of an Intel Xeon (AVX512-BF16, AMX) (WRN-10-1, 128 images, L1 eps 0.05,
-nothing broken), median of 3: projection x10 0.258 s against 0.205 s (0.79); APGD-CE L1 100 iterations
+against 13.56 s (1.23). Before them, measured 2026-12-01 on 2 vCPUs of an Intel Xeon (AVX512-BF16, AMX)
+(WRN-10-1, 128 images, L1 eps 0.05, nothing broken), median of 3: projection x10 0.258 s against 0.205 s (0.79); APGD-CE L1 100 iterations
 12.89 s against 13.16 s (1.02); Square-L1 300 queries 26.75 s against 17.55 s (0.66).
 
 Measured 2026-11-27 on 2 vCPUs of an AMD EPYC (Zen3) (WRN-10-1, 86 images, Linf 0.25/255), median of 3:
