@@ -434,6 +434,7 @@ def main() -> None:
     import torch
 
     import tfrobust
+    from tfrobust.benchmark import cpu_name
     from tfrobust.evaluation import onednn_enabled
     from tfrobust.export import load_model
 
@@ -473,7 +474,7 @@ def main() -> None:
         "noise_sigma": args.noise,
         "seed": args.seed,
         "max_logit_gap": gap,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
         "versions": {"tensorflow": tf.__version__, "torch": torch.__version__, "onednn": onednn_enabled()},
         "eps": {},
     }

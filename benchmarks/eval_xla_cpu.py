@@ -25,13 +25,7 @@ import time
 
 import numpy as np
 
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
+from tfrobust.benchmark import cpu_name
 
 
 def main() -> None:
@@ -83,7 +77,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "attack": args.attack,
         "eps": args.eps,
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "runs": runs,
         "same_robust_points": same,

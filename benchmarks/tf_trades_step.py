@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrobust.attacks.pgd import trades_attack  # noqa: E402
+from tfrobust.benchmark import cpu_name  # noqa: E402
 from tfrobust.models import swish as swish_module  # noqa: E402
 from tfrobust.models.registry import build_model  # noqa: E402
 from tfrobust.training.optimizers import TraceSGD  # noqa: E402
@@ -183,6 +184,7 @@ def main(argv=None) -> dict:
         "framework": f"tensorflow {tf.__version__}, keras {keras.__version__}",
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "device": "GPU" if "GPU" in devices else "CPU",
+        "cpu": cpu_name(),
         "model": args.model,
         "batch_size": args.batch_size,
         "attack_steps": args.attack_steps,

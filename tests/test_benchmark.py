@@ -2,13 +2,14 @@
 
 import json
 import os
+import platform
 import sys
 
 import pytest
 from click.testing import CliRunner
 from support import REPO
 
-from tfrobust.benchmark import PEAK_TFLOPS, forward_equivalents, forward_flops
+from tfrobust.benchmark import PEAK_TFLOPS, cpu_name, forward_equivalents, forward_flops
 from tfrobust.cli import cli
 from tfrobust.data.datasets import load_dataset
 from tfrobust.training.schedules import steps_after_epochs
@@ -53,6 +54,18 @@ def test_the_measured_peak_multiplies_in_the_compute_dtype(monkeypatch):
         "mixed_bfloat16": tf.bfloat16,
         "mixed_float16": tf.float16,
     }
+
+
+def test_the_cpu_is_named_with_its_family_model_and_stepping(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    block = "processor\t: {n}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+    block += "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 2\nflags\t\t: fpu avx512f\n\n"
+    cpuinfo.write_text(block.format(n=0) + block.format(n=1).replace("207", "143"))
+    # The first processor's block, not a later one's "model" line.
+    assert cpu_name(str(cpuinfo)) == "Intel(R) Xeon(R) Processor (family 6, model 207, stepping 2)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_name(str(cpuinfo)) == "Some CPU"
+    assert cpu_name(str(tmp_path / "absent")) == (platform.processor() or platform.machine())
 
 
 def test_known_peaks_are_per_precision():

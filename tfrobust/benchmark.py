@@ -108,16 +108,33 @@ def device_peak(precision: str) -> tuple[float, str]:
     return measured_matmul_peak(precision), f"{cpu_name()}: measured 2048^3 matmul"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (as `lscpu` shows it), or the architecture."""
+# /proc/cpuinfo fields that tell CPU generations apart, and how `cpu_name` labels them.
+_CPUINFO_NUMBERS = (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name as `lscpu` shows it, with family, model and stepping where /proc/cpuinfo gives
+    them ("AMD EPYC (family 26, model 2, stepping 1)"): a virtual machine's model name alone ("AMD EPYC",
+    "Intel(R) Xeon(R) Processor") does not tell one CPU generation from another, and speeds differ
+    between them. The architecture where there is no `cpuinfo` file.
+
+    Example::
+
+        print(cpu_name())  # "Intel(R) Xeon(R) Processor (family 6, model 207, stepping 2)"
+    """
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as handle:
+        with open(cpuinfo) as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block describes them all
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    numbers = [f"{label} {fields[key]}" for key, label in _CPUINFO_NUMBERS if fields.get(key)]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
 
 
 def measured_matmul_peak(precision: str, size: int = 2048, repeats: int = 10) -> float:

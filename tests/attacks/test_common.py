@@ -232,3 +232,18 @@ def test_attack_modules_share_the_plumbing():
     for module in (apgd, fab, multitargeted, pgd, square):
         assert module.ModelFn is common.ModelFn
         assert not hasattr(module, "_no_autograph")
+
+
+@pytest.mark.parametrize("shape", [(5,), (5, 7), (5, 4, 4, 3)])
+def test_select_rows_is_tf_where_with_the_mask_broadcast_over_each_row(shape):
+    rng = np.random.default_rng(0)
+    mask = tf.constant([True, False, False, True, True])
+    a, b = (tf.constant(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
+    expected = tf.where(tf.reshape(mask, [-1] + [1] * (len(shape) - 1)), a, b).numpy()
+    assert np.array_equal(common.select_rows(mask, a, b).numpy(), expected)
+    spec = [tf.TensorSpec([None], tf.bool), tf.TensorSpec([None, *shape[1:]]), tf.TensorSpec([None, *shape[1:]])]
+    graph = tf.function(common.select_rows, input_signature=spec)
+    assert np.array_equal(graph(mask, a, b).numpy(), expected)
+    assert np.array_equal(tf.function(common.select_rows, jit_compile=True)(mask, a, b).numpy(), expected)
+    # Rows of a, not of b, where the mask holds: never a blend.
+    assert np.array_equal(expected[0], a.numpy()[0]) and np.array_equal(expected[1], b.numpy()[1])

@@ -68,6 +68,7 @@ from tfrobust.attacks.common import (
     flat_norm,
     no_autograph,
     run_targets,
+    select_rows,
     target_count,
     target_notes,
     top_targets,
@@ -391,7 +392,7 @@ class APGD:
             active["target"] = target
         # A start that is already misclassified is the example's adversarial point (the reference's
         # x_best_adv before the first step).
-        out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
+        out_adv = select_rows(wrong, x_adv, x)
         if self.fixed_shape:
             active["live"] = _live_rows(live, batch)
             if self.exits_on_success:
@@ -413,9 +414,8 @@ class APGD:
             out_adv, out_wrong = _record(s, misclassified, x_new, out_adv, out_wrong, self.fixed_shape)
 
             improved = losses > s["loss_best"]
-            improved_b = tf.reshape(improved, per_example)
-            x_best = tf.where(improved_b, x_new, s["x_best"])
-            grad_best = tf.where(improved_b, grad, s["grad_best"])
+            x_best = select_rows(improved, x_new, s["x_best"])
+            grad_best = select_rows(improved, grad, s["grad_best"])
             loss_best = tf.where(improved, losses, s["loss_best"])
             n_increase = s["n_increase"] + tf.cast(losses > s["prev_loss"], tf.float32)
 
@@ -426,11 +426,10 @@ class APGD:
                     tf.logical_not(s["reduced_last_check"]), s["loss_best_last_check"] >= loss_best
                 )
                 halve = tf.logical_or(oscillating, no_improvement)
-                halve_b = tf.reshape(halve, per_example)
                 return (
                     tf.where(halve, s["step"] / 2.0, s["step"]),
-                    tf.where(halve_b, x_best, x_new),
-                    tf.where(halve_b, grad_best, grad),
+                    select_rows(halve, x_best, x_new),
+                    select_rows(halve, grad_best, grad),
                     tf.zeros_like(n_increase),
                     loss_best,
                     halve,
@@ -587,7 +586,7 @@ class APGD:
         }
         if target is not None:
             active["target"] = target
-        out_adv = tf.where(tf.reshape(wrong, per_example), x_adv, x)
+        out_adv = select_rows(wrong, x_adv, x)
         if self.fixed_shape:
             active["live"] = _live_rows(live, batch)
             if last:
@@ -611,22 +610,20 @@ class APGD:
                 out_adv, out_wrong = _record(s, misclassified, x_new, out_adv, out_wrong, self.fixed_shape)
 
             improved = losses > s["loss_best"]
-            improved_b = tf.reshape(improved, per_example)
-            x_best = tf.where(improved_b, x_new, s["x_best"])
-            grad_best = tf.where(improved_b, grad, s["grad_best"])
+            x_best = select_rows(improved, x_new, s["x_best"])
+            grad_best = select_rows(improved, grad, s["grad_best"])
             loss_best = tf.where(improved, losses, s["loss_best"])
 
             def check():
                 sp_curr = l0(x_best - s["x"])
                 sparser = sp_curr / s["sp_old"] < 0.95  # 0/0 and m/0 compare False, as in the reference
-                sparser_b = tf.reshape(sparser, per_example)
                 step = tf.clip_by_value(tf.where(sparser, eps_t, s["step"] / 1.5), eps / 10.0, eps)
                 return (
                     step,
                     sp_curr / dim / 1.5,
                     sp_curr,
-                    tf.where(sparser_b, x_best, x_new),
-                    tf.where(sparser_b, grad_best, grad),
+                    select_rows(sparser, x_best, x_new),
+                    select_rows(sparser, grad_best, grad),
                 )
 
             def no_check():
@@ -679,8 +676,7 @@ def _record(
     """
     if fixed_shape:
         hit = tf.logical_and(misclassified, s["live"])
-        per_example = [-1] + [1] * (x_new.shape.rank - 1)
-        return tf.where(tf.reshape(hit, per_example), x_new, out_adv), tf.logical_or(out_wrong, hit)
+        return select_rows(hit, x_new, out_adv), tf.logical_or(out_wrong, hit)
     broken = tf.boolean_mask(s["index"], misclassified)[:, None]
     out_adv = tf.tensor_scatter_nd_update(out_adv, broken, tf.boolean_mask(x_new, misclassified))
     out_wrong = tf.tensor_scatter_nd_update(out_wrong, broken, tf.ones_like(broken[:, 0], tf.bool))

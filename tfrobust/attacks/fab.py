@@ -47,6 +47,7 @@ from tfrobust.attacks.common import (
     flat_norm,
     no_autograph,
     run_targets,
+    select_rows,
     target_count,
     target_notes,
     top_targets,
@@ -109,7 +110,7 @@ def projection_linf(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
         tf.math.divide_no_nan(b - tf.gather(sb, lb, batch_dims=1), -tf.gather(s, lb, batch_dims=1)), 0.0
     )[:, None]
     d_2 = tf.minimum(lmbd_2, d) * a + tf.maximum(-lmbd_2, d) * (1.0 - a)
-    d = tf.where(c_l[:, None], d_l, tf.where(c2[:, None], d_2, d))
+    d = select_rows(c_l, d_l, select_rows(c2, d_2, d))
     return d * nonzero
 
 
@@ -125,7 +126,7 @@ def projection_l2(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     big = 1e12
     c = tf.reduce_sum(w * t, axis=1) - b
     flip = c < 0
-    w = tf.where(flip[:, None], -w, w)
+    w = select_rows(flip, -w, w)
     c = tf.where(flip, -c, c)
     small = tf.abs(w) < 1e-8
     w_safe = tf.where(small, 1.0, w)
@@ -155,7 +156,7 @@ def projection_l2(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     alpha2 = tf.where(tf.equal(ws_lb, 0.0), 0.0, alpha2)
     c5 = tf.cast(alpha2[:, None] > r, tf.float32)
     d2 = d * c5 - alpha2[:, None] * w * (1.0 - c5)
-    d = tf.where(c4[:, None], d4, tf.where(c2[:, None], d2, d))
+    d = select_rows(c4, d4, select_rows(c2, d2, d))
     return d * keep
 
 
@@ -177,7 +178,7 @@ def projection_l1(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """
     c = tf.reduce_sum(w * t, axis=1) - b
     flip = c < 0
-    w = tf.where(flip[:, None], -w, w)
+    w = select_rows(flip, -w, w)
     c = tf.where(flip, -c, c)
     order = tf.argsort(tf.minimum(1.0 / tf.abs(w), 1e12), axis=1, stable=True)
     corner = (tf.cast(w < 0, tf.float32) - t) * tf.cast(tf.not_equal(w, 0.0), tf.float32)
@@ -195,7 +196,7 @@ def projection_l1(t: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     full = tf.cast(rank < stop[:, None], tf.float32)
     is_stop = tf.cast(tf.equal(rank, stop[:, None]), tf.float32)
     d_reachable = corner * full + partial[:, None] * is_stop
-    d = tf.where(reachable[:, None], d_reachable, corner)
+    d = select_rows(reachable, d_reachable, corner)
     return d * tf.cast(tf.abs(w) > 1e-8, tf.float32)
 
 
@@ -378,13 +379,13 @@ class FABTargeted:
             best = tf.where(closer, dist, s["best"])
             if self.fixed_shape:  # rows never move; the rows out of the run are not recorded
                 hit = tf.logical_and(closer, s["live"])
-                out_adv = tf.where(tf.reshape(hit, per_example), x1, out_adv)
+                out_adv = select_rows(hit, x1, out_adv)
                 out_best = tf.where(hit, dist, out_best)
             else:
                 where = tf.boolean_mask(s["index"], closer)[:, None]
                 out_adv = tf.tensor_scatter_nd_update(out_adv, where, tf.boolean_mask(x1, closer))
                 out_best = tf.tensor_scatter_nd_update(out_best, where, tf.boolean_mask(dist, closer))
-            x1 = tf.where(tf.reshape(is_adv, per_example), x_c + (x1 - x_c) * self.beta, x1)
+            x1 = select_rows(is_adv, x_c + (x1 - x_c) * self.beta, x1)
             s = dict(s, x1=x1, best=best)
             if stop_at is not None:
                 keep = best > stop_at

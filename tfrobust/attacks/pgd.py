@@ -44,7 +44,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from tfrobust.attacks import rng
-from tfrobust.attacks.common import ModelFn, as_seed, no_autograph
+from tfrobust.attacks.common import ModelFn, as_seed, no_autograph, select_rows
 from tfrobust.attacks.init import Init, UniformInit
 from tfrobust.attacks.losses import LossFn, cross_entropy, kl_to_target, margin
 from tfrobust.attacks.optimizers import Adam, NormalizedGradient, Optimizer, PiecewiseConstant, SignGradient
@@ -125,7 +125,6 @@ class PGD:
         # A derived sub-seed, so the start is not the stream a caller gets from `seed` itself.
         init_seed = rng.split(seed, 1)[0]
         x_start = self.projection.project(self.init(x, init_seed), x)
-        batch_shape = [-1] + [1] * (x.shape.rank - 1)
 
         def loss_and_grad(x_adv: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             # Only the input gradient is needed: do not record the model's variables on the tape.
@@ -140,7 +139,7 @@ class PGD:
         def keep_better(x_adv, losses, best_x, best_loss):
             # Strict '>': ties keep the earlier point; NaN losses never replace a point.
             improved = losses > best_loss
-            best_x = tf.where(tf.reshape(improved, batch_shape), x_adv, best_x)
+            best_x = select_rows(improved, x_adv, best_x)
             return best_x, tf.where(improved, losses, best_loss)
 
         def cond(step, *_):

@@ -58,6 +58,7 @@ from tfrobust.attacks.common import (
     no_autograph,
     rank,
     run_targets,
+    select_rows,
 )
 from tfrobust.attacks.losses import margin
 from tfrobust.attacks.projection import (
@@ -399,7 +400,7 @@ class Square:
             m_new = margin_of(model_fn(x_new), ys)
             m_old = tf.gather(margin, idx)
             better = m_new < m_old  # strict: a candidate is accepted only when the margin drops
-            x_best = tf.tensor_scatter_nd_update(x_best, idx[:, None], tf.where(better[:, None, None, None], x_new, xb))
+            x_best = tf.tensor_scatter_nd_update(x_best, idx[:, None], select_rows(better, x_new, xb))
             margin = tf.tensor_scatter_nd_update(margin, idx[:, None], tf.where(better, m_new, m_old))
             queries = tf.tensor_scatter_nd_add(queries, idx[:, None], tf.ones_like(idx, tf.int32))
             return i + 1, x_best, margin, queries
@@ -415,7 +416,7 @@ class Square:
                 x_new = candidate(x, x_best, i, rng.fold_in(loop_seed, i), rank(active))
                 m_new = margin_of(model_fn(x_new), y)
                 better = tf.logical_and(active, m_new < margin)
-                x_best = tf.where(better[:, None, None, None], x_new, x_best)
+                x_best = select_rows(better, x_new, x_best)
                 margin = tf.where(better, m_new, margin)
                 return i + 1, x_best, margin, queries + tf.cast(active, tf.int32)
 
