@@ -58,23 +58,52 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
 
 
 def measure_conv_peak(model: str, batch_size: int, image_size: int, repeats: int = 10) -> dict:
-    """FLOP/s of the network's 3x3 convolutions alone (forward, stride 1, its three widths at their
-    resolutions, float32, `tf.nn.conv2d` as oneDNN runs it): the ceiling the step's convolutions can reach
-    on this machine. Returns {"per_stage_gflops": [...], "conv_peak_gflops": the best}."""
+    """FLOP/s of the network's 3x3 convolutions alone (stride 1, its three widths at their resolutions,
+    float32, as oneDNN runs them): the forward pass, the input gradient and the filter gradient.
+
+    Returns {"per_stage_gflops": forward rates, "conv_peak_gflops": the best forward rate,
+    "per_stage_input_gradient_gflops", "per_stage_filter_gradient_gflops", "conv_ceiling_gflops"}. The
+    ceiling is the rate of a step that did nothing but its convolutions, each kind at its measured speed:
+    TRADES-10's 27 forward-equivalents per image are 13 forward passes (the target, ten attack steps, the
+    two training passes), 12 input gradients (ten attack steps, two training passes) and 2 filter
+    gradients (`flops.trades_forward_equivalents`, "input"), each spread evenly over the three widths (a
+    wide ResNet's stages have equal convolution FLOPs: half the side, twice the channels)."""
     _, width = flops.parse_wrn(model)
-    rates = []
+    rates = {"forward": [], "input": [], "filter": []}
     for stage, channels in enumerate((16 * width, 32 * width, 64 * width)):
         side = image_size // 2**stage
         x = tf.random.uniform((batch_size, side, side, channels))
         w = tf.random.uniform((3, 3, channels, channels))
-        conv = tf.function(lambda a, b: tf.reduce_sum(tf.nn.conv2d(a, b, 1, "SAME")))
-        conv(x, w)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            conv(x, w).numpy()
-        seconds = (time.perf_counter() - start) / repeats
-        rates.append(2 * batch_size * side * side * 9 * channels * channels / seconds / 1e9)
-    return {"per_stage_gflops": [round(r, 1) for r in rates], "conv_peak_gflops": max(rates)}
+        dy = tf.random.uniform((batch_size, side, side, channels))
+        kernels = {
+            "forward": tf.function(lambda x, w, dy: tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME"))),
+            "input": tf.function(
+                lambda x, w, dy: tf.reduce_sum(
+                    tf.compat.v1.nn.conv2d_backprop_input(tf.shape(x), w, dy, [1, 1, 1, 1], "SAME")
+                )
+            ),
+            "filter": tf.function(
+                lambda x, w, dy: tf.reduce_sum(
+                    tf.compat.v1.nn.conv2d_backprop_filter(x, tf.shape(w), dy, [1, 1, 1, 1], "SAME")
+                )
+            ),
+        }
+        for kind, kernel in kernels.items():
+            kernel(x, w, dy)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                kernel(x, w, dy).numpy()
+            seconds = (time.perf_counter() - start) / repeats
+            rates[kind].append(2 * batch_size * side * side * 9 * channels * channels / seconds / 1e9)
+    counts = {"forward": 13, "input": 12, "filter": 2}
+    seconds_per_flop = sum(n * sum(1 / r for r in rates[kind]) / 3 for kind, n in counts.items())
+    return {
+        "per_stage_gflops": [round(r, 1) for r in rates["forward"]],
+        "conv_peak_gflops": max(rates["forward"]),
+        "per_stage_input_gradient_gflops": [round(r, 1) for r in rates["input"]],
+        "per_stage_filter_gradient_gflops": [round(r, 1) for r in rates["filter"]],
+        "conv_ceiling_gflops": sum(counts.values()) / seconds_per_flop,
+    }
 
 
 def op_time_by_type(logdir: str, top: int = 25) -> dict:
@@ -129,7 +158,9 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--measure-peak", action="store_true", help="also time a 2048^3 fp32 matmul")
     p.add_argument(
-        "--measure-conv-peak", action="store_true", help="also time the network's 3x3 convolutions alone (forward)"
+        "--measure-conv-peak",
+        action="store_true",
+        help="also time the network's 3x3 convolutions alone (forward, input and filter gradients)",
     )
     p.add_argument(
         "--swish-gradient",
@@ -206,6 +237,7 @@ def main(argv=None) -> dict:
     if args.measure_conv_peak:
         result.update(measure_conv_peak(args.model, args.batch_size, args.image_size))
         result["fraction_of_conv_peak"] = result["achieved_gflops"] / result["conv_peak_gflops"]
+        result["fraction_of_conv_ceiling"] = result["achieved_gflops"] / result["conv_ceiling_gflops"]
     if args.profile:
         tf.profiler.experimental.start(args.profile)
         for _ in range(2):

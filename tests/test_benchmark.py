@@ -168,3 +168,16 @@ def test_bad_options_are_one_line_errors(tmp_path):
     assert result.exit_code == 1 and "model" in result.output
     result = _run(["--dataset", "digits", "--eval-attack", "apgd-nope"])
     assert result.exit_code == 1 and "unknown attack 'apgd-nope'" in result.output and "step 1" not in result.output
+
+
+def test_the_convolution_ceiling_lies_between_the_kernels_own_rates():
+    import tf_trades_step
+
+    rates = tf_trades_step.measure_conv_peak("wrn-10-1", batch_size=2, image_size=8, repeats=1)
+    kinds = ("per_stage_gflops", "per_stage_input_gradient_gflops", "per_stage_filter_gradient_gflops")
+    every = [r for kind in kinds for r in rates[kind]]
+    assert all(len(rates[kind]) == 3 for kind in kinds) and min(every) > 0
+    # The per-stage rates are reported to 0.1 GFLOP/s.
+    assert rates["conv_peak_gflops"] == pytest.approx(max(rates["per_stage_gflops"]), abs=0.05)
+    # A FLOP-weighted harmonic mean of the rates: never outside them.
+    assert min(every) - 0.05 <= rates["conv_ceiling_gflops"] <= max(every) + 0.05
