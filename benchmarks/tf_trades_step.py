@@ -57,17 +57,17 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return 2.0 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def measure_conv_peak(model: str, batch_size: int, image_size: int, repeats: int = 10) -> dict:
+def measure_conv_peak(model: str, batch_size: int, image_size: int, attack_steps: int = 10, repeats: int = 10) -> dict:
     """FLOP/s of the network's 3x3 convolutions alone (stride 1, its three widths at their resolutions,
     float32, as oneDNN runs them): the forward pass, the input gradient and the filter gradient.
 
     Returns {"per_stage_gflops": forward rates, "conv_peak_gflops": the best forward rate,
     "per_stage_input_gradient_gflops", "per_stage_filter_gradient_gflops", "conv_ceiling_gflops"}. The
     ceiling is the rate of a step that did nothing but its convolutions, each kind at its measured speed:
-    TRADES-10's 27 forward-equivalents per image are 13 forward passes (the target, ten attack steps, the
-    two training passes), 12 input gradients (ten attack steps, two training passes) and 2 filter
-    gradients (`flops.trades_forward_equivalents`, "input"), each spread evenly over the three widths (a
-    wide ResNet's stages have equal convolution FLOPs: half the side, twice the channels)."""
+    the step's forward-equivalents per image (`flops.trades_forward_equivalents`, "input"; 27 for
+    TRADES-10) are 1 + `attack_steps` + 2 forward passes (the target, the attack steps, the two training
+    passes), `attack_steps` + 2 input gradients and 2 filter gradients, each spread evenly over the three
+    widths (a wide ResNet's stages have equal convolution FLOPs: half the side, twice the channels)."""
     _, width = flops.parse_wrn(model)
     rates = {"forward": [], "input": [], "filter": []}
     for stage, channels in enumerate((16 * width, 32 * width, 64 * width)):
@@ -95,7 +95,8 @@ def measure_conv_peak(model: str, batch_size: int, image_size: int, repeats: int
                 kernel(x, w, dy).numpy()
             seconds = (time.perf_counter() - start) / repeats
             rates[kind].append(2 * batch_size * side * side * 9 * channels * channels / seconds / 1e9)
-    counts = {"forward": 13, "input": 12, "filter": 2}
+    counts = {"forward": 1 + attack_steps + 2, "input": attack_steps + 2, "filter": 2}
+    assert sum(counts.values()) == flops.trades_forward_equivalents(attack_steps, attack_backward="input")
     seconds_per_flop = sum(n * sum(1 / r for r in rates[kind]) / 3 for kind, n in counts.items())
     return {
         "per_stage_gflops": [round(r, 1) for r in rates["forward"]],
@@ -235,7 +236,7 @@ def main(argv=None) -> dict:
         result["matmul_peak_gflops"] = peak / 1e9
         result["mfu_vs_matmul_peak"] = per_image * args.batch_size / seconds / peak
     if args.measure_conv_peak:
-        result.update(measure_conv_peak(args.model, args.batch_size, args.image_size))
+        result.update(measure_conv_peak(args.model, args.batch_size, args.image_size, args.attack_steps))
         result["fraction_of_conv_peak"] = result["achieved_gflops"] / result["conv_peak_gflops"]
         result["fraction_of_conv_ceiling"] = result["achieved_gflops"] / result["conv_ceiling_gflops"]
     if args.profile:
